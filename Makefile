@@ -1,0 +1,34 @@
+# The two quick-start commands: `make repro` (set up + run the whole pipeline) and
+# `make test` (set up + lint + tests). Both create .venv on first use.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(CURDIR)/$(VENV)/bin
+STAMP  := $(VENV)/.installed
+export PATH := $(BIN):$(PATH)
+
+.PHONY: setup repro test lint bench ui clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)  ## create .venv with rnngen and its pinned dependencies
+
+repro: setup     ## run the whole pipeline (download -> split -> tune -> train -> evaluate)
+	$(BIN)/dvc repro
+
+test: setup lint ## lint, then the test suite (unit + end-to-end on tiny settings)
+	$(BIN)/pytest -q
+
+lint: setup
+	$(BIN)/ruff check .
+
+bench: setup     ## print pipeline and model benchmarks (see bench/)
+	$(BIN)/python bench/pipeline_time.py
+
+ui: setup        ## open the MLflow UI on the project's store
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --port 5000
+
+clean:           ## remove pipeline outputs and local stores (keeps .venv)
+	rm -rf data models reports tune checkpoints mlflow.db mlartifacts

@@ -1,0 +1,31 @@
+"""DVC stage `evaluate`: test-set NLL bounds (ELBO, IWAE with `evaluate.k` samples) and
+bits/dim, sample and reconstruction grids; everything is added to the training run in MLflow.
+
+Writes METRICS (JSON, for `dvc metrics`) and PLOTS/*.png (for `dvc plots`).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from _common import parser
+from rnngen import stages
+from rnngen.config import load_params
+from rnngen.errors import guard
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser(__doc__)
+    p.add_argument("--model", type=Path, required=True, help="train stage output folder")
+    p.add_argument("--split", type=Path, required=True, help="split stage output folder")
+    p.add_argument("--metrics", type=Path, required=True, help="metrics JSON to write")
+    p.add_argument("--plots", type=Path, required=True, help="folder for the pictures")
+    args = p.parse_args(argv)
+    return guard(lambda: stages.evaluate(
+        load_params(args.params), args.model, args.split, args.metrics, args.plots
+    ))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

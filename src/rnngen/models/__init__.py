@@ -1,0 +1,33 @@
+"""Model registry: ``model.name`` in params.yaml -> class. Every model answers
+:class:`~rnngen.models.base.GenerativeModel`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from rnngen.config import ConfigError, from_dict
+from rnngen.models.base import GenerativeModel, LossTerms
+from rnngen.models.mlp_vae import MLPVAE
+from rnngen.models.row_lstm_vae import RowLSTMVAE
+
+MODELS: dict[str, type[GenerativeModel]] = {m.name: m for m in (RowLSTMVAE, MLPVAE)}
+
+
+def model_class(name: str) -> type[GenerativeModel]:
+    if name not in MODELS:
+        raise ConfigError([f"model.name: unknown model {name!r}; choose one of {', '.join(MODELS)}"])
+    return MODELS[name]
+
+
+def model_config(name: str, section: Mapping[str, Any] | None) -> Any:
+    """Build and validate the config of model ``name`` from ``params['model'][name]``."""
+    cls = model_class(name)
+    return from_dict(cls.config_cls, cls.resolve_section(dict(section or {})), f"model.{name}")
+
+
+def build_model(name: str, config: Any) -> GenerativeModel:
+    return model_class(name)(config)
+
+
+__all__ = ["MODELS", "GenerativeModel", "LossTerms", "build_model", "model_class", "model_config"]

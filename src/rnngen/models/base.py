@@ -1,0 +1,136 @@
+"""The small interface every rnngen model answers, so training, evaluation, tuning and
+inpainting are written once.
+
+Images are ``(B, 1, 28, 28)`` float tensors in [0, 1] (binarized pixels for a proper
+Bernoulli likelihood). All quantities are in nats per image.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+IMAGE_SHAPE = (1, 28, 28)
+LOG_2PI = math.log(2 * math.pi)
+
+
+@dataclass
+class LossTerms:
+    """Per-image terms of the negative ELBO: ``recon`` = -E_q log p(x|z), ``kl`` = KL(q || p)."""
+
+    recon: Tensor  # (B,)
+    kl: Tensor  # (B,)
+
+    @property
+    def nelbo(self) -> Tensor:
+        return self.recon + self.kl
+
+
+def bernoulli_nll(logits: Tensor, x: Tensor) -> Tensor:
+    """-log p(x | logits) summed over pixels, per image: (B, ...) -> (B,)."""
+    return F.binary_cross_entropy_with_logits(logits, x, reduction="none").flatten(1).sum(1)
+
+
+def gaussian_kl(mu: Tensor, logvar: Tensor) -> Tensor:
+    """KL(N(mu, exp(logvar)) || N(0, I)) summed over the last dim: 0.5 per latent dim."""
+    return 0.5 * (mu.pow(2) + logvar.exp() - logvar - 1).sum(-1)
+
+
+def log_normal(z: Tensor, mu: Tensor | None = None, logvar: Tensor | None = None) -> Tensor:
+    """log N(z; mu, exp(logvar)) summed over the last dim (standard normal by default)."""
+    if mu is None:
+        return -0.5 * (z.pow(2) + LOG_2PI).sum(-1)
+    assert logvar is not None
+    return -0.5 * ((z - mu).pow(2) / logvar.exp() + logvar + LOG_2PI).sum(-1)
+
+
+def randn(shape: tuple[int, ...], like: Tensor, generator: torch.Generator | None) -> Tensor:
+    """Standard normal noise on ``like``'s device and dtype, optionally from ``generator``."""
+    return torch.randn(shape, generator=generator, device=like.device, dtype=like.dtype)
+
+
+class GenerativeModel(nn.Module, ABC):
+    """A latent-variable image model trained by maximising the ELBO."""
+
+    #: registry name, e.g. ``"draw"``; the ``model.name`` value in params.yaml
+    name: ClassVar[str]
+    #: frozen dataclass holding this model's hyperparameters
+    config_cls: ClassVar[type]
+    #: config fields the tuner's "hidden size" sets
+    hidden_fields: ClassVar[tuple[str, ...]] = ("hidden",)
+
+    def __init__(self, config: Any) -> None:
+        super().__init__()
+        self.config = config
+
+    @classmethod
+    def resolve_section(cls, section: dict[str, Any]) -> dict[str, Any]:
+        """Hook to expand presets in ``params['model'][name]`` before validation."""
+        return section
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @abstractmethod
+    def forward(self, x: Tensor) -> LossTerms:
+        """Single-sample estimate of the negative-ELBO terms for a batch."""
+
+    @abstractmethod
+    def log_weights(self, x: Tensor, k: int, generator: torch.Generator | None = None) -> Tensor:
+        """``(k, B)`` importance log-weights ``log p(x, z_i) - log q(z_i | x)``, z_i ~ q(z|x)."""
+
+    @abstractmethod
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """``n`` new images as Bernoulli means, ``(n, 1, 28, 28)``; fresh latents each call."""
+
+    @abstractmethod
+    def reconstruct(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Bernoulli means of p(x | z) with z ~ q(z | x): the building block of inpainting."""
+
+    def sample_steps(self, n: int, generator: torch.Generator | None = None) -> Tensor | None:
+        """For step-wise models, ``(T, n, 1, 28, 28)`` canvases over time; else None."""
+        return None
+
+
+class GaussianLatentVAE(GenerativeModel):
+    """A VAE with one Gaussian latent vector: subclasses give ``encode`` and ``decode``."""
+
+    z_dim: int
+
+    @abstractmethod
+    def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """q(z | x) as ``(mu, logvar)``, each ``(B, z_dim)``."""
+
+    @abstractmethod
+    def decode(self, z: Tensor) -> Tensor:
+        """Bernoulli logits of p(x | z), ``(B, 1, 28, 28)``."""
+
+    def forward(self, x: Tensor) -> LossTerms:
+        mu, logvar = self.encode(x)
+        z = mu + (0.5 * logvar).exp() * torch.randn_like(mu)  # reparameterisation
+        return LossTerms(recon=bernoulli_nll(self.decode(z), x), kl=gaussian_kl(mu, logvar))
+
+    def log_weights(self, x: Tensor, k: int, generator: torch.Generator | None = None) -> Tensor:
+        mu, logvar = self.encode(x)  # (B, z)
+        eps = randn((k, *mu.shape), mu, generator)
+        z = mu + (0.5 * logvar).exp() * eps  # (k, B, z)
+        logits = self.decode(z.flatten(0, 1)).unflatten(0, (k, x.shape[0]))
+        log_px_z = -bernoulli_nll(logits.flatten(0, 1), x.repeat(k, 1, 1, 1)).view(k, -1)
+        return log_px_z + log_normal(z) - log_normal(z, mu, logvar)
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        any_param = next(self.parameters())
+        z = randn((n, self.z_dim), any_param, generator)
+        return torch.sigmoid(self.decode(z))
+
+    def reconstruct(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        mu, logvar = self.encode(x)
+        z = mu + (0.5 * logvar).exp() * randn(mu.shape, mu, generator)
+        return torch.sigmoid(self.decode(z))

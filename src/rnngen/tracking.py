@@ -1,0 +1,115 @@
+"""MLflow at the edges: where the store is, checking it before compute, and run bookkeeping.
+
+Default store: ``sqlite:///<project root>/mlflow.db`` (absolute, so DVC's temporary
+experiments log to the same place); ``MLFLOW_TRACKING_URI`` overrides.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rnngen.files import find_project_root
+
+#: the MLflow UI opens experiments of this kind in its model-training view
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+
+
+class TrackingError(RuntimeError):
+    """The tracking store cannot be used; the message names the URI."""
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    #: MLflow experiment that holds the training runs
+    experiment: str = "rnngen"
+    #: registered model name in the MLflow model registry
+    model_name: str = "rnngen"
+
+    def problems(self) -> list[str]:
+        return [f"{k}: must not be empty" for k, v in vars(self).items() if not v.strip()]
+
+
+def default_uri(root: str | Path | None = None) -> str:
+    return f"sqlite:///{(Path(root) if root else find_project_root()).resolve() / 'mlflow.db'}"
+
+
+def tracking_uri(root: str | Path | None = None) -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or default_uri(root)
+
+
+def check_store(uri: str, timeout: float = 5.0) -> None:
+    """Fail fast, before any compute, when the store at ``uri`` cannot be reached."""
+    if uri.startswith("sqlite:///"):
+        folder = Path(uri.removeprefix("sqlite:///")).parent
+        if not folder.is_dir() or not os.access(folder, os.W_OK):
+            raise TrackingError(f"tracking store {uri}: folder {folder} is missing or not writable")
+    elif uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as resp:
+                if resp.status != 200:
+                    raise TrackingError(f"tracking server {uri} answered {resp.status} on /health")
+        except (urllib.error.URLError, OSError) as exc:
+            raise TrackingError(
+                f"tracking server {uri} is unreachable ({exc}); start it (mlflow server) or "
+                "unset MLFLOW_TRACKING_URI to use the local sqlite store"
+            ) from exc
+    elif uri.startswith(("postgresql", "mysql", "mssql", "databricks", "file:")) or "://" not in uri:
+        return  # MLflow reports these itself on first use
+    else:
+        raise TrackingError(f"tracking URI {uri!r} has an unknown scheme; use sqlite:///, http(s)://")
+
+
+def setup(experiment: str, uri: str | None = None) -> str:
+    """Point MLflow at ``uri`` (checked) and the experiment; return the experiment id."""
+    import mlflow
+
+    uri = uri or tracking_uri()
+    check_store(uri)
+    mlflow.set_tracking_uri(uri)
+    client = mlflow.MlflowClient()
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        exp_id = client.create_experiment(experiment, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+    else:
+        exp_id = exp.experiment_id
+        if exp.tags.get(EXPERIMENT_KIND_TAG) is None:
+            client.set_experiment_tag(exp_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    mlflow.set_experiment(experiment_id=exp_id)
+    return exp_id
+
+
+@contextlib.contextmanager
+def run(run_id: str | None = None, **kwargs: Any) -> Iterator[Any]:
+    """``mlflow.start_run`` that marks the run FAILED on any exception (KILLED on Ctrl-C)."""
+    import mlflow
+
+    active = mlflow.start_run(run_id=run_id, **kwargs)
+    try:
+        yield active
+    except KeyboardInterrupt:
+        mlflow.end_run(status="KILLED")
+        raise
+    except BaseException:
+        mlflow.end_run(status="FAILED")
+        raise
+    mlflow.end_run()
+
+
+def git_commit(root: str | Path | None = None) -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root or find_project_root(),
+            capture_output=True, text=True, check=True,
+        )
+        return out.stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"

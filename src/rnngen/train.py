@@ -1,0 +1,282 @@
+"""The one training loop every model and the tuner share.
+
+``fit`` returns the history and best weights; tracking (MLflow) and tuning (Optuna) hook in
+through ``on_epoch``. With a ``checkpoint`` path it saves the full training state after every
+epoch and resumes from it: data order, dynamic binarization and model noise come from RNG
+streams restored at epoch boundaries, so a resumed run on CPU ends bit-identical to an
+uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from rnngen import checkpoint as ckpt
+from rnngen.models import GenerativeModel
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN/inf loss; the last good checkpoint is kept."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    seed: int = 0
+    #: auto picks CUDA when present; or cpu, cuda, cuda:1, ...
+    device: str = "auto"
+    epochs: int = 20
+    batch_size: int = 64
+    lr: float = 1e-3
+    optimizer: Literal["adam", "sgd"] = "adam"
+    #: SGD momentum (ignored by Adam)
+    momentum: float = 0.9
+    #: stop after this many epochs without a better validation loss
+    patience: int = 5
+    #: clip the gradient norm to this value; 0 turns clipping off
+    grad_clip: float = 10.0
+    #: random shifts up to this many pixels, training batches only (0 = off)
+    augment_shift: int = 0
+    #: random rotations up to this many degrees, training batches only (0 = off)
+    augment_rotate: float = 0.0
+    #: bfloat16 autocast on CUDA (ignored on CPU)
+    amp: bool = False
+    #: stop after this many seconds of training (0 = no limit); for budgeted benchmarks
+    time_budget_s: float = 0.0
+
+    def problems(self) -> list[str]:
+        out = []
+        if self.epochs < 1:
+            out.append(f"epochs: must be >= 1, got {self.epochs}")
+        if self.batch_size < 1:
+            out.append(f"batch_size: must be >= 1, got {self.batch_size}")
+        if not self.lr > 0:
+            out.append(f"lr: learning rate must be > 0, got {self.lr}")
+        if self.patience < 1:
+            out.append(f"patience: must be >= 1, got {self.patience}")
+        if self.grad_clip < 0:
+            out.append(f"grad_clip: must be >= 0 (0 = off), got {self.grad_clip}")
+        if not 0 <= self.momentum < 1:
+            out.append(f"momentum: must be in [0, 1), got {self.momentum}")
+        if self.augment_shift < 0 or self.augment_rotate < 0:
+            out.append("augment_shift / augment_rotate: must be >= 0")
+        if not (self.device in ("auto", "cpu") or self.device.startswith("cuda")):
+            out.append(f"device: expected auto, cpu or cuda[:N], got {self.device!r}")
+        return out
+
+
+@dataclass
+class FitResult:
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int = 0
+    best_val: float = math.inf
+    best_weights: dict[str, Tensor] = field(default_factory=dict)
+    stopped_early: bool = False
+    resumed_from: int = 0
+
+
+EpochHook = Callable[[int, dict[str, float]], None]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"train.device is {name!r} but no CUDA device is available; use auto or cpu")
+    return torch.device(name)
+
+
+def make_optimizer(model: GenerativeModel, cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
+    return torch.optim.Adam(model.parameters(), lr=cfg.lr)
+
+
+def augment(x: Tensor, shift: int, rotate: float, generator: torch.Generator) -> Tensor:
+    """Random per-image shift (pixels) and rotation (degrees) of ``(B, 1, 28, 28)`` grey images.
+
+    One affine grid for the whole batch with per-image parameters; torchvision's v2
+    RandomAffine would draw one transform per call, i.e. the same for every image.
+    """
+    b = x.shape[0]
+    angle = (torch.rand(b, generator=generator) * 2 - 1) * math.radians(rotate)
+    t = (torch.rand(b, 2, generator=generator) * 2 - 1) * (2 * shift / 28)
+    cos, sin = angle.cos(), angle.sin()
+    theta = torch.stack([torch.stack([cos, -sin, t[:, 0]], 1), torch.stack([sin, cos, t[:, 1]], 1)], 1)
+    grid = F.affine_grid(theta.to(x), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, align_corners=False, padding_mode="zeros")
+
+
+def prepare_batch(
+    x: Tensor, binarization: str, cfg: TrainConfig | None, generator: torch.Generator
+) -> Tensor:
+    """uint8 ``(B, 28, 28)`` -> model input ``(B, 1, 28, 28)``, augmented when ``cfg`` asks."""
+    grey = x.float().unsqueeze(1) / 255.0
+    if cfg is not None and (cfg.augment_shift or cfg.augment_rotate):
+        grey = augment(grey, cfg.augment_shift, cfg.augment_rotate, generator)
+        if binarization == "fixed":
+            return (grey > 0.5).float()
+    if binarization == "dynamic":
+        return torch.bernoulli(grey, generator=generator)
+    return grey
+
+
+def evaluate_nelbo(
+    model: GenerativeModel, x: Tensor, binarization: str, batch_size: int, seed: int
+) -> float:
+    """Mean negative ELBO (nats/image) over uint8 images ``x``, with a fixed binarization seed."""
+    gen = torch.Generator().manual_seed(seed)
+    device = model.device
+    total = 0.0
+    model.eval()
+    with torch.no_grad():
+        for start in range(0, len(x), batch_size):
+            xb = prepare_batch(x[start : start + batch_size], binarization, None, gen).to(device)
+            total += model(xb).nelbo.sum().item()
+    return total / len(x)
+
+
+def _fingerprint(model: GenerativeModel, cfg: TrainConfig, binarization: str) -> str:
+    spec = {"model": ckpt.model_spec(model), "train": dataclasses.asdict(cfg), "bin": binarization}
+    spec["train"].pop("device")
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def fit(
+    model: GenerativeModel,
+    train_x: Tensor,
+    val_x: Tensor,
+    cfg: TrainConfig,
+    binarization: str,
+    *,
+    checkpoint: str | Path | None = None,
+    on_epoch: EpochHook | None = None,
+    extra_state: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> FitResult:
+    """Train ``model`` on uint8 images; early-stop on validation negative ELBO.
+
+    ``on_epoch(epoch, metrics)`` runs after each epoch (log, prune: it may raise).
+    ``extra_state`` is stored in the checkpoint (e.g. the MLflow run id) and read back with
+    :func:`resume_state`.
+    """
+    device = model.device
+    torch.manual_seed(cfg.seed)  # model noise (reparameterisation) uses the global stream
+    optimizer = make_optimizer(model, cfg)
+    result = FitResult()
+    bad_epochs, start_epoch = 0, 1
+    fingerprint = _fingerprint(model, cfg, binarization)
+    ckpt_path = Path(checkpoint) if checkpoint else None
+
+    if ckpt_path is not None and ckpt_path.is_file():
+        state = ckpt.load(ckpt_path)
+        if state.get("fingerprint") == fingerprint:
+            model.load_state_dict(state["weights"])
+            optimizer.load_state_dict(state["optimizer"])
+            torch.set_rng_state(state["rng_cpu"])
+            if device.type == "cuda" and "rng_cuda" in state:
+                torch.cuda.set_rng_state(state["rng_cuda"], device)
+            result.history = list(state["history"])
+            result.best_epoch, result.best_val = state["best_epoch"], state["best_val"]
+            result.best_weights = state["best_weights"]
+            bad_epochs, start_epoch = state["bad_epochs"], state["epoch"] + 1
+            result.resumed_from = state["epoch"]
+            result.stopped_early = state.get("stopped_early", False)
+            print(f"resuming from {ckpt_path} after epoch {state['epoch']}")
+
+    t_start = time.perf_counter()
+    for epoch in range(start_epoch, cfg.epochs + 1):
+        if result.stopped_early:
+            break
+        model.train()
+        # Per-epoch RNG streams: data order and binarization depend only on (seed, epoch).
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
+        order = torch.randperm(len(train_x), generator=gen)
+        n_batches = math.ceil(len(train_x) / cfg.batch_size)
+        sums = {"loss": 0.0, "recon": 0.0, "kl": 0.0}
+        t0 = time.perf_counter()
+        bar = tqdm(range(n_batches), desc=f"epoch {epoch}/{cfg.epochs}", leave=False,
+                   disable=not progress, unit="batch")
+        for step in bar:
+            idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+            xb = prepare_batch(train_x[idx], binarization, cfg, gen).to(device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp and device.type == "cuda"):
+                terms = model(xb)
+            loss = terms.nelbo.mean()
+            if not torch.isfinite(loss):
+                raise NonFiniteLossError(
+                    f"non-finite loss ({loss.item()}) at epoch {epoch}, step {step + 1}; "
+                    "lower train.lr or set train.grad_clip; the last good checkpoint is kept"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            n = len(idx)
+            sums["loss"] += loss.item() * n
+            sums["recon"] += terms.recon.detach().sum().item()
+            sums["kl"] += terms.kl.detach().sum().item()
+            bar.set_postfix(loss=f"{loss.item():.1f}")
+        seconds = time.perf_counter() - t0
+        val = evaluate_nelbo(model, val_x, binarization, max(cfg.batch_size, 256), cfg.seed + 1)
+        metrics = {
+            "train_loss": sums["loss"] / len(train_x),
+            "train_recon": sums["recon"] / len(train_x),
+            "train_kl": sums["kl"] / len(train_x),
+            "val_loss": val,
+            "epoch_seconds": seconds,
+            "images_per_second": len(train_x) / seconds,
+        }
+        if not math.isfinite(val):
+            raise NonFiniteLossError(f"non-finite validation loss at epoch {epoch}; the last good checkpoint is kept")
+        result.history.append({"epoch": epoch, **metrics})
+        if val < result.best_val:
+            result.best_val, result.best_epoch, bad_epochs = val, epoch, 0
+            result.best_weights = {k: v.detach().clone().cpu() for k, v in model.state_dict().items()}
+        else:
+            bad_epochs += 1
+        result.stopped_early = bad_epochs >= cfg.patience
+        over_budget = cfg.time_budget_s > 0 and time.perf_counter() - t_start > cfg.time_budget_s
+        print(
+            f"epoch {epoch:3d}  train {metrics['train_loss']:8.2f}  (recon {metrics['train_recon']:.2f}"
+            f" + kl {metrics['train_kl']:.2f})  val {val:8.2f}  {metrics['images_per_second']:.0f} img/s"
+            + ("  *" if result.best_epoch == epoch else ""),
+            flush=True,
+        )
+        if ckpt_path is not None:
+            ckpt.save(ckpt_path, {
+                "model": ckpt.model_spec(model), "weights": model.state_dict(),
+                "optimizer": optimizer.state_dict(), "epoch": epoch, "fingerprint": fingerprint,
+                "history": result.history, "best_epoch": result.best_epoch,
+                "best_val": result.best_val, "best_weights": result.best_weights,
+                "bad_epochs": bad_epochs, "stopped_early": result.stopped_early,
+                "rng_cpu": torch.get_rng_state(),
+                **({"rng_cuda": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {}),
+                **(extra_state or {}),
+            })
+        if on_epoch is not None:
+            on_epoch(epoch, metrics)
+        if over_budget:
+            break
+    if not result.best_weights:
+        result.best_weights = {k: v.detach().clone().cpu() for k, v in model.state_dict().items()}
+    return result
+
+
+def resume_state(checkpoint: str | Path) -> dict[str, Any]:
+    """The stored state of an unfinished run ({} when there is no checkpoint)."""
+    path = Path(checkpoint)
+    return ckpt.load(path) if path.is_file() else {}
