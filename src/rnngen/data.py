@@ -153,11 +153,15 @@ def _download(cfg: DataConfig, expected: dict[str, str], folder: Path) -> None:
 
 
 def _read_idx_folder(folder: Path, expected: dict[str, str]) -> RawData:
+    missing = [name for name in expected if not (folder / name).is_file()]
+    if missing:
+        raise DataError(
+            f"missing file {folder / missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+            + f"; the folder must hold {', '.join(expected)}"
+        )
     files = {}
     for name, md5 in expected.items():
         path = folder / name
-        if not path.is_file():
-            raise DataError(f"missing file {path}; the folder must hold {', '.join(expected)}")
         got = file_digest(path)
         if got != md5:
             raise DataError(

@@ -74,7 +74,8 @@ def likelihood_bounds(
     device = model.device
     gen = torch.Generator(device=device).manual_seed(seed)
     elbo_sum = iw_sum = 0.0
-    for start in tqdm(range(0, len(x), batch_size), desc="likelihood", leave=False, disable=not progress):
+    for start in tqdm(range(0, len(x), batch_size), desc="likelihood", leave=False,
+                      disable=None if progress else True):
         xb = x[start : start + batch_size].to(device)
         logw = log_weights_chunked(model, xb, k, gen).double()  # (k, B)
         elbo_sum += logw.mean(0).sum().item()

@@ -11,6 +11,7 @@ import dataclasses
 import math
 import shutil
 import time
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -166,7 +167,7 @@ def train(
             history_csv.parent.mkdir(parents=True, exist_ok=True)
             history.to_csv(history_csv, index=False)
             mlflow.log_artifact(str(history_csv))
-            version = _log_model(model, x_val[:1], info["binarization"], track_cfg.model_name)
+            version = _log_model(model, x_val[:2], info["binarization"], track_cfg.model_name)
             write_json(tmp / RUN_FILE, {
                 "run_id": run.info.run_id, "experiment_id": run.info.experiment_id,
                 "tracking_uri": mlflow.get_tracking_uri(), "model_name": track_cfg.model_name,
@@ -206,12 +207,16 @@ class _Scorer(torch.nn.Module):
 def _log_model(model: torch.nn.Module, example_u8: torch.Tensor, binarization: str, name: str) -> str:
     import mlflow
 
-    example = (example_u8.float().unsqueeze(1) / 255.0).round().numpy()  # (1, 1, 28, 28)
+    # Two images: torch.export (MLflow's default "pt2" format, no pickled code) would
+    # specialise a batch dimension of 1 to a constant.
+    example = (example_u8.float().unsqueeze(1) / 255.0).round().numpy()  # (2, 1, 28, 28)
     torch.manual_seed(0)
-    info = mlflow.pytorch.log_model(
-        _Scorer(model.cpu().eval()), name="model", input_example=example,
-        registered_model_name=name, await_registration_for=60,
-    )
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*_flat_weights.*")  # nn.LSTM internals under export
+        info = mlflow.pytorch.log_model(
+            _Scorer(model.cpu().eval()), name="model", input_example=example,
+            registered_model_name=name, await_registration_for=60,
+        )
     return str(info.registered_model_version)
 
 

@@ -207,8 +207,9 @@ def fit(
         n_batches = math.ceil(len(train_x) / cfg.batch_size)
         sums = {"loss": 0.0, "recon": 0.0, "kl": 0.0}
         t0 = time.perf_counter()
+        # disable=None: bars on a terminal, none in CI logs (the epoch line below is always printed)
         bar = tqdm(range(n_batches), desc=f"epoch {epoch}/{cfg.epochs}", leave=False,
-                   disable=not progress, unit="batch")
+                   disable=None if progress else True, unit="batch")
         for step in bar:
             idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
             xb = prepare_batch(train_x[idx], binarization, cfg, gen).to(device)
@@ -241,7 +242,9 @@ def fit(
             "images_per_second": len(train_x) / seconds,
         }
         if not math.isfinite(val):
-            raise NonFiniteLossError(f"non-finite validation loss at epoch {epoch}; the last good checkpoint is kept")
+            raise NonFiniteLossError(
+                f"non-finite validation loss at epoch {epoch}; the last good checkpoint is kept"
+            )
         result.history.append({"epoch": epoch, **metrics})
         if val < result.best_val:
             result.best_val, result.best_epoch, bad_epochs = val, epoch, 0

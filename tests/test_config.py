@@ -1,0 +1,49 @@
+"""Parameter validation: every problem reported at once, with key and fix, before compute."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import tiny_params
+
+from rnngen import settings
+from rnngen.config import ConfigError, load_params
+
+
+def test_defaults_in_params_yaml_are_valid() -> None:
+    from conftest import ROOT
+
+    params = load_params(ROOT / "params.yaml")
+    built = settings.build(params, *settings.BUILDERS)
+    assert built["model"].name == params["model"]["name"]
+
+
+def test_all_problems_reported_together() -> None:
+    params = tiny_params(**{"train.lr": -0.1, "train.batch_size": 0, "data.source": "ftp"})
+    with pytest.raises(ConfigError) as err:
+        settings.build(params, "data", "train")
+    text = str(err.value)
+    assert "train.lr" in text and "> 0" in text
+    assert "train.batch_size" in text
+    assert "data.source" in text and "embedded" in text  # names the allowed values
+    assert len(err.value.problems) == 3
+
+
+def test_unknown_key_suggests_the_close_one() -> None:
+    params = tiny_params(**{"train.epoch": 3})
+    with pytest.raises(ConfigError, match=r"train.epoch: unknown key.*did you mean .train.epochs"):
+        settings.build(params, "train")
+
+
+def test_unknown_model_names_the_choices() -> None:
+    with pytest.raises(ConfigError, match="row_lstm_vae"):
+        settings.build(tiny_params(**{"model.name": "pixelcnn"}), "model")
+
+
+def test_wrong_type_is_named() -> None:
+    with pytest.raises(ConfigError, match=r"train.epochs: expected int, got 'ten'"):
+        settings.build(tiny_params(**{"train.epochs": "ten"}), "train")
+
+
+def test_embedded_is_mnist_only() -> None:
+    with pytest.raises(ConfigError, match="embedded.*MNIST digits only"):
+        settings.build(tiny_params(**{"data.dataset": "kmnist"}), "data")

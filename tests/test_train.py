@@ -1,0 +1,111 @@
+"""The training loop: early stopping, checkpoints that resume bit-identically, and
+non-finite losses that stop with a clear error and keep the last good checkpoint."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+
+from rnngen import checkpoint as ckpt
+from rnngen import data
+from rnngen.models import build_model, model_config
+from rnngen.train import NonFiniteLossError, TrainConfig, augment, fit
+
+
+def small_model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_model("row_lstm_vae", model_config("row_lstm_vae", {"hidden": 8, "z_dim": 2}))
+
+
+@pytest.fixture(scope="module")
+def arrays(split_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    x_train, _ = data.load_split(split_dir, "train")
+    x_val, _ = data.load_split(split_dir, "val")
+    return x_train[:256], x_val[:64]
+
+
+CFG = TrainConfig(epochs=3, batch_size=64, device="cpu", patience=10)
+
+
+def test_fit_learns_and_reports_history(arrays) -> None:
+    result = fit(small_model(), *arrays, CFG, "dynamic", progress=False)
+    assert [h["epoch"] for h in result.history] == [1, 2, 3]
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+    assert result.best_val == min(h["val_loss"] for h in result.history)
+
+
+def test_early_stopping(arrays) -> None:
+    cfg = dataclasses.replace(CFG, epochs=30, patience=1, lr=0.3)  # a wild lr stops improving fast
+    result = fit(small_model(), *arrays, cfg, "dynamic", progress=False)
+    assert result.stopped_early and len(result.history) < 30
+
+
+def test_resume_is_bit_identical_to_an_uninterrupted_run(arrays, tmp_path: Path) -> None:
+    full = fit(small_model(), *arrays, CFG, "dynamic", checkpoint=tmp_path / "a.pt", progress=False)
+
+    class Crash(Exception):
+        pass
+
+    def crash_after_two(epoch: int, _: dict) -> None:
+        if epoch == 2:
+            raise Crash
+
+    with pytest.raises(Crash):
+        fit(small_model(), *arrays, CFG, "dynamic", checkpoint=tmp_path / "b.pt", on_epoch=crash_after_two,
+            progress=False)
+    torch.manual_seed(123)  # a new process would start from other RNG states
+    resumed = fit(small_model(), *arrays, CFG, "dynamic", checkpoint=tmp_path / "b.pt", progress=False)
+    assert resumed.resumed_from == 2
+    timing = {"epoch_seconds", "images_per_second"}
+    strip = [[{k: v for k, v in h.items() if k not in timing} for h in r.history] for r in (full, resumed)]
+    assert strip[0] == strip[1]
+    for k, v in full.best_weights.items():
+        assert torch.equal(v, resumed.best_weights[k]), k
+
+
+def test_changed_settings_do_not_resume_a_stale_checkpoint(arrays, tmp_path: Path) -> None:
+    fit(small_model(), *arrays, dataclasses.replace(CFG, epochs=1), "dynamic", checkpoint=tmp_path / "c.pt",
+        progress=False)
+    other = fit(small_model(), *arrays, dataclasses.replace(CFG, epochs=1, lr=5e-4), "dynamic",
+                checkpoint=tmp_path / "c.pt", progress=False)
+    assert other.resumed_from == 0
+
+
+def test_non_finite_loss_names_epoch_and_step_and_keeps_checkpoint(arrays, tmp_path: Path) -> None:
+    model = small_model()
+    calls = {"n": 0}
+    original = model.forward
+
+    def poisoned(x: torch.Tensor):
+        calls["n"] += 1
+        terms = original(x)
+        if calls["n"] > 6:  # epoch 2 (4 batches an epoch + no val calls counted before)
+            terms.recon = terms.recon * float("nan")
+        return terms
+
+    model.forward = poisoned  # type: ignore[method-assign]
+    with pytest.raises(NonFiniteLossError, match=r"epoch 2, step \d+"):
+        fit(model, *arrays, dataclasses.replace(CFG, batch_size=64), "dynamic", checkpoint=tmp_path / "n.pt",
+            progress=False)
+    state = ckpt.load(tmp_path / "n.pt")
+    assert state["epoch"] == 1  # the last good epoch survives
+
+
+def test_augment_shifts_each_image_differently() -> None:
+    x = torch.zeros(8, 1, 28, 28)
+    x[:, :, 10:18, 10:18] = 1
+    out = augment(x, 3, 10.0, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape
+    assert len({tuple(o.flatten().nonzero().flatten()[:5].tolist()) for o in out}) > 1
+
+
+def test_corrupted_checkpoint_gives_a_clear_error(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"garbage")
+    with pytest.raises(ckpt.CheckpointError, match="corrupted"):
+        ckpt.load_model(bad)
+    with pytest.raises(ckpt.CheckpointError, match="does not exist"):
+        ckpt.load_model(tmp_path / "missing.pt")
