@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from conftest import tiny_params
 
+from conftest import tiny_params
 from rnngen import settings
 from rnngen.config import ConfigError, load_params
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import tiny_params
 from PIL import Image
 
+from conftest import tiny_params
 from rnngen import data, stages
 from rnngen.config import ConfigError
 
@@ -56,7 +56,7 @@ def http_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     root.mkdir()
 
     class Quiet(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *a, **kw):  # noqa: ANN002, ANN003
+        def __init__(self, *a, **kw):
             super().__init__(*a, directory=str(root), **kw)
 
         def log_message(self, *args: object) -> None:

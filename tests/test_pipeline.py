@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from conftest import ROOT, copy_project, tiny_params
 
 pytestmark = pytest.mark.e2e

@@ -75,16 +75,39 @@ def setup(experiment: str, uri: str | None = None) -> str:
     uri = uri or tracking_uri()
     check_store(uri)
     mlflow.set_tracking_uri(uri)
-    client = mlflow.MlflowClient()
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        exp_id = client.create_experiment(experiment, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
-    else:
-        exp_id = exp.experiment_id
-        if exp.tags.get(EXPERIMENT_KIND_TAG) is None:
-            client.set_experiment_tag(exp_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    with _init_lock(uri):
+        client = mlflow.MlflowClient()  # first use creates/migrates the sqlite schema
+        exp = client.get_experiment_by_name(experiment)
+        if exp is None:
+            exp_id = client.create_experiment(
+                experiment, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}, artifact_location=_artifact_root(uri)
+            )
+        else:
+            exp_id = exp.experiment_id
+            if exp.tags.get(EXPERIMENT_KIND_TAG) is None:
+                client.set_experiment_tag(exp_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     mlflow.set_experiment(experiment_id=exp_id)
     return exp_id
+
+
+def _init_lock(uri: str) -> contextlib.AbstractContextManager[Any]:
+    """Serialise schema creation and experiment creation on a local sqlite store.
+
+    Two processes opening a fresh ``mlflow.db`` at once both run MLflow's migrations and
+    one fails ("duplicate column name"); later writes are safe under sqlite's own locking.
+    """
+    if not uri.startswith("sqlite:///"):
+        return contextlib.nullcontext()
+    from filelock import FileLock
+
+    return FileLock(uri.removeprefix("sqlite:///") + ".lock", timeout=120)
+
+
+def _artifact_root(uri: str) -> str | None:
+    """Artifacts beside a local sqlite store (``<folder>/mlartifacts``), not in the cwd."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri()
 
 
 @contextlib.contextmanager

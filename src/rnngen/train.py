@@ -259,6 +259,10 @@ def fit(
             + ("  *" if result.best_epoch == epoch else ""),
             flush=True,
         )
+        # Hook first (log, prune), then checkpoint: a kill in between re-runs this epoch, which
+        # logs the same values again rather than leaving a hole in the curves.
+        if on_epoch is not None:
+            on_epoch(epoch, metrics)
         if ckpt_path is not None:
             ckpt.save(ckpt_path, {
                 "model": ckpt.model_spec(model), "weights": model.state_dict(),
@@ -270,16 +274,9 @@ def fit(
                 **({"rng_cuda": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {}),
                 **(extra_state or {}),
             })
-        if on_epoch is not None:
-            on_epoch(epoch, metrics)
         if over_budget:
             break
     if not result.best_weights:
         result.best_weights = {k: v.detach().clone().cpu() for k, v in model.state_dict().items()}
     return result
 
-
-def resume_state(checkpoint: str | Path) -> dict[str, Any]:
-    """The stored state of an unfinished run ({} when there is no checkpoint)."""
-    path = Path(checkpoint)
-    return ckpt.load(path) if path.is_file() else {}

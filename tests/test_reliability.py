@@ -1,0 +1,146 @@
+"""Failures that lose nothing: SIGKILL mid-training resumes to the same result, runs end
+FAILED instead of RUNNING, stores fail fast, and concurrent processes share one store."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from test_pipeline import BIN, run, stages_run
+
+from conftest import copy_project, tiny_params
+from rnngen import stages
+from rnngen.tracking import TrackingError
+from rnngen.train import NonFiniteLossError
+
+KILL_PARAMS = {"train.epochs": 4, "train.patience": 10, "tune.n_trials": 0}
+
+
+def _checkpoint_epoch(path: Path) -> int:
+    try:
+        return int(torch.load(path, weights_only=True)["epoch"])
+    except Exception:  # not written yet, or mid-rename
+        return 0
+
+
+@pytest.mark.e2e
+def test_sigkill_mid_training_resumes_to_identical_results(tmp_path: Path) -> None:
+    params = tiny_params(**KILL_PARAMS)
+    clean = copy_project(tmp_path / "clean", params)
+    run([str(BIN / "dvc"), "repro"], clean)
+
+    killed = copy_project(tmp_path / "killed", params)
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    proc = subprocess.Popen([str(BIN / "dvc"), "repro"], cwd=killed, env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt_file = killed / "checkpoints/train.pt"
+    deadline = time.monotonic() + 300
+    while _checkpoint_epoch(ckpt_file) < 2 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "training finished before it could be killed; raise train.epochs"
+    os.killpg(proc.pid, signal.SIGKILL)  # the whole process group: dvc and the stage
+    proc.wait()
+    assert _checkpoint_epoch(ckpt_file) in (2, 3)
+
+    again = run([str(BIN / "dvc"), "repro"], killed)
+    assert stages_run(again.stdout) == ["train", "evaluate"]
+    assert "resuming from checkpoints/train.pt after epoch" in again.stdout
+    # Same final metrics, byte for byte, as the run that was never interrupted.
+    assert (killed / "reports/metrics.json").read_bytes() == (clean / "reports/metrics.json").read_bytes()
+    a = torch.load(clean / "models/model.pt", weights_only=True)["weights"]
+    b = torch.load(killed / "models/model.pt", weights_only=True)["weights"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # ...and the resumed run continued the same MLflow run: one run, FINISHED, 4 epochs of curves.
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{killed.resolve() / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("rnngen").experiment_id])
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    steps = sorted({m.step for m in client.get_metric_history(runs[0].info.run_id, "val_loss")})
+    assert steps == [1, 2, 3, 4]
+
+
+def test_non_finite_loss_marks_the_run_failed(tmp_path: Path, mlflow_uri: str, split_dir: Path) -> None:
+    from mlflow import MlflowClient
+
+    params = tiny_params(**{"train.lr": 1e6, "train.grad_clip": 0.0})
+    with pytest.raises(NonFiniteLossError, match=r"epoch 1, step \d+.*train.lr"):
+        stages.train(params, split_dir, None, tmp_path / "models", tmp_path / "ck.pt", tmp_path / "h.csv")
+    client = MlflowClient(mlflow_uri)
+    (run_,) = client.search_runs([client.get_experiment_by_name("rnngen").experiment_id])
+    assert run_.info.status == "FAILED"
+    assert not (tmp_path / "models").exists()
+
+
+def test_any_exception_marks_the_run_failed(tmp_path: Path, mlflow_uri: str, split_dir: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlflow import MlflowClient
+
+    def broken_fit(*args: object, **kwargs: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(stages, "fit", broken_fit)
+    with pytest.raises(OSError, match="disk full"):
+        stages.train(tiny_params(), split_dir, None, tmp_path / "models", tmp_path / "ck.pt", tmp_path / "h.csv")
+    client = MlflowClient(mlflow_uri)
+    (run_,) = client.search_runs([client.get_experiment_by_name("rnngen").experiment_id])
+    assert run_.info.status == "FAILED"
+
+
+def test_unreachable_tracking_server_fails_before_training(tmp_path: Path, split_dir: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    start = time.monotonic()
+    with pytest.raises(TrackingError, match=r"http://127.0.0.1:9 is unreachable"):
+        stages.train(tiny_params(), split_dir, None, tmp_path / "models", tmp_path / "ck.pt", tmp_path / "h.csv")
+    assert time.monotonic() - start < 30
+    assert not (tmp_path / "ck.pt").exists() and not (tmp_path / "models").exists()
+
+
+def test_wrong_tracking_uri_names_the_uri(tmp_path: Path, split_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/no/such/folder/mlflow.db")
+    with pytest.raises(TrackingError, match="no/such/folder"):
+        stages.train(tiny_params(), split_dir, None, tmp_path / "models", tmp_path / "ck.pt", tmp_path / "h.csv")
+
+
+WRITER = textwrap.dedent("""
+    import sys, mlflow
+    from rnngen import tracking
+    tracking.setup("shared")
+    with tracking.run(run_name=sys.argv[1]):
+        mlflow.log_params({f"p{i}": i for i in range(10)})
+        for step in range(60):
+            mlflow.log_metric("m", step, step=step)
+    print("done")
+""")
+
+
+def test_two_processes_share_a_fresh_sqlite_store(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER, f"w{i}"], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for i in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (out, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0 and "done" in out, err[-2000:]
+        assert "database is locked" not in err
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("shared").experiment_id])
+    assert sorted(r.info.run_name for r in runs) == ["w0", "w1"]
+    assert all(len(client.get_metric_history(r.info.run_id, "m")) == 60 for r in runs)
+
+
+def test_metrics_json_has_no_run_specific_fields(trained_model: dict) -> None:
+    metrics = json.loads(Path(trained_model["metrics"]).read_text())
+    assert "run_id" not in metrics and not any("second" in k for k in metrics)
