@@ -1,7 +1,9 @@
 """DVC stage `evaluate`: test-set NLL bounds (ELBO, IWAE with `evaluate.k` samples) and
-bits/dim, sample and reconstruction grids; everything is added to the training run in MLflow.
+bits/dim, Fréchet classifier distance and classifier scores of samples, inpainting scores
+(bottom half, centre square, random pixels); samples, reconstructions, inpainting panels and,
+for DRAW, the canvas over time. Everything is added to the training run in MLflow.
 
-Writes METRICS (JSON, for `dvc metrics`) and PLOTS/*.png (for `dvc plots`).
+Writes METRICS (JSON, for `dvc metrics`) and PLOTS/*.png|gif (for `dvc plots`).
 """
 
 from __future__ import annotations
@@ -19,11 +21,12 @@ def main(argv: list[str] | None = None) -> int:
     p = parser(__doc__)
     p.add_argument("--model", type=Path, required=True, help="train stage output folder")
     p.add_argument("--split", type=Path, required=True, help="split stage output folder")
+    p.add_argument("--classifier", type=Path, required=True, help="classifier stage output folder")
     p.add_argument("--metrics", type=Path, required=True, help="metrics JSON to write")
     p.add_argument("--plots", type=Path, required=True, help="folder for the pictures")
     args = p.parse_args(argv)
     return guard(lambda: stages.evaluate(
-        load_params(args.params), args.model, args.split, args.metrics, args.plots
+        load_params(args.params), args.model, args.split, args.classifier, args.metrics, args.plots
     ))
 
 

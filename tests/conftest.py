@@ -28,6 +28,10 @@ def tiny_params(**overrides: Any) -> dict[str, Any]:
         "evaluate.k": 4,
         "evaluate.n_samples": 16,
         "evaluate.max_images": 100,
+        "evaluate.n_quality": 50,
+        "evaluate.inpaint_images": 20,
+        "evaluate.inpaint_iterations": 2,
+        "classifier.epochs": 1,
     }
     return set_dotted(params, {**small, **overrides})
 
@@ -71,7 +75,8 @@ def trained_model(tmp_path_factory: pytest.TempPathFactory, split_dir: Path) -> 
         params = tiny_params()
         stages.train(params, split_dir, None, base / "models", base / "ckpt" / "train.pt",
                      base / "reports" / "history.csv")
-        stages.evaluate(params, base / "models", split_dir, base / "reports" / "metrics.json",
+        stages.classifier(params, split_dir, base / "classifier")
+        stages.evaluate(params, base / "models", split_dir, base / "classifier", base / "reports" / "metrics.json",
                         base / "reports" / "pictures")
     finally:
         if old is None:
@@ -79,6 +84,7 @@ def trained_model(tmp_path_factory: pytest.TempPathFactory, split_dir: Path) -> 
         else:
             os.environ["MLFLOW_TRACKING_URI"] = old
     return {"dir": base, "uri": uri, "models": base / "models", "split": split_dir,
+            "classifier": base / "classifier",
             "metrics": base / "reports" / "metrics.json"}
 
 

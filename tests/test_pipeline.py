@@ -35,7 +35,9 @@ def stages_run(output: str) -> list[str]:
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     repo = copy_project(tmp_path_factory.mktemp("project"), tiny_params())
     first = run([str(BIN / "dvc"), "repro"], repo)
-    assert stages_run(first.stdout) == ["download", "split", "tune", "train", "evaluate"]
+    ran = stages_run(first.stdout)
+    assert sorted(ran) == sorted(["download", "split", "tune", "train", "classifier", "evaluate"])
+    assert ran.index("download") < ran.index("split") < ran.index("tune") < ran.index("train") < ran.index("evaluate")
     return repo
 
 
@@ -44,7 +46,11 @@ def test_outputs_and_metrics(project: Path) -> None:
     assert metrics["test_nll_iwae"] <= metrics["test_nll_elbo"]
     assert 0 < metrics["test_nll_iwae"] < 784 * 0.7  # well below a coin-flip model
     assert metrics["binarization"].startswith("dynamic")
-    for png in ("samples.png", "reconstructions.png"):
+    assert 0 <= metrics["test_fcd"] and 1 <= metrics["test_classifier_score_samples"] <= 10
+    for kind in ("bottom_half", "centre_square", "random_pixels"):
+        assert 0 <= metrics[f"inpaint_{kind}_accuracy_completed"] <= 1
+    assert json.loads((project / "classifier/metrics.json").read_text())["test_accuracy"] > 0.5
+    for png in ("samples.png", "reconstructions.png", "inpaint_bottom_half.png", "inpaint_centre_square.png"):
         assert (project / "reports/pictures" / png).stat().st_size > 0
     shown = run([str(BIN / "dvc"), "metrics", "show", "--json"], project).stdout
     assert "test_nll_iwae" in shown
@@ -66,7 +72,7 @@ def test_mlflow_run_params_metrics_images_and_registered_model(project: Path) ->
     assert len(client.get_metric_history(run_.info.run_id, "val_loss")) == 2  # one per epoch
     assert "test_nll_iwae" in run_.data.metrics
     artifacts = {a.path for a in client.list_artifacts(run_.info.run_id, "pictures")}
-    assert {"pictures/samples.png", "pictures/reconstructions.png"} <= artifacts
+    assert {"pictures/samples.png", "pictures/reconstructions.png", "pictures/inpaint_random_pixels.png"} <= artifacts
     assert any(a.path == "checkpoint" for a in client.list_artifacts(run_.info.run_id))
     exp = client.get_experiment(run_.info.experiment_id)
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
@@ -100,7 +106,7 @@ def test_bad_param_fails_before_compute_and_leaves_no_output(project: Path) -> N
 
 
 def test_stage_help_is_helpful() -> None:
-    for stage in ("download", "split", "tune", "train", "evaluate"):
+    for stage in ("download", "split", "tune", "train", "classifier", "evaluate"):
         out = subprocess.run([sys.executable, str(ROOT / "pipeline" / f"{stage}.py"), "--help"],
                              capture_output=True, text=True, check=True).stdout
         assert "--params" in out and "DVC stage" in out

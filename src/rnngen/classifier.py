@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -28,7 +28,7 @@ FORMAT = "rnngen-classifier-v1"
 @dataclass(frozen=True)
 class ClassifierConfig:
     seed: int = 0
-    epochs: int = 5
+    epochs: int = 10
     batch_size: int = 64
     lr: float = 1e-3
     #: random shifts of up to this many pixels on training batches (0 = off): with a few
@@ -94,7 +94,9 @@ def _device(model: nn.Module) -> torch.device:
 
 
 @torch.no_grad()
-def _batched(fn: Any, model: DigitClassifier, images: Tensor | np.ndarray, batch_size: int) -> Tensor:
+def _batched(
+    fn: Callable[[Tensor], Tensor], model: DigitClassifier, images: Tensor | np.ndarray, batch_size: int
+) -> Tensor:
     model.eval()
     x = as_images(images)
     device = _device(model)

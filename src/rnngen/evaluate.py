@@ -1,5 +1,6 @@
 """Evaluation in the literature's units: negative log-likelihood bounds in nats per image
-(ELBO and the importance-weighted bound of Burda et al. 2016) and bits per dimension."""
+(ELBO and the importance-weighted bound of Burda et al. 2016) and bits per dimension; sample
+quality (Fréchet classifier distance); inpainting scores; the pictures that go with them."""
 
 from __future__ import annotations
 
@@ -11,7 +12,11 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from rnngen.classifier import DigitClassifier
+from rnngen.inpaint import MASKS, inpaint, inpainting_metrics, make_mask
 from rnngen.models import GenerativeModel
+from rnngen.pictures import canvas_gif, canvas_strip, inpainting_panel
+from rnngen.quality import sample_quality
 from rnngen.train import prepare_batch
 
 PIXELS = 28 * 28
@@ -28,6 +33,13 @@ class EvalConfig:
     n_samples: int = 64
     #: evaluate on the first N test images only (0 = all)
     max_images: int = 0
+    #: generated vs real test images for the Fréchet classifier distance (same N both sides;
+    #: capped at the number of test images)
+    n_quality: int = 1000
+    #: test images completed under each inpainting mask
+    inpaint_images: int = 200
+    #: pseudo-Gibbs iterations per completion
+    inpaint_iterations: int = 20
 
     def problems(self) -> list[str]:
         out = []
@@ -39,6 +51,10 @@ class EvalConfig:
             out.append(f"n_samples: must be >= 1, got {self.n_samples}")
         if self.max_images < 0:
             out.append(f"max_images: must be >= 0 (0 = all), got {self.max_images}")
+        if self.n_quality < 2:
+            out.append(f"n_quality: must be >= 2 (a covariance needs two images), got {self.n_quality}")
+        if self.inpaint_images < 1 or self.inpaint_iterations < 1:
+            out.append("inpaint_images / inpaint_iterations: must be >= 1")
         return out
 
 
@@ -98,3 +114,51 @@ def save_grid(images: Tensor, path: str | Path, nrow: int = 8) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     save_image(images.float().clamp(0, 1).cpu(), path, nrow=nrow, padding=2, pad_value=0.5)
     return path
+
+
+def report(
+    model: GenerativeModel,
+    x_test: Tensor,
+    y_test: Tensor,
+    classifier: DigitClassifier,
+    cfg: EvalConfig,
+    binarization: str,
+    pictures: Path,
+    progress: bool = True,
+) -> dict[str, float]:
+    """Every test metric and picture for one model: likelihood bounds, sample quality,
+    inpainting under each mask. ``x_test`` are uint8 test images; pictures go to ``pictures``.
+    """
+    torch.manual_seed(cfg.seed)
+    x = binarized_test_set(x_test, binarization, cfg.seed)
+    metrics: dict[str, float] = {
+        f"test_{k}": v for k, v in likelihood_bounds(model, x, cfg.k, cfg.batch_size, cfg.seed, progress).items()
+    }
+    metrics |= {"k": cfg.k, "n_test": len(x)}
+
+    grey = x_test.float().unsqueeze(1) / 255.0  # samples are Bernoulli means: compare grey levels
+    n_quality = min(cfg.n_quality, len(grey))
+    metrics |= {f"test_{k}": v for k, v in sample_quality(model, classifier, grey, n_quality, cfg.seed).items()}
+
+    gen = torch.Generator(device=model.device).manual_seed(cfg.seed)
+    n = cfg.n_samples
+    with torch.no_grad():
+        samples = model.sample(n, generator=gen)
+        recon = model.reconstruct(x[: n // 2].to(model.device), generator=gen)
+        steps = model.sample_steps(min(n, 16), generator=gen)
+    save_grid(samples, pictures / "samples.png", nrow=max(1, int(math.sqrt(n))))
+    save_grid(torch.stack([x[: n // 2], recon.cpu()], 1).flatten(0, 1), pictures / "reconstructions.png", nrow=8)
+    if steps is not None:  # DRAW: the canvas being drawn, step by step
+        canvas_gif(steps.cpu(), pictures / "canvas.gif", nrow=4)
+        canvas_strip(steps.cpu(), pictures / "canvas_strip.png")
+
+    m = min(cfg.inpaint_images, len(x))
+    for kind in MASKS:
+        scores = inpainting_metrics(model, classifier, x[:m], y_test[:m], kind, cfg.inpaint_iterations, cfg.seed)
+        metrics |= {f"inpaint_{kind}_{k}": v for k, v in scores.items()}
+        mask = make_mask(kind, 16, torch.Generator().manual_seed(cfg.seed))
+        with torch.no_grad():
+            done = inpaint(model, x[:16].to(model.device), mask.to(model.device), cfg.inpaint_iterations,
+                           torch.Generator(device=model.device).manual_seed(cfg.seed))
+        inpainting_panel(x[:16], mask, done.cpu(), pictures / f"inpaint_{kind}.png")
+    return metrics

@@ -6,6 +6,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from rnngen.classifier import ClassifierConfig
 from rnngen.config import ConfigError, from_dict, set_dotted
 from rnngen.data import DataConfig, SplitConfig
 from rnngen.evaluate import EvalConfig
@@ -32,6 +33,7 @@ BUILDERS: dict[str, Callable[[Mapping[str, Any]], Any]] = {
     "split": lambda p: from_dict(SplitConfig, p.get("split"), "split"),
     "model": _model,
     "train": lambda p: from_dict(TrainConfig, p.get("train"), "train"),
+    "classifier": lambda p: from_dict(ClassifierConfig, p.get("classifier"), "classifier"),
     "evaluate": lambda p: from_dict(EvalConfig, p.get("evaluate"), "evaluate"),
     "tracking": lambda p: from_dict(TrackingConfig, p.get("tracking"), "tracking"),
 }

@@ -8,7 +8,6 @@ half-written on failure), and leaves MLflow runs FAILED rather than RUNNING on e
 from __future__ import annotations
 
 import dataclasses
-import math
 import shutil
 import time
 import warnings
@@ -21,7 +20,6 @@ import torch
 from rnngen import checkpoint as ckpt
 from rnngen import data, settings, tracking
 from rnngen.config import to_flat_dict
-from rnngen.evaluate import binarized_test_set, likelihood_bounds, save_grid
 from rnngen.files import atomic_dir, file_digest, read_json, write_json
 from rnngen.models import build_model
 from rnngen.train import fit, resolve_device
@@ -30,6 +28,7 @@ MANIFEST = "manifest.json"
 SPLIT_INFO = "split.json"
 MODEL_FILE = "model.pt"
 RUN_FILE = "run.json"
+CLASSIFIER_FILE = "classifier.pt"
 
 
 # ----------------------------------------------------------------------------- download
@@ -223,61 +222,72 @@ def _log_model(model: torch.nn.Module, example_u8: torch.Tensor, binarization: s
 # ----------------------------------------------------------------------------- evaluate
 
 
+def classifier(params: Mapping[str, Any], split_dir: Path, out: Path) -> dict[str, Any]:
+    """Train the small CNN that sample quality and inpainting are scored with."""
+    from rnngen.classifier import accuracy, save_classifier, train_classifier
+
+    cfg = settings.build(params, "classifier")["classifier"]
+    (x_tr, y_tr), (x_va, y_va), (x_te, y_te) = (data.load_split(split_dir, n) for n in ("train", "val", "test"))
+    model, fit_metrics = train_classifier(x_tr, y_tr, x_va, y_va, cfg)
+    metrics = {"val_accuracy": fit_metrics["val_accuracy"], "test_accuracy": accuracy(model, x_te, y_te),
+               "best_epoch": fit_metrics["best_epoch"]}
+    out.mkdir(parents=True, exist_ok=True)  # two DVC outputs in one folder: write each atomically
+    tmp_file = out / f".{CLASSIFIER_FILE}.tmp"
+    save_classifier(tmp_file, model)
+    os.replace(tmp_file, out / CLASSIFIER_FILE)
+    write_json(out / "metrics.json", metrics)
+    print(f"classifier: test accuracy {metrics['test_accuracy']:.2%} (val {metrics['val_accuracy']:.2%})")
+    return metrics
+
+
 def evaluate(
-    params: Mapping[str, Any], model_dir: Path, split_dir: Path, metrics_path: Path, plots_dir: Path
+    params: Mapping[str, Any], model_dir: Path, split_dir: Path, classifier_dir: Path, metrics_path: Path,
+    plots_dir: Path,
 ) -> dict[str, Any]:
-    """Test-set NLL bounds, sample and reconstruction grids; logged to the training run."""
+    """Test metrics and pictures (see :func:`rnngen.evaluate.report`), added to the training run."""
     import mlflow
+
+    from rnngen.classifier import load_classifier
+    from rnngen.evaluate import report
 
     cfg = settings.build(params, "evaluate")["evaluate"]
     run_info = read_json(model_dir / RUN_FILE)
     model = ckpt.load_model(model_dir / MODEL_FILE)
     binarization = ckpt.load(model_dir / MODEL_FILE)["binarization"]
-    x_test, _ = data.load_split(split_dir, "test")
+    judge = load_classifier(classifier_dir / CLASSIFIER_FILE)
+    classifier_metrics = read_json(classifier_dir / "metrics.json")
+    x_test, y_test = data.load_split(split_dir, "test")
     if cfg.max_images:
-        x_test = x_test[: cfg.max_images]
+        x_test, y_test = x_test[: cfg.max_images], y_test[: cfg.max_images]
     tracking.check_store(run_info["tracking_uri"])
     mlflow.set_tracking_uri(run_info["tracking_uri"])
+    note = _binarization_note(binarization, cfg.seed)
 
-    torch.manual_seed(cfg.seed)
-    x = binarized_test_set(x_test, binarization, cfg.seed)
     with tracking.run(run_id=run_info["run_id"]):
-        bounds = likelihood_bounds(model, x, cfg.k, cfg.batch_size, cfg.seed)
-        metrics = {
-            **{f"test_{k}": v for k, v in bounds.items()},
-            "k": cfg.k,
-            "n_test": len(x),
-        }
-        gen = torch.Generator().manual_seed(cfg.seed)
         with atomic_dir(plots_dir) as tmp:
-            with torch.no_grad():
-                n = cfg.n_samples
-                samples = model.sample(n, generator=gen)
-                recon = model.reconstruct(x[: n // 2], generator=gen)
-            pairs = torch.stack([x[: n // 2], recon], 1).flatten(0, 1)  # original, reconstruction
-            grids = {
-                "samples.png": save_grid(samples, tmp / "samples.png", nrow=int(math.sqrt(n)) or 1),
-                "reconstructions.png": save_grid(pairs, tmp / "reconstructions.png", nrow=8),
-            }
-            for name, path in grids.items():
+            metrics = report(model, x_test, y_test, judge, cfg, binarization, tmp)
+            for path in sorted(tmp.iterdir()):
                 mlflow.log_artifact(str(path), artifact_path="pictures")
-                from PIL import Image
+                if path.suffix == ".png":  # also as images over steps, for the UI's chart view
+                    from PIL import Image
 
-                with Image.open(path) as im:
-                    mlflow.log_image(im.copy(), key=name.removesuffix(".png"), step=0)
+                    with Image.open(path) as im:
+                        mlflow.log_image(im.convert("RGB"), key=path.stem, step=0)
+        metrics["classifier_test_accuracy"] = classifier_metrics["test_accuracy"]
         mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
-        mlflow.set_tag("test_binarization", _binarization_note(binarization, cfg.seed))
-        client = mlflow.MlflowClient()
+        mlflow.set_tag("test_binarization", note)
         version = run_info.get("model_version")
         if version:
-            for key in ("test_nll_iwae", "test_nll_elbo"):
+            client = mlflow.MlflowClient()
+            for key in ("test_nll_iwae", "test_nll_elbo", "test_fcd"):
                 client.set_model_version_tag(run_info["model_name"], version, key, f"{metrics[key]:.4f}")
     # No run id or timings here: the same params and seed give a byte-identical file.
-    result = {**metrics, "binarization": _binarization_note(binarization, cfg.seed), "model": model.name}
+    result = {**metrics, "binarization": note, "model": model.name}
     write_json(metrics_path, result)
     print(
-        f"test NLL: ELBO {bounds['nll_elbo']:.2f}  IWAE(k={cfg.k}) {bounds['nll_iwae']:.2f} nats"
-        f"  ({bounds['bpd_iwae']:.4f} bits/dim) on {len(x)} images"
+        f"test NLL: ELBO {metrics['test_nll_elbo']:.2f}  IWAE(k={cfg.k}) {metrics['test_nll_iwae']:.2f} nats"
+        f"  ({metrics['test_bpd_iwae']:.4f} bits/dim) on {len(x_test)} images;"
+        f" FCD {metrics['test_fcd']:.1f}"
     )
     return result
 

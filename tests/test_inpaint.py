@@ -1,0 +1,110 @@
+"""Inpainting masks, the pseudo-Gibbs completion, its scores, and the pictures."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+
+from rnngen import pictures
+from rnngen.classifier import DigitClassifier
+from rnngen.inpaint import MASKS, inpaint, inpainting_metrics, make_mask
+from rnngen.models import build_model, model_config
+
+TINY = {"mlp_vae": {"hidden": 32, "z_dim": 4}, "row_lstm_vae": {"hidden": 8, "z_dim": 4}}
+
+
+def tiny_model(name: str = "mlp_vae"):
+    torch.manual_seed(0)
+    return build_model(name, model_config(name, TINY[name])).eval()
+
+
+def images(n: int, seed: int = 0) -> torch.Tensor:
+    return torch.bernoulli(torch.full((n, 1, 28, 28), 0.3), generator=torch.Generator().manual_seed(seed))
+
+
+def grid_size(cols: int, rows: int) -> tuple[int, int]:
+    return cols * 30 + 2, rows * 30 + 2  # torchvision: 28-pixel tiles, 2-pixel padding
+
+
+@pytest.mark.parametrize("kind", sorted(MASKS))
+def test_masks_have_shape_and_counts(kind: str) -> None:
+    mask = make_mask(kind, 5, torch.Generator().manual_seed(0))
+    assert mask.shape == (5, 1, 28, 28) and mask.dtype == torch.bool
+    expected = {"bottom_half": 392, "centre_square": 196, "random_pixels": 392}[kind]
+    assert mask.flatten(1).sum(1).tolist() == [expected] * 5
+
+
+def test_mask_geometry_and_seeding() -> None:
+    assert make_mask("bottom_half", 1)[0, 0, 14:].all() and not make_mask("bottom_half", 1)[0, 0, :14].any()
+    centre = make_mask("centre_square", 1)[0, 0]
+    assert centre[7:21, 7:21].all() and centre.sum() == 196
+    a = make_mask("random_pixels", 3, torch.Generator().manual_seed(1))
+    assert torch.equal(a, make_mask("random_pixels", 3, torch.Generator().manual_seed(1)))
+    assert not torch.equal(a[0], a[1])  # a fresh pattern per image
+
+
+def test_unknown_mask_names_the_kinds() -> None:
+    with pytest.raises(ValueError, match="bottom_half, centre_square, random_pixels"):
+        make_mask("top_half", 2)
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_inpaint_keeps_observed_pixels_exactly(name: str) -> None:
+    x = images(6)
+    mask = make_mask("random_pixels", 6, torch.Generator().manual_seed(0))
+    out = inpaint(tiny_model(name), x, mask, iterations=3, generator=torch.Generator().manual_seed(0))
+    assert out.shape == x.shape
+    assert torch.equal(out[~mask], x[~mask])
+    assert out.min() >= 0 and out.max() <= 1
+    assert not torch.equal(out[mask], x[mask])  # the missing pixels were filled in
+
+
+def test_inpaint_is_deterministic_for_a_seed() -> None:
+    model, x, mask = tiny_model(), images(4), make_mask("centre_square", 4)
+    a = inpaint(model, x, mask, 4, torch.Generator().manual_seed(7))
+    b = inpaint(model, x, mask, 4, torch.Generator().manual_seed(7))
+    c = inpaint(model, x, mask, 4, torch.Generator().manual_seed(8))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_inpaint_rejects_bad_arguments() -> None:
+    model, x = tiny_model(), images(2)
+    with pytest.raises(ValueError, match="iterations"):
+        inpaint(model, x, make_mask("bottom_half", 2), iterations=0)
+    with pytest.raises(ValueError, match="mask"):
+        inpaint(model, x, make_mask("bottom_half", 3), iterations=1)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        inpaint(model, x * 255, make_mask("bottom_half", 2), iterations=1)
+
+
+def test_inpainting_metrics_are_deterministic_and_bounded() -> None:
+    torch.manual_seed(0)
+    classifier = DigitClassifier(10).eval()
+    x, y = images(12), torch.arange(12) % 10
+    first = inpainting_metrics(tiny_model(), classifier, x, y, "bottom_half", iterations=2, seed=0)
+    assert first == inpainting_metrics(tiny_model(), classifier, x, y, "bottom_half", iterations=2, seed=0)
+    assert set(first) == {"mse_missing", "bce_missing", "accuracy_completed", "accuracy_original", "accuracy_masked"}
+    assert 0 < first["mse_missing"] <= 1 and first["bce_missing"] > 0
+    assert all(0 <= first[k] <= 1 for k in first if k.startswith("accuracy"))
+
+
+def test_inpainting_panel_png(tmp_path) -> None:
+    x = images(5)
+    mask = make_mask("centre_square", 5)
+    path = pictures.inpainting_panel(x, mask, x, tmp_path / "sub" / "panel.png", ncol=3)
+    with Image.open(path) as im:
+        assert im.format == "PNG" and im.size == grid_size(3, 6)  # 2 groups x 3 rows
+        assert im.convert("L").getpixel((30 + 2 + 14, 2 + 30 + 14)) == 128  # a hidden pixel: grey
+
+
+def test_canvas_gif_and_strip(tmp_path) -> None:
+    frames = torch.rand(10, 6, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    gif = pictures.canvas_gif(frames, tmp_path / "canvas.gif", nrow=3)
+    with Image.open(gif) as im:
+        assert im.format == "GIF" and im.size == grid_size(3, 2) and im.n_frames == 10
+    strip = pictures.canvas_strip(frames, tmp_path / "strip.png", n_frames=4, n_samples=2)
+    with Image.open(strip) as im:
+        assert im.format == "PNG" and im.size == grid_size(4, 2)
+    with pytest.raises(ValueError, match="frames"):
+        pictures.canvas_gif(frames[0], tmp_path / "bad.gif")

