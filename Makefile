@@ -6,7 +6,7 @@ BIN    := $(CURDIR)/$(VENV)/bin
 STAMP  := $(VENV)/.installed
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup repro test lint bench ui clean
+.PHONY: setup repro test lint bench ui clean retrain
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,17 @@ repro: setup     ## run the whole pipeline (download -> split -> tune -> train -
 
 test: setup lint ## lint, then the test suite (unit + end-to-end on tiny settings)
 	$(BIN)/pytest -q
+
+REPRO_FLAGS ?=
+
+retrain: setup   ## what .github/workflows/retrain.yml runs: pull, repro, metrics diff, promote, push
+	@if [ -n "$$($(BIN)/dvc remote list)" ]; then $(BIN)/dvc pull --allow-missing; fi
+	$(BIN)/dvc repro $(REPRO_FLAGS)
+	@mkdir -p reports
+	$(BIN)/dvc metrics diff --md > reports/metrics_diff.md
+	@cat reports/metrics_diff.md
+	$(BIN)/rnngen promote --report reports/promotion.md
+	@if [ -n "$$($(BIN)/dvc remote list)" ]; then $(BIN)/dvc push; fi
 
 lint: setup
 	$(BIN)/ruff check .

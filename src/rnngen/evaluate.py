@@ -152,13 +152,13 @@ def report(
         canvas_gif(steps.cpu(), pictures / "canvas.gif", nrow=4)
         canvas_strip(steps.cpu(), pictures / "canvas_strip.png")
 
-    m = min(cfg.inpaint_images, len(x))
+    m, shown = min(cfg.inpaint_images, len(x)), min(16, len(x))
     for kind in MASKS:
         scores = inpainting_metrics(model, classifier, x[:m], y_test[:m], kind, cfg.inpaint_iterations, cfg.seed)
         metrics |= {f"inpaint_{kind}_{k}": v for k, v in scores.items()}
-        mask = make_mask(kind, 16, torch.Generator().manual_seed(cfg.seed))
+        mask = make_mask(kind, shown, torch.Generator().manual_seed(cfg.seed))
         with torch.no_grad():
-            done = inpaint(model, x[:16].to(model.device), mask.to(model.device), cfg.inpaint_iterations,
+            done = inpaint(model, x[:shown].to(model.device), mask.to(model.device), cfg.inpaint_iterations,
                            torch.Generator(device=model.device).manual_seed(cfg.seed))
-        inpainting_panel(x[:16], mask, done.cpu(), pictures / f"inpaint_{kind}.png")
+        inpainting_panel(x[:shown], mask, done.cpu(), pictures / f"inpaint_{kind}.png")
     return metrics

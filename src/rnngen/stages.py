@@ -8,6 +8,7 @@ half-written on failure), and leaves MLflow runs FAILED rather than RUNNING on e
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 import time
 import warnings

@@ -87,8 +87,11 @@ class GenerativeModel(nn.Module, ABC):
         """``(k, B)`` importance log-weights ``log p(x, z_i) - log q(z_i | x)``, z_i ~ q(z|x)."""
 
     @abstractmethod
-    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        """``n`` new images as Bernoulli means, ``(n, 1, 28, 28)``; fresh latents each call."""
+    def sample(self, n: int, generator: torch.Generator | None = None, temperature: float = 1.0) -> Tensor:
+        """``n`` new images as Bernoulli means, ``(n, 1, 28, 28)``; fresh latents each call.
+
+        ``temperature`` scales the prior's standard deviation (< 1: typical, cleaner samples).
+        """
 
     @abstractmethod
     def reconstruct(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -125,9 +128,9 @@ class GaussianLatentVAE(GenerativeModel):
         log_px_z = -bernoulli_nll(logits.flatten(0, 1), x.repeat(k, 1, 1, 1)).view(k, -1)
         return log_px_z + log_normal(z) - log_normal(z, mu, logvar)
 
-    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+    def sample(self, n: int, generator: torch.Generator | None = None, temperature: float = 1.0) -> Tensor:
         any_param = next(self.parameters())
-        z = randn((n, self.z_dim), any_param, generator)
+        z = temperature * randn((n, self.z_dim), any_param, generator)
         return torch.sigmoid(self.decode(z))
 
     def reconstruct(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:

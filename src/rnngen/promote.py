@@ -1,0 +1,548 @@
+"""Champion/challenger promotion in the MLflow model registry, and finding models in it.
+
+After ``dvc repro`` trained, registered and evaluated a new model version (the challenger),
+:func:`promote` compares its held-out metrics with those of the version holding the
+``champion`` alias and moves the alias only when the challenger wins on the primary metric
+(test NLL, IWAE bound, lower is better) by ``margin`` nats without falling behind on any
+other listed metric by more than its tolerance. The very first model becomes champion.
+Every decision is written on the challenger's model version (``promotion.*`` tags), into a
+markdown report, and logged beside the run under ``promotion/``.
+
+Likelihoods only compare on the same test images, binarized the same way, with the same k.
+When the champion was scored on another test set (new data, another split or k) it is
+re-scored on the challenger's test set before the comparison; when that is impossible the
+champion stays, with the reason recorded.
+
+Promotion changes the registry, so it is a command run after ``dvc repro``
+(``rnngen promote``), never a cached DVC stage.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import math
+import os
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from rnngen import tracking
+from rnngen.checkpoint import CheckpointError
+from rnngen.files import atomic_write_text, read_json
+from rnngen.tracking import TrackingError
+
+#: the run artifact holding rnngen's safe checkpoint (written by the train stage)
+CHECKPOINT_ARTIFACT = "checkpoint/model.pt"
+#: folder of the challenger's run where each decision's report is logged (one file per decision)
+REPORT_FOLDER = "promotion"
+#: what identifies a test set: run tags, run params and evaluation metrics that must agree
+TEST_SET_TAGS = ("data_manifest_sha256", "test_binarization")
+TEST_SET_PARAMS = ("split.seed", "split.test_fraction", "split.n_test")
+TEST_SET_METRICS = ("k", "n_test")
+#: substrings of metric names where higher is better; every other metric: lower is better
+HIGHER_IS_BETTER = ("accuracy", "classifier_score", "confidence")
+
+Outcome = Literal["first", "promoted", "kept", "already", "forced"]
+
+
+@dataclass(frozen=True)
+class PromoteConfig:
+    #: registry alias that marks the model in service
+    alias: str = "champion"
+    #: the metric a challenger must win on: test NLL, IWAE bound (nats/image, lower is better)
+    primary: str = "test_nll_iwae"
+    #: nats/image by which the challenger's primary metric must beat the champion's; below
+    #: it a difference is treated as noise and the champion stays (no churn on reruns)
+    margin: float = 0.5
+    #: other metrics and how far (in the metric's own units) the challenger may fall behind
+    #: the champion on each; a metric either version lacks is reported as not compared
+    tolerances: dict[str, float] = field(default_factory=lambda: {"test_nll_elbo": 1.0, "test_fcd": 5.0})
+
+    def problems(self) -> list[str]:
+        out = []
+        if not self.alias.strip():
+            out.append("alias: must not be empty")
+        if not self.primary.strip():
+            out.append("primary: must name a metric, e.g. test_nll_iwae")
+        if not self.margin >= 0:
+            out.append(f"margin: must be >= 0 (nats), got {self.margin}")
+        for name, tol in self.tolerances.items():
+            if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol >= 0:
+                out.append(f"tolerances.{name}: must be a number >= 0, got {tol!r}")
+        if self.primary in self.tolerances:
+            out.append(f"tolerances.{self.primary}: the primary metric is judged by margin, not a tolerance")
+        return out
+
+
+def higher_is_better(metric: str) -> bool:
+    return any(word in metric for word in HIGHER_IS_BETTER)
+
+
+# ----------------------------------------------------------------------------- registry
+
+
+def client(uri: str | None = None) -> Any:
+    """An ``MlflowClient`` on ``uri`` (default: MLFLOW_TRACKING_URI or the project store),
+    checked first; a local sqlite store that does not exist yet is an error, not created."""
+    import mlflow
+
+    uri = uri or tracking.tracking_uri()
+    tracking.check_store(uri)
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise TrackingError(f"no MLflow store at {uri}; run `dvc repro` first or set MLFLOW_TRACKING_URI")
+    return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def _mlflow_errors() -> tuple[type[BaseException], ...]:
+    from mlflow.exceptions import MlflowException
+
+    return (MlflowException,)
+
+
+def model_version(mlflow_client: Any, name: str, ref: str) -> Any:
+    """The ``ModelVersion`` of registered model ``name`` named by an alias or a version number."""
+    try:
+        registered = mlflow_client.get_registered_model(name)
+    except _mlflow_errors() as exc:
+        known = _registered_names(mlflow_client)
+        raise TrackingError(
+            f"no registered model {name!r} in {mlflow_client.tracking_uri}"
+            + (f"; registered: {', '.join(known)}" if known else "; train one with `dvc repro`")
+        ) from exc
+    if ref.isdigit():
+        try:
+            return mlflow_client.get_model_version(name, ref)
+        except _mlflow_errors() as exc:
+            raise TrackingError(f"model {name!r} has no version {ref}") from exc
+    if ref not in registered.aliases:
+        aliases = ", ".join(f"@{a} (v{v})" for a, v in sorted(registered.aliases.items())) or "none yet"
+        hint = "; run `rnngen promote` after `dvc repro`" if ref == PromoteConfig.alias else ""
+        raise TrackingError(f"model {name!r} has no alias @{ref} (aliases: {aliases}){hint}")
+    return mlflow_client.get_model_version_by_alias(name, ref)
+
+
+def _registered_names(mlflow_client: Any) -> list[str]:
+    try:
+        return sorted(m.name for m in mlflow_client.search_registered_models(max_results=20))
+    except _mlflow_errors():
+        return []
+
+
+def download_checkpoint(mlflow_client: Any, run_id: str, folder: str | Path) -> Path:
+    """Download the run's ``checkpoint/model.pt`` into ``folder``."""
+    try:
+        return Path(mlflow_client.download_artifacts(run_id, CHECKPOINT_ARTIFACT, str(folder)))
+    except (*_mlflow_errors(), OSError) as exc:
+        raise CheckpointError(
+            f"run {run_id} has no readable {CHECKPOINT_ARTIFACT} artifact ({exc}); "
+            "was it trained by rnngen's train stage?"
+        ) from exc
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    model: Any  # a GenerativeModel
+    #: how the training data was binarized (dynamic | fixed | none)
+    binarization: str
+    #: what the user named, resolved, e.g. "models:/rnngen@champion (version 3, run 1a2b...)"
+    source: str
+
+
+def parse_model_uri(spec: str, default_name: str = "rnngen") -> tuple[str, str] | None:
+    """``models:/name@alias`` -> (name, alias); ``models:/name/3`` or ``3`` -> (name, "3");
+    ``None`` when ``spec`` is a path."""
+    if spec.isdigit() and not Path(spec).exists():
+        return default_name, spec
+    if not spec.startswith("models:/"):
+        return None
+    body = spec.removeprefix("models:/").strip("/")
+    name, sep, alias = body.partition("@")
+    if sep and name and alias and "/" not in body:
+        return name, alias
+    name, sep, version = body.rpartition("/")
+    if sep and name and version.isdigit():
+        return name, version
+    raise TrackingError(
+        f"cannot read model URI {spec!r}; use models:/<name>@<alias>, models:/<name>/<version> "
+        "or a checkpoint path"
+    )
+
+
+def load(spec: str, device: str = "cpu") -> LoadedModel:
+    """Load the model named by a registry URI, a version number or a local checkpoint path
+    (a ``.pt`` file, or a folder holding ``model.pt`` such as the train stage's ``models/``)."""
+    from rnngen import checkpoint as ckpt
+
+    parsed = parse_model_uri(spec)
+    if parsed is None:
+        path = Path(spec)
+        if path.is_dir():
+            path = path / "model.pt"
+        state = ckpt.load(path)  # CheckpointError when missing or not ours
+        return LoadedModel(ckpt.load_model(path, device), str(state.get("binarization", "dynamic")), str(path))
+    name, ref = parsed
+    mlflow_client = client()
+    mv = model_version(mlflow_client, name, ref)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = download_checkpoint(mlflow_client, mv.run_id, tmp)
+        state = ckpt.load(path)
+        model = ckpt.load_model(path, device)
+    source = f"{spec} (version {mv.version}, run {mv.run_id})"
+    return LoadedModel(model, str(state.get("binarization", "dynamic")), source)
+
+
+# ---------------------------------------------------------------------------- deciding
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One model version as promotion sees it."""
+
+    name: str
+    version: str
+    run_id: str
+    metrics: dict[str, float]
+    #: what identifies the test set its metrics were computed on
+    test_set: dict[str, str]
+    #: True when ``metrics`` come from re-scoring it on the challenger's test set
+    rescored: bool = False
+
+
+@dataclass(frozen=True)
+class Row:
+    metric: str
+    champion: float | None
+    challenger: float | None
+    rule: str
+    #: True: passes; False: fails; None: not compared
+    ok: bool | None
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Decision:
+    outcome: Outcome
+    reason: str
+    challenger: Candidate
+    champion: Candidate | None
+    rows: tuple[Row, ...] = ()
+    decided_at: str = field(default_factory=lambda: dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+
+    @property
+    def moves_alias(self) -> bool:
+        return self.outcome in ("first", "promoted", "forced")
+
+
+def candidate(mlflow_client: Any, mv: Any) -> Candidate:
+    """A model version with its run's metrics and test-set identity."""
+    try:
+        run = mlflow_client.get_run(mv.run_id)
+    except _mlflow_errors() as exc:
+        raise TrackingError(f"model version {mv.version} points at run {mv.run_id}, which is gone") from exc
+    data = run.data
+    test_set = {
+        **{t: data.tags[t] for t in TEST_SET_TAGS if t in data.tags},
+        **{p: data.params[p] for p in TEST_SET_PARAMS if p in data.params},
+        **{m: _fmt_num(data.metrics[m]) for m in TEST_SET_METRICS if m in data.metrics},
+    }
+    return Candidate(mv.name, str(mv.version), mv.run_id, {k: float(v) for k, v in data.metrics.items()}, test_set)
+
+
+def with_reported_metrics(c: Candidate, metrics: Mapping[str, Any], primary: str, source: str) -> Candidate:
+    """``c`` with the numbers of ``metrics`` (reports/metrics.json), after checking that they
+    are this version's: the evaluate stage logs the same numbers to the version's run."""
+    logged, reported = c.metrics.get(primary), metrics.get(primary)
+    if logged is None or not _is_number(reported) or not math.isclose(logged, reported, rel_tol=1e-9, abs_tol=1e-9):
+        raise TrackingError(
+            f"{source} ({primary} {reported}) does not match what run {c.run_id} of {c.name} v{c.version} "
+            f"logged ({logged}): the evaluation is stale or of another model; run `dvc repro`"
+        )
+    numbers = {k: float(v) for k, v in metrics.items() if _is_number(v)}
+    return dataclasses.replace(c, metrics={**c.metrics, **numbers})
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _fmt_num(v: float) -> str:
+    return str(int(v)) if float(v).is_integer() else str(v)
+
+
+def test_set_differences(a: Candidate, b: Candidate) -> list[str]:
+    """Keys of the test-set identity on which the two versions disagree (or one lacks)."""
+    return sorted(k for k in set(a.test_set) | set(b.test_set) if a.test_set.get(k) != b.test_set.get(k))
+
+
+def decide(challenger: Candidate, champion: Candidate | None, cfg: PromoteConfig, force: bool = False) -> Decision:
+    """The promotion rule, free of side effects."""
+    if cfg.primary not in challenger.metrics:
+        raise TrackingError(
+            f"challenger {challenger.name} v{challenger.version} has no {cfg.primary} metric; "
+            "run the evaluate stage (dvc repro) before promoting"
+        )
+    if champion is None:
+        reason = f"no version of {challenger.name!r} holds @{cfg.alias} yet: the first one evaluated takes it"
+        return Decision("first", reason, challenger, None)
+    if champion.version == challenger.version:
+        reason = f"version {challenger.version} already holds @{cfg.alias}; nothing to decide"
+        return Decision("already", reason, challenger, champion)
+    rows = _rows(challenger, champion, cfg)
+    if force:
+        return Decision("forced", f"forced by the user over champion v{champion.version}", challenger, champion, rows)
+    differs = [] if champion.rescored else test_set_differences(challenger, champion)
+    if differs:
+        reason = (
+            f"not comparable: champion v{champion.version} was scored on another test set "
+            f"({', '.join(differs)} differ) and could not be re-scored (no split folder); "
+            f"champion v{champion.version} stays"
+        )
+        return Decision("kept", reason, challenger, champion, rows)
+    primary, others = rows[0], rows[1:]
+    failed = [r for r in others if r.ok is False]
+    if primary.ok is None:
+        reason = f"champion v{champion.version} has no {cfg.primary} to compare with; it stays"
+        return Decision("kept", reason, challenger, champion, rows)
+    gain = primary.champion - primary.challenger  # type: ignore[operator]
+    if not primary.ok:
+        reason = (
+            f"{cfg.primary} {primary.challenger:.3f} vs champion's {primary.champion:.3f}: "
+            f"{'better' if gain > 0 else 'worse'} by {abs(gain):.3f}, needs to be lower by at least "
+            f"{cfg.margin:g}; champion v{champion.version} stays"
+        )
+        return Decision("kept", reason, challenger, champion, rows)
+    if failed:
+        worse = "; ".join(f"{r.metric} {r.challenger:.3f} vs {r.champion:.3f} ({r.rule})" for r in failed)
+        reason = f"wins on {cfg.primary} by {gain:.3f} but regresses beyond tolerance: {worse}; " \
+                 f"champion v{champion.version} stays"
+        return Decision("kept", reason, challenger, champion, rows)
+    reason = (
+        f"{cfg.primary} {primary.challenger:.3f} beats champion v{champion.version}'s {primary.champion:.3f} "
+        f"by {gain:.3f} (margin {cfg.margin:g}) with no regression beyond tolerance"
+    )
+    return Decision("promoted", reason, challenger, champion, rows)
+
+
+def _rows(challenger: Candidate, champion: Candidate, cfg: PromoteConfig) -> tuple[Row, ...]:
+    def get(c: Candidate, m: str) -> float | None:
+        return c.metrics.get(m)
+
+    a, b = get(champion, cfg.primary), get(challenger, cfg.primary)
+    rule = f"lower by >= {cfg.margin:g}"
+    primary = Row(cfg.primary, a, b, rule, None if a is None or b is None else b <= a - cfg.margin,
+                  "" if a is not None else "champion has none")
+    rows = [primary]
+    for metric, tol in cfg.tolerances.items():
+        a, b = get(champion, metric), get(challenger, metric)
+        up = higher_is_better(metric)
+        rule = f"no lower than -{tol:g}" if up else f"no higher than +{tol:g}"
+        if a is None or b is None:
+            who = " and ".join(w for w, v in (("champion", a), ("challenger", b)) if v is None)
+            note = f"{who} has none" + (" (re-scored: NLL bounds only)" if champion.rescored and a is None else "")
+            rows.append(Row(metric, a, b, rule, None, note))
+        else:
+            rows.append(Row(metric, a, b, rule, b >= a - tol if up else b <= a + tol))
+    return tuple(rows)
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def render_report(decision: Decision, cfg: PromoteConfig) -> str:
+    """A short markdown report of one decision."""
+    ch, champ = decision.challenger, decision.champion
+    verdict = {
+        "first": "first champion", "promoted": "promoted", "kept": "champion kept",
+        "already": "no change", "forced": "promoted (forced)",
+    }[decision.outcome]
+    lines = [
+        f"# Promotion of {ch.name} v{ch.version}",
+        "",
+        f"**Decision: {verdict}.** {decision.reason[:1].upper()}{decision.reason[1:]}.",
+        "",
+    ]
+    if decision.rows:
+        champ_col = f"champion v{champ.version}" if champ else "champion"
+        lines += [
+            f"| metric | {champ_col} | challenger v{ch.version} | change | rule | verdict |",
+            "|---|---:|---:|---:|---|---|",
+        ]
+        for r in decision.rows:
+            change = "" if r.champion is None or r.challenger is None else f"{r.challenger - r.champion:+.3f}"
+            mark = {True: "pass", False: "**fail**", None: "not compared"}[r.ok]
+            name = f"{r.metric} (primary)" if r.metric == cfg.primary else r.metric
+            lines.append(f"| {name} | {_cell(r.champion)} | {_cell(r.challenger)} | {change} | {r.rule} | "
+                         f"{mark}{' (' + r.note + ')' if r.note else ''} |")
+        lines.append("")
+    elif champ is None:
+        lines += [f"{cfg.primary}: {ch.metrics[cfg.primary]:.3f}", ""]
+    if champ is not None and champ.rescored:
+        lines += [f"Champion v{champ.version} was re-scored on the challenger's test set "
+                  f"({_describe_test_set(ch)}): its logged metrics came from another one.", ""]
+    elif decision.rows:
+        lines += [f"Test set: {_describe_test_set(ch)}.", ""]
+    after = ch.version if decision.moves_alias else (champ.version if champ else "-")
+    lines += [
+        f"Registry: `models:/{ch.name}@{cfg.alias}` -> v{after}"
+        + (f" (was v{champ.version})" if champ and decision.moves_alias else "")
+        + f". Rule: primary {cfg.primary} lower by >= {cfg.margin:g}; tolerances "
+        + (", ".join(f"{k} {v:g}" for k, v in cfg.tolerances.items()) or "none")
+        + f". Decided {decision.decided_at}.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _cell(v: float | None) -> str:
+    return "-" if v is None else f"{v:.3f}"
+
+
+def _describe_test_set(c: Candidate) -> str:
+    t = c.test_set
+    parts = []
+    if "n_test" in t:
+        parts.append(f"{t['n_test']} images")
+    if "k" in t:
+        parts.append(f"k={t['k']}")
+    if "data_manifest_sha256" in t:
+        parts.append(f"data {t['data_manifest_sha256'][:12]}")
+    if "test_binarization" in t:
+        parts.append(f"binarization {t['test_binarization']}")
+    return ", ".join(parts) or "unknown"
+
+
+# ------------------------------------------------------------------------------- acting
+
+
+def record(mlflow_client: Any, decision: Decision, cfg: PromoteConfig, report: str) -> None:
+    """Tag the challenger's version, move the alias when the decision says so, log the report.
+
+    A rerun on the current champion ("already") decides nothing and leaves its record alone.
+    """
+    ch, champ = decision.challenger, decision.champion
+    if decision.outcome == "already":
+        return
+    artifact = f"{REPORT_FOLDER}/{decision.decided_at.replace(':', '')}.md"
+    tags = {
+        "promotion.decision": decision.outcome,
+        "promotion.reason": decision.reason[:4000],
+        "promotion.champion_before": champ.version if champ else "none",
+        "promotion.decided_at": decision.decided_at,
+        "promotion.report": artifact,
+        "promotion.rule": f"{cfg.primary} lower by >= {cfg.margin:g}; tolerances "
+        + ", ".join(f"{k}={v:g}" for k, v in cfg.tolerances.items()),
+    }
+    try:
+        for key, value in tags.items():
+            mlflow_client.set_model_version_tag(ch.name, ch.version, key, value)
+        if decision.moves_alias:
+            mlflow_client.set_registered_model_alias(ch.name, cfg.alias, ch.version)
+            if champ is not None:
+                mlflow_client.set_model_version_tag(ch.name, champ.version, "promotion.replaced_by", ch.version)
+        mlflow_client.log_text(ch.run_id, report, artifact)
+    except _mlflow_errors() as exc:
+        raise TrackingError(f"could not record the promotion in {mlflow_client.tracking_uri}: {exc}") from exc
+
+
+#: ``rescore(mlflow_client, challenger, champion)`` -> the champion's metrics on the challenger's test set
+Rescorer = Callable[[Any, Candidate, Candidate], dict[str, float]]
+
+
+def promote(
+    cfg: PromoteConfig,
+    report_path: str | Path,
+    *,
+    run_json: str | Path | None = "models/run.json",
+    metrics_json: str | Path | None = "reports/metrics.json",
+    version: str | None = None,
+    name: str | None = None,
+    rescore: Rescorer | None = None,
+    force: bool = False,
+    uri: str | None = None,
+) -> Decision:
+    """Decide on the challenger and record the decision (registry tags, alias, report).
+
+    The challenger is ``version`` of ``name`` when given (its run's metrics), else the version
+    ``run_json`` names with the metrics ``metrics_json`` holds: what ``dvc repro`` just made.
+    ``rescore`` gives the champion's metrics on the challenger's test set; it is called only
+    when the two were scored on different test sets (or the champion has no primary metric).
+    """
+    run_info: dict[str, Any] = {}
+    metrics: dict[str, Any] | None = None
+    if version is None:
+        run_info, metrics = _pipeline_outputs(Path(run_json or "models/run.json"), metrics_json)
+        name, version = run_info["model_name"], str(run_info["model_version"])
+    name = name or "rnngen"
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or run_info.get("tracking_uri") or None
+    mlflow_client = client(uri)
+    mv = model_version(mlflow_client, name, version)
+    if run_info and mv.run_id != run_info["run_id"]:
+        raise TrackingError(
+            f"{run_json} says {name} v{version} comes from run {run_info['run_id']}, but in "
+            f"{mlflow_client.tracking_uri} it comes from run {mv.run_id}: wrong tracking store?"
+        )
+    challenger = candidate(mlflow_client, mv)
+    if metrics is not None:
+        challenger = with_reported_metrics(challenger, metrics, cfg.primary, str(metrics_json))
+    registered = mlflow_client.get_registered_model(name)
+    champion = None
+    if cfg.alias in registered.aliases:
+        champion = candidate(mlflow_client, mlflow_client.get_model_version_by_alias(name, cfg.alias))
+        needs = champion.version != challenger.version and (
+            test_set_differences(challenger, champion) or cfg.primary not in champion.metrics
+        )
+        if needs and rescore is not None and not force:
+            rescored = rescore(mlflow_client, challenger, champion)
+            champion = dataclasses.replace(champion, metrics=rescored, rescored=True)
+    decision = decide(challenger, champion, cfg, force=force)
+    report = render_report(decision, cfg)
+    record(mlflow_client, decision, cfg, report)
+    atomic_write_text(report_path, report)
+    return decision
+
+
+def _pipeline_outputs(run_json: Path, metrics_json: str | Path | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    if not run_json.is_file():
+        raise TrackingError(f"{run_json} not found; run `dvc repro` first (the train stage writes it)")
+    run_info = read_json(run_json)
+    missing = [k for k in ("run_id", "model_name", "model_version") if not run_info.get(k)]
+    if missing:
+        raise TrackingError(f"{run_json} lacks {', '.join(missing)}: was the model registered?")
+    metrics_path = Path(metrics_json or "reports/metrics.json")
+    if not metrics_path.is_file():
+        raise TrackingError(f"{metrics_path} not found; run `dvc repro` first (the evaluate stage writes it)")
+    return run_info, read_json(metrics_path)
+
+
+def likelihood_rescorer(split_dir: str | Path, seed: int, batch_size: int = 100) -> Rescorer:
+    """Score the champion's NLL bounds on the challenger's test set, the way the evaluate
+    stage scored the challenger (same images, binarization seed, k and image count)."""
+
+    def rescore(mlflow_client: Any, challenger: Candidate, champion: Candidate) -> dict[str, float]:
+        import torch
+
+        from rnngen import checkpoint as ckpt
+        from rnngen import data
+        from rnngen.evaluate import binarized_test_set, likelihood_bounds
+
+        k = int(challenger.metrics.get("k", 0))
+        n = int(challenger.metrics.get("n_test", 0))
+        if k < 1 or n < 1:
+            raise TrackingError("cannot re-score the champion: the challenger's run has no k / n_test metrics")
+        x_test, _ = data.load_split(split_dir, "test")
+        with tempfile.TemporaryDirectory() as tmp:
+            path = download_checkpoint(mlflow_client, champion.run_id, tmp)
+            model = ckpt.load_model(path)
+        # the evaluate stage's note, e.g. "dynamic (test images binarized once with seed 0)"
+        note = challenger.test_set.get("test_binarization", "")
+        binarization = next((b for b in ("dynamic", "fixed", "none") if note.startswith(b)), "dynamic")
+        torch.manual_seed(seed)
+        x = binarized_test_set(x_test[:n], binarization, seed)
+        bounds = likelihood_bounds(model, x, k, batch_size, seed, progress=False)
+        return {**{f"test_{key}": v for key, v in bounds.items()}, "k": float(k), "n_test": float(len(x))}
+
+    return rescore
+

@@ -1,0 +1,197 @@
+"""Champion/challenger promotion: the rule on its own, then on a real registry.
+
+Registry tests work on a copy of the ``trained_model`` store. Challengers are registered from
+new runs that carry the trained run's checkpoint, params and tags but metrics shifted by a
+known amount: the rule only reads metrics, and shifting them makes "worse" and "better"
+exact instead of depending on what a second tiny training run happens to reach.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rnngen import promote
+from rnngen.files import read_json, write_json
+from rnngen.promote import Candidate, PromoteConfig, decide
+from rnngen.tracking import TrackingError
+
+SAME_TEST_SET = {"data_manifest_sha256": "abc", "k": "4", "n_test": "100"}
+
+
+def cand(version: str, test_set: dict[str, str] | None = None, **metrics: float) -> Candidate:
+    return Candidate("rnngen", version, f"run{version}", metrics, dict(SAME_TEST_SET if test_set is None else test_set))
+
+
+# --------------------------------------------------------------------------- the rule
+
+
+def test_rule_first_margin_tolerance_and_test_set() -> None:
+    cfg = PromoteConfig(margin=0.5, tolerances={"test_nll_elbo": 1.0, "test_accuracy_completed": 0.02})
+    champ = cand("1", test_nll_iwae=90.0, test_nll_elbo=95.0, test_accuracy_completed=0.80)
+
+    assert decide(champ, None, cfg).outcome == "first"
+    assert decide(champ, champ, cfg).outcome == "already"
+    # better, but within the margin: noise, the champion stays
+    small = decide(cand("2", test_nll_iwae=89.8, test_nll_elbo=95.0), champ, cfg)
+    assert (small.outcome, small.moves_alias) == ("kept", False)
+    assert "lower by at least 0.5" in small.reason
+    # wins on the primary metric but the ELBO regresses beyond tolerance
+    regress = decide(cand("3", test_nll_iwae=88.0, test_nll_elbo=96.5), champ, cfg)
+    assert regress.outcome == "kept" and "test_nll_elbo" in regress.reason
+    # accuracy is higher-is-better: a drop beyond 0.02 fails, a rise passes
+    assert decide(cand("4", test_nll_iwae=88.0, test_nll_elbo=95.0, test_accuracy_completed=0.70),
+                  champ, cfg).outcome == "kept"
+    win = decide(cand("5", test_nll_iwae=88.0, test_nll_elbo=95.5, test_accuracy_completed=0.90), champ, cfg)
+    assert (win.outcome, win.moves_alias) == ("promoted", True)
+    # a metric only one side has is shown, not judged
+    partial = decide(cand("6", test_nll_iwae=88.0, test_nll_elbo=95.0), champ, cfg)
+    assert partial.outcome == "promoted"
+    assert [r.ok for r in partial.rows] == [True, True, None]
+    # a champion scored on other test images is no yardstick
+    other = decide(cand("7", {**SAME_TEST_SET, "n_test": "500"}, test_nll_iwae=80.0, test_nll_elbo=85.0), champ, cfg)
+    assert other.outcome == "kept" and "n_test" in other.reason
+    assert decide(cand("8", test_nll_iwae=99.0), champ, cfg, force=True).outcome == "forced"
+    with pytest.raises(TrackingError, match="test_nll_iwae"):
+        decide(cand("9", test_nll_elbo=80.0), champ, cfg)
+
+
+def test_config_problems() -> None:
+    from rnngen.config import ConfigError, from_dict
+
+    with pytest.raises(ConfigError) as err:
+        from_dict(PromoteConfig, {"margin": -1, "tolerances": {"test_nll_elbo": "x"}, "margn": 1}, "promote")
+    text = str(err.value)
+    assert "promote.margn: unknown key; did you mean 'promote.margin'?" in text
+    cfg = from_dict(PromoteConfig, {"margin": 0.2, "tolerances": {"test_fcd": 2}}, "promote")
+    assert (cfg.margin, cfg.tolerances) == (0.2, {"test_fcd": 2})
+    assert PromoteConfig(margin=-1, tolerances={"test_nll_elbo": -2}).problems() == [
+        "margin: must be >= 0 (nats), got -1",
+        "tolerances.test_nll_elbo: must be a number >= 0, got -2",
+    ]
+
+
+# ------------------------------------------------------------------------ the registry
+
+
+@pytest.fixture()
+def store(trained_model: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """A private copy of the trained model's store, with the pipeline outputs beside it."""
+    shutil.copy(trained_model["dir"] / "mlflow.db", tmp_path / "mlflow.db")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return {"uri": uri, "dir": tmp_path, "run_json": trained_model["models"] / "run.json",
+            "metrics": trained_model["metrics"], "split": trained_model["split"]}
+
+
+def register_challenger(store: dict[str, Any], shift: float, tags: dict[str, str] | None = None) -> dict[str, Path]:
+    """A new version whose run copies the trained run (checkpoint, params, tags) with every
+    test NLL metric shifted by ``shift`` nats; returns its run.json and metrics.json."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=store["uri"])
+    base = read_json(store["run_json"])
+    run = client.get_run(base["run_id"])
+    copied = {k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.")}
+    new = client.create_run(run.info.experiment_id, tags={**copied, **(tags or {})}, run_name=f"challenger{shift:+g}")
+    rid = new.info.run_id
+    for key, value in run.data.params.items():
+        client.log_param(rid, key, value)
+    metrics = {k: v + shift if k.startswith("test_nll") else v for k, v in run.data.metrics.items()}
+    for key, value in metrics.items():
+        client.log_metric(rid, key, value)
+    with_ckpt = client.download_artifacts(base["run_id"], promote.CHECKPOINT_ARTIFACT, str(store["dir"] / rid))
+    client.log_artifact(rid, with_ckpt, "checkpoint")
+    client.set_terminated(rid)
+    mv = client.create_model_version(base["model_name"], f"runs:/{rid}/model", run_id=rid)
+    folder = store["dir"] / f"v{mv.version}"
+    write_json(folder / "run.json", {**base, "run_id": rid, "model_version": mv.version})
+    write_json(folder / "metrics.json", {**read_json(store["metrics"]), **metrics})
+    return {"run_json": folder / "run.json", "metrics": folder / "metrics.json"}
+
+
+def run_promote(store: dict[str, Any], paths: dict[str, Path], **kwargs: Any) -> tuple[promote.Decision, str]:
+    report = store["dir"] / "promotion.md"
+    decision = promote.promote(PromoteConfig(margin=0.5), report, run_json=paths["run_json"],
+                               metrics_json=paths["metrics"], **kwargs)
+    return decision, report.read_text()
+
+
+def registry(store: dict[str, Any]) -> tuple[Any, str]:
+    client = promote.client(store["uri"])
+    champion = client.get_registered_model("rnngen").aliases.get("champion")
+    return client, None if champion is None else str(champion)
+
+
+def test_first_retrain_promotes_then_worse_stays_then_better_moves(store: dict[str, Any]) -> None:
+    first, report = run_promote(store, store)
+    client, champion = registry(store)
+    v1 = read_json(store["run_json"])["model_version"]
+    assert (first.outcome, champion) == ("first", v1)
+    assert client.get_model_version("rnngen", v1).tags["promotion.decision"] == "first"
+    assert "first champion" in report
+
+    worse = register_challenger(store, +2.0)
+    decision, report = run_promote(store, worse)
+    client, champion = registry(store)
+    v2 = decision.challenger.version
+    assert (decision.outcome, champion) == ("kept", v1)
+    tags = client.get_model_version("rnngen", v2).tags
+    assert tags["promotion.decision"] == "kept"
+    assert "test_nll_iwae" in tags["promotion.reason"] and "worse by 2.000" in tags["promotion.reason"]
+    assert tags["promotion.champion_before"] == v1
+    assert "champion kept" in report and "| test_nll_iwae (primary) |" in report and "**fail**" in report
+    logged = client.download_artifacts(decision.challenger.run_id, tags["promotion.report"], str(store["dir"]))
+    assert Path(logged).read_text() == report
+
+    better = register_challenger(store, -2.0)
+    decision, report = run_promote(store, better)
+    client, champion = registry(store)
+    v3 = decision.challenger.version
+    assert (decision.outcome, champion) == ("promoted", v3)
+    assert client.get_model_version("rnngen", v3).tags["promotion.decision"] == "promoted"
+    assert client.get_model_version("rnngen", v1).tags["promotion.replaced_by"] == v3
+    assert f"-> v{v3} (was v{v1})" in report
+
+    again, report = run_promote(store, better)  # rerunning `make retrain` without changes
+    client, champion = registry(store)
+    assert (again.outcome, champion) == ("already", v3) and "no change" in report
+    assert client.get_model_version("rnngen", v3).tags["promotion.decision"] == "promoted"  # record kept
+
+
+def test_champion_from_other_data_is_rescored(store: dict[str, Any]) -> None:
+    run_promote(store, store)
+    other_data = {"data_manifest_sha256": "new-data"}
+    challenger = register_challenger(store, -1.0, tags=other_data)
+    decision, _ = run_promote(store, challenger)  # no way to re-score: not comparable
+    assert decision.outcome == "kept" and "data_manifest_sha256" in decision.reason
+
+    challenger = register_challenger(store, -1.0, tags=other_data)
+    rescore = promote.likelihood_rescorer(store["split"], seed=0)
+    decision, report = run_promote(store, challenger, rescore=rescore)
+    assert decision.champion is not None and decision.champion.rescored
+    # same checkpoint, same images, seeds and k as the evaluate stage: the logged numbers
+    original = read_json(store["metrics"])
+    assert decision.champion.metrics["test_nll_iwae"] == pytest.approx(original["test_nll_iwae"], abs=1e-6)
+    assert decision.outcome == "promoted" and "re-scored" in report
+
+
+def test_bad_inputs_change_nothing(store: dict[str, Any], tmp_path: Path) -> None:
+    report = tmp_path / "out" / "promotion.md"
+    cfg = PromoteConfig()
+    with pytest.raises(TrackingError, match="run `dvc repro` first"):
+        promote.promote(cfg, report, run_json=tmp_path / "missing.json", metrics_json=store["metrics"])
+    stale = tmp_path / "stale.json"
+    metrics = read_json(store["metrics"])
+    write_json(stale, {**metrics, "test_nll_iwae": metrics["test_nll_iwae"] + 1})  # another model's numbers
+    with pytest.raises(TrackingError, match="stale"):
+        promote.promote(cfg, report, run_json=store["run_json"], metrics_json=stale)
+    with pytest.raises(TrackingError, match="no version 99"):
+        promote.promote(cfg, report, version="99")
+    with pytest.raises(TrackingError, match="no registered model 'nope'"):
+        promote.promote(cfg, report, version="1", name="nope")
+    assert not report.parent.exists()
+    assert registry(store)[1] is None
