@@ -1,8 +1,9 @@
-"""DVC stage `tune`: choose the hyperparameters `train` will use.
+"""DVC stage `tune`: an Optuna search over learning rate, batch size, hidden size and optimizer.
 
-Writes OUT (JSON): {"params": {"train.lr": ..., ...}} as dotted overrides of params.yaml.
-With tune.n_trials: 0 (or no tune section) it writes no overrides, so train uses
-params.yaml's own values.
+Writes OUT (JSON): {"params": {"train.lr": ..., ...}} as dotted overrides of params.yaml that the
+train stage applies; with tune.n_trials: 0, no overrides. The study lives in STUDY_DIR (a journal
+file, kept between runs: a killed search continues) unless tune.storage or
+$RNNGEN_OPTUNA_STORAGE names a database. Runs go to the MLflow experiment `<tracking.experiment>-tune`.
 """
 
 from __future__ import annotations
@@ -11,18 +12,18 @@ import sys
 from pathlib import Path
 
 from _common import parser
+from rnngen import tune
 from rnngen.config import load_params
 from rnngen.errors import guard
-from rnngen.files import write_json
 
 
 def main(argv: list[str] | None = None) -> int:
     p = parser(__doc__)
     p.add_argument("--split", type=Path, required=True, help="split stage output folder")
+    p.add_argument("--study-dir", type=Path, required=True, help="folder of the study's journal file")
     p.add_argument("--out", type=Path, required=True, help="best hyperparameters JSON to write")
     args = p.parse_args(argv)
-    return guard(lambda: write_json(args.out, {"params": {}, "note": "no search: params.yaml values",
-                                               "n_trials": (load_params(args.params).get("tune") or {}).get("n_trials", 0)}))
+    return guard(lambda: tune.search(load_params(args.params), args.split, args.study_dir, args.out))
 
 
 if __name__ == "__main__":

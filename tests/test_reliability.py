@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_pipeline import BIN, run, stages_run
 
 from conftest import copy_project, tiny_params
 from rnngen import stages
 from rnngen.tracking import TrackingError
 from rnngen.train import NonFiniteLossError
+from test_pipeline import BIN, run, stages_run
 
 KILL_PARAMS = {"train.epochs": 4, "train.patience": 10, "tune.n_trials": 0}
 

@@ -12,8 +12,9 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     from rnngen.data import DataError
     from rnngen.tracking import TrackingError
     from rnngen.train import NonFiniteLossError
+    from rnngen.tune import TuneError
 
-    return (ConfigError, DataError, TrackingError, CheckpointError, NonFiniteLossError)
+    return (ConfigError, DataError, TrackingError, CheckpointError, NonFiniteLossError, TuneError)
 
 
 def guard(main: Callable[[], object]) -> int:

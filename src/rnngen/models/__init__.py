@@ -8,10 +8,11 @@ from typing import Any
 
 from rnngen.config import ConfigError, from_dict
 from rnngen.models.base import GenerativeModel, LossTerms
+from rnngen.models.draw import DRAW
 from rnngen.models.mlp_vae import MLPVAE
 from rnngen.models.row_lstm_vae import RowLSTMVAE
 
-MODELS: dict[str, type[GenerativeModel]] = {m.name: m for m in (RowLSTMVAE, MLPVAE)}
+MODELS: dict[str, type[GenerativeModel]] = {m.name: m for m in (RowLSTMVAE, MLPVAE, DRAW)}
 
 
 def model_class(name: str) -> type[GenerativeModel]:
