@@ -10,12 +10,16 @@ from torch import Tensor, nn
 
 from rnngen.evaluate import likelihood_bounds
 from rnngen.models import MODELS, build_model, model_config
-from rnngen.models.base import GaussianLatentVAE, gaussian_kl, log_normal
+from rnngen.models.base import GaussianLatentVAE, GenerativeModel, gaussian_kl, log_normal
 
-TINY = {"row_lstm_vae": {"hidden": 8, "z_dim": 3}, "mlp_vae": {"hidden": 16, "z_dim": 3}}
+TINY = {
+    "row_lstm_vae": {"hidden": 8, "z_dim": 3},
+    "mlp_vae": {"hidden": 16, "z_dim": 3},
+    "draw": {"steps": 3, "enc_hidden": 8, "dec_hidden": 8, "z_dim": 3},
+}
 
 
-def tiny(name: str) -> GaussianLatentVAE:
+def tiny(name: str) -> GenerativeModel:
     torch.manual_seed(0)
     return build_model(name, model_config(name, TINY.get(name, {})))
 
@@ -44,6 +48,8 @@ def test_sampling_is_seeded_and_fresh(name: str) -> None:
     b = model.sample(3, generator=torch.Generator().manual_seed(0))
     c = model.sample(3, generator=torch.Generator().manual_seed(1))
     assert torch.equal(a, b) and not torch.equal(a, c)
+    cool = model.sample(3, generator=torch.Generator().manual_seed(0), temperature=0.0)
+    assert torch.allclose(cool[0], cool[1])  # temperature 0: every sample is the prior mean's image
 
 
 def test_every_registered_model_is_covered() -> None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import gzip
-import inspect
 import json
 import math
 import os
@@ -145,18 +144,9 @@ def sample_images(model: Any, n: int, seed: int, temperature: float = 1.0) -> An
     """``n`` samples ``(n, 1, 28, 28)``; ``temperature`` scales the prior's standard deviation."""
     import torch
 
-    from rnngen.models.base import GaussianLatentVAE, randn
-
     gen = torch.Generator(device=model.device).manual_seed(seed)
     with torch.no_grad():
-        if "temperature" in inspect.signature(model.sample).parameters:  # the model's own hook
-            return model.sample(n, generator=gen, temperature=temperature).cpu()
-        if temperature == 1.0:
-            return model.sample(n, generator=gen).cpu()
-        if isinstance(model, GaussianLatentVAE):
-            z = temperature * randn((n, model.z_dim), next(model.parameters()), gen)  # z ~ N(0, T^2 I)
-            return torch.sigmoid(model.decode(z)).cpu()
-    raise _usage_error(f"--temperature: model {model.name!r} has no Gaussian prior to scale; leave it at 1")
+        return model.sample(n, generator=gen, temperature=temperature).cpu()
 
 
 def cmd_sample(args: argparse.Namespace) -> None:

@@ -1,0 +1,311 @@
+"""DRAW: the filterbank against the paper's formulas, the fast recurrence (hand-written
+backward) against a plain autograd implementation of eqs. (3)-(8), the loss terms, sampling,
+and the config."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+from torch.distributions import Normal, kl_divergence
+
+from rnngen.config import ConfigError
+from rnngen.models import MODELS, build_model, model_config
+from rnngen.models import draw as draw_module
+from rnngen.models.draw import DRAW, DRAWConfig, centre_offsets, filterbank, read_glimpse, write_patch
+
+SMALL = {"steps": 3, "read_n": 2, "write_n": 3, "enc_hidden": 12, "dec_hidden": 10, "z_dim": 4}
+
+
+def small_model(seed: int = 0, **overrides) -> DRAW:
+    torch.manual_seed(seed)
+    return build_model("draw", model_config("draw", {**SMALL, **overrides}))
+
+
+def binary_images(n: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(n, 1, 28, 28, generator=g) < 0.3).float()
+
+
+# -- filterbank (eqs. 19-29) against per-pixel loops -------------------------------------------
+
+
+def direct_filters(p: list[float], n: int, size: int) -> tuple[list[list[float]], list[list[float]], float]:
+    """F_X, F_Y (N x size) and gamma straight from eqs. (19)-(26), 1-indexed i and a."""
+    gx_t, gy_t, log_var, log_delta, log_gamma = p
+    gx, gy = (size + 1) / 2 * (gx_t + 1), (size + 1) / 2 * (gy_t + 1)
+    delta = (size - 1) / (n - 1) * math.exp(log_delta) if n > 1 else 0.0
+    var = math.exp(log_var)
+
+    def bank(g: float) -> list[list[float]]:
+        rows = []
+        for i in range(1, n + 1):
+            mu = g + (i - n / 2 - 0.5) * delta
+            row = [math.exp(-((a - mu) ** 2) / (2 * var)) for a in range(1, size + 1)]
+            rows.append([v / sum(row) for v in row])
+        return rows
+
+    return bank(gx), bank(gy), math.exp(log_gamma)
+
+
+def test_filterbank_read_write_match_direct_loops():
+    size, n, batch = 7, 3, 2
+    g = torch.Generator().manual_seed(1)
+    params = torch.randn(batch, 5, generator=g, dtype=torch.float64) * 0.5
+    images = torch.rand(batch, 1, size, size, generator=g, dtype=torch.float64)
+    patch = torch.randn(batch, n, n, generator=g, dtype=torch.float64)
+    F, gamma = filterbank(params, centre_offsets(n, size).double(), size)
+    glimpse = read_glimpse(images, F, gamma)
+    written = write_patch(patch, F, gamma)
+    for b in range(batch):
+        fx, fy, gam = direct_filters(params[b].tolist(), n, size)
+        assert torch.allclose(F[b, 0], torch.tensor(fx, dtype=torch.float64))
+        assert torch.allclose(F[b, 1], torch.tensor(fy, dtype=torch.float64))
+        for i in range(n):  # eq. (27): gamma sum_y sum_x F_Y[i, y] x[y, x] F_X[j, x]
+            for j in range(n):
+                want = gam * sum(fy[i][y] * images[b, 0, y, x].item() * fx[j][x]
+                                 for y in range(size) for x in range(size))
+                assert glimpse[b, 0, i, j].item() == pytest.approx(want, rel=1e-10)
+        for y in range(size):  # eq. (29): (1 / gamma) sum_i sum_j F_Y[i, y] w[i, j] F_X[j, x]
+            for x in range(size):
+                want = sum(fy[i][y] * patch[b, i, j].item() * fx[j][x] for i in range(n) for j in range(n)) / gam
+                assert written[b, y, x].item() == pytest.approx(want, rel=1e-10, abs=1e-12)
+
+
+def test_centres_are_one_indexed_and_symmetric():
+    # g = 14, delta = 3, N = 3 -> centres 11, 14, 17 (a 0-indexed i would give 8, 11, 14)
+    g_tilde = 14 / 14.5 - 1
+    log_delta = math.log(3 / (27 / 2))
+    params = torch.tensor([[g_tilde, g_tilde, math.log(0.01), log_delta, 0.0]], dtype=torch.float64)
+    F, _ = filterbank(params, centre_offsets(3, 28).double(), 28)
+    pixels = torch.arange(1, 29, dtype=torch.float64)
+    centres = (F[0] * pixels).sum(-1)  # (2, N): the mean pixel coordinate of each filter
+    assert torch.allclose(centres, torch.tensor([[11.0, 14.0, 17.0]] * 2, dtype=torch.float64))
+    assert centre_offsets(2, 28).tolist() == pytest.approx([-13.5, 13.5])
+    assert centre_offsets(1, 28).tolist() == [0.0]  # N = 1: one centre at g, no 0 / 0
+
+
+def test_variance_is_exp_log_var_not_squared_again():
+    var = 4.0
+    params = torch.tensor([[0.0, 0.0, math.log(var), 0.0, 0.0]], dtype=torch.float64)
+    F, _ = filterbank(params, centre_offsets(1, 28).double(), 28)
+    a = torch.arange(1, 29, dtype=torch.float64)
+    gauss = torch.exp(-((a - 14.5) ** 2) / (2 * var))
+    assert torch.allclose(F[0, 0, 0], gauss / gauss.sum())
+    wrong = torch.exp(-((a - 14.5) ** 2) / (2 * var**2))
+    assert not torch.allclose(F[0, 0, 0], wrong / wrong.sum(), atol=1e-3)
+
+
+def test_filterbank_far_outside_the_image_stays_finite():
+    params = torch.tensor([[40.0, -40.0, -6.0, 0.0, 0.0]])
+    F, _ = filterbank(params, centre_offsets(5, 28), 28)
+    assert torch.isfinite(F).all() and torch.allclose(F.sum(-1), torch.ones(1, 2, 5))
+
+
+# -- the recurrence against a plain implementation of the paper --------------------------------
+
+
+def reference_filters(p: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """eqs. (19)-(26) written out with autograd ops: F_X, F_Y (B, N, 28), gamma (B, 1, 1)."""
+    g = 14.5 * (p[:, 0:2] + 1)
+    delta = (27 / (n - 1) if n > 1 else 0.0) * p[:, 3].exp()
+    i = torch.arange(1, n + 1, dtype=p.dtype)
+    mu = g[:, :, None] + (i - n / 2 - 0.5) * delta[:, None, None]  # (B, 2, N)
+    a = torch.arange(1, 29, dtype=p.dtype)
+    f = torch.exp(-((a - mu[..., None]) ** 2) / (2 * p[:, 2].exp()[:, None, None, None]))
+    f = f / f.sum(-1, keepdim=True)
+    return f[:, 0], f[:, 1], p[:, 4].exp()[:, None, None]
+
+
+def reference_run(model: DRAW, x: torch.Tensor, eps: torch.Tensor):
+    """eqs. (3)-(8) step by step with the model's own nn.LSTMCell / nn.Linear layers."""
+    cfg, bsz = model.config, x.shape[0]
+    x = x.flatten(1)
+    h_enc, c_enc = model.h_enc0.expand(bsz, -1), x.new_zeros(bsz, cfg.enc_hidden)
+    h_dec, c_dec = model.h_dec0.expand(bsz, -1), x.new_zeros(bsz, cfg.dec_hidden)
+    canvas = model.canvas0.expand(bsz, -1)
+    mus, logsigs = [], []
+    for t in range(cfg.steps):
+        x_hat = x - torch.sigmoid(canvas)
+        if cfg.attention:
+            fx, fy, gamma = reference_filters(model.att(h_dec)[:, :5], cfg.read_n)
+            glimpses = [gamma * fy @ img.view(bsz, 28, 28) @ fx.transpose(1, 2) for img in (x, x_hat)]
+            r = torch.cat([gl.flatten(1) for gl in glimpses], 1)
+        else:
+            r = torch.cat([x, x_hat], 1)
+        h_enc, c_enc = model.enc(torch.cat([r, h_dec], 1), (h_enc, c_enc))
+        mu, logsig = model.q(h_enc).chunk(2, 1)
+        h_dec, c_dec = model.dec(mu + logsig.exp() * eps[t], (h_dec, c_dec))
+        if cfg.attention:
+            fx, fy, gamma = reference_filters(model.att(h_dec)[:, 5:], cfg.write_n)
+            w = model.write(h_dec).view(bsz, cfg.write_n, cfg.write_n)
+            canvas = canvas + (fy.transpose(1, 2) @ w @ fx / gamma).flatten(1)
+        else:
+            canvas = canvas + model.write(h_dec)
+        mus.append(mu)
+        logsigs.append(logsig)
+    return canvas, torch.stack(mus), torch.stack(logsigs)
+
+
+def randomised(model: DRAW) -> DRAW:
+    """Non-zero learned initial states, so their gradients are exercised too."""
+    with torch.no_grad():
+        for p in (model.canvas0, model.h_enc0, model.h_dec0):
+            p.normal_(0, 0.3)
+    return model.double()
+
+
+def check_against_reference(model: DRAW) -> None:
+    """Forward values and the gradients of every parameter (and of x, when it asks for one),
+    fast path vs reference."""
+    eps = torch.randn(model.config.steps, 4, model.config.z_dim, dtype=torch.float64)
+    for x_grad in (True, False):
+        x = binary_images(4).double().requires_grad_(x_grad)
+        outs = model._recurrence(x, eps)
+        refs = reference_run(model, x, eps)
+        for out, ref in zip(outs, refs, strict=True):
+            assert torch.allclose(out, ref, atol=1e-10)
+        # any scalar of all three outputs
+        weights = [torch.randn_like(r) for r in refs]
+        named = ([("x", x)] if x_grad else []) + list(model.named_parameters())
+        names, params = [n for n, _ in named], [p for _, p in named]
+        fast = torch.autograd.grad(sum((o * w).sum() for o, w in zip(outs, weights, strict=True)), params)
+        slow = torch.autograd.grad(sum((r * w).sum() for r, w in zip(refs, weights, strict=True)), params,
+                                   allow_unused=True)
+        for name, f, s in zip(names, fast, slow, strict=True):
+            s = torch.zeros_like(f) if s is None else s
+            assert torch.allclose(f, s, atol=1e-9), name
+
+
+@pytest.mark.parametrize("overrides", [{}, {"attention": False}, {"read_n": 1, "write_n": 1}])
+def test_recurrence_matches_reference_forward_and_gradients(overrides):
+    check_against_reference(randomised(small_model(**overrides)))
+
+
+def test_gradients_with_one_step_per_chunk(monkeypatch):
+    # the weight gradients are summed chunk by chunk; force several chunks
+    monkeypatch.setattr(draw_module, "_CHUNK_BYTES", 1)
+    check_against_reference(randomised(small_model(steps=4)))
+
+
+# -- loss terms and the model interface --------------------------------------------------------
+
+
+def test_kl_is_half_per_latent_dimension_and_step():
+    model = small_model()
+    x = binary_images(5)
+    torch.manual_seed(3)
+    terms = model(x)
+    torch.manual_seed(3)  # forward's only random draw is eps, (T, B, z)
+    eps = torch.randn(model.config.steps, 5, model.config.z_dim)
+    with torch.no_grad():
+        _, mu, logsig = model._recurrence(x, eps)
+    want = kl_divergence(Normal(mu, logsig.exp()), Normal(0.0, 1.0)).sum((0, 2))
+    assert torch.allclose(terms.kl, want, atol=1e-5)
+    canvas = reference_run(model, x, eps)[0]
+    recon = torch.nn.functional.binary_cross_entropy_with_logits(canvas, x.flatten(1), reduction="none").sum(1)
+    assert torch.allclose(terms.recon, recon, atol=1e-3)
+
+
+@pytest.mark.parametrize("attention", [True, False])
+def test_interface_shapes(attention):
+    model = small_model(attention=attention)
+    x = binary_images(5)
+    g = torch.Generator().manual_seed(0)
+    before = set(vars(model))
+    terms = model(x)
+    assert terms.recon.shape == terms.kl.shape == (5,)
+    assert torch.isfinite(terms.nelbo).all()
+    assert set(vars(model)) == before  # forward leaves no state behind
+    assert model.log_weights(x, 3, g).shape == (3, 5)
+    samples = model.sample(6, g)
+    assert samples.shape == (6, 1, 28, 28) and ((samples >= 0) & (samples <= 1)).all()
+    assert model.sample_steps(2, g).shape == (3, 2, 1, 28, 28)
+    assert model.reconstruct(x, g).shape == (5, 1, 28, 28)
+
+
+def test_log_weights_match_the_reference_importance_weights():
+    model = small_model()
+    x = binary_images(3)
+    lw = model.log_weights(x, 4, torch.Generator().manual_seed(5))
+    eps = torch.randn(3, 12, 4, generator=torch.Generator().manual_seed(5))  # (T, k B, z)
+    with torch.no_grad():
+        canvas, mu, logsig = reference_run(model, x.repeat(4, 1, 1, 1), eps)
+    z = mu + logsig.exp() * eps
+    log_px = -torch.nn.functional.binary_cross_entropy_with_logits(
+        canvas, x.repeat(4, 1, 1, 1).flatten(1), reduction="none").sum(1)
+    want = log_px + (Normal(0.0, 1.0).log_prob(z) - Normal(mu, logsig.exp()).log_prob(z)).sum((0, 2))
+    assert torch.allclose(lw, want.view(4, 3), atol=1e-3)
+
+
+def test_sampling_draws_fresh_noise_at_every_step():
+    model = small_model()
+    a = model.sample(4, torch.Generator().manual_seed(1))
+    assert torch.equal(a, model.sample(4, torch.Generator().manual_seed(1)))
+    assert not torch.allclose(a, model.sample(4, torch.Generator().manual_seed(2)))
+    # T x z numbers per image: one fresh z_t per step, not one z reused
+    g = torch.Generator().manual_seed(7)
+    model.sample(4, g)
+    after = torch.Generator().manual_seed(7)
+    torch.randn(3, 4, 4, generator=after)
+    assert torch.equal(g.get_state(), after.get_state())
+    eps = torch.randn(3, 4, 4)
+    late = eps.clone()
+    late[-1] += 1  # changing only z_T changes the image
+    with torch.no_grad():
+        assert not torch.allclose(model._generate(eps, False), model._generate(late, False))
+    steps = model.sample_steps(4, torch.Generator().manual_seed(1))
+    assert torch.allclose(steps[-1], a)  # the last canvas is the sample
+
+
+# -- config -------------------------------------------------------------------------------------
+
+
+def test_registered_with_hidden_fields():
+    assert MODELS["draw"] is DRAW
+    assert DRAW.hidden_fields == ("enc_hidden", "dec_hidden")
+
+
+def test_paper_preset_and_round_trip():
+    cfg = model_config("draw", {"preset": "paper"})
+    assert (cfg.steps, cfg.enc_hidden, cfg.dec_hidden, cfg.z_dim, cfg.read_n, cfg.write_n, cfg.attention) == (
+        64, 256, 256, 100, 2, 5, True)
+    tuned = model_config("draw", {"preset": "paper", "enc_hidden": 64, "dec_hidden": 64})
+    assert (tuned.steps, tuned.enc_hidden, tuned.dec_hidden) == (64, 64, 64)
+    for c in (cfg, tuned, model_config("draw", {}), model_config("draw", {"attention": False})):
+        assert model_config("draw", dataclasses.asdict(c)) == c
+    assert model_config("draw", {}) == DRAWConfig()
+
+
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [
+        ({"read_n": 29}, "attention window larger than the image"),
+        ({"write_n": 30}, "attention window larger than the image"),
+        ({"steps": 0}, "model.draw.steps: must be >= 1"),
+        ({"z_dim": 0}, "model.draw.z_dim: must be >= 1"),
+        ({"preset": "nope"}, "unknown preset 'nope'"),
+    ],
+)
+def test_bad_configs_raise(section, message):
+    with pytest.raises(ConfigError, match=message):
+        model_config("draw", section)
+
+
+def test_a_few_steps_reduce_the_loss():
+    torch.manual_seed(0)
+    probs = torch.where(torch.rand(1, 1, 28, 28) < 0.5, 0.1, 0.9)
+    data = (torch.rand(16, 1, 28, 28) < probs).float()  # random binary images with structure
+    model = small_model()
+    opt = torch.optim.Adam(model.parameters(), lr=5e-2)
+    losses = []
+    for _ in range(15):
+        opt.zero_grad()
+        loss = model(data).nelbo.mean()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert all(math.isfinite(v) for v in losses)
+    assert losses[-1] < 0.8 * losses[0]
