@@ -28,10 +28,17 @@ def _model(params: Mapping[str, Any]) -> ModelChoice:
     return ModelChoice(name, model_config(name, section.get(name)))
 
 
+def _tune(params: Mapping[str, Any]) -> Any:
+    from rnngen.tune import tune_config  # rnngen.tune imports this module
+
+    return tune_config(params)
+
+
 BUILDERS: dict[str, Callable[[Mapping[str, Any]], Any]] = {
     "data": lambda p: from_dict(DataConfig, p.get("data"), "data"),
     "split": lambda p: from_dict(SplitConfig, p.get("split"), "split"),
     "model": _model,
+    "tune": _tune,
     "train": lambda p: from_dict(TrainConfig, p.get("train"), "train"),
     "classifier": lambda p: from_dict(ClassifierConfig, p.get("classifier"), "classifier"),
     "evaluate": lambda p: from_dict(EvalConfig, p.get("evaluate"), "evaluate"),

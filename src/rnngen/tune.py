@@ -1,0 +1,746 @@
+"""The `tune` stage: an Optuna study over learning rate, batch size, hidden size and optimizer.
+
+Every trial trains with the shared loop (:func:`rnngen.train.fit`) on the train split and is
+scored by the best validation negative ELBO; the test split is never read. Per-epoch validation
+losses feed the pruner (median or Hyperband).
+
+Storage: a journal file under the stage's study folder by default (several processes on one
+machine), or any RDB URL (``tune.storage`` or ``$RNNGEN_OPTUNA_STORAGE``, e.g. PostgreSQL) for
+workers on many machines. The study name is a digest of what defines the search, so a rerun after
+a kill continues the same study and a changed search space starts a new one. ``tune.n_trials``
+is a budget shared by all workers: finished trials (complete, pruned, failed) count toward it.
+
+Crashed workers: Optuna 5 has heartbeats for RDB storages only, so every worker stamps its
+running trial (user attrs ``worker`` = host:pid and ``heartbeat``) itself; a running trial whose
+process is gone (same host) or whose heartbeat is older than ``tune.stale_after_s`` is marked
+FAIL and re-queued with the same parameters (at most :data:`MAX_RETRIES` times).
+
+MLflow: one parent run per study and budget, one nested child run per trial, written here (the
+Optuna MLflow callback is deprecated). Test hook: ``$RNNGEN_TUNE_FAIL_TRIAL`` (comma-separated
+trial numbers) makes those trials raise after their first epoch, like a crashing trial would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import socket
+import threading
+import time
+import traceback
+import warnings
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from rnngen import data, settings, tracking
+from rnngen.config import ConfigError, from_dict, to_flat_dict
+from rnngen.files import read_json, write_json
+from rnngen.models import build_model, model_class, model_config
+from rnngen.train import TrainConfig, fit, resolve_device
+
+STORAGE_ENV = "RNNGEN_OPTUNA_STORAGE"
+FAIL_TRIAL_ENV = "RNNGEN_TUNE_FAIL_TRIAL"
+JOURNAL_FILE = "journal.log"
+SPLIT_INFO = "split.json"
+OPTIMIZERS = ("adam", "sgd")
+#: how often a trial whose worker died is re-queued before it counts as failed
+MAX_RETRIES = 2
+#: settings that do not change what is searched: editing them continues the same study
+_RUNTIME = ("workers", "threads", "device", "storage", "heartbeat_s", "stale_after_s")
+_NOT_SEARCH = ("n_trials", *_RUNTIME)
+
+
+class TuneError(RuntimeError):
+    """The search produced no usable result (e.g. every trial failed); the message says why."""
+
+
+@dataclass(frozen=True)
+class LogRange:
+    """A positive float range searched on a log scale."""
+
+    low: float = 1e-4
+    high: float = 3e-3
+
+    def problems(self) -> list[str]:
+        out = []
+        if not self.low > 0:
+            out.append(f"low: must be > 0 (log scale), got {self.low}")
+        if not self.high > self.low:
+            out.append(f"high: [{self.low}, {self.high}] is an empty or inverted range; need low < high")
+        return out
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    #: the budget of finished trials shared by all workers; 0 = no search (params.yaml values)
+    n_trials: int = 0
+    #: processes on this machine sharing the study
+    workers: int = 1
+    #: torch threads per worker process; 0 = torch's default (one worker) or cores / workers.
+    #: 1 by default: these small models gain little from more, and on a busy CPU OpenMP
+    #: threads that wait on each other slow training down several times
+    threads: int = 1
+    #: sampler seed; also the training seed of every trial
+    seed: int = 0
+    #: random trials before TPE models the results
+    startup_trials: int = 3
+    pruner: Literal["median", "hyperband", "none"] = "median"
+    #: median pruner: completed trials before it prunes anything
+    prune_startup: int = 2
+    lr: LogRange = LogRange()
+    batch_size: list[int] = field(default_factory=lambda: [32, 64])
+    #: sets every hidden-size field of the model (``hidden_fields``, e.g. DRAW's enc/dec)
+    hidden: list[int] = field(default_factory=lambda: [32, 64, 128])
+    optimizer: list[str] = field(default_factory=lambda: list(OPTIMIZERS))
+    #: training epochs per trial (the pruner's steps)
+    epochs: int = 3
+    patience: int = 2
+    #: first N training images per trial (the split is shuffled); 0 = all
+    train_images: int = 2000
+    device: str = "auto"
+    #: RDB URL (postgresql://...); empty = journal file in the study folder
+    storage: str = ""
+    heartbeat_s: float = 10.0
+    #: a running trial without a heartbeat for this long is retried
+    stale_after_s: float = 120.0
+
+    def problems(self) -> list[str]:
+        out = []
+        for key in ("n_trials", "threads", "startup_trials", "prune_startup", "train_images"):
+            if getattr(self, key) < 0:
+                out.append(f"{key}: must be >= 0, got {getattr(self, key)}")
+        for key in ("workers", "epochs", "patience"):
+            if getattr(self, key) < 1:
+                out.append(f"{key}: must be >= 1, got {getattr(self, key)}")
+        for key in ("batch_size", "hidden"):
+            values = list(getattr(self, key))
+            if not values:
+                out.append(f"{key}: empty list of choices; give at least one")
+            elif any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values):
+                out.append(f"{key}: choices must be integers >= 1, got {values}")
+        if not list(self.optimizer):
+            out.append("optimizer: empty list of choices; give at least one of adam, sgd")
+        unknown = [o for o in self.optimizer if o not in OPTIMIZERS]
+        if unknown:
+            out.append(f"optimizer: unknown {unknown}; choose from {', '.join(OPTIMIZERS)}")
+        if not self.heartbeat_s > 0:
+            out.append(f"heartbeat_s: must be > 0, got {self.heartbeat_s}")
+        if not self.stale_after_s > 2 * self.heartbeat_s:
+            out.append(f"stale_after_s: must exceed 2 x heartbeat_s ({2 * self.heartbeat_s}), "
+                       f"got {self.stale_after_s}")
+        if self.storage and "://" not in self.storage:
+            out.append(f"storage: expected a database URL such as postgresql://user@host/db, "
+                       f"got {self.storage!r} (leave empty for the journal file)")
+        out.extend(TrainConfig(device=self.device).problems())  # an unknown device
+        return out
+
+
+def tune_config(params: Mapping[str, Any]) -> TuneConfig:
+    return from_dict(TuneConfig, params.get("tune"), "tune")
+
+
+def trial_train_config(cfg: TuneConfig, hp: Mapping[str, Any]) -> TrainConfig:
+    """A trial's training settings: tune.* and the sampled values, train.* defaults otherwise
+    (the tune stage must not read train.*, or DVC would rerun it for every train change)."""
+    return TrainConfig(seed=cfg.seed, device=cfg.device, epochs=cfg.epochs, patience=cfg.patience,
+                       lr=hp["lr"], batch_size=hp["batch_size"], optimizer=hp["optimizer"])
+
+
+# ------------------------------------------------------------------------------- storage
+
+
+@dataclass(frozen=True)
+class StorageSpec:
+    """Where the study lives: a journal file path or an RDB URL (picklable, for workers)."""
+
+    journal: str = ""
+    url: str = ""
+
+    def describe(self) -> str:
+        """The location without passwords, for logs and output files."""
+        if self.journal:
+            return self.journal
+        from sqlalchemy.engine import make_url
+
+        return make_url(self.url).render_as_string(hide_password=True)
+
+    def connect(self) -> Any:
+        import optuna
+
+        if self.journal:
+            from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+            return JournalStorage(JournalFileBackend(self.journal))
+        engine: dict[str, Any] = {}
+        if self.url.startswith(("postgresql", "mysql")):
+            engine["connect_args"] = {"connect_timeout": 10}  # fail fast on a dead host
+        return optuna.storages.RDBStorage(self.url, engine_kwargs=engine)
+
+    @contextlib.contextmanager
+    def budget_lock(self) -> Iterator[None]:
+        """Held while a worker counts the budget and creates a trial, so N workers on one
+        journal never overshoot it. POSIX flock: the kernel frees it when a holder is killed.
+        RDB workers on many machines skip it; two of them asking in the same instant can
+        overshoot the budget by a trial."""
+        if not self.journal:
+            yield
+            return
+        import fcntl
+
+        with open(self.journal + ".budget-lock", "a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def open_storage(cfg: TuneConfig, study_dir: Path) -> tuple[StorageSpec, Any]:
+    """The storage named by ``$RNNGEN_OPTUNA_STORAGE``, ``tune.storage`` or the default journal
+    file; an unreachable or unusable one is a ConfigError before any trial runs."""
+    url = os.environ.get(STORAGE_ENV) or cfg.storage
+    source = f"${STORAGE_ENV}" if os.environ.get(STORAGE_ENV) else "tune.storage"
+    if not url:
+        study_dir.mkdir(parents=True, exist_ok=True)
+        spec = StorageSpec(journal=str((study_dir / JOURNAL_FILE).resolve()))
+        return spec, spec.connect()
+    if "://" not in url:
+        raise ConfigError([f"{source}: expected a database URL such as postgresql://user@host/db, "
+                           f"got {url!r}"])
+    if url.startswith("sqlite") and cfg.workers > 1:
+        raise ConfigError([f"{source}: SQLite cannot serve {cfg.workers} parallel workers; leave "
+                           "the storage empty (journal file) or use PostgreSQL"])
+    spec = StorageSpec(url=url)
+    try:
+        storage = spec.connect()
+    except Exception as exc:  # driver missing, bad URL, refused connection, auth: all fixable
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        hint = "; install its driver (e.g. pip install psycopg2-binary)" if isinstance(exc, ImportError) else ""
+        raise ConfigError([f"{source}: cannot open Optuna storage {_redact(url)}: "
+                           f"{type(exc).__name__}: {first}{hint}"]) from exc
+    study_dir.mkdir(parents=True, exist_ok=True)  # DVC expects the declared output folder
+    return spec, storage
+
+
+def _redact(url: str) -> str:
+    try:
+        return StorageSpec(url=url).describe()
+    except Exception:
+        return url.split("@")[-1]
+
+
+# -------------------------------------------------------------------------- the search
+
+
+def study_name(cfg: TuneConfig, model_name: str, model_cfg: Any, hidden_fields: tuple[str, ...],
+               split_info: Mapping[str, Any]) -> str:
+    """``<model>-<digest>`` of the search space, trial settings, model and data split.
+
+    Budget, workers, device and storage are left out: a bigger budget or more workers continue
+    the same study. The model's hidden sizes are left out because the search sets them.
+    """
+    search = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _NOT_SEARCH}
+    model = {k: v for k, v in dataclasses.asdict(model_cfg).items() if k not in hidden_fields}
+    spec = {"tune": search, "model": [model_name, model], "split": split_info}
+    digest = hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()
+    return f"{model_name}-{digest[:12]}"
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What every worker process needs to run trials (picklable for spawn)."""
+
+    cfg: TuneConfig
+    model_name: str
+    model_section: dict[str, Any]
+    hidden_fields: tuple[str, ...]
+    split_dir: str
+    binarization: str
+    storage: StorageSpec
+    study_name: str
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    threads: int
+
+
+def search(params: Mapping[str, Any], split_dir: Path, study_dir: Path, out: Path) -> dict[str, Any]:
+    """Run or continue the study; write the best hyperparameters to ``out`` (JSON) as dotted
+    overrides ``{"params": {"train.lr": ...}}`` that the train stage applies."""
+    cfg, choice = _validate(params)
+    if cfg.n_trials == 0:
+        result = {"params": {}, "note": "tune.n_trials is 0: train uses params.yaml's values"}
+        write_json(out, result)
+        print("tune: n_trials is 0, no search")
+        return result
+
+    info_path = Path(split_dir) / SPLIT_INFO
+    if not info_path.is_file():
+        raise data.DataError(f"{info_path} not found; run the split stage first")
+    split_info = read_json(info_path)
+    storage_spec, storage = open_storage(cfg, Path(study_dir))
+    where = str(Path(study_dir) / JOURNAL_FILE) if storage_spec.journal else storage_spec.describe()
+    hidden_fields = _hidden_fields(choice.name)
+    name = study_name(cfg, choice.name, choice.config, hidden_fields, split_info)
+    experiment = settings.build(params, "tracking")["tracking"].experiment + "-tune"
+    experiment_id = tracking.setup(experiment)  # fails fast on an unreachable store
+
+    import mlflow
+    import optuna
+
+    study = optuna.create_study(study_name=name, storage=storage, direction="minimize",
+                                load_if_exists=True)
+    parent_key = f"mlflow_parent_run:{cfg.n_trials}"
+    parent_id = _existing_run(study.user_attrs.get(parent_key))
+    t_start = time.perf_counter()
+    with tracking.run(run_id=parent_id, run_name=None if parent_id else f"tune {name}") as parent:
+        if parent_id is None:
+            study.set_user_attr(parent_key, parent.info.run_id)
+            mlflow.log_params({
+                **{f"tune.{k}": v for k, v in to_flat_dict(cfg).items() if k not in _RUNTIME},
+                "model.name": choice.name, "study_name": name,
+                **{f"split.{k}": split_info.get(k) for k in ("seed", "binarization")},
+            })
+        mlflow.set_tags({"optuna.study": name, "optuna.storage": where,
+                         "git_commit": tracking.git_commit(),
+                         **{f"tune.{k}": getattr(cfg, k) for k in _RUNTIME if k != "storage"}})
+        job = _Job(
+            cfg=cfg, model_name=choice.name, model_section=dataclasses.asdict(choice.config),
+            hidden_fields=hidden_fields, split_dir=str(Path(split_dir).resolve()),
+            binarization=split_info["binarization"], storage=storage_spec, study_name=name,
+            tracking_uri=mlflow.get_tracking_uri(), experiment_id=experiment_id,
+            parent_run_id=parent.info.run_id, threads=_threads_per_worker(cfg),
+        )
+        finished_before = _finished(study)
+        _run_workers(job, study)
+        study = optuna.load_study(study_name=name, storage=storage)
+        # Only what the search decided: a rerun that adds no trial writes the same bytes, so
+        # DVC does not retrain for it.
+        result = {**_summarize(study, job), "storage": where}
+        _log_parent(study, result)
+    write_json(out, result)
+    run = {"seconds": round(time.perf_counter() - t_start, 2),
+           "trials_run_now": _finished(study) - finished_before}
+    _print_summary({**result, **run})
+    return {**result, **run}
+
+
+def _validate(params: Mapping[str, Any]) -> tuple[TuneConfig, Any]:
+    """Every problem with tune.*, model.* and tracking.* at once, before any data or compute."""
+    problems: list[str] = []
+    cfg = choice = None
+    try:
+        cfg = tune_config(params)
+    except ConfigError as exc:
+        problems += exc.problems
+    try:
+        choice = settings.build(params, "model", "tracking")["model"]
+    except ConfigError as exc:
+        problems += exc.problems
+    if cfg is not None and choice is not None:
+        fields = _hidden_fields(choice.name)
+        for h in cfg.hidden:  # the model's own checks, for every hidden size the search may pick
+            try:
+                model_config(choice.name, {**dataclasses.asdict(choice.config), **dict.fromkeys(fields, h)})
+            except ConfigError as exc:
+                problems += [f"tune.hidden={h}: {p}" for p in exc.problems]
+    if cfg is not None and cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        problems.append(f"tune.device: {cfg.device!r} but no CUDA device is available; use auto or cpu")
+    if problems or cfg is None or choice is None:
+        raise ConfigError(problems)
+    return cfg, choice
+
+
+def _threads_per_worker(cfg: TuneConfig) -> int:
+    """torch threads per worker process; 0 keeps torch's default (a single worker)."""
+    if cfg.threads or cfg.workers == 1:
+        return cfg.threads
+    return max(1, (os.cpu_count() or 1) // cfg.workers)  # workers split the cores
+
+
+def _hidden_fields(model_name: str) -> tuple[str, ...]:
+    return tuple(model_class(model_name).hidden_fields)
+
+
+def _existing_run(run_id: str | None) -> str | None:
+    """``run_id`` when that run exists in the current MLflow store (else a new one is made)."""
+    if not run_id:
+        return None
+    import mlflow
+
+    try:
+        run = mlflow.MlflowClient().get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        return None
+    return run_id if run.info.lifecycle_stage == "active" else None
+
+
+def _finished(study: Any) -> int:
+    return sum(t.state.is_finished() for t in study.get_trials(deepcopy=False))
+
+
+def _run_workers(job: _Job, study: Any) -> None:
+    """This process is worker 0; ``workers - 1`` spawned processes share the study."""
+    import multiprocessing as mp
+
+    left = job.cfg.n_trials - budget_used(study.get_trials(deepcopy=False))[0]
+    extra = min(job.cfg.workers - 1, max(left - 1, 0))  # no idle processes for a few trials left
+    ctx = mp.get_context("spawn")  # fork would copy torch's thread pools and MLflow state
+    ready = [ctx.Event() for _ in range(extra)]
+    procs = [ctx.Process(target=_worker_main, args=(job, i + 1, ev), name=f"tune-worker-{i + 1}")
+             for i, ev in enumerate(ready)]
+    threads = torch.get_num_threads()
+    if job.threads:
+        torch.set_num_threads(job.threads)
+    try:
+        for p in procs:
+            p.start()
+        # Start together, so the workers really share the budget (a spawned worker needs
+        # seconds to import torch); a worker that dies while starting is not waited for.
+        for p, ev in zip(procs, ready, strict=True):
+            while p.is_alive() and not ev.wait(timeout=0.5):
+                pass
+        _work(job, 0, finish=True)
+        for p in procs:
+            p.join()
+            if p.exitcode:
+                print(f"warning: {p.name} exited with code {p.exitcode}; a trial it left running was retried")
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+        torch.set_num_threads(threads)
+
+
+def _worker_main(job: _Job, worker: int, ready: Any) -> None:
+    """Entry point of a spawned worker process."""
+    import multiprocessing as mp
+
+    import mlflow
+
+    parent = mp.parent_process()
+    if parent is not None:  # a killed stage must not leave workers running trials
+        threading.Thread(target=lambda: (parent.join(), os._exit(3)), daemon=True).start()
+    if job.threads:
+        torch.set_num_threads(job.threads)
+    mlflow.set_tracking_uri(job.tracking_uri)
+    _work(job, worker, finish=False, ready=ready)
+
+
+def _work(job: _Job, worker: int, *, finish: bool, ready: Any = None) -> None:
+    """Run trials until the shared budget is used.
+
+    With ``finish`` it also waits for other workers' trials, retrying those whose worker died,
+    so that the study is complete when it returns.
+    """
+    import optuna
+
+    study = optuna.load_study(study_name=job.study_name, storage=job.storage.connect(),
+                              pruner=_pruner(job.cfg))
+    n_before = len(study.get_trials(deepcopy=False))
+    # Distinct seeds per worker and per resume: a restarted TPE must not replay its startup draws.
+    study.sampler = optuna.samplers.TPESampler(
+        seed=job.cfg.seed + 1009 * worker + n_before, n_startup_trials=job.cfg.startup_trials,
+        constant_liar=True,
+    )
+    x_train, _ = data.load_split(job.split_dir, "train")
+    x_val, _ = data.load_split(job.split_dir, "val")
+    if job.cfg.train_images:
+        x_train = x_train[: job.cfg.train_images]  # the split is already shuffled (seeded)
+    if ready is not None:
+        ready.set()
+    while True:
+        with job.storage.budget_lock():
+            _recover_stale(study, job.cfg)
+            used, running = budget_used(study.get_trials(deepcopy=False))
+            trial = study.ask() if used < job.cfg.n_trials else None
+        if trial is None:
+            if finish and running:
+                time.sleep(1.0)
+                continue
+            return
+        _run_trial(study, trial, job, worker, x_train, x_val)
+
+
+def _pruner(cfg: TuneConfig) -> Any:
+    import optuna
+
+    if cfg.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=cfg.prune_startup, n_warmup_steps=0)
+    if cfg.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=cfg.epochs)
+    return optuna.pruners.NopPruner()
+
+
+def budget_used(trials: list[Any]) -> tuple[int, int]:
+    """``(trials counted toward the budget, trials running)``.
+
+    Finished and running trials count; a trial failed because its worker died and re-queued
+    does not (its retry does).
+    """
+    from optuna.trial import TrialState
+
+    retried = {t.user_attrs["retry_of"] for t in trials if "retry_of" in t.user_attrs}
+    counted = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.FAIL)
+    used = sum(t.state in counted and t.number not in retried for t in trials)
+    return used, sum(t.state == TrialState.RUNNING for t in trials)
+
+
+# ---------------------------------------------------------------------- one trial
+
+
+def _worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@contextlib.contextmanager
+def _heartbeat(trial: Any, interval: float) -> Iterator[None]:
+    """Stamp the running trial every ``interval`` seconds so other workers see it is alive."""
+    trial.set_user_attr("worker", _worker_id())
+    trial.set_user_attr("heartbeat", time.time())
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(interval):
+            trial.set_user_attr("heartbeat", time.time())
+
+    thread = threading.Thread(target=beat, daemon=True, name=f"heartbeat-{trial.number}")
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()  # before the trial is told: a finished trial takes no more attributes
+
+
+def _run_trial(study: Any, trial: Any, job: _Job, worker: int, x_train: Any, x_val: Any) -> None:
+    import mlflow
+    import optuna
+    from optuna.trial import TrialState
+
+    cfg, t0 = job.cfg, time.perf_counter()
+    state, value = TrialState.FAIL, None
+    hp: dict[str, Any] = {}
+    with _heartbeat(trial, cfg.heartbeat_s):
+        try:
+            hp = {
+                "lr": trial.suggest_float("lr", cfg.lr.low, cfg.lr.high, log=True),
+                "batch_size": trial.suggest_categorical("batch_size", list(cfg.batch_size)),
+                "hidden": trial.suggest_categorical("hidden", list(cfg.hidden)),
+                "optimizer": trial.suggest_categorical("optimizer", list(cfg.optimizer)),
+            }
+            tags = {"optuna.study": job.study_name, "optuna.trial_number": str(trial.number),
+                    "optuna.worker": _worker_id()}
+            with tracking.run(run_name=f"trial {trial.number}", nested=True, tags=tags,
+                              parent_run_id=job.parent_run_id, experiment_id=job.experiment_id) as run:
+                trial.set_user_attr("mlflow_run_id", run.info.run_id)
+                retry = {k: trial.user_attrs[k] for k in ("retry_of",) if k in trial.user_attrs}
+                mlflow.log_params({**hp, "trial": trial.number, **retry})
+                try:
+                    value = _objective(trial, hp, job, x_train, x_val)
+                    state = TrialState.COMPLETE
+                    mlflow.log_metric("best_val_loss", value)
+                except optuna.TrialPruned:
+                    state = TrialState.PRUNED  # a normal end: the child run is FINISHED
+                except Exception:
+                    mlflow.set_tag("optuna.state", TrialState.FAIL.name)
+                    raise  # tracking.run marks the child run FAILED
+                mlflow.set_tag("optuna.state", state.name)
+        except Exception as exc:  # a failing trial must not end the study
+            state, value = TrialState.FAIL, None
+            trial.set_user_attr("error", f"{type(exc).__name__}: {exc}"[:1000])
+            print(f"trial {trial.number} failed:\n{traceback.format_exc()}", flush=True)
+    _tell(study, trial, state, value)
+    shown = f" val {value:.2f}" if value is not None else ""
+    print(f"trial {trial.number} {state.name}{shown}  {_fmt(hp)}  "
+          f"({time.perf_counter() - t0:.0f} s, worker {worker})", flush=True)
+
+
+def _objective(trial: Any, hp: dict[str, Any], job: _Job, x_train: Any, x_val: Any) -> float:
+    """Train one configuration; the best validation negative ELBO (nats/image)."""
+    import mlflow
+    import optuna
+
+    cfg = job.cfg
+    section = {**job.model_section, **dict.fromkeys(job.hidden_fields, hp["hidden"])}
+    train_cfg = trial_train_config(cfg, hp)
+    model = build_model(job.model_name, model_config(job.model_name, section))
+    model = model.to(resolve_device(cfg.device))
+    fail = str(trial.number) in os.environ.get(FAIL_TRIAL_ENV, "").split(",")
+
+    def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
+        mlflow.log_metrics(metrics, step=epoch)
+        if fail:
+            raise RuntimeError(f"injected failure in trial {trial.number} (${FAIL_TRIAL_ENV})")
+        trial.report(metrics["val_loss"], epoch)
+        # Pruning after the last epoch would save nothing and hide a finished result.
+        if epoch < cfg.epochs and trial.should_prune():
+            raise optuna.TrialPruned(f"pruned after epoch {epoch}")
+
+    result = fit(model, x_train, x_val, train_cfg, job.binarization, on_epoch=on_epoch, progress=False)
+    return result.best_val
+
+
+def _tell(study: Any, trial: Any, state: Any, value: float | None) -> None:
+    from optuna.exceptions import UpdateFinishedTrialError
+
+    try:
+        # skip_if_finished: another worker may have declared this trial stale meanwhile
+        study.tell(trial, value, state=state, skip_if_finished=True)
+    except UpdateFinishedTrialError:
+        print(f"trial {trial.number}: already failed as stale by another worker and retried")
+
+
+def _fmt(hp: Mapping[str, Any]) -> str:
+    return " ".join(f"{k}={v:.2e}" if isinstance(v, float) else f"{k}={v}" for k, v in hp.items())
+
+
+# ----------------------------------------------------------------- crashed workers
+
+
+def _recover_stale(study: Any, cfg: TuneConfig) -> None:
+    """Fail the running trials whose worker is gone and queue each again with its parameters."""
+    from optuna.exceptions import UpdateFinishedTrialError
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    retried = {t.user_attrs["retry_of"] for t in trials if "retry_of" in t.user_attrs}
+    now = time.time()
+    for t in trials:
+        if t.state != TrialState.RUNNING or not _is_stale(t, now, cfg.stale_after_s):
+            continue
+        try:
+            study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
+        except UpdateFinishedTrialError:
+            continue
+        _kill_child_run(t.user_attrs.get("mlflow_run_id"))
+        retries = int(t.user_attrs.get("retries", 0))
+        again = retries < MAX_RETRIES and t.number not in retried
+        if again:
+            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number, "retries": retries + 1})
+        print(f"trial {t.number}: its worker ({t.user_attrs.get('worker', '?')}) is gone; "
+              + ("queued again" if again else "counted as failed"), flush=True)
+
+
+def _is_stale(trial: Any, now: float, stale_after_s: float) -> bool:
+    host, _, pid = str(trial.user_attrs.get("worker", "")).rpartition(":")
+    if host == socket.gethostname() and pid.isdigit() and not _alive(int(pid)):
+        return True
+    beat = trial.user_attrs.get("heartbeat")
+    if beat is None:  # died between creating the trial and its first heartbeat
+        beat = trial.datetime_start.timestamp() if trial.datetime_start else now
+    return now - float(beat) > stale_after_s
+
+
+def _alive(pid: int) -> bool:
+    if os.name == "nt":  # os.kill(pid, 0) would terminate it there: rely on heartbeats
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _kill_child_run(run_id: str | None) -> None:
+    """Mark a dead trial's MLflow run KILLED instead of leaving it RUNNING forever."""
+    if not run_id:
+        return
+    import mlflow
+
+    try:
+        mlflow.MlflowClient().set_terminated(run_id, status="KILLED")
+    except mlflow.exceptions.MlflowException:
+        pass  # logged to another store (another machine's): its own worker's problem
+
+
+# -------------------------------------------------------------------------- results
+
+
+def _summarize(study: Any, job: _Job) -> dict[str, Any]:
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    retried = {t.user_attrs["retry_of"] for t in trials if "retry_of" in t.user_attrs}
+    count = {s: sum(t.state == s for t in trials) for s in TrialState}
+    counts = {
+        "complete": count[TrialState.COMPLETE],
+        "pruned": count[TrialState.PRUNED],
+        "failed": count[TrialState.FAIL] - len(retried),
+        "retried": len(retried),
+    }
+    if not counts["complete"]:
+        errors = [t.user_attrs["error"] for t in trials if "error" in t.user_attrs]
+        raise TuneError(
+            f"no trial of study {job.study_name} completed ({counts}); "
+            + (f"first error: {errors[0]}" if errors else "widen the search or lower tune.prune_startup")
+        )
+    best = study.best_trial
+    return {
+        "params": overrides(best.params, job.model_name, job.hidden_fields),
+        "best_value": best.value,
+        "best_trial": best.number,
+        "metric": "validation negative ELBO (nats/image), best epoch of the trial",
+        "trials": counts,
+        "epochs_trained": sum(len(t.intermediate_values) for t in trials),
+        "study_name": job.study_name,
+        "mlflow_parent_run_id": job.parent_run_id,
+    }
+
+
+def overrides(best: Mapping[str, Any], model_name: str, hidden_fields: tuple[str, ...]) -> dict[str, Any]:
+    """A trial's parameters as the dotted params.yaml keys the train stage overrides."""
+    out = {"train.lr": best["lr"], "train.batch_size": best["batch_size"],
+           "train.optimizer": best["optimizer"]}
+    out.update({f"model.{model_name}.{f}": best["hidden"] for f in hidden_fields})
+    return out
+
+
+def _log_parent(study: Any, result: Mapping[str, Any]) -> None:
+    """Best params, the trials table and the standard Optuna plots on the parent run."""
+    import mlflow
+
+    mlflow.log_params({f"best.{k}": v for k, v in result["params"].items()})
+    mlflow.log_metrics({"best_val_loss": result["best_value"], "epochs_trained": result["epochs_trained"],
+                        **{f"trials_{k}": v for k, v in result["trials"].items()}})
+    mlflow.log_dict(dict(result), "best_params.json")
+    mlflow.log_text(study.trials_dataframe().to_csv(index=False), "trials.csv")
+    if result["trials"]["complete"] < 2:
+        print("tune: fewer than 2 complete trials, no plots")
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from optuna.visualization import matplotlib as ovm
+
+    plots = {"optimization_history": ovm.plot_optimization_history,
+             "param_importances": ovm.plot_param_importances, "slice": ovm.plot_slice}
+    for name, plot in plots.items():
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # optuna marks its matplotlib plots experimental
+                axes = plot(study)
+            fig = np.atleast_1d(axes).flat[0].figure
+            mlflow.log_figure(fig, f"plots/{name}.png", save_kwargs={"bbox_inches": "tight", "dpi": 120})
+            plt.close(fig)
+        except Exception as exc:  # e.g. importances of parameters that never varied
+            print(f"tune: no {name} plot ({type(exc).__name__}: {exc})")
+
+
+def _print_summary(result: Mapping[str, Any]) -> None:
+    best = " ".join(f"{k.split('.')[-1]}={v}" for k, v in result["params"].items())
+    value = result["best_value"]
+    print(f"tune: best trial {result['best_trial']} val {value:.2f} ({best}); "
+          f"trials {result['trials']}; {result['epochs_trained']} epochs in "
+          f"{result['seconds']:.0f} s; study {result['study_name']}")

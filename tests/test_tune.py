@@ -1,0 +1,263 @@
+"""The tune stage: real Optuna studies on real storages, real MLflow stores, tiny settings."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import ROOT, tiny_params
+from rnngen import settings, stages, tune
+from rnngen.config import ConfigError
+from rnngen.errors import guard
+from rnngen.files import read_json
+
+TINY = {
+    "tune.n_trials": 4,
+    "tune.epochs": 2,
+    "tune.train_images": 200,
+    "tune.hidden": [8, 16],
+    "tune.batch_size": [64, 128],
+    "tune.device": "cpu",
+    "tune.threads": 1,  # one torch thread per process: a busy 2-core machine stays fast
+    "tune.startup_trials": 2,
+    "tune.prune_startup": 2,  # the first two trials complete: the parent run gets its plots
+}
+
+
+def tune_params(**overrides: Any) -> dict[str, Any]:
+    return tiny_params(**{**TINY, **overrides})
+
+
+def load_study(journal: Path) -> Any:
+    import optuna
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    storage = JournalStorage(JournalFileBackend(str(journal)))
+    (name,) = optuna.study.get_all_study_names(storage)
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def runs_by_name(experiment: str) -> dict[str, Any]:
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    exp = client.get_experiment_by_name(experiment)
+    return {r.info.run_name: r for r in client.search_runs([exp.experiment_id])}
+
+
+@pytest.fixture(scope="module")
+def shared_study(tmp_path_factory: pytest.TempPathFactory, split_dir: Path) -> Any:
+    """Two worker processes on one journal; trial 2 raises. The split holds no test images."""
+    base = tmp_path_factory.mktemp("tune-shared")
+    split = base / "split"
+    split.mkdir()
+    for name in ("train_x.npy", "train_y.npy", "val_x.npy", "val_y.npy", "split.json"):
+        shutil.copy2(split_dir / name, split / name)
+    params = tune_params(**{"tune.workers": 2})
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{base / 'mlflow.db'}")
+        mp.setenv(tune.FAIL_TRIAL_ENV, "2")
+        result = tune.search(params, split, base / "study", base / "best.json")
+    return {"base": base, "params": params, "result": result,
+            "study": load_study(base / "study" / tune.JOURNAL_FILE)}
+
+
+def test_two_workers_share_one_budget(shared_study: Any) -> None:
+    from optuna.trial import TrialState
+
+    trials = shared_study["study"].get_trials()
+    assert sorted(t.number for t in trials) == [0, 1, 2, 3]  # none lost, none run twice
+    assert all(t.state.is_finished() for t in trials)
+    assert len({t.user_attrs["worker"] for t in trials}) == 2  # both processes ran trials
+    assert tune.budget_used(trials) == (4, 0)
+    counts = shared_study["result"]["trials"]
+    assert counts["complete"] + counts["pruned"] + counts["failed"] == 4
+    assert counts["complete"] == sum(t.state == TrialState.COMPLETE for t in trials)
+
+
+def test_a_raising_trial_is_failed_and_the_study_goes_on(shared_study: Any) -> None:
+    from optuna.trial import TrialState
+
+    states = {t.number: t for t in shared_study["study"].get_trials()}
+    assert states[2].state == TrialState.FAIL
+    assert "injected failure" in states[2].user_attrs["error"]
+    assert all(states[n].state in (TrialState.COMPLETE, TrialState.PRUNED) for n in (0, 1, 3))
+    assert shared_study["result"]["trials"]["failed"] == 1
+    assert (shared_study["base"] / "best.json").is_file()
+
+
+def test_mlflow_parent_run_with_one_child_per_trial(shared_study: Any) -> None:
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{shared_study['base'] / 'mlflow.db'}")
+    client = mlflow.MlflowClient()
+    runs = runs_by_name("rnngen-tune")
+    (parent,) = [r for r in runs.values() if "mlflow.parentRunId" not in r.data.tags]
+    children = {int(r.data.tags["optuna.trial_number"]): r for r in runs.values() if r is not parent}
+    assert parent.info.run_id == shared_study["result"]["mlflow_parent_run_id"]
+    assert parent.info.status == "FINISHED"
+    assert sorted(children) == [0, 1, 2, 3]
+    for trial in shared_study["study"].get_trials():
+        child = children[trial.number]
+        assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert child.data.tags["optuna.state"] == trial.state.name
+        assert child.info.status == ("FAILED" if trial.state.name == "FAIL" else "FINISHED")
+        assert float(child.data.params["lr"]) == pytest.approx(trial.params["lr"])
+        history = client.get_metric_history(child.info.run_id, "val_loss")
+        assert [m.step for m in history] == ([1, 2] if trial.state.name == "COMPLETE" else [1])
+    best = shared_study["result"]["params"]
+    assert {k: parent.data.params[f"best.{k}"] for k in best} == {k: str(v) for k, v in best.items()}
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"trials.csv", "best_params.json", "plots"} <= artifacts
+    plots = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
+    assert plots == {f"plots/{n}.png" for n in ("optimization_history", "param_importances", "slice")}
+    table = mlflow.artifacts.load_text(f"runs:/{parent.info.run_id}/trials.csv")
+    assert len(table.strip().splitlines()) == 1 + 4
+
+
+def test_best_params_feed_the_train_stage(shared_study: Any) -> None:
+    overrides = stages.read_hparams(shared_study["base"] / "best.json")
+    assert set(overrides) == {"train.lr", "train.batch_size", "train.optimizer", "model.row_lstm_vae.hidden"}
+    cfgs = settings.build(settings.with_overrides(shared_study["params"], overrides), "model", "train")
+    assert cfgs["model"].config.hidden == overrides["model.row_lstm_vae.hidden"] in (8, 16)
+    assert cfgs["train"].batch_size in (64, 128)
+    assert 1e-4 <= cfgs["train"].lr <= 3e-3
+
+
+def test_resume_after_sigkill(tmp_path: Path, split_dir: Path, mlflow_uri: str) -> None:
+    import yaml
+    from optuna.trial import TrialState
+
+    params = tune_params(**{"tune.n_trials": 3, "tune.pruner": "none"})
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    journal = tmp_path / "study" / tune.JOURNAL_FILE
+    cmd = [sys.executable, str(ROOT / "pipeline" / "tune.py"), "--params", "params.yaml",
+           "--split", str(split_dir), "--study-dir", "study", "--out", "best.json"]
+    with open(tmp_path / "first.log", "w") as log:
+        proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 240
+            while True:  # kill -9 while a trial trains, after at least one has finished
+                assert proc.poll() is None, (tmp_path / "first.log").read_text()
+                assert time.monotonic() < deadline, "no trial finished in time"
+                trials = load_study(journal).get_trials() if journal.is_file() and journal.stat().st_size else []
+                training = [t for t in trials if t.state == TrialState.RUNNING and "mlflow_run_id" in t.user_attrs]
+                if training and any(t.state.is_finished() for t in trials):
+                    break
+                time.sleep(0.05)
+            proc.send_signal(signal.SIGKILL)
+        finally:
+            proc.kill()
+            proc.wait()
+    before = {t.number: t for t in load_study(journal).get_trials()}
+    orphans = [n for n, t in before.items() if t.state == TrialState.RUNNING]
+    assert orphans, "the kill left no running trial"
+    assert not (tmp_path / "best.json").exists()
+
+    result = tune.search(params, split_dir, tmp_path / "study", tmp_path / "best.json")
+
+    after = {t.number: t for t in load_study(journal).get_trials()}
+    for n, t in before.items():  # finished trials are kept and counted, not rerun
+        if t.state.is_finished():
+            assert (after[n].state, after[n].values) == (t.state, t.values)
+    for n in orphans:  # the killed trial failed and ran again with the same parameters
+        assert after[n].state == TrialState.FAIL
+        (retry,) = [t for t in after.values() if t.user_attrs.get("retry_of") == n]
+        assert retry.state == TrialState.COMPLETE
+        assert retry.params.items() >= before[n].params.items()
+    assert tune.budget_used(list(after.values())) == (3, 0)
+    assert result["trials"] == {"complete": 3, "pruned": 0, "failed": 0, "retried": len(orphans)}
+    assert read_json(tmp_path / "best.json")["params"]
+
+    runs = runs_by_name("rnngen-tune")
+    parents = [r for r in runs.values() if "mlflow.parentRunId" not in r.data.tags]
+    assert [p.info.run_id for p in parents] == [result["mlflow_parent_run_id"]]  # the same parent
+    assert parents[0].info.status == "FINISHED"
+    killed = [runs[f"trial {n}"] for n in orphans]
+    assert all(r.info.status == "KILLED" for r in killed)
+
+    written = (tmp_path / "best.json").read_bytes()  # a rerun of a finished study adds nothing
+    assert tune.search(params, split_dir, tmp_path / "study", tmp_path / "best.json")["trials_run_now"] == 0
+    assert (tmp_path / "best.json").read_bytes() == written  # same bytes: DVC need not retrain
+
+
+def test_n_trials_zero_keeps_params_yaml_values(tmp_path: Path) -> None:
+    result = tune.search(tune_params(**{"tune.n_trials": 0}), tmp_path / "no-split",
+                         tmp_path / "study", tmp_path / "best.json")
+    assert result["params"] == {} == read_json(tmp_path / "best.json")["params"]
+    assert not (tmp_path / "study").exists()
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"tune.lr": {"low": 1e-2, "high": 1e-4}}, r"tune\.lr\.high: .*inverted"),
+    ({"tune.lr": {"low": 1e-3, "high": 1e-3}}, r"tune\.lr\.high: .*empty"),
+    ({"tune.lr": {"low": 0.0, "high": 1e-3}}, r"tune\.lr\.low: must be > 0"),
+    ({"tune.hidden": []}, r"tune\.hidden: empty"),
+    ({"tune.batch_size": [32, 0]}, r"tune\.batch_size: choices must be integers >= 1"),
+    ({"tune.optimizer": ["adam", "rmsprop"]}, r"tune\.optimizer: unknown \['rmsprop'\]"),
+    ({"tune.pruner": "asha"}, r"tune\.pruner: expected median \| hyperband \| none"),
+    ({"tune.storage": "postgresql://nobody@127.0.0.1:1/x"}, r"tune\.storage: cannot open .*127\.0\.0\.1"),
+    ({"tune.storage": "sqlite:////nonexistent/folder/optuna.db"}, r"tune\.storage: cannot open"),
+    ({"tune.storage": "sqlite:///x.db", "tune.workers": 2}, r"SQLite cannot serve 2 parallel"),
+])
+def test_bad_input_fails_before_any_trial(
+    tmp_path: Path, split_dir: Path, mlflow_uri: str, overrides: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        tune.search(tune_params(**overrides), split_dir, tmp_path / "study", tmp_path / "best.json")
+    assert not (tmp_path / "study").exists() and not (tmp_path / "best.json").exists()
+    assert not (tmp_path / "mlflow.db").exists()  # nothing tracked either
+
+
+def test_storage_env_var_overrides_the_param(
+    tmp_path: Path, split_dir: Path, mlflow_uri: str, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    monkeypatch.setenv(tune.STORAGE_ENV, "postgresql://nobody:secret@127.0.0.1:1/x")
+    code = guard(lambda: tune.search(tune_params(), split_dir, tmp_path / "study", tmp_path / "best.json"))
+    err = capsys.readouterr().err
+    assert code == 2 and f"${tune.STORAGE_ENV}: cannot open" in err
+    assert "secret" not in err  # passwords are never echoed
+
+
+def test_study_name_follows_the_search_not_the_budget() -> None:
+    from rnngen.models.row_lstm_vae import RowLSTMVAEConfig
+
+    def name(model: RowLSTMVAEConfig | None = None, split: Any = None, **tune_kw: Any) -> str:
+        cfg = tune.TuneConfig(**tune_kw)
+        model = model or RowLSTMVAEConfig()
+        return tune.study_name(cfg, "row_lstm_vae", model, ("hidden",), split or {"seed": 0})
+
+    base = name()
+    assert name(n_trials=50, workers=4, device="cpu") == base  # a bigger search continues it
+    assert name(model=RowLSTMVAEConfig(hidden=512)) == base  # the search sets the hidden size
+    assert name(lr=tune.LogRange(1e-5, 1e-2)) != base
+    assert name(hidden=[64]) != base
+    assert name(model=RowLSTMVAEConfig(z_dim=8)) != base
+    assert name(split={"seed": 1}) != base
+
+
+def test_stale_means_dead_process_or_silent_heartbeat() -> None:
+    import optuna
+    from optuna.trial import TrialState
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host, now = socket.gethostname(), time.time()
+
+    def running(worker: str, beat: float) -> Any:
+        return optuna.trial.create_trial(state=TrialState.RUNNING,
+                                         user_attrs={"worker": worker, "heartbeat": beat})
+
+    assert not tune._is_stale(running(f"{host}:{os.getpid()}", now), now, 60)
+    assert tune._is_stale(running(f"{host}:{dead.pid}", now), now, 60)
+    assert tune._is_stale(running(f"{host}:{os.getpid()}", now - 61), now, 60)
+    assert not tune._is_stale(running(f"elsewhere:{dead.pid}", now - 30), now, 60)
