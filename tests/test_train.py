@@ -12,7 +12,7 @@ import torch
 from rnngen import checkpoint as ckpt
 from rnngen import data
 from rnngen.models import build_model, model_config
-from rnngen.train import NonFiniteLossError, TrainConfig, augment, fit
+from rnngen.train import NonFiniteLossError, TrainConfig, augment, fit, kl_weight
 
 
 def small_model() -> torch.nn.Module:
@@ -109,3 +109,15 @@ def test_corrupted_checkpoint_gives_a_clear_error(tmp_path: Path) -> None:
         ckpt.load_model(bad)
     with pytest.raises(ckpt.CheckpointError, match="does not exist"):
         ckpt.load_model(tmp_path / "missing.pt")
+
+
+def test_kl_warmup_weight_and_reported_loss(arrays) -> None:
+    assert kl_weight(0, 0.0) == 1.0
+    assert kl_weight(4, 1.0) == 0.25 and kl_weight(4, 9.0) == 1.0
+    plain = fit(small_model(), *arrays, dataclasses.replace(CFG, epochs=1), "dynamic", progress=False)
+    warm = fit(small_model(), *arrays, dataclasses.replace(CFG, epochs=1, kl_warmup_epochs=2), "dynamic",
+               progress=False)
+    # The logged train_loss is the true negative ELBO either way; the weights differ.
+    assert warm.history[0]["train_loss"] == pytest.approx(warm.history[0]["train_recon"]
+                                                          + warm.history[0]["train_kl"], rel=1e-5)
+    assert plain.history[0]["train_loss"] != warm.history[0]["train_loss"]

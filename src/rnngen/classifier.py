@@ -20,6 +20,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from rnngen.config import below
+
 FEATURES = 128
 #: format tag in saved files, so a generative-model checkpoint is not mistaken for one
 FORMAT = "rnngen-classifier-v1"
@@ -36,15 +38,9 @@ class ClassifierConfig:
     augment_shift: int = 2
 
     def problems(self) -> list[str]:
-        out = []
-        if self.epochs < 1:
-            out.append(f"epochs: must be >= 1, got {self.epochs}")
-        if self.batch_size < 1:
-            out.append(f"batch_size: must be >= 1, got {self.batch_size}")
+        out = below(self, epochs=1, batch_size=1, augment_shift=0)
         if not self.lr > 0:
             out.append(f"lr: learning rate must be > 0, got {self.lr}")
-        if self.augment_shift < 0:
-            out.append(f"augment_shift: must be >= 0 (0 = off), got {self.augment_shift}")
         return out
 
 

@@ -128,6 +128,18 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str, problems: list[str])
     return obj
 
 
+def below(obj: Any, **minimums: float) -> list[str]:
+    """Range problems for ``problems()``: ``below(self, epochs=1, grad_clip=0)`` reports each
+    field under its minimum; a minimum of 0 is explained as "0 = off"."""
+    out = []
+    for key, low in minimums.items():
+        value = getattr(obj, key)
+        if value < low:
+            note = " (0 = off)" if low == 0 else ""
+            out.append(f"{key}: must be >= {low}{note}, got {value}")
+    return out
+
+
 def to_flat_dict(obj: Any, prefix: str = "") -> dict[str, Any]:
     """Flatten a (nested) dataclass into ``{"a.b": value}`` for logging."""
     out: dict[str, Any] = {}

@@ -13,6 +13,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from rnngen.classifier import DigitClassifier
+from rnngen.config import below
 from rnngen.inpaint import MASKS, inpaint, inpainting_metrics, make_mask
 from rnngen.models import GenerativeModel
 from rnngen.pictures import canvas_gif, canvas_strip, inpainting_panel
@@ -42,20 +43,9 @@ class EvalConfig:
     inpaint_iterations: int = 20
 
     def problems(self) -> list[str]:
-        out = []
-        if self.k < 1:
-            out.append(f"k: importance samples must be >= 1, got {self.k}")
-        if self.batch_size < 1:
-            out.append(f"batch_size: must be >= 1, got {self.batch_size}")
-        if self.n_samples < 1:
-            out.append(f"n_samples: must be >= 1, got {self.n_samples}")
-        if self.max_images < 0:
-            out.append(f"max_images: must be >= 0 (0 = all), got {self.max_images}")
-        if self.n_quality < 2:
-            out.append(f"n_quality: must be >= 2 (a covariance needs two images), got {self.n_quality}")
-        if self.inpaint_images < 1 or self.inpaint_iterations < 1:
-            out.append("inpaint_images / inpaint_iterations: must be >= 1")
-        return out
+        # n_quality >= 2: a covariance needs two images; max_images 0 means all
+        return below(self, k=1, batch_size=1, n_samples=1, max_images=0, n_quality=2, inpaint_images=1,
+                     inpaint_iterations=1)
 
 
 def binarized_test_set(x: Tensor, binarization: str, seed: int) -> Tensor:

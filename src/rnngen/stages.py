@@ -108,6 +108,7 @@ def train(
     import pandas as pd
 
     overrides = read_hparams(hparams)
+    settings.build(params, "model", "train", "tracking")  # params.yaml's own values must be valid too
     params = settings.with_overrides(params, overrides)
     cfgs = settings.build(params, "model", "train", "tracking")
     model_choice, train_cfg, track_cfg = cfgs["model"], cfgs["train"], cfgs["tracking"]

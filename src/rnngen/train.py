@@ -25,6 +25,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from rnngen import checkpoint as ckpt
+from rnngen.config import below
 from rnngen.models import GenerativeModel
 
 
@@ -55,23 +56,17 @@ class TrainConfig:
     amp: bool = False
     #: stop after this many seconds of training (0 = no limit); for budgeted benchmarks
     time_budget_s: float = 0.0
+    #: KL warm-up: the KL term's weight rises linearly from 0 to 1 over this many epochs
+    #: (0 = off). Stops DRAW's posterior collapse (KL -> 0, the model draws the mean image).
+    kl_warmup_epochs: float = 0.0
 
     def problems(self) -> list[str]:
-        out = []
-        if self.epochs < 1:
-            out.append(f"epochs: must be >= 1, got {self.epochs}")
-        if self.batch_size < 1:
-            out.append(f"batch_size: must be >= 1, got {self.batch_size}")
+        out = below(self, epochs=1, batch_size=1, patience=1, grad_clip=0, augment_shift=0, augment_rotate=0,
+                    kl_warmup_epochs=0)
         if not self.lr > 0:
             out.append(f"lr: learning rate must be > 0, got {self.lr}")
-        if self.patience < 1:
-            out.append(f"patience: must be >= 1, got {self.patience}")
-        if self.grad_clip < 0:
-            out.append(f"grad_clip: must be >= 0 (0 = off), got {self.grad_clip}")
         if not 0 <= self.momentum < 1:
             out.append(f"momentum: must be in [0, 1), got {self.momentum}")
-        if self.augment_shift < 0 or self.augment_rotate < 0:
-            out.append("augment_shift / augment_rotate: must be >= 0")
         if not (self.device in ("auto", "cpu") or self.device.startswith("cuda")):
             out.append(f"device: expected auto, cpu or cuda[:N], got {self.device!r}")
         return out
@@ -131,6 +126,13 @@ def prepare_batch(
     if binarization == "dynamic":
         return torch.bernoulli(grey, generator=generator)
     return grey
+
+
+def kl_weight(warmup_epochs: float, progress_epochs: float) -> float:
+    """Weight of the KL term after ``progress_epochs`` epochs of a linear warm-up."""
+    if warmup_epochs <= 0:
+        return 1.0
+    return min(1.0, progress_epochs / warmup_epochs)
 
 
 def evaluate_nelbo(
@@ -215,7 +217,9 @@ def fit(
             xb = prepare_batch(train_x[idx], binarization, cfg, gen).to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp and device.type == "cuda"):
                 terms = model(xb)
-            loss = terms.nelbo.mean()
+            nelbo = terms.nelbo.mean()
+            beta = kl_weight(cfg.kl_warmup_epochs, epoch - 1 + step / n_batches)
+            loss = nelbo if beta == 1.0 else terms.recon.mean() + beta * terms.kl.mean()
             if not torch.isfinite(loss):
                 raise NonFiniteLossError(
                     f"non-finite loss ({loss.item()}) at epoch {epoch}, step {step + 1}; "
@@ -227,7 +231,7 @@ def fit(
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             optimizer.step()
             n = len(idx)
-            sums["loss"] += loss.item() * n
+            sums["loss"] += nelbo.item() * n  # the true negative ELBO, whatever the warm-up weight
             sums["recon"] += terms.recon.detach().sum().item()
             sums["kl"] += terms.kl.detach().sum().item()
             bar.set_postfix(loss=f"{loss.item():.1f}")

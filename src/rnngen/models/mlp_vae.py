@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from rnngen.config import below
 from rnngen.models.base import GaussianLatentVAE
 
 
@@ -17,7 +18,7 @@ class MLPVAEConfig:
     z_dim: int = 20
 
     def problems(self) -> list[str]:
-        return [f"{k}: must be >= 1, got {v}" for k, v in vars(self).items() if v < 1]
+        return below(self, hidden=1, z_dim=1)
 
 
 class MLPVAE(GaussianLatentVAE):

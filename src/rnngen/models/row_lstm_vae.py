@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from rnngen.config import below
 from rnngen.models.base import GaussianLatentVAE
 
 
@@ -22,12 +23,7 @@ class RowLSTMVAEConfig:
     z_dim: int = 32
 
     def problems(self) -> list[str]:
-        out = []
-        if self.hidden < 1:
-            out.append(f"hidden: must be >= 1, got {self.hidden}")
-        if self.z_dim < 1:
-            out.append(f"z_dim: must be >= 1, got {self.z_dim}")
-        return out
+        return below(self, hidden=1, z_dim=1)
 
 
 class RowLSTMVAE(GaussianLatentVAE):
