@@ -120,6 +120,7 @@ def train(
     device = resolve_device(train_cfg.device)
     tracking.setup(track_cfg.experiment)  # fails fast on an unreachable store
 
+    torch.manual_seed(train_cfg.seed)  # the initial weights too: same params + seed, same model
     model = build_model(model_choice.name, model_choice.config).to(device)
     previous = _resumable(checkpoint)
     run_id = previous.get("mlflow_run_id")

@@ -277,6 +277,7 @@ def search(params: Mapping[str, Any], split_dir: Path, study_dir: Path, out: Pat
     cfg, choice = _validate(params)
     if cfg.n_trials == 0:
         result = {"params": {}, "note": "tune.n_trials is 0: train uses params.yaml's values"}
+        Path(study_dir).mkdir(parents=True, exist_ok=True)  # an empty study: DVC's persist output exists
         write_json(out, result)
         print("tune: n_trials is 0, no search")
         return result
@@ -571,6 +572,7 @@ def _objective(trial: Any, hp: dict[str, Any], job: _Job, x_train: Any, x_val: A
     cfg = job.cfg
     section = {**job.model_section, **dict.fromkeys(job.hidden_fields, hp["hidden"])}
     train_cfg = trial_train_config(cfg, hp)
+    torch.manual_seed(cfg.seed)  # same initial weights for every trial: only the hyperparameters differ
     model = build_model(job.model_name, model_config(job.model_name, section))
     model = model.to(resolve_device(cfg.device))
     fail = str(trial.number) in os.environ.get(FAIL_TRIAL_ENV, "").split(",")
