@@ -20,7 +20,7 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ["download", "split", "tune", "train", "evaluate"]
+STAGES = ["download", "split", "tune", "train", "classifier", "evaluate"]
 
 
 def main() -> None:

@@ -14,7 +14,8 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     from rnngen.train import NonFiniteLossError
     from rnngen.tune import TuneError
 
-    return (ConfigError, DataError, TrackingError, CheckpointError, NonFiniteLossError, TuneError)
+    # FileNotFoundError: a missing input named by its path (a stage run out of order, say)
+    return (ConfigError, DataError, TrackingError, CheckpointError, NonFiniteLossError, FileNotFoundError, TuneError)
 
 
 def guard(main: Callable[[], object]) -> int:
