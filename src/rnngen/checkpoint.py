@@ -61,11 +61,17 @@ def save_model(path: str | Path, model: GenerativeModel, **extra: Any) -> None:
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> GenerativeModel:
     """Rebuild a model from a checkpoint written by :func:`save_model` or training."""
-    state = load(path)
+    return model_from_state(load(path), path, device)
+
+
+def model_from_state(
+    state: dict[str, Any], where: str | Path, device: str | torch.device = "cpu"
+) -> GenerativeModel:
+    """The model held by an already-loaded checkpoint ``state`` (read from ``where``)."""
     spec = state["model"]
     model = build_model(spec["name"], model_config(spec["name"], spec["config"]))
     try:
         model.load_state_dict(state["weights"])
     except RuntimeError as exc:
-        raise CheckpointError(f"{path}: weights do not fit model {spec['name']}: {exc}") from exc
+        raise CheckpointError(f"{where}: weights do not fit model {spec['name']}: {exc}") from exc
     return model.to(device).eval()

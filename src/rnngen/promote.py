@@ -182,14 +182,15 @@ def load(spec: str, device: str = "cpu") -> LoadedModel:
         if path.is_dir():
             path = path / "model.pt"
         state = ckpt.load(path)  # CheckpointError when missing or not ours
-        return LoadedModel(ckpt.load_model(path, device), str(state.get("binarization", "dynamic")), str(path))
+        return LoadedModel(ckpt.model_from_state(state, path, device), str(state.get("binarization", "dynamic")),
+                           str(path))
     name, ref = parsed
     mlflow_client = client()
     mv = model_version(mlflow_client, name, ref)
     with tempfile.TemporaryDirectory() as tmp:
         path = download_checkpoint(mlflow_client, mv.run_id, tmp)
         state = ckpt.load(path)
-        model = ckpt.load_model(path, device)
+        model = ckpt.model_from_state(state, path, device)
     source = f"{spec} (version {mv.version}, run {mv.run_id})"
     return LoadedModel(model, str(state.get("binarization", "dynamic")), source)
 

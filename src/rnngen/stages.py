@@ -255,8 +255,8 @@ def evaluate(
 
     cfg = settings.build(params, "evaluate")["evaluate"]
     run_info = read_json(model_dir / RUN_FILE)
-    model = ckpt.load_model(model_dir / MODEL_FILE)
-    binarization = ckpt.load(model_dir / MODEL_FILE)["binarization"]
+    state = ckpt.load(model_dir / MODEL_FILE)  # read once: the model and how it was binarized
+    model, binarization = ckpt.model_from_state(state, model_dir / MODEL_FILE), state["binarization"]
     judge = load_classifier(classifier_dir / CLASSIFIER_FILE)
     classifier_metrics = read_json(classifier_dir / "metrics.json")
     x_test, y_test = data.load_split(split_dir, "test")
