@@ -15,6 +15,8 @@ its training rate is also given as a fraction of the ~400 images/s that 2 CPU co
 from __future__ import annotations
 
 import argparse
+import contextlib
+import csv
 import os
 import statistics
 import time
@@ -58,13 +60,20 @@ def bench_model(label: str, args: argparse.Namespace, device: torch.device) -> d
     x = (torch.rand(args.batch, 1, 28, 28, device=device) < 0.3).float()
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
+    def autocast() -> contextlib.AbstractContextManager:
+        # the same autocast fit() uses with train.amp (bfloat16; only CUDA supports it for every model)
+        return torch.autocast(device.type, dtype=torch.bfloat16) if args.amp else contextlib.nullcontext()
+
     def train_step() -> None:
         opt.zero_grad(set_to_none=True)
-        model(x).nelbo.mean().backward()
+        with autocast():
+            terms = model(x)
+        terms.nelbo.mean().backward()
         opt.step()
 
     def sample_step() -> None:
-        model.sample(args.batch)
+        with autocast():
+            model.sample(args.batch)
 
     model.train()
     train = rates(train_step, args.batch, args.warmup, args.iters, args.repeats, sync)
@@ -83,14 +92,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=5, help="timed windows (best and median reported)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--amp", action="store_true", help="bfloat16 autocast, as train.amp (for CUDA)")
+    parser.add_argument("--csv", help="also write the figures (best and median, images/s) to this CSV file")
     args = parser.parse_args(argv)
 
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    if args.amp and device.type == "cuda":
+        torch.set_float32_matmul_precision("high")  # as fit() with train.amp: TF32 where DRAW stays fp32
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"torch {torch.__version__}, device {device}, {torch.get_num_threads()} threads, batch {args.batch}, "
+    print(f"torch {torch.__version__}, device {device}{' (bf16 autocast)' if args.amp else ''}, "
+          f"{torch.get_num_threads()} threads, batch {args.batch}, "
           f"{args.repeats} windows x {args.iters} iterations after {args.warmup} warm-up; load average {load:.2f}")
     header = f"{'model':<14}{'params':>11}{'train best':>12}{'median':>9}{'sample best':>13}{'median':>9}"
     print(header + "   (images/s)")
@@ -107,6 +121,15 @@ def main(argv: list[str] | None = None) -> None:
             print(f"\ndraw_paper training: best {best / PAPER_CEILING:.0%}, median {median / PAPER_CEILING:.0%} of the "
                   f"~{PAPER_CEILING:.0f} images/s GEMM ceiling of 2 CPU cores (~{PAPER_CEILING / 2:.0f} per core; "
                   f"{torch.get_num_threads()} threads here)")
+    if args.csv:
+        with open(args.csv, "w", newline="") as f:
+            out = csv.writer(f)
+            out.writerow(["model", "device", "amp", "batch", "train_best", "train_median", "sample_best",
+                          "sample_median"])
+            for r in results:
+                out.writerow([r["label"], device.type, args.amp, args.batch, f"{max(r['train']):.1f}",
+                              f"{statistics.median(r['train']):.1f}", f"{max(r['sample']):.1f}",
+                              f"{statistics.median(r['sample']):.1f}"])
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"load average at the end: {load:.2f} (above ~0.5 on 2 cores means shared; trust the best column)")
 

@@ -98,6 +98,29 @@ def test_variance_is_exp_log_var_not_squared_again():
     assert not torch.allclose(F[0, 0, 0], wrong / wrong.sum(), atol=1e-3)
 
 
+@pytest.mark.parametrize(("read_n", "write_n"), [(2, 5), (5, 5), (1, 3)])
+def test_initial_windows_see_the_middle_and_write_at_unit_gain(read_n, write_n):
+    # the zero-bias trap: 2x2 read filters on the blank corners with sigma 1 px (collapse)
+    model = small_model(read_n=read_n, write_n=write_n)
+    F, gamma = filterbank(model.att.bias.detach().view(2, 5), model.offsets, 28)
+    a = torch.arange(1, 29, dtype=F.dtype)
+    centres = (F * a).sum(-1)  # (window, axis, N); unused slots past N are ignored below
+    for window, n in ((0, read_n), (1, write_n)):
+        c = centres[window, :, :n]
+        assert torch.allclose(c.mean(-1), torch.full((2,), 14.5), atol=1e-4)  # centred
+        assert (c - 14.5).abs().max() <= draw_module.INIT_SPAN / 2 + 1e-4  # inside the middle 12 px
+        # sigma from the second difference of log F, which neither normalisation nor the border changes
+        curvature = F[window, :, :n, 10:19].log().diff(n=2, dim=-1)
+        stride = draw_module.INIT_SPAN / max(n - 1, 1)
+        assert torch.allclose(curvature, torch.full_like(curvature, -1 / (stride / 2) ** 2), rtol=1e-3)
+    assert gamma[0] == pytest.approx(1.0)
+    # one patch entry of 1 moves the logit under its centre by about 1, not by 1 / (2 pi sigma^2)
+    patch = torch.zeros(1, write_n, write_n)
+    patch[0, write_n // 2, write_n // 2] = 1.0
+    canvas = write_patch(patch, F[1:, :, :write_n], gamma[1:])
+    assert canvas.max().item() == pytest.approx(1.0, rel=0.15)  # 0.89 when the centre falls between pixels
+
+
 def test_filterbank_far_outside_the_image_stays_finite():
     params = torch.tensor([[40.0, -40.0, -6.0, 0.0, 0.0]])
     F, _ = filterbank(params, centre_offsets(5, 28), 28)

@@ -175,6 +175,8 @@ def fit(
     :func:`resume_state`.
     """
     device = model.device
+    if cfg.amp and device.type == "cuda":
+        torch.set_float32_matmul_precision("high")  # TF32 for the GEMMs autocast leaves in fp32
     torch.manual_seed(cfg.seed)  # model noise (reparameterisation) uses the global stream
     optimizer = make_optimizer(model, cfg)
     result = FitResult()

@@ -20,6 +20,7 @@ every gradient against autograd through it.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -162,6 +163,32 @@ def read_glimpse(images: Tensor, F: Tensor, gamma: Tensor) -> Tensor:
 def write_patch(patch: Tensor, F: Tensor, gamma: Tensor) -> Tensor:
     """eq. (29): (1 / gamma^) F^_Y^T w F^_X; patch (B, N, N), F (B, 2, N, S) -> (B, S, S)."""
     return F[:, 1].transpose(1, 2) @ ((patch / gamma[:, None, None]) @ F[:, 0])
+
+
+#: grid span (pixels) of both windows at initialisation: the middle of the image, where digits are
+INIT_SPAN = 12.0
+
+
+@torch.no_grad()
+def _init_windows(bias: Tensor, read_n: int, write_n: int) -> None:
+    """Start both windows centred, spanning :data:`INIT_SPAN` pixels, sigma = stride / 2, and the
+    write at unit gain; ``bias`` (10,) is the attention layer's (read, then write parameters).
+
+    The paper does not give an initialisation, and a zero bias is a trap: it puts the 2x2 read
+    filters on the image corners (stride 27) with sigma = 1 px, where MNIST is blank, so the
+    encoder sees nothing, no gradient moves the window, and the KL term drives q(z|x) to the
+    prior (the model draws the mean image). Likewise the write's unit-sum filters scale a patch
+    value down ~2 pi sigma^2 times per pixel, so z could barely change the canvas; 1 / gamma^ =
+    2 pi sigma^2 lets a write move the logits as much as the no-attention writer's does.
+    """
+    for row, n in ((bias[:5], read_n), (bias[5:], write_n)):
+        stride = INIT_SPAN / (n - 1) if n > 1 else INIT_SPAN
+        var = (stride / 2) ** 2
+        row[0:2] = 0.0  # g~ = 0: centre (A + 1) / 2, eqs. (22)-(23)
+        row[2] = math.log(var)
+        row[3] = math.log(stride * (n - 1) / (SIZE - 1)) if n > 1 else 0.0  # delta~, eq. (24)
+        row[4] = 0.0  # read gamma = 1
+    bias[9] = -math.log(2 * math.pi * (INIT_SPAN / max(write_n - 1, 1) / 2) ** 2)  # log gamma^ of the write
 
 
 # ---------------------------------------------------------------------------------------------
@@ -505,6 +532,8 @@ class DRAW(GenerativeModel):
         self.write = nn.Linear(hd, write_dim)  # w_t of eq. (28), or the whole patch, eq. (18)
         # eq. (21): 5 read parameters, then 5 write parameters, both linear in h_dec
         self.att = nn.Linear(hd, 10) if cfg.attention else None
+        if self.att is not None:
+            _init_windows(self.att.bias, cfg.read_n, cfg.write_n)
         self.canvas0 = nn.Parameter(torch.zeros(PIXELS))  # learned initial states (Section 2.1)
         self.h_enc0 = nn.Parameter(torch.zeros(he))
         self.h_dec0 = nn.Parameter(torch.zeros(hd))
@@ -539,11 +568,15 @@ class DRAW(GenerativeModel):
 
     def _recurrence(self, x: Tensor, eps: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """c_T logits (B, 784), mu and log sigma (T, B, z) for images x and noise eps (T, B, z)."""
-        w = self._weights()
-        x = x.reshape(x.shape[0], PIXELS)
-        if torch.is_grad_enabled() and (x.requires_grad or w.w_dec.requires_grad):
-            return _Recurrence.apply(x, eps, self.offsets, self.spec, *w)
-        return _run(x, eps, w, self.spec, self.offsets, keep=False)[:3]
+        # The hand-written recurrence runs in float32 with autocast off: its in-place updates
+        # and hand-made backward need one dtype, and the cell and canvas sums over T steps need
+        # float32. (With train.amp on CUDA, fit allows TF32 GEMMs instead.)
+        with torch.autocast(x.device.type, enabled=False):
+            w = self._weights()
+            x, eps = x.reshape(x.shape[0], PIXELS).to(w.w_dec.dtype), eps.to(w.w_dec.dtype)
+            if torch.is_grad_enabled() and (x.requires_grad or w.w_dec.requires_grad):
+                return _Recurrence.apply(x, eps, self.offsets, self.spec, *w)
+            return _run(x, eps, w, self.spec, self.offsets, keep=False)[:3]
 
     def _noise(self, n: int, like: Tensor, generator: torch.Generator | None) -> Tensor:
         return randn((self.config.steps, n, self.config.z_dim), like, generator)  # (T, n, z)
