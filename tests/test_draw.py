@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -302,6 +303,18 @@ def test_paper_preset_and_round_trip():
     assert model_config("draw", {}) == DRAWConfig()
 
 
+def test_params_yaml_lists_every_draw_knob_and_null_means_preset_or_default():
+    import yaml
+
+    params = Path(__file__).resolve().parents[1] / "params.yaml"
+    section = yaml.safe_load(params.read_text())["model"]["draw"]
+    assert set(section) == {f.name for f in dataclasses.fields(DRAWConfig)}
+    assert model_config("draw", section) == DRAWConfig()
+    paper = model_config("draw", {**section, "preset": "paper"})
+    assert (paper.steps, paper.read_n, paper.write_n, paper.z_dim) == (64, 2, 5, 100)
+    assert model_config("draw", {**section, "preset": "paper", "steps": 8}).steps == 8
+
+
 @pytest.mark.parametrize(
     ("section", "message"),
     [
@@ -332,3 +345,4 @@ def test_a_few_steps_reduce_the_loss():
         losses.append(loss.item())
     assert all(math.isfinite(v) for v in losses)
     assert losses[-1] < 0.8 * losses[0]
+

@@ -512,8 +512,10 @@ class DRAW(GenerativeModel):
 
     @classmethod
     def resolve_section(cls, section: dict[str, Any]) -> dict[str, Any]:
-        """Expand ``preset``; keys given beside it win. Idempotent: ``asdict(config)``, which keeps
-        ``preset`` and states every field, resolves to the same config."""
+        """Expand ``preset``; keys given beside it win, and a key set to null (params.yaml lists
+        every knob as null) takes the preset's value, else the default. Idempotent:
+        ``asdict(config)``, which keeps ``preset`` and states every field, resolves to the same config."""
+        section = {k: v for k, v in section.items() if v is not None}
         preset = section.get("preset", "")
         if not isinstance(preset, str) or preset not in PRESETS:
             return section  # validation reports a bad preset
