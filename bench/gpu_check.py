@@ -2,7 +2,7 @@
 code (``train.fit`` with ``amp=True``, ``likelihood_bounds``), throughput next to the CPU
 figures, and DRAW with vs without attention at a compute budget a 2-core CPU cannot give.
 
-    python bench/gpu_check.py --split data/split --out gpu_report      # about 8 minutes on one H100/H200
+    python bench/gpu_check.py --split data/split --out gpu_report      # about 6 minutes on one H200
     python bench/gpu_check.py --split data/split --seconds 30 --models draw_paper
 
 ``--split`` is the split stage's output folder (``dvc repro split`` makes it). Throughput runs
