@@ -52,8 +52,10 @@ def rates(step: Callable[[], None], batch: int, warmup: int, iters: int, repeats
     return out
 
 
-def bench_model(label: str, args: argparse.Namespace, device: torch.device) -> dict:
-    name, section = MODELS[label]
+def bench_model(label: str, args: argparse.Namespace, device: torch.device,
+                spec: tuple[str, dict] | None = None) -> dict:
+    """Train and sample rates of MODELS[label], or of ``spec`` = (model name, params section)."""
+    name, section = spec or MODELS[label]
     torch.manual_seed(0)
     model = build_model(name, model_config(name, section)).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)

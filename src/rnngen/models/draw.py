@@ -181,14 +181,13 @@ def _init_windows(bias: Tensor, read_n: int, write_n: int) -> None:
     value down ~2 pi sigma^2 times per pixel, so z could barely change the canvas; 1 / gamma^ =
     2 pi sigma^2 lets a write move the logits as much as the no-attention writer's does.
     """
-    for row, n in ((bias[:5], read_n), (bias[5:], write_n)):
+    for row, n, unit_gain in ((bias[:5], read_n, False), (bias[5:], write_n, True)):
         stride = INIT_SPAN / (n - 1) if n > 1 else INIT_SPAN
         var = (stride / 2) ** 2
         row[0:2] = 0.0  # g~ = 0: centre (A + 1) / 2, eqs. (22)-(23)
         row[2] = math.log(var)
         row[3] = math.log(stride * (n - 1) / (SIZE - 1)) if n > 1 else 0.0  # delta~, eq. (24)
-        row[4] = 0.0  # read gamma = 1
-    bias[9] = -math.log(2 * math.pi * (INIT_SPAN / max(write_n - 1, 1) / 2) ** 2)  # log gamma^ of the write
+        row[4] = -math.log(2 * math.pi * var) if unit_gain else 0.0  # log gamma^ (write), log gamma = 0 (read)
 
 
 # ---------------------------------------------------------------------------------------------
