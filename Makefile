@@ -6,7 +6,7 @@ BIN    := $(CURDIR)/$(VENV)/bin
 STAMP  := $(VENV)/.installed
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup repro test lint bench ui clean retrain
+.PHONY: setup repro test test-fast test-e2e lint bench ui clean retrain
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,11 +15,18 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)  ## create .venv with rnngen and its pinned dependencies
 
-repro: setup     ## run the whole pipeline (download -> split -> tune -> train -> evaluate)
+repro: setup     ## run the whole pipeline, then put the model in service (the first one becomes champion)
 	$(BIN)/dvc repro
+	$(BIN)/rnngen promote
 
-test: setup lint ## lint, then the test suite (unit + end-to-end on tiny settings)
-	$(BIN)/pytest -q
+test: setup lint ## lint, then the whole suite: fast tier + end-to-end tier (what CI runs)
+	$(BIN)/pytest -q -m "e2e or not e2e"
+
+test-fast: setup ## the fast tier only (no e2e-marked tests)
+	$(BIN)/pytest -q -m "not e2e"
+
+test-e2e: setup  ## the end-to-end tier only: real dvc repro, registry and CLI on tiny settings
+	$(BIN)/pytest -q -m e2e
 
 REPRO_FLAGS ?=
 
@@ -41,5 +48,6 @@ bench: setup     ## print pipeline and model benchmarks (see bench/)
 ui: setup        ## open the MLflow UI on the project's store
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --port 5000
 
-clean:           ## remove pipeline outputs and local stores (keeps .venv)
-	rm -rf data models reports tune checkpoints mlflow.db mlartifacts
+clean:           ## remove untracked pipeline outputs and local stores (keeps .venv and tracked files)
+	rm -rf data/raw data/split models tune/best_params.json tune/study checkpoints classifier/classifier.pt \
+		mlflow.db mlflow.db.lock mlartifacts

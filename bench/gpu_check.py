@@ -25,9 +25,10 @@ from pathlib import Path
 import torch
 
 from rnngen import data
-from rnngen.evaluate import binarized_test_set, likelihood_bounds, save_grid
+from rnngen.data import binarized_test_set
+from rnngen.evaluate import likelihood_bounds
 from rnngen.models import build_model, model_config
-from rnngen.pictures import canvas_strip
+from rnngen.pictures import canvas_strip, save_grid
 from rnngen.train import TrainConfig, fit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ is not a package

@@ -18,7 +18,8 @@ import pandas as pd
 import torch
 
 from rnngen import data
-from rnngen.evaluate import binarized_test_set, likelihood_bounds
+from rnngen.data import binarized_test_set
+from rnngen.evaluate import likelihood_bounds
 from rnngen.models import build_model, model_config
 from rnngen.train import TrainConfig, fit
 

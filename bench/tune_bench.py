@@ -22,8 +22,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from rnngen import stages, tune
+from rnngen import tune
 from rnngen.config import load_params, set_dotted
+from rnngen.stages import download, split
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -52,8 +53,8 @@ def ensure_split(path: Path, scratch: Path) -> Path:
         return path
     params = load_params(ROOT / "params.yaml")
     params = set_dotted(params, {"data.source": "embedded"})
-    stages.download(params, scratch / "raw")
-    stages.split(params, scratch / "raw", scratch / "split")
+    download.run(params, scratch / "raw")
+    split.run(params, scratch / "raw", scratch / "split")
     return scratch / "split"
 
 

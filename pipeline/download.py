@@ -11,16 +11,16 @@ import sys
 from pathlib import Path
 
 from _common import parser
-from rnngen import stages
 from rnngen.config import load_params
 from rnngen.errors import guard
+from rnngen.stages import download
 
 
 def main(argv: list[str] | None = None) -> int:
     p = parser(__doc__)
     p.add_argument("--out", type=Path, required=True, help="output folder")
     args = p.parse_args(argv)
-    return guard(lambda: stages.download(load_params(args.params), args.out))
+    return guard(lambda: download.run(load_params(args.params), args.out))
 
 
 if __name__ == "__main__":

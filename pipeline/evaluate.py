@@ -12,9 +12,9 @@ import sys
 from pathlib import Path
 
 from _common import parser
-from rnngen import stages
 from rnngen.config import load_params
 from rnngen.errors import guard
+from rnngen.stages import evaluate
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--metrics", type=Path, required=True, help="metrics JSON to write")
     p.add_argument("--plots", type=Path, required=True, help="folder for the pictures")
     args = p.parse_args(argv)
-    return guard(lambda: stages.evaluate(
+    return guard(lambda: evaluate.run(
         load_params(args.params), args.model, args.split, args.classifier, args.metrics, args.plots
     ))
 

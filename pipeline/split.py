@@ -11,9 +11,9 @@ import sys
 from pathlib import Path
 
 from _common import parser
-from rnngen import stages
 from rnngen.config import load_params
 from rnngen.errors import guard
+from rnngen.stages import split
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--raw", type=Path, required=True, help="download stage output folder")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     args = p.parse_args(argv)
-    return guard(lambda: stages.split(load_params(args.params), args.raw, args.out))
+    return guard(lambda: split.run(load_params(args.params), args.raw, args.out))
 
 
 if __name__ == "__main__":

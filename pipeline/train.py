@@ -11,9 +11,9 @@ import sys
 from pathlib import Path
 
 from _common import parser
-from rnngen import stages
 from rnngen.config import load_params
 from rnngen.errors import guard
+from rnngen.stages import train
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoint", type=Path, required=True, help="resumable training state file")
     p.add_argument("--history", type=Path, required=True, help="per-epoch curves CSV (dvc plots)")
     args = p.parse_args(argv)
-    return guard(lambda: stages.train(
+    return guard(lambda: train.run(
         load_params(args.params), args.split, args.hparams, args.out, args.checkpoint, args.history
     ))
 

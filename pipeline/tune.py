@@ -12,9 +12,9 @@ import sys
 from pathlib import Path
 
 from _common import parser
-from rnngen import tune
 from rnngen.config import load_params
 from rnngen.errors import guard
+from rnngen.stages import tune
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--study-dir", type=Path, required=True, help="folder of the study's journal file")
     p.add_argument("--out", type=Path, required=True, help="best hyperparameters JSON to write")
     args = p.parse_args(argv)
-    return guard(lambda: tune.search(load_params(args.params), args.split, args.study_dir, args.out))
+    return guard(lambda: tune.run(load_params(args.params), args.split, args.study_dir, args.out))
 
 
 if __name__ == "__main__":

@@ -11,6 +11,15 @@ from typing import Any
 import pytest
 import yaml
 
+# Bind every stage module as an attribute of rnngen.stages (its __init__ imports none of them,
+# so that each stage's import closure stays its own): tests call stages.<name>.run(...).
+import rnngen.stages.classifier
+import rnngen.stages.download
+import rnngen.stages.evaluate
+import rnngen.stages.split
+import rnngen.stages.train
+import rnngen.stages.tune  # noqa: F401
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -22,6 +31,12 @@ def tiny_params(**overrides: Any) -> dict[str, Any]:
     small = {
         "model.row_lstm_vae.hidden": 16,
         "model.row_lstm_vae.z_dim": 4,
+        "model.mlp_vae.hidden": 16,
+        "model.mlp_vae.z_dim": 4,
+        "model.draw.steps": 3,
+        "model.draw.enc_hidden": 16,
+        "model.draw.dec_hidden": 16,
+        "model.draw.z_dim": 4,
         "train.epochs": 2,
         "train.batch_size": 128,
         "train.device": "cpu",
@@ -46,8 +61,8 @@ def split_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     base = tmp_path_factory.mktemp("data")
     params = tiny_params()
-    stages.download(params, base / "raw")
-    stages.split(params, base / "raw", base / "split")
+    stages.download.run(params, base / "raw")
+    stages.split.run(params, base / "raw", base / "split")
     return base / "split"
 
 
@@ -76,10 +91,10 @@ def trained_model(tmp_path_factory: pytest.TempPathFactory, split_dir: Path) -> 
     os.environ["MLFLOW_TRACKING_URI"] = uri
     try:
         params = tiny_params()
-        stages.train(params, split_dir, None, base / "models", base / "ckpt" / "train.pt",
+        stages.train.run(params, split_dir, None, base / "models", base / "ckpt" / "train.pt",
                      base / "reports" / "history.csv")
-        stages.classifier(params, split_dir, base / "classifier")
-        stages.evaluate(params, base / "models", split_dir, base / "classifier", base / "reports" / "metrics.json",
+        stages.classifier.run(params, split_dir, base / "classifier")
+        stages.evaluate.run(params, base / "models", split_dir, base / "classifier", base / "reports" / "metrics.json",
                         base / "reports" / "pictures")
     finally:
         if old is None:

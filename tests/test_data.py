@@ -78,7 +78,7 @@ def params_for(**data_keys: str) -> dict:
 
 
 def test_embedded_gives_5000_real_digits(tmp_path: Path) -> None:
-    manifest = stages.download(tiny_params(), tmp_path / "raw")
+    manifest = stages.download.run(tiny_params(), tmp_path / "raw")
     raw = data.RawData.load(tmp_path / "raw")
     assert raw.x_train.shape == (5000, 28, 28) and raw.x_train.dtype == np.uint8
     assert np.bincount(raw.y_train).tolist() == [500] * 10
@@ -86,8 +86,8 @@ def test_embedded_gives_5000_real_digits(tmp_path: Path) -> None:
 
 
 def test_download_output_is_byte_identical_across_runs(tmp_path: Path) -> None:
-    a = stages.download(tiny_params(), tmp_path / "a")
-    b = stages.download(tiny_params(), tmp_path / "b")
+    a = stages.download.run(tiny_params(), tmp_path / "a")
+    b = stages.download.run(tiny_params(), tmp_path / "b")
     assert a["x_train_sha256"] == b["x_train_sha256"]
     assert (tmp_path / "a/x_train.npy").read_bytes() == (tmp_path / "b/x_train.npy").read_bytes()
 
@@ -99,7 +99,7 @@ def test_download_from_mirror_with_checksums(tmp_path: Path, http_server: tuple[
     url, www = http_server
     md5 = write_idx_set(www)
     sums = write_checksums(tmp_path / "md5.txt", md5)
-    manifest = stages.download(params_for(source="download", mirror=url, checksums=str(sums)), tmp_path / "raw")
+    manifest = stages.download.run(params_for(source="download", mirror=url, checksums=str(sums)), tmp_path / "raw")
     assert manifest["counts"] == {"train": 60, "test": 20}
     assert manifest["files_md5"] == md5
     assert not (tmp_path / "raw" / "downloads").exists()  # only the parsed arrays are kept
@@ -109,7 +109,7 @@ def test_download_rejects_files_that_fail_official_checksums(tmp_path: Path, htt
     url, www = http_server
     write_idx_set(www)
     with pytest.raises(data.DataError, match="checksum mismatch for .*train-images-idx3-ubyte.gz"):
-        stages.download(params_for(source="download", mirror=url), tmp_path / "raw")
+        stages.download.run(params_for(source="download", mirror=url), tmp_path / "raw")
     assert [p.name for p in tmp_path.iterdir()] == ["www"]  # no output, no temporary leftovers
 
 
@@ -120,13 +120,13 @@ def test_download_of_a_corrupted_file_fails_cleanly(tmp_path: Path, http_server:
     blob = (www / NAMES[2]).read_bytes()
     (www / NAMES[2]).write_bytes(blob[: len(blob) // 2])  # truncated in transit
     with pytest.raises(data.DataError, match="checksum mismatch.*t10k-images"):
-        stages.download(params_for(source="download", mirror=url, checksums=str(sums)), tmp_path / "raw")
+        stages.download.run(params_for(source="download", mirror=url, checksums=str(sums)), tmp_path / "raw")
     assert not (tmp_path / "raw").exists()
 
 
 def test_download_unreachable_mirror_says_what_to_do(tmp_path: Path) -> None:
     with pytest.raises(data.DataError, match=r"(?s)could not download .*Connection refused.*data.mirror"):
-        stages.download(params_for(source="download", mirror="http://127.0.0.1:9/"), tmp_path / "raw")
+        stages.download.run(params_for(source="download", mirror="http://127.0.0.1:9/"), tmp_path / "raw")
 
 
 # ---------------------------------------------------------------------------- local
@@ -135,7 +135,7 @@ def test_download_unreachable_mirror_says_what_to_do(tmp_path: Path) -> None:
 def test_local_idx_folder(tmp_path: Path) -> None:
     md5 = write_idx_set(tmp_path / "idx")
     sums = write_checksums(tmp_path / "md5.txt", md5)
-    manifest = stages.download(params_for(source="local", path=str(tmp_path / "idx"), checksums=str(sums)),
+    manifest = stages.download.run(params_for(source="local", path=str(tmp_path / "idx"), checksums=str(sums)),
                                tmp_path / "raw")
     assert manifest["official_test_split"] is True
 
@@ -144,7 +144,7 @@ def test_local_missing_file_is_named(tmp_path: Path) -> None:
     write_idx_set(tmp_path / "idx")
     (tmp_path / "idx" / NAMES[1]).unlink()
     with pytest.raises(data.DataError, match="missing file .*train-labels-idx1-ubyte.gz"):
-        stages.download(params_for(source="local", path=str(tmp_path / "idx")), tmp_path / "raw")
+        stages.download.run(params_for(source="local", path=str(tmp_path / "idx")), tmp_path / "raw")
 
 
 def test_local_bad_idx_content_is_named(tmp_path: Path) -> None:
@@ -153,7 +153,7 @@ def test_local_bad_idx_content_is_named(tmp_path: Path) -> None:
     md5[NAMES[0]] = hashlib.md5((tmp_path / "idx" / NAMES[0]).read_bytes()).hexdigest()
     sums = write_checksums(tmp_path / "md5.txt", md5)
     with pytest.raises(data.DataError, match="cannot parse .*train-images"):
-        stages.download(params_for(source="local", path=str(tmp_path / "idx"), checksums=str(sums)),
+        stages.download.run(params_for(source="local", path=str(tmp_path / "idx"), checksums=str(sums)),
                         tmp_path / "raw")
     assert not (tmp_path / "raw").exists()
 
@@ -164,7 +164,7 @@ def test_custom_image_folder_with_classes(tmp_path: Path) -> None:
         (tmp_path / "img" / cls).mkdir(parents=True)
         for i in range(6):
             Image.fromarray(rng.integers(0, 255, (40, 32, 3), dtype=np.uint8)).save(tmp_path / "img" / cls / f"{i}.png")
-    stages.download(params_for(dataset="custom", source="local", path=str(tmp_path / "img")), tmp_path / "raw")
+    stages.download.run(params_for(dataset="custom", source="local", path=str(tmp_path / "img")), tmp_path / "raw")
     raw = data.RawData.load(tmp_path / "raw")
     assert raw.x_train.shape == (12, 28, 28) and sorted(set(raw.y_train.tolist())) == [0, 1]
 
@@ -172,17 +172,17 @@ def test_custom_image_folder_with_classes(tmp_path: Path) -> None:
 def test_custom_empty_and_unreadable_images(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(data.DataError, match="no .png/.jpg/.jpeg images found"):
-        stages.download(params_for(dataset="custom", source="local", path=str(tmp_path / "empty")), tmp_path / "r1")
+        stages.download.run(params_for(dataset="custom", source="local", path=str(tmp_path / "empty")), tmp_path / "r1")
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "broken.png").write_bytes(b"\x89PNG not really")
     with pytest.raises(data.DataError, match="cannot read image .*broken.png"):
-        stages.download(params_for(dataset="custom", source="local", path=str(tmp_path / "bad")), tmp_path / "r2")
+        stages.download.run(params_for(dataset="custom", source="local", path=str(tmp_path / "bad")), tmp_path / "r2")
     assert not (tmp_path / "r1").exists() and not (tmp_path / "r2").exists()
 
 
 def test_custom_needs_local_source() -> None:
     with pytest.raises(ConfigError, match="custom"):
-        stages.download(params_for(dataset="custom", source="download"), Path("/nonexistent"))
+        stages.download.run(params_for(dataset="custom", source="download"), Path("/nonexistent"))
 
 
 # ---------------------------------------------------------------------------- split
@@ -194,9 +194,9 @@ def _rows(x: np.ndarray) -> set[bytes]:
 
 def test_split_is_stratified_disjoint_and_seeded(tmp_path: Path) -> None:
     params = tiny_params()
-    stages.download(params, tmp_path / "raw")
-    info = stages.split(params, tmp_path / "raw", tmp_path / "s1")
-    stages.split(params, tmp_path / "raw", tmp_path / "s2")
+    stages.download.run(params, tmp_path / "raw")
+    info = stages.split.run(params, tmp_path / "raw", tmp_path / "s1")
+    stages.split.run(params, tmp_path / "raw", tmp_path / "s2")
     assert info["counts"] == {"train": 3600, "val": 400, "test": 1000}
     parts = {n: data.load_split(tmp_path / "s1", n) for n in ("train", "val", "test")}
     for name, (x, y) in parts.items():
@@ -215,8 +215,8 @@ def test_official_test_set_stays_the_test_set(tmp_path: Path) -> None:
     md5 = write_idx_set(tmp_path / "idx", n_train=100, n_test=30)
     sums = write_checksums(tmp_path / "md5.txt", md5)
     params = params_for(source="local", path=str(tmp_path / "idx"), checksums=str(sums))
-    stages.download(params, tmp_path / "raw")
-    info = stages.split(params, tmp_path / "raw", tmp_path / "split")
+    stages.download.run(params, tmp_path / "raw")
+    info = stages.split.run(params, tmp_path / "raw", tmp_path / "split")
     raw = data.RawData.load(tmp_path / "raw")
     x_test, _ = data.load_split(tmp_path / "split", "test")
     assert info["counts"]["test"] == 30 and np.array_equal(x_test.numpy(), raw.x_test)
@@ -224,9 +224,9 @@ def test_official_test_set_stays_the_test_set(tmp_path: Path) -> None:
 
 def test_fixed_binarization_is_one_seeded_sample(tmp_path: Path) -> None:
     params = tiny_params(**{"split.binarization": "fixed"})
-    stages.download(params, tmp_path / "raw")
-    stages.split(params, tmp_path / "raw", tmp_path / "a")
-    stages.split(params, tmp_path / "raw", tmp_path / "b")
+    stages.download.run(params, tmp_path / "raw")
+    stages.split.run(params, tmp_path / "raw", tmp_path / "a")
+    stages.split.run(params, tmp_path / "raw", tmp_path / "b")
     xa, _ = data.load_split(tmp_path / "a", "test")
     xb, _ = data.load_split(tmp_path / "b", "test")
     assert set(np.unique(xa.numpy())) <= {0, 255} and np.array_equal(xa.numpy(), xb.numpy())
@@ -234,4 +234,4 @@ def test_fixed_binarization_is_one_seeded_sample(tmp_path: Path) -> None:
 
 def test_split_bad_fraction_is_rejected() -> None:
     with pytest.raises(ConfigError, match="split.val_fraction"):
-        stages.split(tiny_params(**{"split.val_fraction": 1.5}), Path("x"), Path("y"))
+        stages.split.run(tiny_params(**{"split.val_fraction": 1.5}), Path("x"), Path("y"))

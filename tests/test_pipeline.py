@@ -1,5 +1,7 @@
-"""End to end: `dvc repro` in a fresh git+DVC copy of the project, tiny params, real MLflow
-store; then what a second repro and a param change rerun; then bad input through the CLI."""
+"""End to end: the quick start (`dvc repro` + `rnngen promote`, what `make repro` runs) in a
+fresh git+DVC copy of the project, tiny params, real MLflow store; then what a second repro, a
+param change, new data and a code change rerun — and that none of them reuses a stale model;
+then bad input."""
 
 from __future__ import annotations
 
@@ -19,7 +21,9 @@ BIN = Path(sys.executable).parent
 
 
 def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    # PYTHONPATH: the copy runs its own rnngen source (not the editable install's), so a code
+    # change in the copy is a code change for what runs
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(cwd / "src")}
     env.pop("MLFLOW_TRACKING_URI", None)  # the project's default store: <copy>/mlflow.db
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
     if check and proc.returncode != 0:
@@ -31,14 +35,46 @@ def stages_run(output: str) -> list[str]:
     return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")]
 
 
+def quick_start_commands() -> list[list[str]]:
+    """What `make repro` runs after setting up .venv, read from the Makefile itself."""
+    text = (ROOT / "Makefile").read_text()
+    recipe = text.split("\nrepro:", 1)[1].split("\n\n", 1)[0].splitlines()[1:]
+    return [line.strip().replace("$(BIN)/", "").split() for line in recipe if line.startswith("\t")]
+
+
+def run_record(repo: Path) -> dict:
+    return json.loads((repo / "models/run.json").read_text())
+
+
+def client_of(repo: Path):
+    from mlflow import MlflowClient
+
+    return MlflowClient(f"sqlite:///{repo.resolve() / 'mlflow.db'}")
+
+
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     repo = copy_project(tmp_path_factory.mktemp("project"), tiny_params())
-    first = run([str(BIN / "dvc"), "repro"], repo)
+    commands = quick_start_commands()
+    assert commands == [["dvc", "repro"], ["rnngen", "promote"]]
+    first = run([str(BIN / commands[0][0]), *commands[0][1:]], repo)
     ran = stages_run(first.stdout)
     assert sorted(ran) == sorted(["download", "split", "tune", "train", "classifier", "evaluate"])
     assert ran.index("download") < ran.index("split") < ran.index("tune") < ran.index("train") < ran.index("evaluate")
+    promoted = run([str(BIN / commands[1][0]), *commands[1][1:]], repo)
+    assert "first champion" in promoted.stdout
     return repo
+
+
+def test_the_quick_start_ends_with_a_model_in_service(project: Path) -> None:
+    rnngen = str(BIN / "rnngen")
+    sample = run([rnngen, "sample", "--out", "s.png"], project)
+    assert "models:/rnngen@champion (version 1" in sample.stdout and (project / "s.png").stat().st_size > 0
+    run([rnngen, "inpaint", "--test-index", "0", "1", "--mask", "bottom_half", "--iterations", "1",
+         "--out", "p.png"], project)
+    info = json.loads(run([rnngen, "info"], project).stdout)
+    assert info["version"] == "1" and info["promotion"]["decision"] == "first"
+    assert info["test_set"]["k"] == "4"  # params.yaml's evaluate.k, recorded as the test-set identity
 
 
 def test_outputs_and_metrics(project: Path) -> None:
@@ -68,29 +104,79 @@ def test_mlflow_run_params_metrics_images_and_registered_model(project: Path) ->
     assert run_.info.status == "FINISHED"
     assert run_.data.params["model.name"] == "row_lstm_vae"
     assert run_.data.params["train.epochs"] == "2" and run_.data.params["model.hidden"] == "16"
-    assert run_.data.tags["git_commit"] != "unknown" and run_.data.tags["data_manifest_sha256"]
+    tags = run_.data.tags
+    assert tags["git_commit"] != "unknown" and tags["git_dirty"] == "false" and len(tags["source_sha256"]) == 64
+    assert tags["resumed_from_epoch"] == "0" and run_info["resumed_from_epoch"] == 0
+    name = run_.info.run_name  # the model, its size, the hyperparameters and a data id
+    assert name.startswith("row_lstm_vae hidden=16 lr=") and f"data={tags['data_sha256'][:7]}" in name
     assert len(client.get_metric_history(run_.info.run_id, "val_loss")) == 2  # one per epoch
     assert "test_nll_iwae" in run_.data.metrics
-    artifacts = {a.path for a in client.list_artifacts(run_.info.run_id, "pictures")}
-    assert {"pictures/samples.png", "pictures/reconstructions.png", "pictures/inpaint_random_pixels.png"} <= artifacts
-    assert any(a.path == "checkpoint" for a in client.list_artifacts(run_.info.run_id))
     exp = client.get_experiment(run_.info.experiment_id)
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
     version = client.get_model_version("rnngen", run_info["model_version"])
     assert version.run_id == run_.info.run_id
     assert float(version.tags["test_nll_iwae"]) == pytest.approx(run_.data.metrics["test_nll_iwae"], abs=1e-3)
+    # the evaluation: its own run under the training run, identity as params, pictures
+    evaluation = client.get_run(version.tags["evaluation_run_id"])
+    assert evaluation.data.tags["mlflow.parentRunId"] == run_.info.run_id
+    assert evaluation.data.params["test_set.k"] == "4" and evaluation.data.params["test_set.binarization"] == "dynamic"
+    artifacts = {a.path for a in client.list_artifacts(evaluation.info.run_id, "pictures")}
+    assert {"pictures/samples.png", "pictures/reconstructions.png", "pictures/inpaint_random_pixels.png"} <= artifacts
 
 
-def test_second_repro_runs_nothing_and_train_param_reruns_train_and_evaluate(project: Path) -> None:
+def edit_params(repo: Path, **changes: object) -> None:
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    for key, value in changes.items():
+        section, leaf = key.split("__")
+        params[section][leaf] = value
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def assert_trained_afresh(repo: Path, output: str, before: dict, epochs: int) -> dict:
+    """The train stage trained from epoch 1 into a new MLflow run and a new version."""
+    after = run_record(repo)
+    assert "training afresh from epoch 1" in output or "training from epoch 1" in output, output
+    assert "resuming" not in output
+    assert after["run_id"] != before["run_id"] and int(after["model_version"]) > int(before["model_version"])
+    assert after["resumed_from_epoch"] == 0 and after["epochs_run"] == epochs
+    history = client_of(repo).get_metric_history(after["run_id"], "val_loss")
+    assert [m.step for m in history] == list(range(1, epochs + 1))
+    return after
+
+
+def test_second_repro_runs_nothing_and_a_train_param_retrains_from_epoch_1(project: Path) -> None:
     again = run([str(BIN / "dvc"), "repro"], project)
     assert stages_run(again.stdout) == []
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    params["train"]["lr"] = 0.002
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    before = run_record(project)
+    edit_params(project, train__epochs=3)  # an edit that takes effect whatever the tuner picked
     changed = run([str(BIN / "dvc"), "repro"], project)
     assert stages_run(changed.stdout) == ["train", "evaluate"]
+    after = assert_trained_afresh(project, changed.stdout, before, 3)
+    assert client_of(project).get_run(after["run_id"]).data.params["train.epochs"] == "3"
     diff = run([str(BIN / "dvc"), "params", "diff", "--json"], project).stdout
-    assert "train.lr" in diff
+    assert "train.epochs" in diff
+
+
+def test_new_split_after_a_finished_run_trains_from_epoch_1_into_a_new_run(project: Path) -> None:
+    before = run_record(project)
+    old_data = client_of(project).get_run(before["run_id"]).data.tags["data_sha256"]
+    edit_params(project, split__seed=1)
+    changed = run([str(BIN / "dvc"), "repro"], project)
+    assert {"split", "tune", "train", "classifier", "evaluate"} <= set(stages_run(changed.stdout))
+    after = assert_trained_afresh(project, changed.stdout, before, 3)
+    assert client_of(project).get_run(after["run_id"]).data.tags["data_sha256"] != old_data
+
+
+def test_a_changed_line_of_model_code_retrains(project: Path) -> None:
+    before = run_record(project)
+    old_source = client_of(project).get_run(before["run_id"]).data.tags["source_sha256"]
+    model_file = project / "src/rnngen/models/row_lstm_vae.py"
+    model_file.write_text(model_file.read_text() + "\n# a change to the model's code\n")
+    changed = run([str(BIN / "dvc"), "repro"], project)
+    assert {"tune", "train", "evaluate"} <= set(stages_run(changed.stdout))
+    assert "download" not in stages_run(changed.stdout)
+    after = assert_trained_afresh(project, changed.stdout, before, 3)
+    assert client_of(project).get_run(after["run_id"]).data.tags["source_sha256"] != old_source
 
 
 def test_bad_param_fails_before_compute_and_leaves_no_output(project: Path) -> None:

@@ -1,9 +1,10 @@
 """Champion/challenger promotion: the rule on its own, then on a real registry.
 
-Registry tests work on a copy of the ``trained_model`` store. Challengers are registered from
-new runs that carry the trained run's checkpoint, params and tags but metrics shifted by a
-known amount: the rule only reads metrics, and shifting them makes "worse" and "better"
-exact instead of depending on what a second tiny training run happens to reach.
+Registry tests work on a copy of the ``trained_model`` store. Challengers are new versions of
+the same logged model, from new runs that carry the trained run's params and tags, with an
+evaluation run whose metrics are shifted by a known amount: the rule only reads metrics, and
+shifting them makes "worse" and "better" exact instead of depending on what a second tiny
+training run happens to reach.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from rnngen.files import read_json, write_json
 from rnngen.promote import Candidate, PromoteConfig, decide
 from rnngen.tracking import TrackingError
 
-SAME_TEST_SET = {"data_manifest_sha256": "abc", "k": "4", "n_test": "100"}
+SAME_TEST_SET = {"data_sha256": "abc", "k": "4", "n_test": "100", "n_quality": "50"}
 
 
 def cand(version: str, test_set: dict[str, str] | None = None, **metrics: float) -> Candidate:
@@ -87,26 +88,37 @@ def store(trained_model: dict[str, Any], tmp_path: Path, monkeypatch: pytest.Mon
             "metrics": trained_model["metrics"], "split": trained_model["split"]}
 
 
-def register_challenger(store: dict[str, Any], shift: float, tags: dict[str, str] | None = None) -> dict[str, Path]:
-    """A new version whose run copies the trained run (checkpoint, params, tags) with every
-    test NLL metric shifted by ``shift`` nats; returns its run.json and metrics.json."""
+def register_challenger(store: dict[str, Any], shift: float, test_set: dict[str, str] | None = None
+                        ) -> dict[str, Path]:
+    """A new version of the trained model (same logged model, a copied run) whose evaluation
+    run holds every test NLL metric shifted by ``shift`` nats and ``test_set`` replacing parts
+    of the identity; returns its run.json and metrics.json."""
     import mlflow
+
+    from rnngen.registry import EVALUATION_TAG, TEST_SET_PREFIX
 
     client = mlflow.MlflowClient(tracking_uri=store["uri"])
     base = read_json(store["run_json"])
     run = client.get_run(base["run_id"])
+    base_version = client.get_model_version(base["model_name"], base["model_version"])
+    evaluation = client.get_run(base_version.tags[EVALUATION_TAG])
     copied = {k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.")}
-    new = client.create_run(run.info.experiment_id, tags={**copied, **(tags or {})}, run_name=f"challenger{shift:+g}")
+    new = client.create_run(run.info.experiment_id, tags=copied, run_name=f"challenger{shift:+g}")
     rid = new.info.run_id
     for key, value in run.data.params.items():
         client.log_param(rid, key, value)
-    metrics = {k: v + shift if k.startswith("test_nll") else v for k, v in run.data.metrics.items()}
-    for key, value in metrics.items():
-        client.log_metric(rid, key, value)
-    with_ckpt = client.download_artifacts(base["run_id"], promote.CHECKPOINT_ARTIFACT, str(store["dir"] / rid))
-    client.log_artifact(rid, with_ckpt, "checkpoint")
     client.set_terminated(rid)
-    mv = client.create_model_version(base["model_name"], f"runs:/{rid}/model", run_id=rid)
+    ev = client.create_run(run.info.experiment_id, tags={"mlflow.parentRunId": rid}, run_name="evaluate")
+    identity = {**{k.removeprefix(TEST_SET_PREFIX): v for k, v in evaluation.data.params.items()},
+                **(test_set or {})}
+    for key, value in identity.items():
+        client.log_param(ev.info.run_id, TEST_SET_PREFIX + key, value)
+    metrics = {k: v + shift if k.startswith("test_nll") else v for k, v in evaluation.data.metrics.items()}
+    for key, value in metrics.items():
+        client.log_metric(ev.info.run_id, key, value)
+    client.set_terminated(ev.info.run_id)
+    mv = client.create_model_version(base["model_name"], base_version.source, run_id=rid)
+    client.set_model_version_tag(base["model_name"], mv.version, EVALUATION_TAG, ev.info.run_id)
     folder = store["dir"] / f"v{mv.version}"
     write_json(folder / "run.json", {**base, "run_id": rid, "model_version": mv.version})
     write_json(folder / "metrics.json", {**read_json(store["metrics"]), **metrics})
@@ -164,19 +176,30 @@ def test_first_retrain_promotes_then_worse_stays_then_better_moves(store: dict[s
 
 def test_champion_from_other_data_is_rescored(store: dict[str, Any]) -> None:
     run_promote(store, store)
-    other_data = {"data_manifest_sha256": "new-data"}
-    challenger = register_challenger(store, -1.0, tags=other_data)
-    decision, _ = run_promote(store, challenger)  # no way to re-score: not comparable
-    assert decision.outcome == "kept" and "data_manifest_sha256" in decision.reason
+    # the champion was scored with another k: no way to re-score given, so not comparable
+    champion_k = read_json(store["metrics"])["test_set"]["k"]
+    other_k = {"k": str(int(champion_k) + 2)}
+    challenger = register_challenger(store, -1.0, test_set=other_k)
+    decision, _ = run_promote(store, challenger)
+    assert decision.outcome == "kept" and "k differ" in decision.reason
 
-    challenger = register_challenger(store, -1.0, tags=other_data)
-    rescore = promote.likelihood_rescorer(store["split"], seed=0)
-    decision, report = run_promote(store, challenger, rescore=rescore)
-    assert decision.champion is not None and decision.champion.rescored
-    # same checkpoint, same images, seeds and k as the evaluate stage: the logged numbers
+    challenger = register_challenger(store, -1.0, test_set={"n_quality": "7"})  # FCD from other n: no yardstick
+    assert run_promote(store, challenger)[0].outcome == "kept"
+
+    challenger = register_challenger(store, -1.0)
+    rescore = promote.likelihood_rescorer(store["split"])
+    decision, _ = run_promote(store, challenger, rescore=rescore)
+    assert decision.outcome == "promoted" and decision.champion is not None and not decision.champion.rescored
+
+    # re-scoring from the structured identity: same checkpoint, images, seed and k as the
+    # evaluate stage gives the numbers it logged
+    base = read_json(store["run_json"])
+    client = promote.client(store["uri"])
+    champ = promote.candidate(client, client.get_model_version("rnngen", base["model_version"]))
+    rescored = rescore(client, champ, champ)
     original = read_json(store["metrics"])
-    assert decision.champion.metrics["test_nll_iwae"] == pytest.approx(original["test_nll_iwae"], abs=1e-6)
-    assert decision.outcome == "promoted" and "re-scored" in report
+    assert rescored["test_nll_iwae"] == pytest.approx(original["test_nll_iwae"], abs=1e-6)
+    assert rescored["test_nll_elbo"] == pytest.approx(original["test_nll_elbo"], abs=1e-6)
 
 
 def test_bad_inputs_change_nothing(store: dict[str, Any], tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from conftest import copy_project, tiny_params
 from rnngen import stages
@@ -31,6 +32,23 @@ def _checkpoint_epoch(path: Path) -> int:
         return 0
 
 
+def kill_after_two_epochs(repo: Path) -> Path:
+    """Start `dvc repro` in ``repo`` and SIGKILL it (dvc and the stage, the whole process group)
+    once the train checkpoint holds epoch 2; returns the checkpoint's path."""
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(repo / "src")}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    proc = subprocess.Popen([str(BIN / "dvc"), "repro"], cwd=repo, env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt_file = repo / "checkpoints/train.pt"
+    deadline = time.monotonic() + 300
+    while _checkpoint_epoch(ckpt_file) < 2 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "training finished before it could be killed; raise train.epochs"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    return ckpt_file
+
+
 @pytest.mark.e2e
 def test_sigkill_mid_training_resumes_to_identical_results(tmp_path: Path) -> None:
     params = tiny_params(**KILL_PARAMS)
@@ -38,23 +56,13 @@ def test_sigkill_mid_training_resumes_to_identical_results(tmp_path: Path) -> No
     run([str(BIN / "dvc"), "repro"], clean)
 
     killed = copy_project(tmp_path / "killed", params)
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    proc = subprocess.Popen([str(BIN / "dvc"), "repro"], cwd=killed, env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    ckpt_file = killed / "checkpoints/train.pt"
-    deadline = time.monotonic() + 300
-    while _checkpoint_epoch(ckpt_file) < 2 and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert proc.poll() is None, "training finished before it could be killed; raise train.epochs"
-    os.killpg(proc.pid, signal.SIGKILL)  # the whole process group: dvc and the stage
-    proc.wait()
+    ckpt_file = kill_after_two_epochs(killed)
     assert _checkpoint_epoch(ckpt_file) in (2, 3)
 
     again = run([str(BIN / "dvc"), "repro"], killed)
     ran = stages_run(again.stdout)
     assert ran[0] == "train" and "evaluate" in ran and "download" not in ran  # classifier may not have run yet
-    assert "resuming from checkpoints/train.pt after epoch" in again.stdout
+    assert "resuming checkpoint checkpoints/train.pt after epoch" in again.stdout
     # Same final metrics, byte for byte, as the run that was never interrupted.
     assert (killed / "reports/metrics.json").read_bytes() == (clean / "reports/metrics.json").read_bytes()
     a = torch.load(clean / "models/model.pt", weights_only=True)["weights"]
@@ -65,9 +73,37 @@ def test_sigkill_mid_training_resumes_to_identical_results(tmp_path: Path) -> No
 
     client = MlflowClient(f"sqlite:///{killed.resolve() / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("rnngen").experiment_id])
+    runs = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]  # not the evaluation runs
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    assert runs[0].data.tags["resumed_from_epoch"] in ("2", "3")
+    assert json.loads((killed / "models/run.json").read_text())["resumed_from_epoch"] in (2, 3)
     steps = sorted({m.step for m in client.get_metric_history(runs[0].info.run_id, "val_loss")})
     assert steps == [1, 2, 3, 4]
+
+
+@pytest.mark.e2e
+def test_sigkill_then_a_param_change_trains_into_a_new_run(tmp_path: Path) -> None:
+    """Killed mid-training, then train.epochs changed: the checkpoint is not resumed, a new run
+    holds the new params, the interrupted run is marked KILLED (not left RUNNING)."""
+    from mlflow import MlflowClient
+
+    killed = copy_project(tmp_path / "killed", tiny_params(**KILL_PARAMS))
+    ckpt_file = kill_after_two_epochs(killed)
+    old_run = torch.load(ckpt_file, weights_only=True)["mlflow_run_id"]
+
+    params = yaml.safe_load((killed / "params.yaml").read_text())
+    params["train"]["epochs"] = 3
+    (killed / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    again = run([str(BIN / "dvc"), "repro"], killed)
+    assert "was written with other train: training from epoch 1" in again.stdout
+    assert "resuming" not in again.stdout
+    record = json.loads((killed / "models/run.json").read_text())
+    assert record["run_id"] != old_run and record["resumed_from_epoch"] == 0 and record["epochs_run"] == 3
+    client = MlflowClient(f"sqlite:///{killed.resolve() / 'mlflow.db'}")
+    new = client.get_run(record["run_id"])
+    assert new.data.params["train.epochs"] == "3"
+    assert [m.step for m in client.get_metric_history(new.info.run_id, "val_loss")] == [1, 2, 3]
+    assert client.get_run(old_run).info.status == "KILLED"
 
 
 def test_non_finite_loss_marks_the_run_failed(tmp_path: Path, mlflow_uri: str, split_dir: Path) -> None:
@@ -75,7 +111,7 @@ def test_non_finite_loss_marks_the_run_failed(tmp_path: Path, mlflow_uri: str, s
 
     params = tiny_params(**{"train.lr": 1e6, "train.grad_clip": 0.0})
     with pytest.raises(NonFiniteLossError, match=r"epoch 1, step \d+.*train.lr"):
-        stages.train(params, split_dir, None, tmp_path / "models", tmp_path / "ck.pt", tmp_path / "h.csv")
+        stages.train.run(params, split_dir, None, tmp_path / "models", tmp_path / "ck.pt", tmp_path / "h.csv")
     client = MlflowClient(mlflow_uri)
     (run_,) = client.search_runs([client.get_experiment_by_name("rnngen").experiment_id])
     assert run_.info.status == "FAILED"
@@ -89,9 +125,9 @@ def test_any_exception_marks_the_run_failed(tmp_path: Path, mlflow_uri: str, spl
     def broken_fit(*args: object, **kwargs: object) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(stages, "fit", broken_fit)
+    monkeypatch.setattr(stages.train, "fit", broken_fit)
     with pytest.raises(OSError, match="disk full"):
-        stages.train(tiny_params(), split_dir, None, tmp_path / "models", tmp_path / "ck.pt", tmp_path / "h.csv")
+        stages.train.run(tiny_params(), split_dir, None, tmp_path / "models", tmp_path / "ck.pt", tmp_path / "h.csv")
     client = MlflowClient(mlflow_uri)
     (run_,) = client.search_runs([client.get_experiment_by_name("rnngen").experiment_id])
     assert run_.info.status == "FAILED"
@@ -102,7 +138,7 @@ def test_unreachable_tracking_server_fails_before_training(tmp_path: Path, split
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
     start = time.monotonic()
     with pytest.raises(TrackingError, match=r"http://127.0.0.1:9 is unreachable"):
-        stages.train(tiny_params(), split_dir, None, tmp_path / "models", tmp_path / "ck.pt", tmp_path / "h.csv")
+        stages.train.run(tiny_params(), split_dir, None, tmp_path / "models", tmp_path / "ck.pt", tmp_path / "h.csv")
     assert time.monotonic() - start < 30
     assert not (tmp_path / "ck.pt").exists() and not (tmp_path / "models").exists()
 
@@ -110,7 +146,7 @@ def test_unreachable_tracking_server_fails_before_training(tmp_path: Path, split
 def test_wrong_tracking_uri_names_the_uri(tmp_path: Path, split_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/no/such/folder/mlflow.db")
     with pytest.raises(TrackingError, match="no/such/folder"):
-        stages.train(tiny_params(), split_dir, None, tmp_path / "models", tmp_path / "ck.pt", tmp_path / "h.csv")
+        stages.train.run(tiny_params(), split_dir, None, tmp_path / "models", tmp_path / "ck.pt", tmp_path / "h.csv")
 
 
 WRITER = textwrap.dedent("""

@@ -12,7 +12,16 @@ import torch
 from rnngen import checkpoint as ckpt
 from rnngen import data
 from rnngen.models import build_model, model_config
-from rnngen.train import NonFiniteLossError, TrainConfig, augment, fit, kl_weight
+from rnngen.train import (
+    NonFiniteLossError,
+    TrainConfig,
+    augment,
+    fingerprint,
+    fit,
+    kl_weight,
+    mark_registered,
+    resume_point,
+)
 
 
 def small_model() -> torch.nn.Module:
@@ -71,7 +80,62 @@ def test_changed_settings_do_not_resume_a_stale_checkpoint(arrays, tmp_path: Pat
         progress=False)
     other = fit(small_model(), *arrays, dataclasses.replace(CFG, epochs=1, lr=5e-4), "dynamic",
                 checkpoint=tmp_path / "c.pt", progress=False)
-    assert other.resumed_from == 0
+    assert other.resumed_from == 0 and not other.reused
+
+
+class Interrupt(Exception):
+    pass
+
+
+def interrupted(arrays, path: Path, identity: dict[str, str]) -> None:
+    """A run killed after epoch 1's checkpoint (phase training)."""
+    def stop(epoch: int, _: dict) -> None:
+        if epoch == 2:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        fit(small_model(), *arrays, CFG, "dynamic", checkpoint=path, identity=identity, on_epoch=stop,
+            progress=False)
+
+
+@pytest.mark.parametrize("part", ["data", "code"])
+def test_other_data_or_code_never_resume(arrays, tmp_path: Path, part: str,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    same = {"data": "d1", "code": "c1"}
+    interrupted(arrays, tmp_path / "k.pt", same)
+    point = resume_point(tmp_path / "k.pt", fingerprint(small_model(), CFG, "dynamic", same))
+    assert point.epoch == 1  # the same data and code would resume...
+    calls: list[int] = []
+    changed = {**same, part: "other"}
+    result = fit(small_model(), *arrays, CFG, "dynamic", checkpoint=tmp_path / "k.pt", identity=changed,
+                 on_epoch=lambda e, _: calls.append(e), progress=False)
+    assert result.resumed_from == 0 and calls == [1, 2, 3]  # ...other ones train from epoch 1
+    assert f"written with other {part}: training from epoch 1" in capsys.readouterr().out
+
+
+def test_a_finished_registered_run_is_never_resumed(arrays, tmp_path: Path) -> None:
+    path = tmp_path / "f.pt"
+    first = fit(small_model(), *arrays, CFG, "dynamic", checkpoint=path, progress=False)
+    mark_registered(path, model_version="1")
+    assert "finished, registered run" in resume_point(path, fingerprint(small_model(), CFG, "dynamic")).reason
+    calls: list[int] = []
+    again = fit(small_model(), *arrays, CFG, "dynamic", checkpoint=path, on_epoch=lambda e, _: calls.append(e),
+                progress=False)
+    assert again.resumed_from == 0 and not again.reused and calls == [1, 2, 3]
+    assert [h["val_loss"] for h in again.history] == [h["val_loss"] for h in first.history]  # retrained, same seed
+
+
+def test_a_finished_but_unregistered_training_is_reused_not_retrained(arrays, tmp_path: Path) -> None:
+    """The registry step failed after training: the rerun registers the same weights at once."""
+    path = tmp_path / "t.pt"
+    first = fit(small_model(), *arrays, CFG, "dynamic", checkpoint=path, progress=False)
+    assert ckpt.load(path)["phase"] == "trained"
+    calls: list[int] = []
+    again = fit(small_model(), *arrays, CFG, "dynamic", checkpoint=path, on_epoch=lambda e, _: calls.append(e),
+                progress=False)
+    assert again.reused and calls == [] and again.resumed_from == CFG.epochs
+    assert again.history == first.history
+    assert all(torch.equal(first.best_weights[k], again.best_weights[k]) for k in first.best_weights)
 
 
 def test_non_finite_loss_names_epoch_and_step_and_keeps_checkpoint(arrays, tmp_path: Path) -> None:

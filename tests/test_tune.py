@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import signal
@@ -15,10 +16,11 @@ from typing import Any
 import pytest
 
 from conftest import ROOT, tiny_params
-from rnngen import settings, stages, tune
-from rnngen.config import ConfigError
+from rnngen import stages, tune
+from rnngen.config import ConfigError, set_dotted
 from rnngen.errors import guard
 from rnngen.files import read_json
+from rnngen.train import TrainConfig
 
 TINY = {
     "tune.n_trials": 4,
@@ -125,9 +127,9 @@ def test_mlflow_parent_run_with_one_child_per_trial(shared_study: Any) -> None:
 
 
 def test_best_params_feed_the_train_stage(shared_study: Any) -> None:
-    overrides = stages.read_hparams(shared_study["base"] / "best.json")
+    overrides = stages.train.read_hparams(shared_study["base"] / "best.json")
     assert set(overrides) == {"train.lr", "train.batch_size", "train.optimizer", "model.row_lstm_vae.hidden"}
-    cfgs = settings.build(settings.with_overrides(shared_study["params"], overrides), "model", "train")
+    cfgs = stages.train._configs(set_dotted(shared_study["params"], overrides))
     assert cfgs["model"].config.hidden == overrides["model.row_lstm_vae.hidden"] in (8, 16)
     assert cfgs["train"].batch_size in (64, 128)
     assert 1e-4 <= cfgs["train"].lr <= 3e-3
@@ -190,6 +192,48 @@ def test_resume_after_sigkill(tmp_path: Path, split_dir: Path, mlflow_uri: str) 
     assert (tmp_path / "best.json").read_bytes() == written  # same bytes: DVC need not retrain
 
 
+def test_best_params_are_the_same_bytes_on_two_fresh_stores(tmp_path: Path, split_dir: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """best_params.json holds what defines the result only: another machine or mlflow.db with
+    the same search writes the same file, so DVC does not retrain for it."""
+    params = tune_params(**{"tune.n_trials": 2, "tune.epochs": 1, "tune.hidden": [8]})
+    written = []
+    for store in ("a", "b"):
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / store / 'mlflow.db'}")
+        (tmp_path / store).mkdir()
+        tune.search(params, split_dir, tmp_path / store / "study", tmp_path / store / "best.json")
+        written.append((tmp_path / store / "best.json").read_bytes())
+    assert written[0] == written[1]
+    text = written[0].decode()
+    assert "run_id" not in text and str(tmp_path) not in text and "journal" not in text
+
+
+def test_trials_inherit_the_declared_train_keys() -> None:
+    """train.kl_warmup_epochs (say) applies inside trials too, and dvc.yaml declares exactly the
+    inherited keys as params of the tune stage."""
+    import yaml
+
+    from conftest import ROOT
+
+    params = tune_params(**{"train.kl_warmup_epochs": 5.0, "train.grad_clip": 3.0, "train.lr": 0.5})
+    base = tune.inherited_train_config(params)
+    trial = tune.trial_train_config(tune.tune_config(params), base, {"lr": 1e-3, "batch_size": 64,
+                                                                     "optimizer": "adam"})
+    assert (trial.kl_warmup_epochs, trial.grad_clip, trial.lr) == (5.0, 3.0, 1e-3)  # lr: the search's
+    declared = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["tune"]["params"]
+    assert {p.removeprefix("train.") for p in declared if p.startswith("train.")} == set(tune.INHERITED_TRAIN_KEYS)
+    other = tune.study_name(tune.tune_config(params), dataclasses.replace(base, kl_warmup_epochs=0.0), "row_lstm_vae",
+                            tiny_model_config(), ("hidden",), {})
+    assert other != tune.study_name(tune.tune_config(params), base, "row_lstm_vae", tiny_model_config(),
+                                    ("hidden",), {})  # a changed inherited key is a new study
+
+
+def tiny_model_config() -> Any:
+    from rnngen.models import model_config
+
+    return model_config("row_lstm_vae", {"hidden": 8, "z_dim": 2})
+
+
 def test_n_trials_zero_keeps_params_yaml_values(tmp_path: Path) -> None:
     result = tune.search(tune_params(**{"tune.n_trials": 0}), tmp_path / "no-split",
                          tmp_path / "study", tmp_path / "best.json")
@@ -234,7 +278,7 @@ def test_study_name_follows_the_search_not_the_budget() -> None:
     def name(model: RowLSTMVAEConfig | None = None, split: Any = None, **tune_kw: Any) -> str:
         cfg = tune.TuneConfig(**tune_kw)
         model = model or RowLSTMVAEConfig()
-        return tune.study_name(cfg, "row_lstm_vae", model, ("hidden",), split or {"seed": 0})
+        return tune.study_name(cfg, TrainConfig(), "row_lstm_vae", model, ("hidden",), split or {"seed": 0})
 
     base = name()
     assert name(n_trials=50, workers=4, device="cpu") == base  # a bigger search continues it

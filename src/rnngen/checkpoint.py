@@ -7,17 +7,17 @@ Everything is stored as tensors and plain containers, and read back with
 from __future__ import annotations
 
 import dataclasses
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from rnngen.errors import UserError
+from rnngen.files import atomic_file
 from rnngen.models import GenerativeModel, build_model, model_config
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint that is missing, unreadable or not an rnngen checkpoint."""
 
 
@@ -27,16 +27,8 @@ def model_spec(model: GenerativeModel) -> dict[str, Any]:
 
 def save(path: str | Path, state: dict[str, Any]) -> None:
     """Atomically write ``state`` (a kill mid-write leaves the previous file intact)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_file(path) as tmp:
         torch.save(state, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def load(path: str | Path) -> dict[str, Any]:

@@ -21,8 +21,14 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from rnngen.config import below
+from rnngen.errors import MissingInputError, UserError
 
 FEATURES = 128
+#: the classifier stage's two outputs, in its output folder
+CLASSIFIER_FILE = "classifier.pt"
+METRICS_FILE = "metrics.json"
+#: the classifier stage's output as the CLI finds it when run in the project root
+PROJECT_CLASSIFIER = Path("classifier") / CLASSIFIER_FILE
 #: format tag in saved files, so a generative-model checkpoint is not mistaken for one
 FORMAT = "rnngen-classifier-v1"
 
@@ -200,10 +206,33 @@ def save_classifier(path: str | Path, model: DigitClassifier) -> Path:
 def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> DigitClassifier:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"classifier file {path} does not exist; train the classifier first")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+        raise MissingInputError(f"classifier file {path} does not exist; train it first (dvc repro classifier)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # not a torch file, truncated, ...
+        raise UserError(f"classifier file {path} is unreadable ({exc}); train it again") from exc
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise ValueError(f"{path} is not an rnngen classifier file")
+        raise UserError(f"{path} is not an rnngen classifier file (rnngen.classifier.save_classifier)")
     model = DigitClassifier(int(state["num_classes"]), ClassifierConfig(**state["config"]))
     model.load_state_dict(state["weights"])
     return model.to(device).eval()
+
+
+def fallback_classifier(
+    x: Tensor, y: Tensor | None, seed: int, epochs: int
+) -> tuple[DigitClassifier, str]:
+    """A judge trained on the user's own labelled images (10 % held out for validation), for
+    when no classifier file is given; the string says so, for the record."""
+    if y is None or len(torch.unique(y)) < 2:
+        raise UserError(
+            "--classifier: the Fréchet classifier distance and inpainting accuracy need a classifier; pass "
+            f"--classifier (e.g. the classifier stage's classifier/{CLASSIFIER_FILE}) or give labelled images "
+            "(IDX with a train pair, or one subfolder per class) to train one"
+        )
+    n = len(x)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    val, train = perm[: max(1, n // 10)], perm[max(1, n // 10) :]
+    cfg = ClassifierConfig(seed=seed, epochs=epochs)
+    model, metrics = train_classifier(x[train], y[train], x[val], y[val], cfg, progress=False)
+    return model, (f"trained here on {len(train)} of the given images for {cfg.epochs} epochs (validation "
+                   f"accuracy {metrics['val_accuracy']:.3f}); pass --classifier for numbers comparable across runs")

@@ -2,7 +2,7 @@
 
     rnngen sample    n new images as a PNG grid
     rnngen inpaint   complete the hidden part of images: original | masked | completed
-    rnngen evaluate  NLL bounds, Fréchet classifier distance, inpainting scores on your images
+    rnngen evaluate  NLL bounds, Fréchet classifier distance, inpainting scores (test split or your images)
     rnngen promote   move the champion alias to the model dvc repro just made, if it wins
     rnngen info      which version is champion, and its metrics
 
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import gzip
 import json
 import math
 import os
@@ -29,19 +28,10 @@ from typing import Any
 
 from rnngen.errors import guard
 
-DEFAULT_MODEL = "models:/rnngen@champion"
 MASK_KINDS = ("bottom_half", "centre_square", "random_pixels")
-GREY_MODES = {"L": 1.0, "1": 1.0, "I;16": 1 / 257}  # PIL mode -> factor to 0..255
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 
 
 # ------------------------------------------------------------------------------ inputs
-
-
-def _data_error(message: str) -> Exception:
-    from rnngen.data import DataError
-
-    return DataError(message)
 
 
 def _usage_error(message: str) -> Exception:
@@ -50,31 +40,41 @@ def _usage_error(message: str) -> Exception:
     return ConfigError([message], "the command line")
 
 
-def read_image(path: str | Path) -> Any:
-    """A 28x28 grayscale image file as a uint8 tensor ``(28, 28)``; anything else is a DataError."""
-    import numpy as np
-    import torch
-    from PIL import Image, UnidentifiedImageError
+@dataclasses.dataclass(frozen=True)
+class Defaults:
+    """What the commands take from params.yaml (flags override): the registry name and alias
+    behind the default model, and the evaluate stage's settings."""
 
-    path = Path(path)
-    if not path.is_file():
-        raise _data_error(f"image {path} does not exist")
-    try:
-        with Image.open(path) as im:
-            im.load()
-            mode, size = im.mode, im.size
-            pixels = np.asarray(im, dtype=np.float64) if mode in GREY_MODES else None
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise _data_error(f"cannot read image {path}: {exc}") from exc
-    if size != (28, 28) or pixels is None:
-        raise _data_error(
-            f"{path} is a {size[0]}x{size[1]} {mode} image; rnngen models take 28x28 grayscale images "
-            "(mode L). Convert it first, e.g. with Pillow: "
-            "Image.open(p).convert('L').resize((28, 28)).save(q)"
-        )
-    if mode == "1":
-        pixels = pixels * 255
-    return torch.from_numpy((pixels * GREY_MODES[mode]).round().clip(0, 255).astype(np.uint8))
+    model_name: str
+    alias: str
+    evaluate: Any  # rnngen.evaluate.EvalConfig
+    promote: Any  # rnngen.promote.PromoteConfig
+
+    @property
+    def model_uri(self) -> str:
+        return f"models:/{self.model_name}@{self.alias}"
+
+
+def defaults(path: Path) -> Defaults:
+    """params.yaml's ``tracking.model_name``, ``promote.alias`` and ``evaluate.*`` (the code
+    defaults when the file is absent, e.g. outside the project)."""
+    from rnngen.config import gather, load_params, section
+    from rnngen.evaluate import EvalConfig
+    from rnngen.promote import PromoteConfig
+    from rnngen.tracking import TrackingConfig
+
+    params = load_params(path) if path.is_file() else {}
+    built = gather(tracking=lambda: section(TrackingConfig, params, "tracking"),
+                   promote=lambda: section(PromoteConfig, params, "promote"),
+                   evaluate=lambda: section(EvalConfig, params, "evaluate"))
+    return Defaults(built["tracking"].model_name, built["promote"].alias, built["evaluate"], built["promote"])
+
+
+def _load_model(args: argparse.Namespace) -> Any:
+    from rnngen import registry
+
+    d = defaults(args.params)
+    return registry.load(args.model or d.model_uri, d.model_name)
 
 
 def _mask_arg(value: str) -> str:
@@ -123,40 +123,21 @@ def _tolerance_arg(value: str) -> tuple[str, float]:
     return metric, tol
 
 
-def write_atomically(out: Path, write: Callable[[Path], object]) -> Path:
-    """Let ``write`` fill a temporary file beside ``out`` (same suffix), then rename it into place."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=out.suffix, dir=out.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return out
-
-
 # ------------------------------------------------------------------------------ sample
 
 
-def sample_images(model: Any, n: int, seed: int, temperature: float = 1.0) -> Any:
-    """``n`` samples ``(n, 1, 28, 28)``; ``temperature`` scales the prior's standard deviation."""
+def cmd_sample(args: argparse.Namespace) -> None:
     import torch
 
-    gen = torch.Generator(device=model.device).manual_seed(seed)
+    from rnngen.files import atomic_file
+    from rnngen.pictures import save_grid
+
+    loaded = _load_model(args)
+    gen = torch.Generator(device=loaded.model.device).manual_seed(args.seed)
     with torch.no_grad():
-        return model.sample(n, generator=gen, temperature=temperature).cpu()
-
-
-def cmd_sample(args: argparse.Namespace) -> None:
-    from rnngen import promote
-    from rnngen.evaluate import save_grid
-
-    loaded = promote.load(args.model)
-    images = sample_images(loaded.model, args.n, args.seed, args.temperature)
-    nrow = args.nrow or math.ceil(math.sqrt(args.n))
-    write_atomically(args.out, lambda p: save_grid(images, p, nrow=nrow))
+        images = loaded.model.sample(args.n, generator=gen, temperature=args.temperature).cpu()
+    with atomic_file(args.out) as tmp:
+        save_grid(images, tmp, nrow=args.nrow or math.ceil(math.sqrt(args.n)))
     print(f"{args.n} samples of {loaded.source} (seed {args.seed}, temperature {args.temperature:g}) -> {args.out}")
 
 
@@ -164,170 +145,93 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
 
 def load_mask(spec: str, n: int, seed: int) -> Any:
-    """Boolean "missing" mask ``(n, 1, 28, 28)``: a kind from rnngen.inpaint, or a PNG file
-    whose white pixels (>= 128) are hidden."""
+    """Boolean "missing" mask ``(n, 1, 28, 28)``: a kind from rnngen.inpaint, or an image file
+    whose white pixels (>= 128) are hidden (read as every image is: grey, 28x28)."""
     import torch
 
-    from rnngen import inpaint
+    from rnngen import data, inpaint
 
     if spec in MASK_KINDS:
         return inpaint.make_mask(spec, n, torch.Generator().manual_seed(seed))
-    mask = read_image(spec) >= 128  # (28, 28)
+    mask = torch.from_numpy(data.read_image(spec)) >= 128  # (28, 28)
     if not mask.any():
-        raise _data_error(f"mask {spec} hides no pixel: white (>= 128) marks the pixels to complete")
+        raise data.DataError(f"mask {spec} hides no pixel: white (>= 128) marks the pixels to complete")
     return mask.view(1, 1, 28, 28).expand(n, 1, 28, 28).clone()
 
 
 def cmd_inpaint(args: argparse.Namespace) -> None:
+    import numpy as np
     import torch
 
-    from rnngen import data, inpaint, pictures, promote
+    from rnngen import data, inpaint, pictures
+    from rnngen.files import atomic_file
 
     if args.image:
-        x_u8 = torch.stack([read_image(p) for p in args.image])
+        x_u8 = torch.from_numpy(np.stack([data.read_image(p) for p in args.image]))
         what = ", ".join(args.image)
     else:
         x_test, _ = data.load_split(args.split, "test")
         bad = [i for i in args.test_index if not 0 <= i < len(x_test)]
         if bad:
-            raise _data_error(f"--test-index {bad[0]}: the test split in {args.split} has {len(x_test)} images")
+            raise data.DataError(f"--test-index {bad[0]}: the test split in {args.split} has {len(x_test)} images")
         x_u8 = x_test[args.test_index]
         what = f"test images {args.test_index} of {args.split}"
-    original = x_u8.float().unsqueeze(1) / 255.0  # (n, 1, 28, 28)
+    original = data.to_unit(x_u8)  # (n, 1, 28, 28)
     mask = load_mask(args.mask, len(original), args.seed)
-    loaded = promote.load(args.model)
+    loaded = _load_model(args)
     gen = torch.Generator(device=loaded.model.device).manual_seed(args.seed)
     completed = inpaint.inpaint(loaded.model, original, mask, args.iterations, gen).cpu()
-    write_atomically(args.out, lambda p: pictures.inpainting_panel(original, mask, completed, p))
+    with atomic_file(args.out) as tmp:
+        pictures.inpainting_panel(original, mask, completed, tmp)
     print(f"inpainted {what} ({args.mask}, {args.iterations} iterations) with {loaded.source} -> {args.out}")
 
 
 # ---------------------------------------------------------------------------- evaluate
 
 
-@dataclasses.dataclass
-class UserData:
-    """Images the user brings: uint8 ``(N, 28, 28)``, labels or None, and what to train a
-    classifier on when none is given (IDX: the train files; folders: the images themselves)."""
-
-    x: Any
-    y: Any | None
-    x_train: Any | None
-    y_train: Any | None
-    description: str
-
-
-def _read_idx(path: Path, labels: bool) -> Any:
-    import torch
-    from torchvision.datasets.mnist import read_image_file, read_label_file
-
-    with tempfile.TemporaryDirectory() as tmp:
-        raw = Path(tmp) / path.name.removesuffix(".gz")
-        try:
-            with gzip.open(path) as src, open(raw, "wb") as dst:
-                shutil.copyfileobj(src, dst)
-            out = (read_label_file if labels else read_image_file)(str(raw))
-        except Exception as exc:  # gzip, IDX header or size errors
-            raise _data_error(f"cannot parse {path} as a gzipped IDX file: {exc}") from exc
-    if not labels and tuple(out.shape[1:]) != (28, 28):
-        raise _data_error(f"{path} holds {tuple(out.shape[1:])} images; rnngen models take 28x28")
-    return torch.as_tensor(out)
+def evaluate_config(args: argparse.Namespace, base: Any) -> Any:
+    """params.yaml's ``evaluate.*`` with the flags given on the command line replacing it."""
+    flags = {"seed": args.seed, "k": args.k, "batch_size": args.batch_size, "max_images": args.max_images,
+             "n_quality": args.n_quality, "inpaint_images": args.inpaint_images,
+             "inpaint_iterations": args.iterations}
+    cfg = dataclasses.replace(base, **{k: v for k, v in flags.items() if v is not None})
+    if cfg.problems():
+        raise _usage_error("; ".join(cfg.problems()))
+    return cfg
 
 
-def load_user_data(folder: str | Path) -> UserData:
-    """A folder of IDX ``.gz`` files (the test pair is scored, the train pair trains the
-    classifier) or of 28x28 grayscale PNG/JPEG images (one subfolder per class, or flat)."""
-    import torch
-
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise _data_error(f"--data: folder {folder} does not exist")
-    images = sorted(folder.glob("*images-idx3-ubyte.gz"))
-    if images:
-        test = [p for p in images if p.name.startswith("t10k")] or images[-1:]
-        train = [p for p in images if p not in test]
-        x, y = _read_idx(test[0], False), _idx_labels(test[0])
-        x_train, y_train = (_read_idx(train[0], False), _idx_labels(train[0])) if train else (None, None)
-        if x_train is not None and (y_train is None or len(x_train) != len(y_train)):
-            x_train = y_train = None
-        if y is not None and len(y) != len(x):
-            raise _data_error(f"{test[0]} holds {len(x)} images but its labels file {len(y)} labels")
-        return UserData(x, y, x_train, y_train, f"{test[0]} ({len(x)} images)")
-    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not paths:
-        raise _data_error(f"--data: no IDX .gz files and no .png/.jpg/.jpeg images in {folder}")
-    x = torch.stack([read_image(p) for p in paths])
-    classes = sorted({p.parent.relative_to(folder).as_posix() for p in paths})
-    y = None
-    if len(classes) > 1:
-        index = {c: i for i, c in enumerate(classes)}
-        y = torch.tensor([index[p.parent.relative_to(folder).as_posix()] for p in paths])
-    return UserData(x, y, x, y, f"{folder} ({len(x)} images, {len(classes)} folder(s))")
-
-
-def _idx_labels(images: Path) -> Any | None:
-    labels = images.with_name(images.name.replace("images-idx3", "labels-idx1"))
-    return _read_idx(labels, True).long() if labels.is_file() else None
-
-
-#: the classifier stage's output, used when run inside the project
-PROJECT_CLASSIFIER = Path("classifier/classifier.pt")
-
-
-def _classifier(args: argparse.Namespace, user: UserData) -> tuple[Any, str]:
-    """--classifier, else the project's classifier stage output, else one trained here on
-    the labelled images given; the string says which, for the JSON."""
+def evaluate_images(args: argparse.Namespace) -> dict[str, Any]:
+    """The evaluate stage's metrics (rnngen.evaluate.report) on the test split (``--split``:
+    the same numbers as reports/metrics.json at the same settings) or on the user's images."""
     import torch
 
     from rnngen import classifier as clf
-    from rnngen.checkpoint import CheckpointError
+    from rnngen import data
+    from rnngen.evaluate import report
 
-    path = args.classifier or (PROJECT_CLASSIFIER if PROJECT_CLASSIFIER.is_file() else None)
-    if path is not None:
-        try:
-            return clf.load_classifier(path), str(path)
-        except (FileNotFoundError, ValueError, RuntimeError) as exc:
-            raise CheckpointError(f"classifier {path}: {exc}") from exc
-    if user.y_train is None or len(torch.unique(user.y_train)) < 2:
-        raise _usage_error(
-            "--classifier: the Fréchet classifier distance and inpainting accuracy need a classifier; pass "
-            f"--classifier (e.g. the classifier stage's {PROJECT_CLASSIFIER}) or give labelled images "
-            "(IDX with a train pair, or one subfolder per class) to train one"
-        )
-    n = len(user.x_train)
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(args.seed))
-    val, train = perm[: max(1, n // 10)], perm[max(1, n // 10) :]
-    cfg = clf.ClassifierConfig(seed=args.seed, epochs=args.classifier_epochs)
-    model, metrics = clf.train_classifier(user.x_train[train], user.y_train[train], user.x_train[val],
-                                          user.y_train[val], cfg, progress=False)
-    return model, (f"trained here on {len(train)} of the given images for {cfg.epochs} epochs (validation "
-                   f"accuracy {metrics['val_accuracy']:.3f}); pass --classifier for numbers comparable across runs")
-
-
-def evaluate_user_data(args: argparse.Namespace) -> dict[str, Any]:
-    """The evaluate stage's metrics (rnngen.evaluate.report) on the user's images."""
-    import torch
-
-    from rnngen import promote
-    from rnngen.evaluate import EvalConfig, report
-
-    cfg = EvalConfig(seed=args.seed, k=args.k, batch_size=args.batch_size, n_samples=16,
-                     max_images=args.max_images, n_quality=args.n_quality,
-                     inpaint_images=args.inpaint_images, inpaint_iterations=args.iterations)
-    if cfg.problems():
-        raise _usage_error("; ".join(cfg.problems()))
-    user = load_user_data(args.data)
-    if min(len(user.x), args.max_images or len(user.x)) < 2:
-        raise _data_error(f"--data: {user.description}: need at least 2 images (a covariance for the FCD)")
-    loaded = promote.load(args.model)  # a bad model name fails before a classifier is trained
-    classifier, classifier_note = _classifier(args, user)
-    n = min(len(user.x), args.max_images or len(user.x))
+    d = defaults(args.params)
+    cfg = evaluate_config(args, d.evaluate)
+    if args.split is not None:
+        x, y = data.load_split(args.split, "test")
+        user = data.UserData(x, y, None, None, f"the test split of {args.split} ({len(x)} images)")
+    else:
+        user = data.load_user_data(args.data)
+    n = min(len(user.x), cfg.max_images or len(user.x))
+    if n < 2:
+        raise data.DataError(f"{user.description}: need at least 2 images (a covariance for the FCD)")
+    loaded = _load_model(args)  # a bad model name fails before a classifier is trained
+    classifier_path = args.classifier or (clf.PROJECT_CLASSIFIER if clf.PROJECT_CLASSIFIER.is_file() else None)
+    if classifier_path is not None:
+        judge, judge_note = clf.load_classifier(classifier_path), str(classifier_path)
+    else:
+        judge, judge_note = clf.fallback_classifier(user.x_train if user.x_train is not None else user.x,
+                                                    user.y_train, cfg.seed, args.classifier_epochs)
     x = user.x[:n]
     y = user.y[:n] if user.y is not None else torch.zeros(n, dtype=torch.long)
-    # the user's images are grey levels: binarize them once, seeded, as the evaluate stage does
-    binarization = "none" if loaded.binarization == "none" else "dynamic"
+    # the test split is binarized as the model was trained; a user's grey images once, seeded
+    binarization = loaded.binarization if args.split is not None or loaded.binarization == "none" else "dynamic"
     with tempfile.TemporaryDirectory() as pictures:
-        metrics = report(loaded.model, x, y, classifier, cfg, binarization, Path(pictures), progress=False)
+        metrics = report(loaded.model, x, y, judge, cfg, binarization, Path(pictures), progress=False)
         if args.pictures:
             shutil.copytree(pictures, args.pictures, dirs_exist_ok=True)
     if user.y is None:  # no labels: accuracies against label 0 mean nothing
@@ -336,8 +240,8 @@ def evaluate_user_data(args: argparse.Namespace) -> dict[str, Any]:
         "model": loaded.source,
         "data": user.description,
         "labelled": user.y is not None,
-        "binarization": f"{binarization} (images binarized once with seed {args.seed})",
-        "classifier": classifier_note,
+        "binarization": f"{binarization} (images binarized once with seed {cfg.seed})",
+        "classifier": judge_note,
         **metrics,
     }
 
@@ -345,7 +249,7 @@ def evaluate_user_data(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from rnngen.files import write_json
 
-    result = evaluate_user_data(args)
+    result = evaluate_images(args)
     if args.out:
         write_json(args.out, result)
     print(json.dumps(result, indent=2))
@@ -355,12 +259,10 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_promote(args: argparse.Namespace) -> None:
-    from rnngen import promote, settings
-    from rnngen.config import ConfigError, from_dict, load_params
-    from rnngen.evaluate import EvalConfig
+    from rnngen import promote
 
-    params = load_params(args.params) if args.params.is_file() else {}
-    cfg = from_dict(promote.PromoteConfig, params.get("promote"), "promote")
+    d = defaults(args.params)
+    cfg = d.promote
     changes: dict[str, Any] = {}
     if args.margin is not None:
         changes["margin"] = args.margin
@@ -370,14 +272,14 @@ def cmd_promote(args: argparse.Namespace) -> None:
         changes["tolerances"] = {**cfg.tolerances, **dict(args.tolerance)}
     cfg = dataclasses.replace(cfg, **changes)
     if cfg.problems():
-        raise ConfigError(cfg.problems(), "the command line")
-    eval_cfg = settings.build(params, "evaluate")["evaluate"] if params.get("evaluate") else EvalConfig()
+        raise _usage_error("; ".join(cfg.problems()))
     rescore = None
     if args.split.is_dir():  # re-scores a champion that was evaluated on another test set
-        rescore = promote.likelihood_rescorer(args.split, eval_cfg.seed, eval_cfg.batch_size)
+        rescore = promote.likelihood_rescorer(args.split, d.evaluate.batch_size)
     decision = promote.promote(
         cfg, args.report, run_json=args.run_json, metrics_json=args.metrics, version=args.version,
-        name=args.name, rescore=rescore, force=args.force,
+        name=args.name or (None if args.version is None else d.model_name), rescore=rescore, force=args.force,
+        default_name=d.model_name,
     )
     print(args.report.read_text(), end="")
     print(f"promotion: {decision.outcome} (report: {args.report})", file=sys.stderr)
@@ -386,31 +288,11 @@ def cmd_promote(args: argparse.Namespace) -> None:
 # -------------------------------------------------------------------------------- info
 
 
-def model_info(name: str, alias: str) -> dict[str, Any]:
-    from rnngen import promote
-
-    mlflow_client = promote.client()
-    mv = promote.model_version(mlflow_client, name, alias)
-    run = mlflow_client.get_run(mv.run_id)
-    registered = mlflow_client.get_registered_model(name)
-    return {
-        "name": name,
-        "alias": alias,
-        "version": str(mv.version),
-        "uri": f"models:/{name}@{alias}",
-        "run_id": mv.run_id,
-        "model": run.data.tags.get("model"),
-        "created": mv.creation_timestamp,
-        "metrics": {k: v for k, v in sorted(run.data.metrics.items()) if k.startswith("test_") or k in ("k", "n_test")},
-        "promotion": {k.removeprefix("promotion."): v for k, v in sorted(mv.tags.items())
-                      if k.startswith("promotion.")},
-        "aliases": {f"@{a}": v for a, v in sorted(registered.aliases.items())},
-        "tracking_uri": mlflow_client.tracking_uri,
-    }
-
-
 def cmd_info(args: argparse.Namespace) -> None:
-    print(json.dumps(model_info(args.name, args.alias), indent=2))
+    from rnngen import registry
+
+    d = defaults(args.params)
+    print(json.dumps(registry.model_info(args.name or d.model_name, args.alias or d.alias), indent=2))
 
 
 # ------------------------------------------------------------------------------ parser
@@ -422,13 +304,17 @@ def _command(sub: Any, name: str, help_text: str, examples: str, func: Callable[
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.set_defaults(func=func)
+    p.add_argument("--params", type=Path, default=Path("params.yaml"),
+                   help="where the defaults come from: tracking.model_name, promote.alias, evaluate.* "
+                        "(default: %(default)s; code defaults when it is absent)")
     return p
 
 
 def _model_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=DEFAULT_MODEL,
+    p.add_argument("--model", default=None,
                    help="models:/NAME@ALIAS, models:/NAME/VERSION, a version number, or a checkpoint "
-                        "path (.pt file or the train stage's models/ folder); default: %(default)s")
+                        "path (.pt file or the train stage's models/ folder); default: "
+                        "models:/<tracking.model_name>@<promote.alias> from --params, i.e. models:/rnngen@champion")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -471,35 +357,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     p.add_argument("--out", type=_png_out, default=Path("inpainting.png"), help="PNG to write (default: %(default)s)")
 
-    p = _command(sub, "evaluate", "score a model on images you bring; prints JSON: NLL bounds (nats/image, "
-                 "bits/dim), Fréchet classifier distance, inpainting errors and accuracy", """\
+    p = _command(sub, "evaluate", "score a model on the test split or on images you bring; prints JSON: NLL "
+                 "bounds (nats/image, bits/dim), Fréchet classifier distance, inpainting errors and accuracy", """\
+  rnngen evaluate --split data/split                # = reports/metrics.json for the champion
   rnngen evaluate --data /usr/share/datasets/fashion-mnist --model models:/rnngen@champion
-  rnngen evaluate --data my_digits/ --classifier classifier.pt --k 100 --out scores.json
+  rnngen evaluate --data my_digits/ --classifier classifier.pt --k 10 --out scores.json
   rnngen evaluate --data my_digits/ --model models/model.pt --max-images 500 --pictures my_pictures/
 
---data holds gzipped IDX files (the t10k-* pair is scored) or 28x28 grayscale PNG/JPEG images,
-one subfolder per class (a flat folder is unlabelled: no accuracies). The metrics are the
-evaluate stage's, under the same names. The classifier behind FCD and accuracy is --classifier,
-else the project's classifier/classifier.pt, else one trained here on the labelled images given
-(the IDX train pair, or the image folders).
+Settings default to params.yaml's evaluate.* (so --split reproduces the evaluate stage's numbers
+for the same model); each flag overrides one. --data holds gzipped IDX files (the t10k-* pair is
+scored) or PNG/JPEG images (converted to grey 28x28), one subfolder per class (a flat folder is
+unlabelled: no accuracies). The classifier behind FCD and accuracy is --classifier, else the
+project's classifier/classifier.pt, else one trained here on the labelled images given (the IDX
+train pair, or the image folders).
 """, cmd_evaluate)
     _model_option(p)
-    p.add_argument("--data", type=Path, required=True, help="folder of IDX .gz files or of PNG/JPEG images")
-    p.add_argument("--k", type=_positive_int, default=10,
-                   help="importance samples for the IWAE bound (default: %(default)s)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--split", type=Path, default=None, help="split stage output: score its test split")
+    src.add_argument("--data", type=Path, help="folder of IDX .gz files or of PNG/JPEG images")
+    p.add_argument("--k", type=_positive_int, default=None,
+                   help="importance samples for the IWAE bound (default: evaluate.k)")
     p.add_argument("--classifier", type=Path, default=None,
                    help="classifier file (rnngen.classifier.save_classifier) for FCD and accuracy")
     p.add_argument("--classifier-epochs", type=_positive_int, default=3,
                    help="epochs when a classifier is trained on the given data (default: %(default)s)")
-    p.add_argument("--n-quality", type=_positive_int, default=1000,
-                   help="samples and real images for the FCD, at most the images given (default: %(default)s)")
-    p.add_argument("--inpaint-images", type=_positive_int, default=200,
-                   help="images completed under each mask (default: %(default)s)")
-    p.add_argument("--iterations", type=_positive_int, default=20,
-                   help="pseudo-Gibbs rounds per completion (default: %(default)s)")
-    p.add_argument("--max-images", type=int, default=0, help="score only the first N images (default: all)")
-    p.add_argument("--batch-size", type=_positive_int, default=100, help="images per forward pass")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    p.add_argument("--n-quality", type=_positive_int, default=None,
+                   help="samples and real images for the FCD, at most the images given (default: evaluate.n_quality)")
+    p.add_argument("--inpaint-images", type=_positive_int, default=None,
+                   help="images completed under each mask (default: evaluate.inpaint_images)")
+    p.add_argument("--iterations", type=_positive_int, default=None,
+                   help="pseudo-Gibbs rounds per completion (default: evaluate.inpaint_iterations)")
+    p.add_argument("--max-images", type=int, default=None,
+                   help="score only the first N images, 0 = all (default: evaluate.max_images)")
+    p.add_argument("--batch-size", type=_positive_int, default=None,
+                   help="images per forward pass (default: evaluate.batch_size)")
+    p.add_argument("--seed", type=int, default=None, help="random seed (default: evaluate.seed)")
     p.add_argument("--out", type=Path, default=None, help="also write the JSON to this file")
     p.add_argument("--pictures", type=Path, default=None,
                    help="also save the samples, reconstructions and inpainting panels in this folder")
@@ -520,15 +412,14 @@ tolerance. The first model becomes champion. This changes the registry, so it is
                    help="evaluate stage metrics (default: %(default)s)")
     p.add_argument("--report", type=Path, default=Path("reports/promotion.md"),
                    help="markdown report to write (default: %(default)s)")
-    p.add_argument("--params", type=Path, default=Path("params.yaml"), help="parameters file (default: %(default)s)")
     p.add_argument("--split", type=Path, default=Path("data/split"),
                    help="test split for re-scoring a champion evaluated on other data (default: %(default)s)")
     p.add_argument("--margin", type=float, default=None, help="nats the primary metric must improve by")
     p.add_argument("--tolerance", type=_tolerance_arg, action="append", metavar="METRIC=VALUE",
                    help="how much worse METRIC may get (repeatable)")
-    p.add_argument("--alias", default=None, help="alias to move (default: params promote.alias, champion)")
+    p.add_argument("--alias", default=None, help="alias to move (default: promote.alias)")
     p.add_argument("--version", default=None, help="challenger version (default: the one in --run-json)")
-    p.add_argument("--name", default=None, help="registered model name, with --version (default: rnngen)")
+    p.add_argument("--name", default=None, help="registered model name, with --version (default: tracking.model_name)")
     p.add_argument("--force", action="store_true", help="move the alias whatever the metrics say")
 
     p = _command(sub, "info", "show which version holds the champion alias and its held-out metrics (JSON)", """\
@@ -536,8 +427,8 @@ tolerance. The first model becomes champion. This changes the registry, so it is
   rnngen info --name rnngen --alias champion
   MLFLOW_TRACKING_URI=http://mlflow:5000 rnngen info
 """, cmd_info)
-    p.add_argument("--name", default="rnngen", help="registered model name (default: %(default)s)")
-    p.add_argument("--alias", default="champion", help="alias to look up (default: %(default)s)")
+    p.add_argument("--name", default=None, help="registered model name (default: tracking.model_name)")
+    p.add_argument("--alias", default=None, help="alias to look up (default: promote.alias)")
     return parser
 
 

@@ -17,10 +17,12 @@ from typing import Any, TypeVar
 
 import yaml
 
+from rnngen.errors import UserError
+
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """One or more invalid parameters; the message lists each with its key and a fix."""
 
     def __init__(self, problems: Iterable[str], source: str = "params.yaml") -> None:
@@ -54,6 +56,26 @@ def set_dotted(params: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str
         for p in parents:
             node = node.setdefault(p, {})
         node[leaf] = value
+    return out
+
+
+def section(cls: type[T], params: Mapping[str, Any], name: str) -> T:
+    """Build ``cls`` from ``params[name]`` (the section of that name in params.yaml)."""
+    return from_dict(cls, params.get(name), name)
+
+
+def gather(**builders: Any) -> dict[str, Any]:
+    """``{name: builder()}`` for zero-argument builders; one ConfigError lists every problem
+    of every builder, so a user fixes all sections in one go."""
+    problems: list[str] = []
+    out: dict[str, Any] = {}
+    for name, build in builders.items():
+        try:
+            out[name] = build()
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+    if problems:
+        raise ConfigError(problems)
     return out
 
 

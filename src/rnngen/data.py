@@ -21,7 +21,14 @@ from torch import Tensor
 from torchvision import datasets as tv_datasets
 from torchvision.datasets.mnist import read_image_file, read_label_file
 
-from rnngen.files import file_digest
+from rnngen.errors import UserError
+from rnngen.files import file_digest, folder_digest, read_json
+
+#: what the download stage writes beside the arrays, and the split stage beside the splits
+MANIFEST = "manifest.json"
+SPLIT_INFO = "split.json"
+SIDE = 28
+PIXELS = SIDE * SIDE
 
 OFFICIAL: dict[str, type[tv_datasets.MNIST]] = {
     "mnist": tv_datasets.MNIST,
@@ -31,7 +38,7 @@ OFFICIAL: dict[str, type[tv_datasets.MNIST]] = {
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """Bad or missing input data; the message names the file and the fix."""
 
 
@@ -170,17 +177,7 @@ def _read_idx_folder(folder: Path, expected: dict[str, str]) -> RawData:
                 "checksums of your own build)"
             )
         files[name] = got
-    arrays = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for name in expected:
-            raw = Path(tmp) / name.removesuffix(".gz")
-            try:
-                with gzip.open(folder / name) as src, open(raw, "wb") as dst:
-                    shutil.copyfileobj(src, dst)
-                reader = read_label_file if "labels" in name else read_image_file
-                arrays[name] = reader(str(raw)).numpy()
-            except Exception as exc:  # gzip, IDX header or size errors
-                raise DataError(f"cannot parse {folder / name} as a gzipped IDX file: {exc}") from exc
+    arrays = {name: read_idx(folder / name) for name in expected}
     names = list(expected)  # torchvision order: train images, train labels, test images, test labels
     x_tr, y_tr, x_te, y_te = (arrays[n] for n in names)
     for x, y, what in ((x_tr, y_tr, "train"), (x_te, y_te, "test")):
@@ -189,29 +186,104 @@ def _read_idx_folder(folder: Path, expected: dict[str, str]) -> RawData:
     return RawData(x_tr, y_tr.astype(np.int64), x_te, y_te.astype(np.int64), files)
 
 
-def _image_folder(folder: Path) -> RawData:
+def _image_folder(folder: Path, what: str = "data.path") -> RawData:
     """A folder of PNG/JPEG images: one subfolder per class, or flat (label 0)."""
-    from PIL import Image, UnidentifiedImageError
-
     if not folder.is_dir():
-        raise DataError(f"data.path: image folder {folder} does not exist")
+        raise DataError(f"{what}: image folder {folder} does not exist")
     paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if not paths:
-        raise DataError(f"data.path: no .png/.jpg/.jpeg images found in {folder}")
+        raise DataError(f"{what}: no .png/.jpg/.jpeg images found in {folder}")
     classes = sorted({p.parent.relative_to(folder).as_posix() for p in paths})
     index = {c: i for i, c in enumerate(classes)}
-    images, labels, files = [], [], {}
-    for p in paths:
-        try:
-            with Image.open(p) as im:
-                im = im.convert("L").resize((28, 28), Image.Resampling.BILINEAR)
-                images.append(np.asarray(im, dtype=np.uint8))
-        except (UnidentifiedImageError, OSError) as exc:
-            raise DataError(f"cannot read image {p}: {exc}; remove or replace the file") from exc
-        labels.append(index[p.parent.relative_to(folder).as_posix()])
-        files[str(p.relative_to(folder))] = file_digest(p)
-    empty = np.zeros((0, 28, 28), np.uint8)
+    images = [read_image(p) for p in paths]
+    labels = [index[p.parent.relative_to(folder).as_posix()] for p in paths]
+    files = {str(p.relative_to(folder)): file_digest(p) for p in paths}
+    empty = np.zeros((0, SIDE, SIDE), np.uint8)
     return RawData(np.stack(images), np.asarray(labels, np.int64), empty, np.zeros(0, np.int64), files)
+
+
+# ------------------------------------------------------------------------ file readers
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """A gzipped IDX file (images or labels) as a numpy array; torchvision parses it."""
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = Path(tmp) / path.name.removesuffix(".gz")
+        try:
+            with gzip.open(path) as src, open(raw, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+            reader = read_label_file if "labels" in path.name else read_image_file
+            return reader(str(raw)).numpy()
+        except Exception as exc:  # gzip, IDX header or size errors
+            raise DataError(f"cannot parse {path} as a gzipped IDX file: {exc}") from exc
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """One image file as uint8 grey levels ``(28, 28)``: the one policy for every image rnngen
+    reads (data.local with dataset custom, the CLI's --image, --mask and --data): converted to
+    grayscale (PIL mode L) and resized to 28x28 (bilinear) when it is not already."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"image {path} does not exist")
+    try:
+        with Image.open(path) as im:
+            if im.mode != "L":
+                im = im.convert("L")
+            if im.size != (SIDE, SIDE):
+                im = im.resize((SIDE, SIDE), Image.Resampling.BILINEAR)
+            return np.asarray(im, dtype=np.uint8).copy()
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise DataError(f"cannot read image {path}: {exc}; remove or replace the file") from exc
+
+
+@dataclass
+class UserData:
+    """Images a user brings to the CLI: uint8 ``(N, 28, 28)``, labels or None, and what a
+    classifier can be trained on when none is given (IDX: the train pair; folders: the images)."""
+
+    x: Tensor
+    y: Tensor | None
+    x_train: Tensor | None
+    y_train: Tensor | None
+    description: str
+
+
+def load_user_data(folder: str | Path) -> UserData:
+    """A folder of IDX ``.gz`` files (the t10k pair is scored, a train pair can train the
+    classifier) or of PNG/JPEG images (one subfolder per class, or flat: unlabelled)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"--data: folder {folder} does not exist")
+    images = sorted(folder.glob("*images-idx3-ubyte.gz"))
+    if images:
+        test = [p for p in images if p.name.startswith("t10k")] or images[-1:]
+        train = [p for p in images if p not in test]
+        x, y = _idx_images(test[0]), _idx_labels(test[0])
+        x_train, y_train = (_idx_images(train[0]), _idx_labels(train[0])) if train else (None, None)
+        if x_train is not None and (y_train is None or len(x_train) != len(y_train)):
+            x_train = y_train = None
+        if y is not None and len(y) != len(x):
+            raise DataError(f"{test[0]} holds {len(x)} images but its labels file {len(y)} labels")
+        return UserData(x, y, x_train, y_train, f"{test[0]} ({len(x)} images)")
+    raw = _image_folder(folder, "--data")
+    x, y = torch.from_numpy(raw.x_train), torch.from_numpy(raw.y_train)
+    n_classes = int(y.max()) + 1
+    labels = y if n_classes > 1 else None
+    return UserData(x, labels, x, labels, f"{folder} ({len(x)} images, {n_classes} folder(s))")
+
+
+def _idx_images(path: Path) -> Tensor:
+    x = read_idx(path)
+    if x.ndim != 3 or x.shape[1:] != (SIDE, SIDE):
+        raise DataError(f"{path} holds {tuple(x.shape[1:])} images; rnngen models take 28x28")
+    return torch.from_numpy(x)
+
+
+def _idx_labels(images: Path) -> Tensor | None:
+    labels = images.with_name(images.name.replace("images-idx3", "labels-idx1"))
+    return torch.from_numpy(read_idx(labels)).long() if labels.is_file() else None
 
 
 # ---------------------------------------------------------------------------- splitting
@@ -255,14 +327,50 @@ def split(raw: RawData, cfg: SplitConfig) -> dict[str, tuple[np.ndarray, np.ndar
     parts = {"train": (x_train, y_train), "val": (x_val, y_val), "test": (x_test, y_test)}
     if cfg.binarization == "fixed":
         gen = torch.Generator().manual_seed(cfg.seed)
-        parts = {k: (binarize(torch.from_numpy(x), gen).numpy() * 255, y) for k, (x, y) in parts.items()}
+        parts = {k: (binarize(torch.from_numpy(x) / 255.0, "dynamic", gen).numpy() * 255, y)
+                 for k, (x, y) in parts.items()}
         parts = {k: (x.astype(np.uint8), y) for k, (x, y) in parts.items()}
     return parts
 
 
-def binarize(x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    """One Bernoulli sample of uint8 grey levels: pixel = 1 with probability x/255."""
-    return torch.bernoulli(x.float() / 255.0, generator=generator)
+def to_unit(x: Tensor) -> Tensor:
+    """uint8 grey levels ``(B, 28, 28)`` -> float ``(B, 1, 28, 28)`` in [0, 1]."""
+    return x.float().unsqueeze(1) / 255.0
+
+
+def binarize(grey: Tensor, binarization: str, generator: torch.Generator | None = None) -> Tensor:
+    """The one binarizer: grey levels in [0, 1] -> what the Bernoulli likelihood sees.
+
+    dynamic: a Bernoulli sample (pixel = 1 with probability grey); fixed: the data were
+    sampled once at split time, so only augmented (interpolated) pixels need rounding;
+    none: grey levels as they are (not a true likelihood).
+    """
+    if binarization == "dynamic":
+        return torch.bernoulli(grey, generator=generator)
+    if binarization == "fixed":
+        return (grey > 0.5).float()
+    return grey
+
+
+def binarized_test_set(x: Tensor, binarization: str, seed: int) -> Tensor:
+    """Test images as the likelihood sees them: dynamic -> one Bernoulli sample, seeded."""
+    return binarize(to_unit(x), binarization, torch.Generator().manual_seed(seed))
+
+
+def split_digest(folder: str | Path) -> str:
+    """sha256 of the split stage's whole output (arrays and split.json): the data identity in
+    the training fingerprint."""
+    return folder_digest(folder)
+
+
+def test_set_digest(folder: str | Path) -> str:
+    """sha256 of the test arrays alone: the data part of a test-set identity."""
+    return folder_digest(folder, "test_*.npy")
+
+
+def split_info(folder: str | Path) -> dict:
+    """``split.json``: the split's settings, counts and source."""
+    return read_json(Path(folder) / SPLIT_INFO)
 
 
 def save_split(folder: Path, name: str, x: np.ndarray, y: np.ndarray) -> None:

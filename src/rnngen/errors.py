@@ -1,4 +1,8 @@
-"""Turn the errors a user can fix into one clear message and a non-zero exit, no traceback."""
+"""The one error hierarchy: what a user can fix, reported as one clear message, no traceback.
+
+Every module that raises a user-facing error subclasses :class:`UserError`; this module
+imports nothing from rnngen, so any layer may import it.
+"""
 
 from __future__ import annotations
 
@@ -6,23 +10,23 @@ import sys
 from collections.abc import Callable
 
 
-def user_error_types() -> tuple[type[BaseException], ...]:
-    from rnngen.checkpoint import CheckpointError
-    from rnngen.config import ConfigError
-    from rnngen.data import DataError
-    from rnngen.tracking import TrackingError
-    from rnngen.train import NonFiniteLossError
-    from rnngen.tune import TuneError
+class UserError(Exception):
+    """A problem the user can fix (bad params, missing input, unreachable store, ...); the
+    message says what is wrong, where, and how to fix it."""
 
-    # FileNotFoundError: a missing input named by its path (a stage run out of order, say)
-    return (ConfigError, DataError, TrackingError, CheckpointError, NonFiniteLossError, FileNotFoundError, TuneError)
+
+class MissingInputError(UserError, FileNotFoundError):
+    """An input file a stage needs does not exist (a stage run out of order, say)."""
 
 
 def guard(main: Callable[[], object]) -> int:
-    """Run ``main``; print a user error as ``error: ...`` and return exit code 2."""
+    """Run ``main``; print a :class:`UserError` as ``error: ...`` and return exit code 2.
+
+    Anything else is a bug and keeps its traceback.
+    """
     try:
         main()
-    except user_error_types() as exc:
+    except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

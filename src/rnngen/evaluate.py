@@ -14,13 +14,11 @@ from tqdm.auto import tqdm
 
 from rnngen.classifier import DigitClassifier
 from rnngen.config import below
+from rnngen.data import PIXELS, binarized_test_set, to_unit
 from rnngen.inpaint import MASKS, inpaint, inpainting_metrics, make_mask
 from rnngen.models import GenerativeModel
-from rnngen.pictures import canvas_gif, canvas_strip, inpainting_panel
+from rnngen.pictures import canvas_gif, canvas_strip, inpainting_panel, save_grid
 from rnngen.quality import sample_quality
-from rnngen.train import prepare_batch
-
-PIXELS = 28 * 28
 
 
 @dataclass(frozen=True)
@@ -48,9 +46,15 @@ class EvalConfig:
                      inpaint_iterations=1)
 
 
-def binarized_test_set(x: Tensor, binarization: str, seed: int) -> Tensor:
-    """The test images as the likelihood sees them: dynamic -> one seeded Bernoulli sample."""
-    return prepare_batch(x, binarization, None, torch.Generator().manual_seed(seed))
+def test_set_identity(cfg: EvalConfig, binarization: str, n_test: int, data_sha256: str) -> dict[str, str]:
+    """What makes two evaluations comparable, as flat strings (logged as ``test_set.*``
+    params): the test images (their digest and count), how they were binarized (mode and
+    seed), k, and the sample-quality and inpainting settings."""
+    return {
+        "data_sha256": data_sha256, "n_test": str(n_test), "binarization": binarization, "seed": str(cfg.seed),
+        "k": str(cfg.k), "n_quality": str(min(cfg.n_quality, n_test)), "inpaint_images": str(cfg.inpaint_images),
+        "inpaint_iterations": str(cfg.inpaint_iterations),
+    }
 
 
 def log_weights_chunked(
@@ -96,16 +100,6 @@ def likelihood_bounds(
     }
 
 
-def save_grid(images: Tensor, path: str | Path, nrow: int = 8) -> Path:
-    """Save ``(N, 1, 28, 28)`` images in [0, 1] as one PNG grid (torchvision's layout)."""
-    from torchvision.utils import save_image
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_image(images.float().clamp(0, 1).cpu(), path, nrow=nrow, padding=2, pad_value=0.5)
-    return path
-
-
 def report(
     model: GenerativeModel,
     x_test: Tensor,
@@ -126,7 +120,7 @@ def report(
     }
     metrics |= {"k": cfg.k, "n_test": len(x)}
 
-    grey = x_test.float().unsqueeze(1) / 255.0  # samples are Bernoulli means: compare grey levels
+    grey = to_unit(x_test)  # samples are Bernoulli means: compare grey levels
     n_quality = min(cfg.n_quality, len(grey))
     metrics |= {f"test_{k}": v for k, v in sample_quality(model, classifier, grey, n_quality, cfg.seed).items()}
 

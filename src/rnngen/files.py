@@ -1,4 +1,4 @@
-"""Writing outputs so that a failure leaves nothing half-written."""
+"""Writing outputs so that a failure leaves nothing half-written; digests of inputs and code."""
 
 from __future__ import annotations
 
@@ -8,9 +8,11 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
+
+from rnngen.errors import MissingInputError
 
 
 @contextlib.contextmanager
@@ -33,18 +35,28 @@ def atomic_dir(out: str | Path) -> Iterator[Path]:
     os.replace(tmp, out)
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and an atomic rename."""
+@contextlib.contextmanager
+def atomic_file(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` (same suffix) to write; rename it into place on
+    success, remove it on failure: a kill mid-write leaves the previous file intact.
+
+    The one atomic writer: text, JSON, checkpoints, PNGs and CSVs all go through it.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
+        yield Path(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    with atomic_file(path) as tmp:
+        tmp.write_text(text)
 
 
 def write_json(path: str | Path, data: Any) -> None:
@@ -52,7 +64,11 @@ def write_json(path: str | Path, data: Any) -> None:
 
 
 def read_json(path: str | Path) -> Any:
-    return json.loads(Path(path).read_text())
+    """A JSON input; a missing file is a :class:`MissingInputError` naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise MissingInputError(f"{path} not found; run the stage that writes it first (dvc repro)")
+    return json.loads(path.read_text())
 
 
 def file_digest(path: str | Path, algorithm: str = "md5") -> str:
@@ -61,6 +77,31 @@ def file_digest(path: str | Path, algorithm: str = "md5") -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def tree_digest(files: Iterable[Path], root: Path) -> str:
+    """sha256 over the names (relative to ``root``) and bytes of ``files``, in sorted order."""
+    h = hashlib.sha256()
+    for path in sorted(files, key=lambda p: p.relative_to(root).as_posix()):
+        h.update(path.relative_to(root).as_posix().encode() + b"\0")
+        h.update(file_digest(path, "sha256").encode() + b"\n")
+    return h.hexdigest()
+
+
+def folder_digest(folder: str | Path, pattern: str = "*") -> str:
+    """:func:`tree_digest` of the files matching ``pattern`` in ``folder`` (not recursive)."""
+    folder = Path(folder)
+    return tree_digest((p for p in folder.glob(pattern) if p.is_file()), folder)
+
+
+def source_digest() -> str:
+    """sha256 of rnngen's own Python source: every module the stages can run.
+
+    Part of the training fingerprint, so that a checkpoint written by other code (a fixed
+    initialisation, a changed loss) is never resumed.
+    """
+    package = Path(__file__).resolve().parent
+    return tree_digest(package.rglob("*.py"), package)
 
 
 def find_project_root(start: str | Path | None = None) -> Path:

@@ -17,6 +17,13 @@ PAD = 2
 MISSING_GREY = 0.5
 
 
+def save_grid(images: Tensor, path: str | Path, nrow: int = 8) -> Path:
+    """Save ``(N, 1, 28, 28)`` images in [0, 1] as one PNG grid (torchvision's layout)."""
+    path = _ready(path)
+    save_image(images.float().clamp(0, 1).cpu(), path, nrow=nrow, padding=2, pad_value=0.5)
+    return path
+
+
 def _ready(path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -29,19 +29,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from rnngen import tracking
-from rnngen.checkpoint import CheckpointError
 from rnngen.files import atomic_write_text, read_json
+from rnngen.registry import EVALUATION_TAG, TEST_SET_PREFIX, client, download_checkpoint, mlflow_errors, model_version
 from rnngen.tracking import TrackingError
 
-#: the run artifact holding rnngen's safe checkpoint (written by the train stage)
-CHECKPOINT_ARTIFACT = "checkpoint/model.pt"
 #: folder of the challenger's run where each decision's report is logged (one file per decision)
 REPORT_FOLDER = "promotion"
-#: what identifies a test set: run tags, run params and evaluation metrics that must agree
-TEST_SET_TAGS = ("data_manifest_sha256", "test_binarization")
-TEST_SET_PARAMS = ("split.seed", "split.test_fraction", "split.n_test")
-TEST_SET_METRICS = ("k", "n_test")
 #: substrings of metric names where higher is better; every other metric: lower is better
 HIGHER_IS_BETTER = ("accuracy", "classifier_score", "confidence")
 
@@ -81,120 +74,6 @@ def higher_is_better(metric: str) -> bool:
     return any(word in metric for word in HIGHER_IS_BETTER)
 
 
-# ----------------------------------------------------------------------------- registry
-
-
-def client(uri: str | None = None) -> Any:
-    """An ``MlflowClient`` on ``uri`` (default: MLFLOW_TRACKING_URI or the project store),
-    checked first; a local sqlite store that does not exist yet is an error, not created."""
-    import mlflow
-
-    uri = uri or tracking.tracking_uri()
-    tracking.check_store(uri)
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
-        raise TrackingError(f"no MLflow store at {uri}; run `dvc repro` first or set MLFLOW_TRACKING_URI")
-    return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
-
-
-def _mlflow_errors() -> tuple[type[BaseException], ...]:
-    from mlflow.exceptions import MlflowException
-
-    return (MlflowException,)
-
-
-def model_version(mlflow_client: Any, name: str, ref: str) -> Any:
-    """The ``ModelVersion`` of registered model ``name`` named by an alias or a version number."""
-    try:
-        registered = mlflow_client.get_registered_model(name)
-    except _mlflow_errors() as exc:
-        known = _registered_names(mlflow_client)
-        raise TrackingError(
-            f"no registered model {name!r} in {mlflow_client.tracking_uri}"
-            + (f"; registered: {', '.join(known)}" if known else "; train one with `dvc repro`")
-        ) from exc
-    if ref.isdigit():
-        try:
-            return mlflow_client.get_model_version(name, ref)
-        except _mlflow_errors() as exc:
-            raise TrackingError(f"model {name!r} has no version {ref}") from exc
-    if ref not in registered.aliases:
-        aliases = ", ".join(f"@{a} (v{v})" for a, v in sorted(registered.aliases.items())) or "none yet"
-        hint = "; run `rnngen promote` after `dvc repro`" if ref == PromoteConfig.alias else ""
-        raise TrackingError(f"model {name!r} has no alias @{ref} (aliases: {aliases}){hint}")
-    return mlflow_client.get_model_version_by_alias(name, ref)
-
-
-def _registered_names(mlflow_client: Any) -> list[str]:
-    try:
-        return sorted(m.name for m in mlflow_client.search_registered_models(max_results=20))
-    except _mlflow_errors():
-        return []
-
-
-def download_checkpoint(mlflow_client: Any, run_id: str, folder: str | Path) -> Path:
-    """Download the run's ``checkpoint/model.pt`` into ``folder``."""
-    try:
-        return Path(mlflow_client.download_artifacts(run_id, CHECKPOINT_ARTIFACT, str(folder)))
-    except (*_mlflow_errors(), OSError) as exc:
-        raise CheckpointError(
-            f"run {run_id} has no readable {CHECKPOINT_ARTIFACT} artifact ({exc}); "
-            "was it trained by rnngen's train stage?"
-        ) from exc
-
-
-@dataclass(frozen=True)
-class LoadedModel:
-    model: Any  # a GenerativeModel
-    #: how the training data was binarized (dynamic | fixed | none)
-    binarization: str
-    #: what the user named, resolved, e.g. "models:/rnngen@champion (version 3, run 1a2b...)"
-    source: str
-
-
-def parse_model_uri(spec: str, default_name: str = "rnngen") -> tuple[str, str] | None:
-    """``models:/name@alias`` -> (name, alias); ``models:/name/3`` or ``3`` -> (name, "3");
-    ``None`` when ``spec`` is a path."""
-    if spec.isdigit() and not Path(spec).exists():
-        return default_name, spec
-    if not spec.startswith("models:/"):
-        return None
-    body = spec.removeprefix("models:/").strip("/")
-    name, sep, alias = body.partition("@")
-    if sep and name and alias and "/" not in body:
-        return name, alias
-    name, sep, version = body.rpartition("/")
-    if sep and name and version.isdigit():
-        return name, version
-    raise TrackingError(
-        f"cannot read model URI {spec!r}; use models:/<name>@<alias>, models:/<name>/<version> "
-        "or a checkpoint path"
-    )
-
-
-def load(spec: str, device: str = "cpu") -> LoadedModel:
-    """Load the model named by a registry URI, a version number or a local checkpoint path
-    (a ``.pt`` file, or a folder holding ``model.pt`` such as the train stage's ``models/``)."""
-    from rnngen import checkpoint as ckpt
-
-    parsed = parse_model_uri(spec)
-    if parsed is None:
-        path = Path(spec)
-        if path.is_dir():
-            path = path / "model.pt"
-        state = ckpt.load(path)  # CheckpointError when missing or not ours
-        return LoadedModel(ckpt.model_from_state(state, path, device), str(state.get("binarization", "dynamic")),
-                           str(path))
-    name, ref = parsed
-    mlflow_client = client()
-    mv = model_version(mlflow_client, name, ref)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = download_checkpoint(mlflow_client, mv.run_id, tmp)
-        state = ckpt.load(path)
-        model = ckpt.model_from_state(state, path, device)
-    source = f"{spec} (version {mv.version}, run {mv.run_id})"
-    return LoadedModel(model, str(state.get("binarization", "dynamic")), source)
-
-
 # ---------------------------------------------------------------------------- deciding
 
 
@@ -210,6 +89,8 @@ class Candidate:
     test_set: dict[str, str]
     #: True when ``metrics`` come from re-scoring it on the challenger's test set
     rescored: bool = False
+    #: the evaluate stage's run these metrics come from
+    evaluation_run_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -238,18 +119,20 @@ class Decision:
 
 
 def candidate(mlflow_client: Any, mv: Any) -> Candidate:
-    """A model version with its run's metrics and test-set identity."""
+    """A model version with the metrics and test-set identity of its latest evaluation: the
+    evaluate stage's run (named by the version's ``evaluation_run_id`` tag), whose
+    ``test_set.*`` params are the structured identity. Not evaluated yet: no metrics."""
+    eval_id = mv.tags.get(EVALUATION_TAG)
+    if not eval_id:
+        return Candidate(mv.name, str(mv.version), mv.run_id, {}, {})
     try:
-        run = mlflow_client.get_run(mv.run_id)
-    except _mlflow_errors() as exc:
-        raise TrackingError(f"model version {mv.version} points at run {mv.run_id}, which is gone") from exc
-    data = run.data
-    test_set = {
-        **{t: data.tags[t] for t in TEST_SET_TAGS if t in data.tags},
-        **{p: data.params[p] for p in TEST_SET_PARAMS if p in data.params},
-        **{m: _fmt_num(data.metrics[m]) for m in TEST_SET_METRICS if m in data.metrics},
-    }
-    return Candidate(mv.name, str(mv.version), mv.run_id, {k: float(v) for k, v in data.metrics.items()}, test_set)
+        run = mlflow_client.get_run(eval_id)
+    except mlflow_errors() as exc:
+        raise TrackingError(f"model version {mv.version} names evaluation run {eval_id}, which is gone") from exc
+    test_set = {k.removeprefix(TEST_SET_PREFIX): v for k, v in run.data.params.items()
+                if k.startswith(TEST_SET_PREFIX)}
+    metrics = {k: float(v) for k, v in run.data.metrics.items()}
+    return Candidate(mv.name, str(mv.version), mv.run_id, metrics, test_set, evaluation_run_id=eval_id)
 
 
 def with_reported_metrics(c: Candidate, metrics: Mapping[str, Any], primary: str, source: str) -> Candidate:
@@ -267,10 +150,6 @@ def with_reported_metrics(c: Candidate, metrics: Mapping[str, Any], primary: str
 
 def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def _fmt_num(v: float) -> str:
-    return str(int(v)) if float(v).is_integer() else str(v)
 
 
 def test_set_differences(a: Candidate, b: Candidate) -> list[str]:
@@ -403,16 +282,8 @@ def _cell(v: float | None) -> str:
 
 def _describe_test_set(c: Candidate) -> str:
     t = c.test_set
-    parts = []
-    if "n_test" in t:
-        parts.append(f"{t['n_test']} images")
-    if "k" in t:
-        parts.append(f"k={t['k']}")
-    if "data_manifest_sha256" in t:
-        parts.append(f"data {t['data_manifest_sha256'][:12]}")
-    if "test_binarization" in t:
-        parts.append(f"binarization {t['test_binarization']}")
-    return ", ".join(parts) or "unknown"
+    short = {k: (v[:12] if k == "data_sha256" else v) for k, v in sorted(t.items())}
+    return ", ".join(f"{k}={v}" for k, v in short.items()) or "unknown"
 
 
 # ------------------------------------------------------------------------------- acting
@@ -444,7 +315,7 @@ def record(mlflow_client: Any, decision: Decision, cfg: PromoteConfig, report: s
             if champ is not None:
                 mlflow_client.set_model_version_tag(ch.name, champ.version, "promotion.replaced_by", ch.version)
         mlflow_client.log_text(ch.run_id, report, artifact)
-    except _mlflow_errors() as exc:
+    except mlflow_errors() as exc:
         raise TrackingError(f"could not record the promotion in {mlflow_client.tracking_uri}: {exc}") from exc
 
 
@@ -463,6 +334,7 @@ def promote(
     rescore: Rescorer | None = None,
     force: bool = False,
     uri: str | None = None,
+    default_name: str = "rnngen",
 ) -> Decision:
     """Decide on the challenger and record the decision (registry tags, alias, report).
 
@@ -476,7 +348,7 @@ def promote(
     if version is None:
         run_info, metrics = _pipeline_outputs(Path(run_json or "models/run.json"), metrics_json)
         name, version = run_info["model_name"], str(run_info["model_version"])
-    name = name or "rnngen"
+    name = name or default_name
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or run_info.get("tracking_uri") or None
     mlflow_client = client(uri)
     mv = model_version(mlflow_client, name, version)
@@ -497,7 +369,7 @@ def promote(
         )
         if needs and rescore is not None and not force:
             rescored = rescore(mlflow_client, challenger, champion)
-            champion = dataclasses.replace(champion, metrics=rescored, rescored=True)
+            champion = dataclasses.replace(champion, metrics=rescored, test_set=challenger.test_set, rescored=True)
     decision = decide(challenger, champion, cfg, force=force)
     report = render_report(decision, cfg)
     record(mlflow_client, decision, cfg, report)
@@ -518,32 +390,30 @@ def _pipeline_outputs(run_json: Path, metrics_json: str | Path | None) -> tuple[
     return run_info, read_json(metrics_path)
 
 
-def likelihood_rescorer(split_dir: str | Path, seed: int, batch_size: int = 100) -> Rescorer:
-    """Score the champion's NLL bounds on the challenger's test set, the way the evaluate
-    stage scored the challenger (same images, binarization seed, k and image count)."""
+def likelihood_rescorer(split_dir: str | Path, batch_size: int = 100) -> Rescorer:
+    """Score the champion's NLL bounds on the challenger's test set exactly as the evaluate
+    stage scored the challenger: the identity's binarization, seed, k and image count, on the
+    test images of ``split_dir`` (which must be the challenger's: same ``data_sha256``)."""
 
     def rescore(mlflow_client: Any, challenger: Candidate, champion: Candidate) -> dict[str, float]:
-        import torch
-
         from rnngen import checkpoint as ckpt
         from rnngen import data
-        from rnngen.evaluate import binarized_test_set, likelihood_bounds
+        from rnngen.evaluate import likelihood_bounds
 
-        k = int(challenger.metrics.get("k", 0))
-        n = int(challenger.metrics.get("n_test", 0))
-        if k < 1 or n < 1:
-            raise TrackingError("cannot re-score the champion: the challenger's run has no k / n_test metrics")
+        t = challenger.test_set
+        missing = [k for k in ("binarization", "seed", "k", "n_test", "data_sha256") if k not in t]
+        if missing:
+            raise TrackingError(f"cannot re-score the champion: the challenger's evaluation lacks test_set "
+                                f"{', '.join(missing)}; run `dvc repro`")
+        if data.test_set_digest(split_dir) != t["data_sha256"]:
+            raise TrackingError(f"cannot re-score the champion: {split_dir} is not the challenger's test set "
+                                "(data digest differs); run `dvc repro` first")
         x_test, _ = data.load_split(split_dir, "test")
         with tempfile.TemporaryDirectory() as tmp:
-            path = download_checkpoint(mlflow_client, champion.run_id, tmp)
-            model = ckpt.load_model(path)
-        # the evaluate stage's note, e.g. "dynamic (test images binarized once with seed 0)"
-        note = challenger.test_set.get("test_binarization", "")
-        binarization = next((b for b in ("dynamic", "fixed", "none") if note.startswith(b)), "dynamic")
-        torch.manual_seed(seed)
-        x = binarized_test_set(x_test[:n], binarization, seed)
+            model = ckpt.load_model(download_checkpoint(mlflow_client, champion.name, champion.version, tmp))
+        k, n, seed = int(t["k"]), int(t["n_test"]), int(t["seed"])
+        x = data.binarized_test_set(x_test[:n], t["binarization"], seed)
         bounds = likelihood_bounds(model, x, k, batch_size, seed, progress=False)
-        return {**{f"test_{key}": v for key, v in bounds.items()}, "k": float(k), "n_test": float(len(x))}
+        return {f"test_{key}": v for key, v in bounds.items()}
 
     return rescore
-

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rnngen.errors import UserError
 from rnngen.files import find_project_root
 
 #: the MLflow UI opens experiments of this kind in its model-training view
@@ -23,7 +24,7 @@ EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
 
 
-class TrackingError(RuntimeError):
+class TrackingError(UserError, RuntimeError):
     """The tracking store cannot be used; the message names the URI."""
 
 
@@ -127,12 +128,33 @@ def run(run_id: str | None = None, **kwargs: Any) -> Iterator[Any]:
     mlflow.end_run()
 
 
-def git_commit(root: str | Path | None = None) -> str:
+def live_run(run_id: str | None) -> str | None:
+    """``run_id`` when that run exists, not deleted, in the current store; else None (the
+    caller starts a new run)."""
+    if not run_id:
+        return None
+    import mlflow
+
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=root or find_project_root(),
-            capture_output=True, text=True, check=True,
-        )
-        return out.stdout.strip()
+        found = mlflow.MlflowClient().get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        return None
+    return run_id if found.info.lifecycle_stage == "active" else None
+
+
+def git_state(cwd: str | Path | None = None) -> dict[str, str]:
+    """``git_commit`` (HEAD of the repo the stage runs in: a DVC experiment's own commit, not
+    the baseline's) and ``git_dirty`` ("true" when tracked code under ``src/`` or
+    ``pipeline/`` differs from it; outputs and params are DVC's to track); "unknown" outside
+    a git repo. The exact code is in the ``source_sha256`` tag either way."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=cwd or Path.cwd(), capture_output=True, text=True,
+                              check=True).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no", "--", ":/src", ":/pipeline"))
     except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+        return {"git_commit": "unknown", "git_dirty": "unknown"}
+    return {"git_commit": commit, "git_dirty": str(dirty).lower()}

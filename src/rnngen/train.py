@@ -2,9 +2,10 @@
 
 ``fit`` returns the history and best weights; tracking (MLflow) and tuning (Optuna) hook in
 through ``on_epoch``. With a ``checkpoint`` path it saves the full training state after every
-epoch and resumes from it: data order, dynamic binarization and model noise come from RNG
-streams restored at epoch boundaries, so a resumed run on CPU ends bit-identical to an
-uninterrupted one.
+epoch and resumes from it only when that is safe (:func:`resume_point`): same model, train
+config, binarization, data and code, and a run that was interrupted, not finished. Data
+order, dynamic binarization and model noise come from RNG streams restored at epoch
+boundaries, so a resumed run on CPU ends bit-identical to an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -25,11 +26,13 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from rnngen import checkpoint as ckpt
-from rnngen.config import below
+from rnngen.config import ConfigError, below
+from rnngen.data import binarize, to_unit
+from rnngen.errors import UserError
 from rnngen.models import GenerativeModel
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(UserError, RuntimeError):
     """Training produced a NaN/inf loss; the last good checkpoint is kept."""
 
 
@@ -38,14 +41,14 @@ class TrainConfig:
     seed: int = 0
     #: auto picks CUDA when present; or cpu, cuda, cuda:1, ...
     device: str = "auto"
-    epochs: int = 20
+    epochs: int = 60
     batch_size: int = 64
-    lr: float = 1e-3
+    lr: float = 3e-3
     optimizer: Literal["adam", "sgd"] = "adam"
     #: SGD momentum (ignored by Adam)
     momentum: float = 0.9
     #: stop after this many epochs without a better validation loss
-    patience: int = 5
+    patience: int = 6
     #: clip the gradient norm to this value; 0 turns clipping off
     grad_clip: float = 10.0
     #: random shifts up to this many pixels, training batches only (0 = off)
@@ -79,17 +82,20 @@ class FitResult:
     best_val: float = math.inf
     best_weights: dict[str, Tensor] = field(default_factory=dict)
     stopped_early: bool = False
+    #: the checkpoint's epoch training continued after (0: trained from epoch 1)
     resumed_from: int = 0
+    #: True when the checkpoint already held this exact, finished training (nothing trained now)
+    reused: bool = False
 
 
 EpochHook = Callable[[int, dict[str, float]], None]
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, key: str = "train.device") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"train.device is {name!r} but no CUDA device is available; use auto or cpu")
+        raise ConfigError([f"{key}: {name!r} but no CUDA device is available; use auto or cpu"])
     return torch.device(name)
 
 
@@ -118,14 +124,10 @@ def prepare_batch(
     x: Tensor, binarization: str, cfg: TrainConfig | None, generator: torch.Generator
 ) -> Tensor:
     """uint8 ``(B, 28, 28)`` -> model input ``(B, 1, 28, 28)``, augmented when ``cfg`` asks."""
-    grey = x.float().unsqueeze(1) / 255.0
+    grey = to_unit(x)
     if cfg is not None and (cfg.augment_shift or cfg.augment_rotate):
         grey = augment(grey, cfg.augment_shift, cfg.augment_rotate, generator)
-        if binarization == "fixed":
-            return (grey > 0.5).float()
-    if binarization == "dynamic":
-        return torch.bernoulli(grey, generator=generator)
-    return grey
+    return binarize(grey, binarization, generator)
 
 
 def kl_weight(warmup_epochs: float, progress_epochs: float) -> float:
@@ -150,10 +152,74 @@ def evaluate_nelbo(
     return total / len(x)
 
 
-def _fingerprint(model: GenerativeModel, cfg: TrainConfig, binarization: str) -> str:
-    spec = {"model": ckpt.model_spec(model), "train": dataclasses.asdict(cfg), "bin": binarization}
-    spec["train"].pop("device")
-    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+Phase = Literal["training", "trained", "registered"]
+
+
+def fingerprint(
+    model: GenerativeModel, cfg: TrainConfig, binarization: str, identity: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """What a checkpoint must match to be resumed, part by part: the model and train config
+    (the device aside), the binarization, and ``identity`` (the train stage passes the
+    split's digest as ``data`` and rnngen's source digest as ``code``)."""
+    train = dataclasses.asdict(cfg)
+    train.pop("device")
+
+    def digest(obj: Any) -> str:
+        return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    return {"model": digest(ckpt.model_spec(model)), "train": digest(train), "binarization": binarization,
+            **dict(identity or {})}
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    """What :func:`fit` does with an existing checkpoint: continue ``state`` or start afresh."""
+
+    #: the checkpoint's state to continue from; None: train from epoch 1
+    state: dict[str, Any] | None
+    #: one line saying why, printed by fit and recorded by the train stage
+    reason: str
+
+    @property
+    def epoch(self) -> int:
+        return int(self.state["epoch"]) if self.state else 0
+
+    @property
+    def complete(self) -> bool:
+        """Training already finished for exactly this fingerprint (only the registry step
+        failed): reuse the result, do not retrain."""
+        return bool(self.state) and self.state.get("phase") == "trained"
+
+
+def resume_point(checkpoint: str | Path | None, expected: Mapping[str, str]) -> ResumePoint:
+    """Decide whether ``checkpoint`` may be resumed under fingerprint ``expected``.
+
+    Never resumed: a checkpoint of a run that finished (registered), and one written with any
+    other model, train config, binarization, data or code. Resumed: an interrupted run (phase
+    ``training``) and a finished training whose registration failed (phase ``trained``).
+    """
+    if checkpoint is None or not Path(checkpoint).is_file():
+        return ResumePoint(None, "no checkpoint: training from epoch 1")
+    state = ckpt.load(checkpoint)
+    where = f"checkpoint {checkpoint}"
+    if state.get("phase") == "registered":
+        return ResumePoint(None, f"{where} is of a finished, registered run: training afresh from epoch 1")
+    found = state.get("fingerprint")
+    found = found if isinstance(found, dict) else {}
+    differs = sorted(k for k in {*expected, *found} if found.get(k) != expected.get(k))
+    if differs:
+        return ResumePoint(None, f"{where} was written with other {', '.join(differs)}: training from epoch 1")
+    if state.get("phase") == "trained":
+        return ResumePoint(state, f"{where} holds this exact training, finished after epoch {state['epoch']} "
+                                  "but not registered: reusing it, no retraining")
+    return ResumePoint(state, f"resuming {where} after epoch {state['epoch']}")
+
+
+def mark_registered(checkpoint: str | Path, **record: Any) -> None:
+    """Mark the checkpoint's run finished (registered): it is never resumed again."""
+    if Path(checkpoint).is_file():
+        state = ckpt.load(checkpoint)
+        ckpt.save(checkpoint, {**state, "phase": "registered", **record})
 
 
 def fit(
@@ -164,41 +230,75 @@ def fit(
     binarization: str,
     *,
     checkpoint: str | Path | None = None,
+    identity: Mapping[str, str] | None = None,
     on_epoch: EpochHook | None = None,
     extra_state: dict[str, Any] | None = None,
     progress: bool = True,
 ) -> FitResult:
     """Train ``model`` on uint8 images; early-stop on validation negative ELBO.
 
+    With ``checkpoint`` the full training state is saved after every epoch and resumed by the
+    rules of :func:`resume_point` (fingerprint: :func:`fingerprint` with ``identity``).
     ``on_epoch(epoch, metrics)`` runs after each epoch (log, prune: it may raise).
-    ``extra_state`` is stored in the checkpoint (e.g. the MLflow run id) and read back with
-    :func:`resume_state`.
+    ``extra_state`` is stored in the checkpoint (e.g. the MLflow run id).
     """
     device = model.device
+    precision = torch.get_float32_matmul_precision()
     if cfg.amp and device.type == "cuda":
         torch.set_float32_matmul_precision("high")  # TF32 for the GEMMs autocast leaves in fp32
+    try:
+        return _fit(model, train_x, val_x, cfg, binarization, checkpoint, identity, on_epoch, extra_state,
+                    progress)
+    finally:
+        torch.set_float32_matmul_precision(precision)  # no process-wide TF32 left behind
+
+
+def _fit(
+    model: GenerativeModel, train_x: Tensor, val_x: Tensor, cfg: TrainConfig, binarization: str,
+    checkpoint: str | Path | None, identity: Mapping[str, str] | None, on_epoch: EpochHook | None,
+    extra_state: dict[str, Any] | None, progress: bool,
+) -> FitResult:
+    device = model.device
     torch.manual_seed(cfg.seed)  # model noise (reparameterisation) uses the global stream
     optimizer = make_optimizer(model, cfg)
     result = FitResult()
     bad_epochs, start_epoch = 0, 1
-    fingerprint = _fingerprint(model, cfg, binarization)
+    expected = fingerprint(model, cfg, binarization, identity)
     ckpt_path = Path(checkpoint) if checkpoint else None
 
-    if ckpt_path is not None and ckpt_path.is_file():
-        state = ckpt.load(ckpt_path)
-        if state.get("fingerprint") == fingerprint:
-            model.load_state_dict(state["weights"])
-            optimizer.load_state_dict(state["optimizer"])
-            torch.set_rng_state(state["rng_cpu"])
-            if device.type == "cuda" and "rng_cuda" in state:
-                torch.cuda.set_rng_state(state["rng_cuda"], device)
-            result.history = list(state["history"])
-            result.best_epoch, result.best_val = state["best_epoch"], state["best_val"]
-            result.best_weights = state["best_weights"]
-            bad_epochs, start_epoch = state["bad_epochs"], state["epoch"] + 1
-            result.resumed_from = state["epoch"]
-            result.stopped_early = state.get("stopped_early", False)
-            print(f"resuming from {ckpt_path} after epoch {state['epoch']}")
+    def save(epoch: int, phase: Phase) -> None:
+        if ckpt_path is None:
+            return
+        ckpt.save(ckpt_path, {
+            "model": ckpt.model_spec(model), "weights": model.state_dict(),
+            "optimizer": optimizer.state_dict(), "epoch": epoch, "fingerprint": expected, "phase": phase,
+            "history": result.history, "best_epoch": result.best_epoch,
+            "best_val": result.best_val, "best_weights": result.best_weights,
+            "bad_epochs": bad_epochs, "stopped_early": result.stopped_early,
+            "rng_cpu": torch.get_rng_state(),
+            **({"rng_cuda": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {}),
+            **(extra_state or {}),
+        })
+
+    point = resume_point(ckpt_path, expected) if ckpt_path is not None else ResumePoint(None, "")
+    if ckpt_path is not None:
+        print(point.reason, flush=True)
+    if point.state is not None:
+        state = point.state
+        model.load_state_dict(state["weights"])
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng_cpu"])
+        if device.type == "cuda" and "rng_cuda" in state:
+            torch.cuda.set_rng_state(state["rng_cuda"], device)
+        result.history = list(state["history"])
+        result.best_epoch, result.best_val = state["best_epoch"], state["best_val"]
+        result.best_weights = state["best_weights"]
+        bad_epochs, start_epoch = state["bad_epochs"], state["epoch"] + 1
+        result.resumed_from = state["epoch"]
+        result.reused = point.complete
+        result.stopped_early = state.get("stopped_early", False)
+        if point.complete:
+            return result
 
     t_start = time.perf_counter()
     for epoch in range(start_epoch, cfg.epochs + 1):
@@ -269,20 +369,11 @@ def fit(
         # logs the same values again rather than leaving a hole in the curves.
         if on_epoch is not None:
             on_epoch(epoch, metrics)
-        if ckpt_path is not None:
-            ckpt.save(ckpt_path, {
-                "model": ckpt.model_spec(model), "weights": model.state_dict(),
-                "optimizer": optimizer.state_dict(), "epoch": epoch, "fingerprint": fingerprint,
-                "history": result.history, "best_epoch": result.best_epoch,
-                "best_val": result.best_val, "best_weights": result.best_weights,
-                "bad_epochs": bad_epochs, "stopped_early": result.stopped_early,
-                "rng_cpu": torch.get_rng_state(),
-                **({"rng_cuda": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {}),
-                **(extra_state or {}),
-            })
+        save(epoch, "training")
         if over_budget:
             break
     if not result.best_weights:
         result.best_weights = {k: v.detach().clone().cpu() for k, v in model.state_dict().items()}
+    save(result.history[-1]["epoch"] if result.history else 0, "trained")
     return result
 

@@ -39,16 +39,16 @@ from typing import Any, Literal
 
 import torch
 
-from rnngen import data, settings, tracking
-from rnngen.config import ConfigError, from_dict, to_flat_dict
-from rnngen.files import read_json, write_json
-from rnngen.models import build_model, model_class, model_config
+from rnngen import data, tracking
+from rnngen.config import ConfigError, from_dict, gather, section, to_flat_dict
+from rnngen.errors import UserError
+from rnngen.files import write_json
+from rnngen.models import build_model, model_choice, model_class, model_config
 from rnngen.train import TrainConfig, fit, resolve_device
 
 STORAGE_ENV = "RNNGEN_OPTUNA_STORAGE"
 FAIL_TRIAL_ENV = "RNNGEN_TUNE_FAIL_TRIAL"
 JOURNAL_FILE = "journal.log"
-SPLIT_INFO = "split.json"
 OPTIMIZERS = ("adam", "sgd")
 #: how often a trial whose worker died is re-queued before it counts as failed
 MAX_RETRIES = 2
@@ -57,7 +57,13 @@ _RUNTIME = ("workers", "threads", "device", "storage", "heartbeat_s", "stale_aft
 _NOT_SEARCH = ("n_trials", *_RUNTIME)
 
 
-class TuneError(RuntimeError):
+#: the ``train.*`` keys every trial inherits from params.yaml (declared as params of the tune
+#: stage in dvc.yaml); the search sets lr, batch_size and optimizer, and tune.* sets the seed,
+#: device, epochs and patience of a trial
+INHERITED_TRAIN_KEYS = ("momentum", "grad_clip", "augment_shift", "augment_rotate", "amp", "kl_warmup_epochs")
+
+
+class TuneError(UserError, RuntimeError):
     """The search produced no usable result (e.g. every trial failed); the message says why."""
 
 
@@ -143,14 +149,22 @@ class TuneConfig:
 
 
 def tune_config(params: Mapping[str, Any]) -> TuneConfig:
-    return from_dict(TuneConfig, params.get("tune"), "tune")
+    return section(TuneConfig, params, "tune")
 
 
-def trial_train_config(cfg: TuneConfig, hp: Mapping[str, Any]) -> TrainConfig:
-    """A trial's training settings: tune.* and the sampled values, train.* defaults otherwise
-    (the tune stage must not read train.*, or DVC would rerun it for every train change)."""
-    return TrainConfig(seed=cfg.seed, device=cfg.device, epochs=cfg.epochs, patience=cfg.patience,
-                       lr=hp["lr"], batch_size=hp["batch_size"], optimizer=hp["optimizer"])
+def inherited_train_config(params: Mapping[str, Any]) -> TrainConfig:
+    """params.yaml's values of :data:`INHERITED_TRAIN_KEYS` (code defaults for the rest): only
+    these ``train.*`` keys are read, so only they rerun the tune stage."""
+    train = params.get("train") or {}
+    return from_dict(TrainConfig, {k: train[k] for k in INHERITED_TRAIN_KEYS if k in train}, "train")
+
+
+def trial_train_config(cfg: TuneConfig, base: TrainConfig, hp: Mapping[str, Any]) -> TrainConfig:
+    """A trial's training settings: ``base`` (the inherited train.* keys), tune.* and the
+    sampled values."""
+    return dataclasses.replace(base, seed=cfg.seed, device=cfg.device, epochs=cfg.epochs, patience=cfg.patience,
+                               lr=hp["lr"], batch_size=hp["batch_size"], optimizer=hp["optimizer"],
+                               time_budget_s=0.0)
 
 
 # ------------------------------------------------------------------------------- storage
@@ -239,8 +253,8 @@ def _redact(url: str) -> str:
 # -------------------------------------------------------------------------- the search
 
 
-def study_name(cfg: TuneConfig, model_name: str, model_cfg: Any, hidden_fields: tuple[str, ...],
-               split_info: Mapping[str, Any]) -> str:
+def study_name(cfg: TuneConfig, base: TrainConfig, model_name: str, model_cfg: Any,
+               hidden_fields: tuple[str, ...], split_info: Mapping[str, Any]) -> str:
     """``<model>-<digest>`` of the search space, trial settings, model and data split.
 
     Budget, workers, device and storage are left out: a bigger budget or more workers continue
@@ -248,7 +262,8 @@ def study_name(cfg: TuneConfig, model_name: str, model_cfg: Any, hidden_fields: 
     """
     search = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _NOT_SEARCH}
     model = {k: v for k, v in dataclasses.asdict(model_cfg).items() if k not in hidden_fields}
-    spec = {"tune": search, "model": [model_name, model], "split": split_info}
+    inherited = {k: getattr(base, k) for k in INHERITED_TRAIN_KEYS}
+    spec = {"tune": search, "train": inherited, "model": [model_name, model], "split": split_info}
     digest = hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()
     return f"{model_name}-{digest[:12]}"
 
@@ -258,6 +273,7 @@ class _Job:
     """What every worker process needs to run trials (picklable for spawn)."""
 
     cfg: TuneConfig
+    train: TrainConfig
     model_name: str
     model_section: dict[str, Any]
     hidden_fields: tuple[str, ...]
@@ -274,7 +290,7 @@ class _Job:
 def search(params: Mapping[str, Any], split_dir: Path, study_dir: Path, out: Path) -> dict[str, Any]:
     """Run or continue the study; write the best hyperparameters to ``out`` (JSON) as dotted
     overrides ``{"params": {"train.lr": ...}}`` that the train stage applies."""
-    cfg, choice = _validate(params)
+    cfg, choice, base = _validate(params)
     if cfg.n_trials == 0:
         result = {"params": {}, "note": "tune.n_trials is 0: train uses params.yaml's values"}
         Path(study_dir).mkdir(parents=True, exist_ok=True)  # an empty study: DVC's persist output exists
@@ -282,15 +298,12 @@ def search(params: Mapping[str, Any], split_dir: Path, study_dir: Path, out: Pat
         print("tune: n_trials is 0, no search")
         return result
 
-    info_path = Path(split_dir) / SPLIT_INFO
-    if not info_path.is_file():
-        raise data.DataError(f"{info_path} not found; run the split stage first")
-    split_info = read_json(info_path)
+    split_info = data.split_info(split_dir)
     storage_spec, storage = open_storage(cfg, Path(study_dir))
     where = str(Path(study_dir) / JOURNAL_FILE) if storage_spec.journal else storage_spec.describe()
     hidden_fields = _hidden_fields(choice.name)
-    name = study_name(cfg, choice.name, choice.config, hidden_fields, split_info)
-    experiment = settings.build(params, "tracking")["tracking"].experiment + "-tune"
+    name = study_name(cfg, base, choice.name, choice.config, hidden_fields, split_info)
+    experiment = _experiment_config(params).experiment + "-tune"
     experiment_id = tracking.setup(experiment)  # fails fast on an unreachable store
 
     import mlflow
@@ -299,7 +312,7 @@ def search(params: Mapping[str, Any], split_dir: Path, study_dir: Path, out: Pat
     study = optuna.create_study(study_name=name, storage=storage, direction="minimize",
                                 load_if_exists=True)
     parent_key = f"mlflow_parent_run:{cfg.n_trials}"
-    parent_id = _existing_run(study.user_attrs.get(parent_key))
+    parent_id = tracking.live_run(study.user_attrs.get(parent_key))
     t_start = time.perf_counter()
     with tracking.run(run_id=parent_id, run_name=None if parent_id else f"tune {name}") as parent:
         if parent_id is None:
@@ -309,11 +322,10 @@ def search(params: Mapping[str, Any], split_dir: Path, study_dir: Path, out: Pat
                 "model.name": choice.name, "study_name": name,
                 **{f"split.{k}": split_info.get(k) for k in ("seed", "binarization")},
             })
-        mlflow.set_tags({"optuna.study": name, "optuna.storage": where,
-                         "git_commit": tracking.git_commit(),
+        mlflow.set_tags({"optuna.study": name, "optuna.storage": where, **tracking.git_state(),
                          **{f"tune.{k}": getattr(cfg, k) for k in _RUNTIME if k != "storage"}})
         job = _Job(
-            cfg=cfg, model_name=choice.name, model_section=dataclasses.asdict(choice.config),
+            cfg=cfg, train=base, model_name=choice.name, model_section=dataclasses.asdict(choice.config),
             hidden_fields=hidden_fields, split_dir=str(Path(split_dir).resolve()),
             binarization=split_info["binarization"], storage=storage_spec, study_name=name,
             tracking_uri=mlflow.get_tracking_uri(), experiment_id=experiment_id,
@@ -322,27 +334,27 @@ def search(params: Mapping[str, Any], split_dir: Path, study_dir: Path, out: Pat
         finished_before = _finished(study)
         _run_workers(job, study)
         study = optuna.load_study(study_name=name, storage=storage)
-        # Only what the search decided: a rerun that adds no trial writes the same bytes, so
-        # DVC does not retrain for it.
-        result = {**_summarize(study, job), "storage": where}
+        # Only what the search decided (no run id, no storage path): the same search writes the
+        # same bytes on any store, so DVC does not retrain for a new machine or mlflow.db.
+        result = _summarize(study, job)
         _log_parent(study, result)
     write_json(out, result)
     run = {"seconds": round(time.perf_counter() - t_start, 2),
-           "trials_run_now": _finished(study) - finished_before}
+           "trials_run_now": _finished(study) - finished_before, "mlflow_parent_run_id": parent.info.run_id}
     _print_summary({**result, **run})
     return {**result, **run}
 
 
-def _validate(params: Mapping[str, Any]) -> tuple[TuneConfig, Any]:
-    """Every problem with tune.*, model.* and tracking.* at once, before any data or compute."""
+def _validate(params: Mapping[str, Any]) -> tuple[TuneConfig, Any, TrainConfig]:
+    """Every problem with tune.*, model.*, the inherited train.* keys and tracking.* at once,
+    before any data or compute."""
     problems: list[str] = []
-    cfg = choice = None
+    cfg = choice = base = None
     try:
-        cfg = tune_config(params)
-    except ConfigError as exc:
-        problems += exc.problems
-    try:
-        choice = settings.build(params, "model", "tracking")["model"]
+        built = gather(tune=lambda: tune_config(params), model=lambda: model_choice(params),
+                       train=lambda: inherited_train_config(params),
+                       tracking=lambda: _experiment_config(params))
+        cfg, choice, base = built["tune"], built["model"], built["train"]
     except ConfigError as exc:
         problems += exc.problems
     if cfg is not None and choice is not None:
@@ -354,9 +366,15 @@ def _validate(params: Mapping[str, Any]) -> tuple[TuneConfig, Any]:
                 problems += [f"tune.hidden={h}: {p}" for p in exc.problems]
     if cfg is not None and cfg.device.startswith("cuda") and not torch.cuda.is_available():
         problems.append(f"tune.device: {cfg.device!r} but no CUDA device is available; use auto or cpu")
-    if problems or cfg is None or choice is None:
+    if problems or cfg is None or choice is None or base is None:
         raise ConfigError(problems)
-    return cfg, choice
+    return cfg, choice, base
+
+
+def _experiment_config(params: Mapping[str, Any]) -> tracking.TrackingConfig:
+    """``tracking.experiment`` alone: the one tracking key the tune stage declares and reads."""
+    experiment = (params.get("tracking") or {}).get("experiment", tracking.TrackingConfig.experiment)
+    return from_dict(tracking.TrackingConfig, {"experiment": experiment}, "tracking")
 
 
 def _threads_per_worker(cfg: TuneConfig) -> int:
@@ -368,19 +386,6 @@ def _threads_per_worker(cfg: TuneConfig) -> int:
 
 def _hidden_fields(model_name: str) -> tuple[str, ...]:
     return tuple(model_class(model_name).hidden_fields)
-
-
-def _existing_run(run_id: str | None) -> str | None:
-    """``run_id`` when that run exists in the current MLflow store (else a new one is made)."""
-    if not run_id:
-        return None
-    import mlflow
-
-    try:
-        run = mlflow.MlflowClient().get_run(run_id)
-    except mlflow.exceptions.MlflowException:
-        return None
-    return run_id if run.info.lifecycle_stage == "active" else None
 
 
 def _finished(study: Any) -> int:
@@ -571,7 +576,7 @@ def _objective(trial: Any, hp: dict[str, Any], job: _Job, x_train: Any, x_val: A
 
     cfg = job.cfg
     section = {**job.model_section, **dict.fromkeys(job.hidden_fields, hp["hidden"])}
-    train_cfg = trial_train_config(cfg, hp)
+    train_cfg = trial_train_config(cfg, job.train, hp)
     torch.manual_seed(cfg.seed)  # same initial weights for every trial: only the hyperparameters differ
     model = build_model(job.model_name, model_config(job.model_name, section))
     model = model.to(resolve_device(cfg.device))
@@ -695,7 +700,6 @@ def _summarize(study: Any, job: _Job) -> dict[str, Any]:
         "trials": counts,
         "epochs_trained": sum(len(t.intermediate_values) for t in trials),
         "study_name": job.study_name,
-        "mlflow_parent_run_id": job.parent_run_id,
     }
 
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from rnngen.config import ConfigError, from_dict
@@ -31,4 +32,19 @@ def build_model(name: str, config: Any) -> GenerativeModel:
     return model_class(name)(config)
 
 
-__all__ = ["MODELS", "GenerativeModel", "LossTerms", "build_model", "model_class", "model_config"]
+@dataclass(frozen=True)
+class ModelChoice:
+    """``model.name`` and that model's validated config, from params.yaml's ``model:``."""
+
+    name: str
+    config: Any
+
+
+def model_choice(params: Mapping[str, Any]) -> ModelChoice:
+    section = params.get("model") or {}
+    name = section.get("name", "row_lstm_vae")
+    return ModelChoice(name, model_config(name, section.get(name)))
+
+
+__all__ = ["MODELS", "GenerativeModel", "LossTerms", "ModelChoice", "build_model", "model_choice", "model_class",
+           "model_config"]

@@ -1,0 +1,227 @@
+"""The MLflow model registry: logging a trained model, and finding and loading models in it.
+
+Format: an MLflow ``python_function`` model whose data is rnngen's own weights-only checkpoint
+(``data/model.pt``) and whose loader is this module (``loader_module``). MLflow's default
+PyTorch format, pt2, runs ``torch.export``, which cannot trace DRAW's hand-written
+``autograd.Function``; the pickle format would store whole modules, code that runs on load
+and breaks when a class moves. A weights-only checkpoint plus an importable loader works for
+every model, and ``models:/NAME@ALIAS`` means one thing for MLflow and for the CLI: both read
+that same ``model.pt``.
+
+``mlflow.pyfunc.load_model("models:/rnngen@champion").predict(x)`` scores a batch: for
+images ``x`` of shape ``(B, 1, 28, 28)``, ``(B, 28, 28)`` or ``(B, 784)`` with binarized
+pixels in [0, 1], it returns each image's negative log-likelihood in nats (the
+importance-weighted bound with :data:`SCORE_K` samples, seeded; the exact value for
+exact-likelihood models). Loading needs rnngen installed.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from rnngen import checkpoint as ckpt
+from rnngen import tracking
+from rnngen.checkpoint import CheckpointError
+from rnngen.data import SIDE
+from rnngen.models import GenerativeModel
+from rnngen.tracking import TrackingError
+
+#: the checkpoint file, in the train stage's output folder and inside the logged model
+CHECKPOINT_FILE = "model.pt"
+#: the train stage's record of the run and registered version, beside model.pt
+RUN_FILE = "run.json"
+#: importance samples per image behind the served score
+SCORE_K = 16
+#: model version tag naming the run of its latest evaluation (the evaluate stage's)
+EVALUATION_TAG = "evaluation_run_id"
+#: params of an evaluation run that identify its test set (see rnngen.evaluate.test_set_identity)
+TEST_SET_PREFIX = "test_set."
+
+
+# ------------------------------------------------------------------------------ logging
+
+
+class Scorer:
+    """What ``mlflow.pyfunc`` serves: per-image negative log-likelihood (nats) of a batch."""
+
+    def __init__(self, model: GenerativeModel) -> None:
+        self.model = model.eval()
+
+    def predict(self, model_input: Any, params: dict[str, Any] | None = None) -> np.ndarray:
+        x = torch.as_tensor(np.asarray(model_input, dtype=np.float32)).reshape(-1, 1, SIDE, SIDE)
+        gen = torch.Generator(device=self.model.device).manual_seed(0)
+        with torch.no_grad():
+            logw = self.model.log_weights(x.to(self.model.device), SCORE_K, generator=gen).double()
+            nll = -(torch.logsumexp(logw, 0) - math.log(SCORE_K))
+        return nll.float().cpu().numpy()
+
+
+def _load_pyfunc(data_path: str) -> Scorer:
+    """MLflow's hook for ``loader_module``: ``data_path`` is the logged ``model.pt``."""
+    return Scorer(ckpt.load_model(data_path))
+
+
+def log_model(checkpoint: Path, example: np.ndarray, registered_name: str) -> str:
+    """Log ``checkpoint`` (a :func:`rnngen.checkpoint.save_model` file) as the active run's
+    ``model`` and register it under ``registered_name``; returns the new version number."""
+    import mlflow
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*(pip|requirement).*")
+        info = mlflow.pyfunc.log_model(
+            name="model", loader_module=__name__, data_path=str(checkpoint), input_example=example,
+            registered_model_name=registered_name, await_registration_for=60,
+            # explicit: inferring them would load the model once more in a subprocess
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "mlflow", "numpy", "rnngen"],
+        )
+    return str(info.registered_model_version)
+
+
+# ----------------------------------------------------------------------------- finding
+
+
+def client(uri: str | None = None) -> Any:
+    """An ``MlflowClient`` on ``uri`` (default: MLFLOW_TRACKING_URI or the project store),
+    checked first; a local sqlite store that does not exist yet is an error, not created."""
+    import mlflow
+
+    uri = uri or tracking.tracking_uri()
+    tracking.check_store(uri)
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise TrackingError(f"no MLflow store at {uri}; run `make repro` first or set MLFLOW_TRACKING_URI")
+    return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def mlflow_errors() -> tuple[type[BaseException], ...]:
+    from mlflow.exceptions import MlflowException
+
+    return (MlflowException,)
+
+
+def model_version(mlflow_client: Any, name: str, ref: str) -> Any:
+    """The ``ModelVersion`` of registered model ``name`` named by an alias or a version number."""
+    try:
+        registered = mlflow_client.get_registered_model(name)
+    except mlflow_errors() as exc:
+        try:
+            known = sorted(m.name for m in mlflow_client.search_registered_models(max_results=20))
+        except mlflow_errors():
+            known = []
+        raise TrackingError(
+            f"no registered model {name!r} in {mlflow_client.tracking_uri}"
+            + (f"; registered: {', '.join(known)}" if known else "; train one with `make repro`")
+        ) from exc
+    if ref.isdigit():
+        try:
+            return mlflow_client.get_model_version(name, ref)
+        except mlflow_errors() as exc:
+            raise TrackingError(f"model {name!r} has no version {ref}") from exc
+    if ref not in registered.aliases:
+        aliases = ", ".join(f"@{a} (v{v})" for a, v in sorted(registered.aliases.items())) or "none yet"
+        raise TrackingError(f"model {name!r} has no alias @{ref} (aliases: {aliases}); "
+                            "`rnngen promote` (run by `make repro`) sets it")
+    return mlflow_client.get_model_version_by_alias(name, ref)
+
+
+def download_checkpoint(mlflow_client: Any, name: str, version: str, folder: str | Path) -> Path:
+    """The ``model.pt`` inside registered model ``name`` version ``version``, downloaded into
+    ``folder``: the file ``mlflow.pyfunc`` loads too."""
+    import mlflow
+    from mlflow.models import Model
+
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(
+            artifact_uri=f"models:/{name}/{version}", dst_path=str(folder),
+            tracking_uri=mlflow_client.tracking_uri))
+        data = Model.load(local).flavors["python_function"]["data"]
+    except (*mlflow_errors(), OSError, KeyError) as exc:
+        raise CheckpointError(
+            f"model {name!r} version {version} holds no readable rnngen checkpoint ({exc}); "
+            "was it registered by rnngen's train stage?"
+        ) from exc
+    return local / data
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    model: GenerativeModel
+    #: how the training data was binarized (dynamic | fixed | none)
+    binarization: str
+    #: what the user named, resolved, e.g. "models:/rnngen@champion (version 3, run 1a2b...)"
+    source: str
+
+
+def parse_model_uri(spec: str, default_name: str) -> tuple[str, str] | None:
+    """``models:/name@alias`` -> (name, alias); ``models:/name/3`` or ``3`` -> (name, "3");
+    ``None`` when ``spec`` is a path."""
+    if spec.isdigit() and not Path(spec).exists():
+        return default_name, spec
+    if not spec.startswith("models:/"):
+        return None
+    body = spec.removeprefix("models:/").strip("/")
+    name, sep, alias = body.partition("@")
+    if sep and name and alias and "/" not in body:
+        return name, alias
+    name, sep, version = body.rpartition("/")
+    if sep and name and version.isdigit():
+        return name, version
+    raise TrackingError(
+        f"cannot read model URI {spec!r}; use models:/<name>@<alias>, models:/<name>/<version> "
+        "or a checkpoint path"
+    )
+
+
+def load(spec: str, default_name: str, device: str = "cpu") -> LoadedModel:
+    """Load the model named by a registry URI, a version number (of ``default_name``) or a
+    local checkpoint path (a ``.pt`` file, or a folder holding ``model.pt`` such as the train
+    stage's ``models/``)."""
+    parsed = parse_model_uri(spec, default_name)
+    if parsed is None:
+        path = Path(spec)
+        if path.is_dir():
+            path = path / CHECKPOINT_FILE
+        state = ckpt.load(path)  # CheckpointError when missing or not ours
+        return LoadedModel(ckpt.model_from_state(state, path, device), str(state.get("binarization", "dynamic")),
+                           str(path))
+    name, ref = parsed
+    mlflow_client = client()
+    mv = model_version(mlflow_client, name, ref)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = download_checkpoint(mlflow_client, name, str(mv.version), tmp)
+        state = ckpt.load(path)
+        model = ckpt.model_from_state(state, path, device)
+    return LoadedModel(model, str(state.get("binarization", "dynamic")),
+                       f"{spec} (version {mv.version}, run {mv.run_id})")
+
+
+def model_info(name: str, alias: str) -> dict[str, Any]:
+    """Which version holds ``alias``, its run, held-out metrics and promotion record."""
+    mlflow_client = client()
+    mv = model_version(mlflow_client, name, alias)
+    run = mlflow_client.get_run(mv.run_id)
+    registered = mlflow_client.get_registered_model(name)
+    return {
+        "name": name,
+        "alias": alias,
+        "version": str(mv.version),
+        "uri": f"models:/{name}@{alias}",
+        "run_id": mv.run_id,
+        "run_name": run.info.run_name,
+        "model": run.data.tags.get("model"),
+        "created": mv.creation_timestamp,
+        "metrics": {k: v for k, v in sorted(run.data.metrics.items()) if k.startswith(("test_", "inpaint_"))},
+        "test_set": {k.removeprefix("test_set."): v for k, v in sorted(mv.tags.items())
+                     if k.startswith("test_set.")},
+        "promotion": {k.removeprefix("promotion."): v for k, v in sorted(mv.tags.items())
+                      if k.startswith("promotion.")},
+        "aliases": {f"@{a}": v for a, v in sorted(registered.aliases.items())},
+        "tracking_uri": mlflow_client.tracking_uri,
+    }

@@ -1,0 +1,33 @@
+"""Stage `classifier`: the small CNN that sample quality and inpainting are judged by."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from rnngen import data
+from rnngen.classifier import (
+    CLASSIFIER_FILE,
+    METRICS_FILE,
+    ClassifierConfig,
+    accuracy,
+    save_classifier,
+    train_classifier,
+)
+from rnngen.config import section
+from rnngen.files import atomic_file, write_json
+
+
+def run(params: Mapping[str, Any], split_dir: Path, out: Path) -> dict[str, Any]:
+    """Train on the training split; write ``out/classifier.pt`` and ``out/metrics.json``."""
+    cfg = section(ClassifierConfig, params, "classifier")
+    (x_tr, y_tr), (x_va, y_va), (x_te, y_te) = (data.load_split(split_dir, n) for n in ("train", "val", "test"))
+    model, fit_metrics = train_classifier(x_tr, y_tr, x_va, y_va, cfg)
+    metrics = {"val_accuracy": fit_metrics["val_accuracy"], "test_accuracy": accuracy(model, x_te, y_te),
+               "best_epoch": fit_metrics["best_epoch"]}
+    with atomic_file(out / CLASSIFIER_FILE) as tmp:  # two DVC outputs in one folder: each atomic
+        save_classifier(tmp, model)
+    write_json(out / METRICS_FILE, metrics)
+    print(f"classifier: test accuracy {metrics['test_accuracy']:.2%} (val {metrics['val_accuracy']:.2%})")
+    return metrics

@@ -1,0 +1,14 @@
+"""Stage `tune`: the Optuna search of :mod:`rnngen.tune` over the train split."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from rnngen import tune
+
+
+def run(params: Mapping[str, Any], split_dir: Path, study_dir: Path, out: Path) -> dict[str, Any]:
+    """Run or continue the study; write the winner's dotted overrides to ``out``."""
+    return tune.search(params, split_dir, study_dir, out)

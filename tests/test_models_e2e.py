@@ -1,0 +1,52 @@
+"""Every model in the registry through every stage: `dvc exp run -S model.name=NAME` in a fresh
+git+DVC copy (tune -> train -> evaluate -> registry), then the registered version through the
+CLI (`sample`, `inpaint`, `evaluate`) and back through MLflow's own loader (`models:/` URI)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import copy_project, tiny_params
+from rnngen.models import MODELS
+from test_pipeline import BIN, run, stages_run
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return copy_project(tmp_path_factory.mktemp("models"), tiny_params())
+
+
+@pytest.mark.parametrize("name", list(MODELS))  # found from the registry: a new model is tested here too
+def test_model_through_dvc_the_registry_and_the_cli(project: Path, name: str, monkeypatch: pytest.MonkeyPatch
+                                                    ) -> None:
+    out = run([str(BIN / "dvc"), "exp", "run", "-S", f"model.name={name}"], project)
+    assert {"tune", "train", "evaluate"} <= set(stages_run(out.stdout)), out.stdout
+    record = json.loads((project / "models/run.json").read_text())
+    metrics = json.loads((project / "reports/metrics.json").read_text())
+    assert metrics["model"] == name and 0 < metrics["test_nll_iwae"] <= metrics["test_nll_elbo"]
+    uri = f"models:/rnngen/{record['model_version']}"
+
+    rnngen = str(BIN / "rnngen")
+    sample = run([rnngen, "sample", "--model", uri, "--n", "4", "--out", f"{name}.png"], project)
+    assert f"version {record['model_version']}" in sample.stdout and (project / f"{name}.png").stat().st_size
+    run([rnngen, "inpaint", "--model", uri, "--test-index", "0", "1", "--mask", "centre_square",
+         "--iterations", "1", "--out", f"{name}-inpaint.png"], project)
+    scored = json.loads(run([rnngen, "evaluate", "--model", uri, "--split", "data/split"], project).stdout)
+    # the CLI reads params.yaml's evaluate.* and the project's classifier: the stage's numbers
+    for key in ("test_nll_iwae", "test_nll_elbo", "test_fcd", "inpaint_bottom_half_mse_missing"):
+        assert scored[key] == pytest.approx(metrics[key], rel=1e-9, abs=1e-9), key
+
+    import mlflow.pyfunc
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project.resolve() / 'mlflow.db'}")
+    served = mlflow.pyfunc.load_model(uri)
+    x = (np.load(project / "data/split/test_x.npy")[:5] > 127).astype(np.float32).reshape(5, 1, 28, 28)
+    nll = np.asarray(served.predict(x))
+    assert nll.shape == (5,) and np.isfinite(nll).all() and (nll > 0).all() and (nll < 784 * np.log(2) * 2).all()
+    assert np.array_equal(nll, np.asarray(served.predict(x)))  # seeded: the same score twice
