@@ -9,7 +9,7 @@ from rnngen.classifier import ClassifierConfig
 from rnngen.config import ConfigError, gather, load_params, section
 from rnngen.data import DataConfig, SplitConfig
 from rnngen.evaluate import EvalConfig
-from rnngen.models import model_choice
+from rnngen.models import model_choice, model_config
 from rnngen.promote import PromoteConfig
 from rnngen.tracking import TrackingConfig
 from rnngen.train import TrainConfig
@@ -66,3 +66,19 @@ def test_wrong_type_is_named() -> None:
 def test_embedded_is_mnist_only() -> None:
     with pytest.raises(ConfigError, match="embedded.*MNIST digits only"):
         build(tiny_params(**{"data.dataset": "kmnist"}), "data")
+
+
+def test_params_yaml_lists_every_knob_of_every_model() -> None:
+    """Every registered model has its section in params.yaml, naming each config field, and
+    that section as written gives the model's defaults (null = the preset's value or default)."""
+    import dataclasses
+
+    from conftest import ROOT
+    from rnngen.models import MODELS
+
+    sections = load_params(ROOT / "params.yaml")["model"]
+    for name, cls in MODELS.items():
+        assert set(sections[name]) == {f.name for f in dataclasses.fields(cls.config_cls)}, name
+        assert model_config(name, sections[name]) == cls.config_cls(), name
+    paper = model_config("pixelrnn", {**sections["pixelrnn"], "preset": "paper"})
+    assert (paper.variant, paper.layers, paper.hidden) == ("diagonal_bilstm", 7, 16)

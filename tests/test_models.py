@@ -16,6 +16,7 @@ TINY = {
     "row_lstm_vae": {"hidden": 8, "z_dim": 3},
     "mlp_vae": {"hidden": 16, "z_dim": 3},
     "draw": {"steps": 3, "enc_hidden": 8, "dec_hidden": 8, "z_dim": 3},
+    "pixelrnn": {"layers": 1, "hidden": 4, "out_hidden": 8},
 }
 
 

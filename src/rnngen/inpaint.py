@@ -1,12 +1,11 @@
 """Inpainting: hide part of each image, complete it by conditional sampling, score it.
 
-Completion is the pseudo-Gibbs sampler of Rezende et al. 2014 (their missing-data
-imputation): fill the missing pixels with Bernoulli(0.5) noise, then repeatedly reconstruct
-the image (z ~ q(z|x), then p(x|z)) and redraw only the missing pixels from the
-reconstruction's Bernoulli means, the observed pixels staying clamped to their true values.
-Each round is one step of a Markov chain whose stationary distribution is p(missing |
-observed) when q(z|x) is exact; the last round keeps the means instead of a sample. It uses
-only ``model.reconstruct``, so every model inpaints with the same code.
+Completion is each model's ``complete`` method (see :class:`rnngen.models.GenerativeModel`):
+latent models run the pseudo-Gibbs sampler of Rezende et al. 2014 (fill the missing pixels
+with Bernoulli(0.5) noise, then repeatedly reconstruct and redraw only the missing pixels,
+the observed ones clamped; a Markov chain whose stationary distribution is p(missing |
+observed) when q(z|x) is exact); autoregressive models sample the missing pixels in raster
+order. This module validates the inputs and scores the result, the same way for every model.
 """
 
 from __future__ import annotations
@@ -71,8 +70,8 @@ def inpaint(
 ) -> Tensor:
     """Complete the pixels of ``x`` ``(B, 1, 28, 28)`` in [0, 1] where ``mask`` is True.
 
-    Returns ``x`` with the missing pixels replaced by Bernoulli means after ``iterations``
-    rounds of the pseudo-Gibbs sampler; observed pixels are returned exactly as given.
+    Returns ``x`` with the missing pixels replaced by the model's completion (``iterations``
+    rounds where the model's sampler has rounds); observed pixels are returned exactly as given.
     ``generator`` must live on the model's device.
     """
     if iterations < 1:
@@ -85,14 +84,8 @@ def inpaint(
         raise ValueError("inpainting needs images in [0, 1]")
     model.eval()
     x, mask = x.to(model.device), mask.to(model.device)
-    noise = torch.bernoulli(torch.full_like(x, 0.5), generator=generator)
-    current = torch.where(mask, noise, x)
-    for step in range(iterations):
-        means = model.reconstruct(current, generator=generator)  # (B, 1, 28, 28)
-        last = step == iterations - 1
-        fill = means if last else torch.bernoulli(means, generator=generator)
-        current = torch.where(mask, fill, x)  # clamp the observed pixels
-    return current
+    done = model.complete(x, mask, iterations, generator=generator)
+    return torch.where(mask, done, x)  # whatever the model returns, observed pixels stay as given
 
 
 def inpainting_metrics(

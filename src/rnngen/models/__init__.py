@@ -11,9 +11,10 @@ from rnngen.config import ConfigError, from_dict
 from rnngen.models.base import GenerativeModel, LossTerms
 from rnngen.models.draw import DRAW
 from rnngen.models.mlp_vae import MLPVAE
+from rnngen.models.pixelrnn import PixelRNN
 from rnngen.models.row_lstm_vae import RowLSTMVAE
 
-MODELS: dict[str, type[GenerativeModel]] = {m.name: m for m in (RowLSTMVAE, MLPVAE, DRAW)}
+MODELS: dict[str, type[GenerativeModel]] = {m.name: m for m in (RowLSTMVAE, MLPVAE, DRAW, PixelRNN)}
 
 
 def model_class(name: str) -> type[GenerativeModel]:

@@ -56,7 +56,14 @@ def randn(shape: tuple[int, ...], like: Tensor, generator: torch.Generator | Non
 
 
 class GenerativeModel(nn.Module, ABC):
-    """A latent-variable image model trained by maximising the ELBO."""
+    """An image model with a likelihood: latent-variable models (trained on the ELBO, scored
+    by bounds) and autoregressive ones (exact likelihood) answer the same methods, so no caller
+    branches on the model.
+
+    ``forward`` gives the training loss terms; ``log_likelihood`` the log-likelihood (a bound
+    or exact, as ``exact_likelihood`` says); ``sample``; ``complete`` (inpainting);
+    ``reconstruct``; ``sample_steps`` (the picture of generation over time).
+    """
 
     #: registry name, e.g. ``"draw"``; the ``model.name`` value in params.yaml
     name: ClassVar[str]
@@ -64,6 +71,8 @@ class GenerativeModel(nn.Module, ABC):
     config_cls: ClassVar[type]
     #: config fields the tuner's "hidden size" sets
     hidden_fields: ClassVar[tuple[str, ...]] = ("hidden",)
+    #: True when ``log_likelihood`` is exact (autoregressive models); False: a k-sample bound
+    exact_likelihood: ClassVar[bool] = False
 
     def __init__(self, config: Any) -> None:
         super().__init__()
@@ -80,11 +89,36 @@ class GenerativeModel(nn.Module, ABC):
 
     @abstractmethod
     def forward(self, x: Tensor) -> LossTerms:
-        """Single-sample estimate of the negative-ELBO terms for a batch."""
+        """Per-image training loss terms: for latent models a single-sample estimate of the
+        negative ELBO (``recon`` + ``kl``), for exact models ``recon`` = -log p(x), ``kl`` = 0."""
 
     @abstractmethod
     def log_weights(self, x: Tensor, k: int, generator: torch.Generator | None = None) -> Tensor:
-        """``(k, B)`` importance log-weights ``log p(x, z_i) - log q(z_i | x)``, z_i ~ q(z|x)."""
+        """``(k, B)`` importance log-weights ``log p(x, z_i) - log q(z_i | x)``, z_i ~ q(z|x);
+        for an exact model every row is ``log p(x)`` (the bounds are then exact)."""
+
+    def log_likelihood(self, x: Tensor, k: int = 1, generator: torch.Generator | None = None) -> Tensor:
+        """``(B,)`` log p(x): exact when ``exact_likelihood``, else the importance-weighted
+        lower bound with ``k`` samples (Burda et al. 2016, eq. 8)."""
+        logw = self.log_weights(x, k, generator=generator).double()
+        return (torch.logsumexp(logw, 0) - math.log(k)).to(x.dtype)
+
+    def complete(
+        self, x: Tensor, mask: Tensor, iterations: int, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """Fill the pixels of ``x`` where ``mask`` is True by conditional sampling; observed
+        pixels come back exactly as given. Latent models: the pseudo-Gibbs sampler of Rezende
+        et al. 2014 (sec. 5.2): start the missing pixels at Bernoulli(0.5) noise, then
+        ``iterations`` times reconstruct (z ~ q(z|x), then p(x|z)) and redraw only the missing
+        pixels; the last round keeps the Bernoulli means."""
+        noise = torch.bernoulli(torch.full_like(x, 0.5), generator=generator)
+        current = torch.where(mask, noise, x)
+        for step in range(iterations):
+            means = self.reconstruct(current, generator=generator)  # (B, 1, 28, 28)
+            last = step == iterations - 1
+            fill = means if last else torch.bernoulli(means, generator=generator)
+            current = torch.where(mask, fill, x)  # clamp the observed pixels
+        return current
 
     @abstractmethod
     def sample(self, n: int, generator: torch.Generator | None = None, temperature: float = 1.0) -> Tensor:

@@ -1,0 +1,437 @@
+"""PixelRNN (van den Oord, Kalchbrenner and Kavukcuoglu 2016, "Pixel Recurrent Neural
+Networks"): the Row LSTM and the Diagonal BiLSTM, autoregressive models with an exact
+likelihood p(x) = prod_i p(x_i | x_1..x_{i-1}) over the pixels in raster order (eq. 1-2).
+
+The network (sec. 3, as for binarized MNIST: one Bernoulli logit per pixel, sec. 5.1):
+
+- a 7x7 convolution with mask A (it sees only the pixels before the current one, sec. 3.4)
+  from the image to ``2h`` feature maps;
+- ``layers`` recurrent layers, each with a residual connection (sec. 3.3): the layer's LSTM
+  has ``h`` units (its gates ``4h``), its output is brought back to ``2h`` maps by a 1x1
+  convolution and added to the layer's input;
+- two 1x1 convolutions with ReLU (mask B; with one input channel mask B on a 1x1 kernel masks
+  nothing), then the logit.
+
+**Row LSTM** (sec. 3.1): row by row, top to bottom. The input-to-state part is a 1xk
+convolution along the row with mask B (the pixel itself and the ``k // 2`` to its left),
+computed for the whole map at once, outside the loop; the state-to-state part is a 1xk
+convolution over the previous row's hidden state; then the LSTM cell (eq. 3).
+
+**Diagonal BiLSTM** (sec. 3.2): the map is skewed to n x (2n-1) (row i shifted right by i), so
+each column of the skewed map is a diagonal of the image. Input-to-state: a 1x1 convolution
+(mask B); state-to-state: a 2x1 convolution down each skewed column (the state of the pixel to
+the left and of the pixel above), column by column. The right-to-left direction runs on the
+mirrored image (not the mirrored skewed map), is mirrored back and shifted down one row, so it
+adds only context from the rows above; the two directions' outputs are added.
+
+Both directions of the BiLSTM run batched (one batched GEMM per column, per-direction
+weights), input-to-state products are hoisted out of the loops, and the gate nonlinearities
+act on one tensor each (one sigmoid for the three gates, one tanh). The plain per-row /
+per-pixel implementation of the same network is :mod:`rnngen.models.pixelrnn_reference`,
+which the tests check this one against (values and gradients).
+
+Learned initial states: the state "above the first row" and "left of the first column".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from rnngen.config import below
+from rnngen.models.base import GenerativeModel, LossTerms, bernoulli_nll
+
+SIZE = 28
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Table 4 of the paper: binarized MNIST, 79.20 nats with a 7-layer Diagonal BiLSTM, h = 16
+    "paper": {"variant": "diagonal_bilstm", "layers": 7, "hidden": 16},
+}
+
+
+@dataclass(frozen=True)
+class PixelRNNConfig:
+    #: "" | paper (the paper's MNIST setting: Diagonal BiLSTM, 7 layers, h = 16)
+    preset: str = ""
+    variant: Literal["row_lstm", "diagonal_bilstm"] = "row_lstm"
+    #: recurrent layers, each with a residual connection
+    layers: int = 4
+    #: h: LSTM units per position; the feature maps between layers have 2h channels
+    hidden: int = 32
+    #: Row LSTM: width k of the 1xk input-to-state and state-to-state convolutions (odd)
+    kernel: int = 3
+    #: channels of the ReLU 1x1 output layer
+    out_hidden: int = 64
+
+    def problems(self) -> list[str]:
+        out = below(self, layers=1, hidden=1, kernel=1, out_hidden=1)
+        if self.preset and self.preset not in PRESETS:
+            out.append(f"preset: unknown preset {self.preset!r}; choose one of: {', '.join(PRESETS)}")
+        if self.kernel % 2 == 0:
+            out.append(f"kernel: must be odd (a centred 1xk convolution), got {self.kernel}")
+        return out
+
+
+def causal_mask(height: int, width: int, kind: Literal["A", "B"]) -> Tensor:
+    """``(height, width)`` kernel mask: 1 at the taps before the centre in raster order, and at
+    the centre itself for mask B (sec. 3.4); the rows below and the taps right of the centre 0."""
+    mask = torch.zeros(height, width)
+    cy, cx = height // 2, width // 2
+    mask[:cy] = 1
+    mask[cy, : cx + (kind == "B")] = 1
+    return mask
+
+
+def lstm_cell(gates: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+    """Eq. 3: gates ``(..., 4h)`` ordered [i, f, o, g] -> the new (h, c); one sigmoid for the
+    three gates, one tanh for g."""
+    h_dim = c.shape[-1]
+    ifo = torch.sigmoid(gates[..., : 3 * h_dim])
+    g = torch.tanh(gates[..., 3 * h_dim :])
+    c = ifo[..., h_dim : 2 * h_dim] * c + ifo[..., :h_dim] * g
+    return ifo[..., 2 * h_dim :] * torch.tanh(c), c
+
+
+# ----------------------------------------------------------------------------- skewing
+
+
+def skew(x: Tensor) -> Tensor:
+    """``(..., n, m, C)`` -> ``(..., n, n + m - 1, C)``: row i shifted right by i (sec. 3.2).
+    Padding each row to n + m, flattening and cutting n elements off the end shifts row i by i."""
+    *lead, n, m, c = x.shape
+    flat = F.pad(x, (0, 0, 0, n)).reshape(*lead, n * (n + m), c)
+    return flat[..., : n * (n + m - 1), :].reshape(*lead, n, n + m - 1, c)
+
+
+def unskew(x: Tensor, m: int) -> Tensor:
+    """Inverse of :func:`skew`: ``(..., n, n + m - 1, C)`` -> ``(..., n, m, C)``."""
+    *lead, n, w, c = x.shape
+    flat = F.pad(x.reshape(*lead, n * w, c), (0, 0, 0, n))
+    return flat.reshape(*lead, n, w + 1, c)[..., :m, :]
+
+
+# ------------------------------------------------------------------------------ layers
+
+
+class RowLSTMLayer(nn.Module):
+    """One Row LSTM layer (sec. 3.1) plus its residual 1x1 upsampling (sec. 3.3)."""
+
+    def __init__(self, channels: int, hidden: int, kernel: int) -> None:
+        super().__init__()
+        self.hidden, self.kernel = hidden, kernel
+        scale = (channels * kernel) ** -0.5
+        #: input-to-state 1xk (mask B: the taps right of the centre are never used)
+        self.w_is = nn.Parameter(torch.randn(4 * hidden, channels, 1, kernel) * scale)
+        self.bias = nn.Parameter(torch.zeros(4 * hidden))
+        #: state-to-state 1xk over the previous row's state
+        self.w_ss = nn.Parameter(torch.randn(4 * hidden, hidden, 1, kernel) * (hidden * kernel) ** -0.5)
+        self.h0 = nn.Parameter(torch.zeros(hidden))
+        self.c0 = nn.Parameter(torch.zeros(hidden))
+        self.up = nn.Conv2d(hidden, channels, 1)
+
+    def input_to_state(self, m: Tensor) -> Tensor:
+        """``(B, C, H, W)`` -> gates' input part ``(B, 4h, H, W)``: the mask-B taps only (the
+        centre and the ``k // 2`` left of it), as a narrower kernel on a left-padded map."""
+        half = self.kernel // 2
+        return F.conv2d(F.pad(m, (half, 0)), self.w_is[..., : half + 1], self.bias)
+
+    def state_matrix(self) -> Tensor:
+        """The state-to-state kernel as a ``(k h, 4h)`` matrix, tap-major."""
+        return self.w_ss[:, :, 0, :].permute(2, 1, 0).reshape(self.kernel * self.hidden, 4 * self.hidden)
+
+    def row_step(self, gates_in: Tensor, h: Tensor, c: Tensor, w_ss: Tensor) -> tuple[Tensor, Tensor]:
+        """One row: ``gates_in`` ``(B, W, 4h)``, previous row's ``h``, ``c`` ``(B, W, h)``."""
+        width, half = h.shape[1], self.kernel // 2
+        padded = F.pad(h, (0, 0, half, half))  # (B, W + 2 half, h): zeros beyond the edges
+        unfolded = torch.cat([padded[:, t : t + width] for t in range(self.kernel)], -1)  # (B, W, k h)
+        return lstm_cell(gates_in + unfolded @ w_ss, c)
+
+    def forward(self, m: Tensor) -> Tensor:
+        b, _, height, width = m.shape
+        # unbind, not gates_in[i]: each indexing's backward would fill a whole zero map
+        gates_in = self.input_to_state(m).permute(2, 0, 3, 1).unbind(0)  # H x (B, W, 4h)
+        w_ss = self.state_matrix()
+        h = self.h0.expand(b, width, self.hidden)
+        c = self.c0.expand(b, width, self.hidden)
+        rows = []
+        for i in range(height):
+            h, c = self.row_step(gates_in[i], h, c, w_ss)
+            rows.append(h)
+        out = torch.stack(rows, 1).permute(0, 3, 1, 2)  # (B, h, H, W)
+        return self.up(out)
+
+
+class DiagonalBiLSTMLayer(nn.Module):
+    """One Diagonal BiLSTM layer (sec. 3.2) plus its residual 1x1 upsampling (sec. 3.3).
+    Parameters are stacked over the two directions: [left-to-right, right-to-left]."""
+
+    def __init__(self, channels: int, hidden: int) -> None:
+        super().__init__()
+        self.hidden = hidden
+        #: input-to-state 1x1, per direction
+        self.w_is = nn.Parameter(torch.randn(2, channels, 4 * hidden) * channels**-0.5)
+        self.bias = nn.Parameter(torch.zeros(2, 4 * hidden))
+        #: state-to-state 2x1 down the skewed column: rows [state above, state left] of the input
+        self.w_ss = nn.Parameter(torch.randn(2, 2 * hidden, 4 * hidden) * (2 * hidden) ** -0.5)
+        self.h0 = nn.Parameter(torch.zeros(2, hidden))
+        self.c0 = nn.Parameter(torch.zeros(2, hidden))
+        self.up = nn.Conv2d(hidden, channels, 1)
+
+    def directions(self, m: Tensor) -> Tensor:
+        """``(B, C, H, W)`` -> each direction's hidden states ``(2, B, H, W, h)`` in the
+        image's own orientation (the right-to-left one not yet shifted)."""
+        b, _, height, width = m.shape
+        x = m.permute(0, 2, 3, 1)  # (B, H, W, C)
+        # input-to-state for both directions in one product; the reverse one sees the mirror
+        w = self.w_is.permute(1, 0, 2).reshape(x.shape[-1], 8 * self.hidden)  # (C, [dir, 4h])
+        gates_in = (x @ w).view(b, height, width, 2, 4 * self.hidden).movedim(3, 0) + self.bias[:, None, None, None]
+        gates_in = torch.stack([gates_in[0], gates_in[1].flip(2)])  # (2, B, H, W, 4h)
+        skewed = skew(gates_in).movedim(3, 0).unbind(0)  # T = H + W - 1 columns of (2, B, H, 4h)
+        steps = len(skewed)
+        # column t holds pixel (i, t - i); the state left of column 0 is the initial state
+        rows = torch.arange(height, device=m.device)
+        valid = [((t - 1 - rows >= 0) & (t - 1 - rows < width)).view(1, 1, height, 1) for t in range(steps)]
+        h0 = self.h0[:, None, None, :].expand(2, b, height, self.hidden)
+        c0 = self.c0[:, None, None, :].expand(2, b, height, self.hidden)
+        h, c = h0, c0
+        above0 = self.h0[:, None, None, :].expand(2, b, 1, self.hidden)
+        outs = []
+        for t in range(steps):
+            h = torch.where(valid[t], h, h0)
+            c = torch.where(valid[t], c, c0)
+            above = torch.cat([above0, h[:, :, :-1]], 2)  # state of (i - 1, j): previous column, row above
+            state = torch.cat([above, h], -1).reshape(2, b * height, 2 * self.hidden)
+            gates = skewed[t] + torch.bmm(state, self.w_ss).view(2, b, height, 4 * self.hidden)
+            h, c = lstm_cell(gates, c)
+            outs.append(h)
+        out = unskew(torch.stack(outs, 3), width)  # (2, B, H, W, h)
+        return torch.stack([out[0], out[1].flip(2)])
+
+    def forward(self, m: Tensor) -> Tensor:
+        fwd, rev = self.directions(m)
+        rev = F.pad(rev, (0, 0, 0, 0, 1, 0))[:, :-1]  # shifted down one row: rows above only
+        return self.up((fwd + rev).permute(0, 3, 1, 2))
+
+
+# ------------------------------------------------------------------------------- model
+
+
+class PixelRNN(GenerativeModel):
+    """Row LSTM or Diagonal BiLSTM PixelRNN; see the module docstring."""
+
+    name = "pixelrnn"
+    config_cls = PixelRNNConfig
+    exact_likelihood: ClassVar[bool] = True
+
+    @classmethod
+    def resolve_section(cls, section: dict[str, Any]) -> dict[str, Any]:
+        """Expand ``preset``; keys given beside it win, null keys take the preset's value."""
+        section = {k: v for k, v in section.items() if v is not None}
+        preset = section.get("preset", "")
+        if not isinstance(preset, str) or preset not in PRESETS:
+            return section  # validation reports a bad preset
+        return {**PRESETS[preset], **section}
+
+    def __init__(self, config: PixelRNNConfig) -> None:
+        super().__init__(config)
+        channels = 2 * config.hidden
+        self.input_conv = nn.Conv2d(1, channels, 7, padding=3)
+        self.register_buffer("mask_a", causal_mask(7, 7, "A").view(1, 1, 7, 7), persistent=False)
+        if config.variant == "row_lstm":
+            layers = [RowLSTMLayer(channels, config.hidden, config.kernel) for _ in range(config.layers)]
+        else:
+            layers = [DiagonalBiLSTMLayer(channels, config.hidden) for _ in range(config.layers)]
+        self.layers = nn.ModuleList(layers)
+        self.out1 = nn.Conv2d(channels, config.out_hidden, 1)
+        self.out2 = nn.Conv2d(config.out_hidden, 1, 1)
+
+    # ------------------------------------------------------------------- likelihood
+
+    def first_layer(self, x: Tensor) -> Tensor:
+        """The 7x7 mask-A convolution: ``(B, 1, H, W)`` -> ``(B, 2h, H, W)``."""
+        return F.conv2d(x, self.input_conv.weight * self.mask_a, self.input_conv.bias, padding=3)
+
+    def head(self, m: Tensor) -> Tensor:
+        """Output layers (sec. 3.4): ReLU, 1x1, ReLU, 1x1 -> logits ``(B, 1, ...)``."""
+        return self.out2(F.relu(self.out1(F.relu(m))))
+
+    def logits(self, x: Tensor) -> Tensor:
+        """Bernoulli logits of p(x_i = 1 | x_<i) for every pixel, ``(B, 1, H, W)``."""
+        m = self.first_layer(x)
+        for layer in self.layers:
+            m = m + layer(m)  # residual (sec. 3.3)
+        return self.head(m)
+
+    def forward(self, x: Tensor) -> LossTerms:
+        nll = bernoulli_nll(self.logits(x), x)
+        return LossTerms(recon=nll, kl=torch.zeros_like(nll))
+
+    def log_weights(self, x: Tensor, k: int, generator: torch.Generator | None = None) -> Tensor:
+        return (-bernoulli_nll(self.logits(x), x)).expand(k, -1)
+
+    def log_likelihood(self, x: Tensor, k: int = 1, generator: torch.Generator | None = None) -> Tensor:
+        return -bernoulli_nll(self.logits(x), x)
+
+    def reconstruct(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """p(x_i = 1 | the true x_<i) for every pixel: the model's prediction of each pixel
+        from the ones before it (teacher forcing)."""
+        return torch.sigmoid(self.logits(x))
+
+    # -------------------------------------------------------------------- sampling
+
+    @torch.no_grad()
+    def generate(
+        self, n: int, generator: torch.Generator | None = None, temperature: float = 1.0, *,
+        size: tuple[int, int] = (SIZE, SIZE), given: Tensor | None = None, mask: Tensor | None = None,
+        on_row: Any = None,
+    ) -> tuple[Tensor, Tensor]:
+        """Draw images pixel by pixel in raster order, one row pass per pixel with the rows
+        above cached (states and maps), never a full forward per pixel.
+
+        With ``given`` and ``mask`` ``(n, 1, H, W)``, pixels where ``mask`` is False are taken
+        from ``given`` instead of sampled. Returns ``(images, probs)``: the binary images and
+        p(x_i = 1 | x_<i) at every pixel along the way. ``on_row(i, images)`` is called after
+        each row (the pictures of generation).
+        """
+        device = self.input_conv.weight.device
+        height, width = size
+        x = torch.zeros(n, 1, height, width, device=device, dtype=self.input_conv.weight.dtype)
+        probs = torch.zeros_like(x)
+        sampler = (_RowSampler if self.config.variant == "row_lstm" else _DiagonalSampler)(self, n, size)
+        for i in range(height):
+            for j in range(width):
+                logit = sampler.logit(x, i, j)  # (n,)
+                p = torch.sigmoid(logit / temperature)
+                drawn = torch.bernoulli(p, generator=generator)
+                if given is not None and mask is not None:
+                    drawn = torch.where(mask[:, 0, i, j], drawn, given[:, 0, i, j])
+                x[:, 0, i, j] = drawn
+                probs[:, 0, i, j] = p
+            sampler.end_row(x, i)
+            if on_row is not None:
+                on_row(i, x)
+        return x, probs
+
+    def sample(self, n: int, generator: torch.Generator | None = None, temperature: float = 1.0) -> Tensor:
+        """New images: each pixel drawn from p(x_i | x_<i) (logits divided by ``temperature``),
+        returned as the Bernoulli probabilities along the drawn path (grey levels, like the
+        other models' Bernoulli means)."""
+        images, probs = self.generate(n, generator, temperature)
+        return probs
+
+    def complete(
+        self, x: Tensor, mask: Tensor, iterations: int, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """The hidden pixels drawn in raster order from p(x_i | x_<i), the observed ones kept
+        (returned as p(x_i = 1 | x_<i) at the hidden pixels). Exact ancestral sampling of
+        p(hidden | observed) when every observed pixel precedes every hidden one in raster order
+        (the bottom half); for other masks it conditions on the observed pixels above and to
+        the left only (pixels after a hidden one are not looked ahead to). One pass: there are
+        no rounds, so ``iterations`` is not used."""
+        size = (x.shape[-2], x.shape[-1])
+        given = (x > 0.5).float()  # the likelihood's view of the observed pixels: binary
+        _, probs = self.generate(len(x), generator, size=size, given=given, mask=mask)
+        return torch.where(mask, probs, x)
+
+    def sample_steps(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """``(28, n, 1, 28, 28)``: the image after each row is generated (rows not yet drawn grey)."""
+        frames = []
+
+        def keep(i: int, x: Tensor) -> None:
+            frame = torch.full_like(x, 0.5)
+            frame[:, :, : i + 1] = x[:, :, : i + 1]
+            frames.append(frame.clone())
+
+        self.generate(n, generator, on_row=keep)
+        return torch.stack(frames)
+
+
+class _RowSampler:
+    """Row LSTM generation: per layer the previous row's (h, c) is cached; each pixel reruns
+    the current row through every layer (a row's states do not depend on its own pixels'
+    values beyond the current one, so the last pass gives the row's final states)."""
+
+    def __init__(self, model: PixelRNN, n: int, size: tuple[int, int]) -> None:
+        self.model = model
+        hidden, width = model.config.hidden, size[1]
+        self.w_ss = [layer.state_matrix() for layer in model.layers]
+        self.state = [(layer.h0.expand(n, width, hidden), layer.c0.expand(n, width, hidden))
+                      for layer in model.layers]
+        self.next_state = self.state
+
+    def logit(self, x: Tensor, i: int, j: int) -> Tensor:
+        model = self.model
+        window = F.pad(x, (0, 0, 3, 0))[:, :, i : i + 4]  # rows i-3..i (mask A ignores rows below)
+        m = F.conv2d(window, model.input_conv.weight[..., :4, :] * model.mask_a[..., :4, :],
+                     model.input_conv.bias, padding=(0, 3))  # (n, 2h, 1, W): row i
+        new_state = []
+        for layer, (h, c), w_ss in zip(model.layers, self.state, self.w_ss, strict=True):
+            gates_in = layer.input_to_state(m)[:, :, 0].transpose(1, 2)  # (n, W, 4h)
+            h_new, c_new = layer.row_step(gates_in, h, c, w_ss)
+            new_state.append((h_new, c_new))
+            m = m + layer.up(h_new.transpose(1, 2).unsqueeze(2))
+        self.next_state = new_state
+        return model.head(m)[:, 0, 0, j]
+
+    def end_row(self, x: Tensor, i: int) -> None:
+        self.state = self.next_state
+
+
+class _DiagonalSampler:
+    """Diagonal BiLSTM generation, pixel by pixel. Left-to-right states at (i, j) come from
+    (i, j - 1) (this row, just computed) and (i - 1, j) (cached); the right-to-left direction
+    adds, shifted down a row, only context from the rows above, so it is run over a row once
+    that row is complete, from the layer inputs cached while generating it."""
+
+    def __init__(self, model: PixelRNN, n: int, size: tuple[int, int]) -> None:
+        self.model = model
+        height, width = size
+        hidden, channels, layers = model.config.hidden, 2 * model.config.hidden, len(model.layers)
+        like = {"device": model.input_conv.weight.device, "dtype": model.input_conv.weight.dtype}
+        self.width = width
+        # per layer: forward states of the row above, (n, W, h); the reverse direction's
+        # output of the row above, already shifted: what row i adds, (n, W, h)
+        self.above_f = [layer.h0[0].expand(n, width, hidden) for layer in model.layers]
+        self.above_r = [layer.h0[1].expand(n, width, hidden) for layer in model.layers]
+        self.rev_out = [torch.zeros(n, width, hidden, **like) for _ in model.layers]
+        self.inputs = torch.zeros(layers, n, width, channels, **like)  # layer inputs, this row
+        self.row_f = [torch.zeros(n, width, hidden, **like) for _ in model.layers]
+        self.left = [(layer.h0[0].expand(n, hidden), layer.c0[0].expand(n, hidden)) for layer in model.layers]
+
+    def logit(self, x: Tensor, i: int, j: int) -> Tensor:
+        model = self.model
+        patch = F.pad(x, (3, 3, 3, 0))[:, :, i : i + 4, j : j + 7]  # rows i-3..i, cols j-3..j+3
+        weight = model.input_conv.weight[..., :4, :] * model.mask_a[..., :4, :]
+        m = torch.einsum("nchw,ochw->no", patch, weight) + model.input_conv.bias  # (n, 2h)
+        for l_idx, layer in enumerate(model.layers):
+            self.inputs[l_idx, :, j] = m
+            if j == 0:
+                self.left[l_idx] = (layer.h0[0].expand(len(m), layer.hidden), layer.c0[0].expand(len(m), layer.hidden))
+            h_left, c_left = self.left[l_idx]
+            state = torch.cat([self.above_f[l_idx][:, j], h_left], -1)  # [above, left]
+            gates = m @ layer.w_is[0] + layer.bias[0] + state @ layer.w_ss[0]
+            h, c = lstm_cell(gates, c_left)
+            self.left[l_idx] = (h, c)
+            self.row_f[l_idx][:, j] = h
+            m = m + F.linear(h + self.rev_out[l_idx][:, j], layer.up.weight[:, :, 0, 0], layer.up.bias)
+        return model.head(m[:, :, None, None])[:, 0, 0, 0]
+
+    def end_row(self, x: Tensor, i: int) -> None:
+        """Row i is complete: run the right-to-left direction over it (from its right end),
+        which row i + 1 receives after the shift."""
+        for l_idx, layer in enumerate(self.model.layers):
+            n = self.inputs.shape[1]
+            h, c = layer.h0[1].expand(n, layer.hidden), layer.c0[1].expand(n, layer.hidden)
+            row_r = torch.zeros_like(self.row_f[l_idx])
+            for j in reversed(range(self.width)):
+                state = torch.cat([self.above_r[l_idx][:, j], h], -1)
+                gates = self.inputs[l_idx, :, j] @ layer.w_is[1] + layer.bias[1] + state @ layer.w_ss[1]
+                h, c = lstm_cell(gates, c)
+                row_r[:, j] = h
+            self.above_r[l_idx] = row_r
+            self.rev_out[l_idx] = row_r
+            self.above_f[l_idx] = self.row_f[l_idx].clone()
