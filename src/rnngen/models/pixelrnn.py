@@ -320,8 +320,7 @@ class PixelRNN(GenerativeModel):
         """New images: each pixel drawn from p(x_i | x_<i) (logits divided by ``temperature``),
         returned as the Bernoulli probabilities along the drawn path (grey levels, like the
         other models' Bernoulli means)."""
-        images, probs = self.generate(n, generator, temperature)
-        return probs
+        return self.generate(n, generator, temperature)[1]
 
     def complete(
         self, x: Tensor, mask: Tensor, iterations: int, generator: torch.Generator | None = None
@@ -389,7 +388,7 @@ class _DiagonalSampler:
 
     def __init__(self, model: PixelRNN, n: int, size: tuple[int, int]) -> None:
         self.model = model
-        height, width = size
+        width = size[1]
         hidden, channels, layers = model.config.hidden, 2 * model.config.hidden, len(model.layers)
         like = {"device": model.input_conv.weight.device, "dtype": model.input_conv.weight.dtype}
         self.width = width
