@@ -87,13 +87,15 @@ def causal_mask(height: int, width: int, kind: Literal["A", "B"]) -> Tensor:
 
 
 def lstm_cell(gates: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
-    """Eq. 3: gates ``(..., 4h)`` ordered [i, f, o, g] -> the new (h, c); one sigmoid for the
-    three gates, one tanh for g."""
+    """Eq. 3: gates ``(..., 4h)`` ordered [i, f, o, g] -> the new (h, c).
+
+    One sigmoid for all four gates, tanh(g) = 2 sigmoid(2 g) - 1, and ``unbind`` rather than
+    slices: a slice's backward fills a zero tensor the size of the whole input, every step."""
     h_dim = c.shape[-1]
-    ifo = torch.sigmoid(gates[..., : 3 * h_dim])
-    g = torch.tanh(gates[..., 3 * h_dim :])
-    c = ifo[..., h_dim : 2 * h_dim] * c + ifo[..., :h_dim] * g
-    return ifo[..., 2 * h_dim :] * torch.tanh(c), c
+    scale = gates.new_tensor([1.0, 1.0, 1.0, 2.0]).repeat_interleave(h_dim)
+    i, f, o, sg = torch.sigmoid(gates * scale).unflatten(-1, (4, h_dim)).unbind(-2)
+    c = f * c + i * (2 * sg - 1)
+    return o * torch.tanh(c), c
 
 
 # ----------------------------------------------------------------------------- skewing
@@ -131,13 +133,17 @@ class RowLSTMLayer(nn.Module):
         self.w_ss = nn.Parameter(torch.randn(4 * hidden, hidden, 1, kernel) * (hidden * kernel) ** -0.5)
         self.h0 = nn.Parameter(torch.zeros(hidden))
         self.c0 = nn.Parameter(torch.zeros(hidden))
-        self.up = nn.Conv2d(hidden, channels, 1)
+        #: residual: the h outputs back to the 2h maps (a 1x1 convolution)
+        self.up = nn.Linear(hidden, channels)
 
     def input_to_state(self, m: Tensor) -> Tensor:
-        """``(B, C, H, W)`` -> gates' input part ``(B, 4h, H, W)``: the mask-B taps only (the
-        centre and the ``k // 2`` left of it), as a narrower kernel on a left-padded map."""
-        half = self.kernel // 2
-        return F.conv2d(F.pad(m, (half, 0)), self.w_is[..., : half + 1], self.bias)
+        """Maps ``(B, H, W, C)`` -> the gates' input part ``(B, H, W, 4h)``: the mask-B taps
+        only (the centre and the ``k // 2`` left of it) as one GEMM over the unfolded row."""
+        half, width = self.kernel // 2, m.shape[2]
+        padded = F.pad(m, (0, 0, half, 0))  # zeros left of the first column
+        unfolded = torch.cat([padded[:, :, t : t + width] for t in range(half + 1)], -1)  # (B, H, W, (half+1) C)
+        w = self.w_is[:, :, 0, : half + 1].permute(2, 1, 0).reshape(-1, 4 * self.hidden)
+        return torch.addmm(self.bias, unfolded.flatten(0, 2), w).view(*m.shape[:3], 4 * self.hidden)
 
     def state_matrix(self) -> Tensor:
         """The state-to-state kernel as a ``(k h, 4h)`` matrix, tap-major."""
@@ -151,9 +157,10 @@ class RowLSTMLayer(nn.Module):
         return lstm_cell(gates_in + unfolded @ w_ss, c)
 
     def forward(self, m: Tensor) -> Tensor:
-        b, _, height, width = m.shape
-        # unbind, not gates_in[i]: each indexing's backward would fill a whole zero map
-        gates_in = self.input_to_state(m).permute(2, 0, 3, 1).unbind(0)  # H x (B, W, 4h)
+        """Maps ``(B, H, W, C)`` -> the layer's output ``(B, H, W, C)`` (before the residual add)."""
+        b, height, width, _ = m.shape
+        # unbind, not gates_in[:, i]: each indexing's backward would fill a whole zero map
+        gates_in = self.input_to_state(m).unbind(1)  # H x (B, W, 4h)
         w_ss = self.state_matrix()
         h = self.h0.expand(b, width, self.hidden)
         c = self.c0.expand(b, width, self.hidden)
@@ -161,8 +168,7 @@ class RowLSTMLayer(nn.Module):
         for i in range(height):
             h, c = self.row_step(gates_in[i], h, c, w_ss)
             rows.append(h)
-        out = torch.stack(rows, 1).permute(0, 3, 1, 2)  # (B, h, H, W)
-        return self.up(out)
+        return self.up(torch.stack(rows, 1))  # (B, H, W, C)
 
 
 class DiagonalBiLSTMLayer(nn.Module):
@@ -179,13 +185,13 @@ class DiagonalBiLSTMLayer(nn.Module):
         self.w_ss = nn.Parameter(torch.randn(2, 2 * hidden, 4 * hidden) * (2 * hidden) ** -0.5)
         self.h0 = nn.Parameter(torch.zeros(2, hidden))
         self.c0 = nn.Parameter(torch.zeros(2, hidden))
-        self.up = nn.Conv2d(hidden, channels, 1)
+        self.up = nn.Linear(hidden, channels)
 
     def directions(self, m: Tensor) -> Tensor:
-        """``(B, C, H, W)`` -> each direction's hidden states ``(2, B, H, W, h)`` in the
+        """Maps ``(B, H, W, C)`` -> each direction's hidden states ``(2, B, H, W, h)`` in the
         image's own orientation (the right-to-left one not yet shifted)."""
-        b, _, height, width = m.shape
-        x = m.permute(0, 2, 3, 1)  # (B, H, W, C)
+        b, height, width, _ = m.shape
+        x = m
         # input-to-state for both directions in one product; the reverse one sees the mirror
         w = self.w_is.permute(1, 0, 2).reshape(x.shape[-1], 8 * self.hidden)  # (C, [dir, 4h])
         gates_in = (x @ w).view(b, height, width, 2, 4 * self.hidden).movedim(3, 0) + self.bias[:, None, None, None]
@@ -194,27 +200,36 @@ class DiagonalBiLSTMLayer(nn.Module):
         steps = len(skewed)
         # column t holds pixel (i, t - i); the state left of column 0 is the initial state
         rows = torch.arange(height, device=m.device)
-        valid = [((t - 1 - rows >= 0) & (t - 1 - rows < width)).view(1, 1, height, 1) for t in range(steps)]
+        valid = [((t - 1 - rows >= 0) & (t - 1 - rows < width)).to(m.dtype).view(1, 1, height, 1)
+                 for t in range(steps)]
         h0 = self.h0[:, None, None, :].expand(2, b, height, self.hidden)
         c0 = self.c0[:, None, None, :].expand(2, b, height, self.hidden)
+        # the 2x1 kernel as [above | left] weights side by side: one batched GEMM a column
+        w_above, w_left = self.w_ss.unflatten(1, (2, self.hidden)).unbind(1)  # (2, h, 4h) each
+        w = torch.cat([w_above, w_left], -1)  # (2, h, 8h)
+        # row 0 has no row above: its "above" state is the initial state, a constant term
+        above0 = torch.bmm(self.h0.unsqueeze(1), w_above)  # (2, 1, 4h)
+        first_row = F.pad(above0.unsqueeze(1), (0, 0, 0, height - 1))  # (2, 1, H, 4h): row 0 only
         h, c = h0, c0
-        above0 = self.h0[:, None, None, :].expand(2, b, 1, self.hidden)
         outs = []
         for t in range(steps):
-            h = torch.where(valid[t], h, h0)
-            c = torch.where(valid[t], c, c0)
-            above = torch.cat([above0, h[:, :, :-1]], 2)  # state of (i - 1, j): previous column, row above
-            state = torch.cat([above, h], -1).reshape(2, b * height, 2 * self.hidden)
-            gates = skewed[t] + torch.bmm(state, self.w_ss).view(2, b, height, 4 * self.hidden)
+            # arithmetic, not torch.where: its backward would fill zero tensors every step
+            h = h0 + valid[t] * (h - h0)
+            c = c0 + valid[t] * (c - c0)
+            above, left = torch.bmm(h.reshape(2, b * height, self.hidden), w).view(
+                2, b, height, 2, 4 * self.hidden).unbind(3)
+            # the state of (i - 1, j) was in the previous column, a row up: shift down one row
+            gates = skewed[t] + left + F.pad(above, (0, 0, 1, -1)) + first_row
             h, c = lstm_cell(gates, c)
             outs.append(h)
         out = unskew(torch.stack(outs, 3), width)  # (2, B, H, W, h)
         return torch.stack([out[0], out[1].flip(2)])
 
     def forward(self, m: Tensor) -> Tensor:
+        """Maps ``(B, H, W, C)`` -> the layer's output ``(B, H, W, C)`` (before the residual add)."""
         fwd, rev = self.directions(m)
         rev = F.pad(rev, (0, 0, 0, 0, 1, 0))[:, :-1]  # shifted down one row: rows above only
-        return self.up((fwd + rev).permute(0, 3, 1, 2))
+        return self.up(fwd + rev)
 
 
 # ------------------------------------------------------------------------------- model
@@ -246,25 +261,25 @@ class PixelRNN(GenerativeModel):
         else:
             layers = [DiagonalBiLSTMLayer(channels, config.hidden) for _ in range(config.layers)]
         self.layers = nn.ModuleList(layers)
-        self.out1 = nn.Conv2d(channels, config.out_hidden, 1)
-        self.out2 = nn.Conv2d(config.out_hidden, 1, 1)
+        self.out1 = nn.Linear(channels, config.out_hidden)  # the 1x1 output convolutions
+        self.out2 = nn.Linear(config.out_hidden, 1)
 
     # ------------------------------------------------------------------- likelihood
 
     def first_layer(self, x: Tensor) -> Tensor:
-        """The 7x7 mask-A convolution: ``(B, 1, H, W)`` -> ``(B, 2h, H, W)``."""
+        """The 7x7 mask-A convolution: ``(B, 1, H, W)`` -> maps ``(B, 2h, H, W)``."""
         return F.conv2d(x, self.input_conv.weight * self.mask_a, self.input_conv.bias, padding=3)
 
     def head(self, m: Tensor) -> Tensor:
-        """Output layers (sec. 3.4): ReLU, 1x1, ReLU, 1x1 -> logits ``(B, 1, ...)``."""
+        """Output layers (sec. 3.4) on channels-last maps: ReLU, 1x1, ReLU, 1x1 -> one logit."""
         return self.out2(F.relu(self.out1(F.relu(m))))
 
     def logits(self, x: Tensor) -> Tensor:
         """Bernoulli logits of p(x_i = 1 | x_<i) for every pixel, ``(B, 1, H, W)``."""
-        m = self.first_layer(x)
+        m = self.first_layer(x).permute(0, 2, 3, 1)  # channels last from here: (B, H, W, 2h)
         for layer in self.layers:
             m = m + layer(m)  # residual (sec. 3.3)
-        return self.head(m)
+        return self.head(m).permute(0, 3, 1, 2)
 
     def forward(self, x: Tensor) -> LossTerms:
         nll = bernoulli_nll(self.logits(x), x)
@@ -366,15 +381,15 @@ class _RowSampler:
         model = self.model
         window = F.pad(x, (0, 0, 3, 0))[:, :, i : i + 4]  # rows i-3..i (mask A ignores rows below)
         m = F.conv2d(window, model.input_conv.weight[..., :4, :] * model.mask_a[..., :4, :],
-                     model.input_conv.bias, padding=(0, 3))  # (n, 2h, 1, W): row i
+                     model.input_conv.bias, padding=(0, 3)).permute(0, 2, 3, 1)  # (n, 1, W, 2h): row i
         new_state = []
         for layer, (h, c), w_ss in zip(model.layers, self.state, self.w_ss, strict=True):
-            gates_in = layer.input_to_state(m)[:, :, 0].transpose(1, 2)  # (n, W, 4h)
+            gates_in = layer.input_to_state(m)[:, 0]  # (n, W, 4h)
             h_new, c_new = layer.row_step(gates_in, h, c, w_ss)
             new_state.append((h_new, c_new))
-            m = m + layer.up(h_new.transpose(1, 2).unsqueeze(2))
+            m = m + layer.up(h_new).unsqueeze(1)
         self.next_state = new_state
-        return model.head(m)[:, 0, 0, j]
+        return model.head(m)[:, 0, j, 0]
 
     def end_row(self, x: Tensor, i: int) -> None:
         self.state = self.next_state
@@ -416,8 +431,8 @@ class _DiagonalSampler:
             h, c = lstm_cell(gates, c_left)
             self.left[l_idx] = (h, c)
             self.row_f[l_idx][:, j] = h
-            m = m + F.linear(h + self.rev_out[l_idx][:, j], layer.up.weight[:, :, 0, 0], layer.up.bias)
-        return model.head(m[:, :, None, None])[:, 0, 0, 0]
+            m = m + layer.up(h + self.rev_out[l_idx][:, j])
+        return model.head(m)[:, 0]
 
     def end_row(self, x: Tensor, i: int) -> None:
         """Row i is complete: run the right-to-left direction over it (from its right end),

@@ -15,6 +15,14 @@ from torch import Tensor
 from rnngen.models.pixelrnn import DiagonalBiLSTMLayer, PixelRNN, RowLSTMLayer, causal_mask
 
 
+def conv1x1(linear: torch.nn.Linear, m: Tensor) -> Tensor:
+    """A 1x1 convolution with ``linear``'s weights on an NCHW map."""
+    return F.conv2d(m, linear.weight[:, :, None, None], linear.bias)
+
+
+
+
+
 def cell(gates: Tensor, c: Tensor, dim: int) -> tuple[Tensor, Tensor]:
     i, f, o, g = gates.chunk(4, dim)
     c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
@@ -33,7 +41,7 @@ def row_lstm(layer: RowLSTMLayer, m: Tensor) -> Tensor:
         gates = gates_in[:, :, i] + F.conv1d(h, layer.w_ss[:, :, 0], padding=k // 2)  # (B, 4h, W)
         h, c = cell(gates, c, 1)
         rows.append(h)
-    return layer.up(torch.stack(rows, 2))
+    return conv1x1(layer.up, torch.stack(rows, 2))
 
 
 def diagonal_bilstm(layer: DiagonalBiLSTMLayer, m: Tensor) -> Tensor:
@@ -56,7 +64,7 @@ def diagonal_bilstm(layer: DiagonalBiLSTMLayer, m: Tensor) -> Tensor:
         out = torch.stack([torch.stack(row, 1) for row in grid], 1)  # (B, H, W, h)
         outputs.append(out if d == 0 else out.flip(2))
     shifted = torch.cat([torch.zeros_like(outputs[1][:, :1]), outputs[1][:, :-1]], 1)  # down one row
-    return layer.up((outputs[0] + shifted).permute(0, 3, 1, 2))
+    return conv1x1(layer.up, (outputs[0] + shifted).permute(0, 3, 1, 2))
 
 
 def logits(model: PixelRNN, x: Tensor) -> Tensor:
@@ -64,4 +72,4 @@ def logits(model: PixelRNN, x: Tensor) -> Tensor:
     m = F.conv2d(x, model.input_conv.weight * causal_mask(7, 7, "A").to(x), model.input_conv.bias, padding=3)
     for layer in model.layers:
         m = m + (row_lstm(layer, m) if isinstance(layer, RowLSTMLayer) else diagonal_bilstm(layer, m))
-    return model.out2(F.relu(model.out1(F.relu(m))))
+    return conv1x1(model.out2, F.relu(conv1x1(model.out1, F.relu(m))))
