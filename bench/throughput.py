@@ -32,6 +32,8 @@ MODELS: dict[str, tuple[str, dict]] = {
     "mlp_vae": ("mlp_vae", {}),
     "draw": ("draw", {}),
     "draw_paper": ("draw", {"preset": "paper"}),
+    "pixelrnn_row_lstm": ("pixelrnn", {"variant": "row_lstm"}),
+    "pixelrnn_diagonal_bilstm": ("pixelrnn", {"variant": "diagonal_bilstm"}),
 }
 PAPER_CEILING = 400.0  # images/s: ~384 MFLOP per DRAW training image at ~157 GFLOP/s (2 cores)
 
