@@ -73,6 +73,8 @@ class GenerativeModel(nn.Module, ABC):
     hidden_fields: ClassVar[tuple[str, ...]] = ("hidden",)
     #: True when ``log_likelihood`` is exact (autoregressive models); False: a k-sample bound
     exact_likelihood: ClassVar[bool] = False
+    #: ``model.<name>.preset`` values -> the config keys each sets
+    presets: ClassVar[dict[str, dict[str, Any]]] = {}
 
     def __init__(self, config: Any) -> None:
         super().__init__()
@@ -80,8 +82,15 @@ class GenerativeModel(nn.Module, ABC):
 
     @classmethod
     def resolve_section(cls, section: dict[str, Any]) -> dict[str, Any]:
-        """Hook to expand presets in ``params['model'][name]`` before validation."""
-        return section
+        """``params['model'][name]`` before validation: ``preset`` (a key of ``presets``)
+        expands; keys given beside it win, and a key set to null (params.yaml lists every knob
+        as null) takes the preset's value, else the default. Idempotent: ``asdict(config)``,
+        which keeps ``preset`` and states every field, resolves to the same config."""
+        section = {k: v for k, v in section.items() if v is not None}
+        preset = section.get("preset", "")
+        if not isinstance(preset, str) or preset not in cls.presets:
+            return section  # validation reports a bad preset
+        return {**cls.presets[preset], **section}
 
     @property
     def device(self) -> torch.device:

@@ -507,18 +507,8 @@ class DRAW(GenerativeModel):
 
     name = "draw"
     config_cls = DRAWConfig
+    presets = PRESETS
     hidden_fields = ("enc_hidden", "dec_hidden")
-
-    @classmethod
-    def resolve_section(cls, section: dict[str, Any]) -> dict[str, Any]:
-        """Expand ``preset``; keys given beside it win, and a key set to null (params.yaml lists
-        every knob as null) takes the preset's value, else the default. Idempotent:
-        ``asdict(config)``, which keeps ``preset`` and states every field, resolves to the same config."""
-        section = {k: v for k, v in section.items() if v is not None}
-        preset = section.get("preset", "")
-        if not isinstance(preset, str) or preset not in PRESETS:
-            return section  # validation reports a bad preset
-        return {**PRESETS[preset], **section}
 
     def __init__(self, config: DRAWConfig) -> None:
         super().__init__(config)

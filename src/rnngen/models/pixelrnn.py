@@ -240,16 +240,8 @@ class PixelRNN(GenerativeModel):
 
     name = "pixelrnn"
     config_cls = PixelRNNConfig
+    presets = PRESETS
     exact_likelihood: ClassVar[bool] = True
-
-    @classmethod
-    def resolve_section(cls, section: dict[str, Any]) -> dict[str, Any]:
-        """Expand ``preset``; keys given beside it win, null keys take the preset's value."""
-        section = {k: v for k, v in section.items() if v is not None}
-        preset = section.get("preset", "")
-        if not isinstance(preset, str) or preset not in PRESETS:
-            return section  # validation reports a bad preset
-        return {**PRESETS[preset], **section}
 
     def __init__(self, config: PixelRNNConfig) -> None:
         super().__init__(config)
