@@ -179,6 +179,77 @@ def test_a_changed_line_of_model_code_retrains(project: Path) -> None:
     assert client_of(project).get_run(after["run_id"]).data.tags["source_sha256"] != old_source
 
 
+AUDIT = """
+import json, os, runpy, sys
+opened = set()
+WRITE = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
+
+def hook(event, args):
+    if event != "open" or not args or not isinstance(args[0], (str, bytes, os.PathLike)):
+        return
+    mode = args[1] if len(args) > 1 else "r"
+    flags = args[2] if len(args) > 2 and isinstance(args[2], int) else 0
+    if (isinstance(mode, str) and any(c in mode for c in "wax+")) or flags & WRITE:
+        return  # outputs: written, not read
+    opened.add(os.path.abspath(os.fsdecode(args[0])))
+
+sys.addaudithook(hook)
+script, sys.argv = sys.argv[1], sys.argv[1:]
+sys.path.insert(0, os.path.dirname(os.path.abspath(script)))
+code = 0
+try:
+    runpy.run_path(script, run_name="__main__")
+except SystemExit as exc:
+    code = exc.code or 0
+with open(os.environ["RNNGEN_OPENED"], "w") as fh:
+    json.dump(sorted(opened), fh)
+sys.exit(code)
+"""
+
+
+def stage_reads(repo: Path, name: str, stage: dict, log: Path) -> set[str]:
+    """The project files stage ``name``'s command opens for reading (its modules too: imports
+    open them), as paths relative to ``repo``, ``.pyc`` files mapped to their source."""
+    import shlex
+
+    argv = shlex.split(stage["cmd"])
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(repo / "src"),
+           "RNNGEN_OPENED": str(log)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    proc = subprocess.run([sys.executable, "-c", AUDIT, *argv[1:]], cwd=repo, env=env, capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, f"{name}: {proc.stderr[-3000:]}"
+    out = set()
+    for path in json.loads(log.read_text()):
+        p = Path(path)
+        if p.parent.name == "__pycache__":
+            p = p.parent.parent / (p.name.split(".")[0] + ".py")
+        try:
+            out.add(p.resolve().relative_to(repo.resolve()).as_posix())
+        except ValueError:
+            continue  # outside the project: the environment, not a dependency
+    return out
+
+
+def test_every_file_a_stage_reads_is_declared(project: Path, tmp_path: Path) -> None:
+    """Each stage's command, run for real under an audit hook: every project file it opens for
+    reading is a declared dep, a declared param file, or its own output (or a store that DVC
+    does not track)."""
+    from test_dvc_deps import covered, dep_paths
+
+    stages_ = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]
+    ignored = ("mlflow.db", "mlartifacts/", ".dvc/", ".git/")
+    for name in ("download", "split", "tune", "train", "classifier", "evaluate"):
+        stage = stages_[name]
+        outs = [next(iter(o)) if isinstance(o, dict) else o
+                for key in ("outs", "metrics", "plots") for o in stage.get(key, [])]
+        reads = stage_reads(project, name, stage, tmp_path / f"{name}.json")
+        undeclared = sorted(r for r in reads if not r.startswith(ignored) and r != "params.yaml"
+                            and not covered(project / r, dep_paths(stage) + outs, project))
+        assert not undeclared, f"stage {name} reads files dvc.yaml does not declare: {undeclared}"
+        assert any(r.startswith(f"src/rnngen/stages/{name}") for r in reads)  # the hook saw the imports
+
+
 def test_bad_param_fails_before_compute_and_leaves_no_output(project: Path) -> None:
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["train"]["batch_size"] = 0

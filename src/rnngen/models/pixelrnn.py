@@ -189,40 +189,44 @@ class DiagonalBiLSTMLayer(nn.Module):
 
     def directions(self, m: Tensor) -> Tensor:
         """Maps ``(B, H, W, C)`` -> each direction's hidden states ``(2, B, H, W, h)`` in the
-        image's own orientation (the right-to-left one not yet shifted)."""
-        b, height, width, _ = m.shape
-        x = m
+        image's own orientation (the right-to-left one not yet shifted).
+
+        Layout: direction, row, column, then batch and features, so that skewing (over row and
+        column) and taking one skewed column are views, and their backward copies no strided
+        tensors."""
+        b, height, width, channels = m.shape
+        hid = self.hidden
         # input-to-state for both directions in one product; the reverse one sees the mirror
-        w = self.w_is.permute(1, 0, 2).reshape(x.shape[-1], 8 * self.hidden)  # (C, [dir, 4h])
-        gates_in = (x @ w).view(b, height, width, 2, 4 * self.hidden).movedim(3, 0) + self.bias[:, None, None, None]
-        gates_in = torch.stack([gates_in[0], gates_in[1].flip(2)])  # (2, B, H, W, 4h)
-        skewed = skew(gates_in).movedim(3, 0).unbind(0)  # T = H + W - 1 columns of (2, B, H, 4h)
+        w = self.w_is.permute(1, 0, 2).reshape(channels, 8 * hid)  # (C, [dir, 4h])
+        gates_in = (m.permute(1, 2, 0, 3) @ w).view(height, width, b, 2, 4 * hid).permute(3, 0, 1, 2, 4)
+        gates_in = torch.stack([gates_in[0], gates_in[1].flip(1)]) + self.bias[:, None, None, None]  # (2, H, W, B, 4h)
+        skewed = skew(gates_in.reshape(2, height, width, b * 4 * hid)).unbind(2)  # T x (2, H, B 4h)
         steps = len(skewed)
         # column t holds pixel (i, t - i); the state left of column 0 is the initial state
         rows = torch.arange(height, device=m.device)
-        valid = [((t - 1 - rows >= 0) & (t - 1 - rows < width)).to(m.dtype).view(1, 1, height, 1)
+        valid = [((t - 1 - rows >= 0) & (t - 1 - rows < width)).to(m.dtype).view(1, height, 1, 1)
                  for t in range(steps)]
-        h0 = self.h0[:, None, None, :].expand(2, b, height, self.hidden)
-        c0 = self.c0[:, None, None, :].expand(2, b, height, self.hidden)
+        h0 = self.h0[:, None, None, :].expand(2, height, b, hid)
+        c0 = self.c0[:, None, None, :].expand(2, height, b, hid)
         # the 2x1 kernel as [above | left] weights side by side: one batched GEMM a column
-        w_above, w_left = self.w_ss.unflatten(1, (2, self.hidden)).unbind(1)  # (2, h, 4h) each
+        w_above, w_left = self.w_ss.unflatten(1, (2, hid)).unbind(1)  # (2, h, 4h) each
         w = torch.cat([w_above, w_left], -1)  # (2, h, 8h)
         # row 0 has no row above: its "above" state is the initial state, a constant term
         above0 = torch.bmm(self.h0.unsqueeze(1), w_above)  # (2, 1, 4h)
-        first_row = F.pad(above0.unsqueeze(1), (0, 0, 0, height - 1))  # (2, 1, H, 4h): row 0 only
+        first_row = F.pad(above0.unsqueeze(1), (0, 0, 0, 0, 0, height - 1))  # (2, H, 1, 4h): row 0 only
         h, c = h0, c0
         outs = []
         for t in range(steps):
             # arithmetic, not torch.where: its backward would fill zero tensors every step
             h = h0 + valid[t] * (h - h0)
             c = c0 + valid[t] * (c - c0)
-            above, left = torch.bmm(h.reshape(2, b * height, self.hidden), w).view(
-                2, b, height, 2, 4 * self.hidden).unbind(3)
+            above, left = torch.bmm(h.reshape(2, height * b, hid), w).view(2, height, b, 2, 4 * hid).unbind(3)
             # the state of (i - 1, j) was in the previous column, a row up: shift down one row
-            gates = skewed[t] + left + F.pad(above, (0, 0, 1, -1)) + first_row
+            gates = skewed[t].view(2, height, b, 4 * hid) + left + F.pad(above, (0, 0, 0, 0, 1, -1)) + first_row
             h, c = lstm_cell(gates, c)
             outs.append(h)
-        out = unskew(torch.stack(outs, 3), width)  # (2, B, H, W, h)
+        out = unskew(torch.stack(outs, 2).view(2, height, steps, b * hid), width)  # (2, H, W, B h)
+        out = out.view(2, height, width, b, hid).permute(0, 3, 1, 2, 4)  # (2, B, H, W, h)
         return torch.stack([out[0], out[1].flip(2)])
 
     def forward(self, m: Tensor) -> Tensor:
