@@ -32,6 +32,19 @@ def window(step: Callable[[], None], iters: int, batch: int) -> float:
     return batch * iters / (time.perf_counter() - start)
 
 
+def training_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, *, plain: bool,
+                  amp: bool) -> Callable[[], None]:
+    """One forward + backward + Adam step of the fast (``plain=False``) or plain code."""
+    def run() -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            logits = reference.logits(model, x) if plain else model.logits(x)
+            loss = bernoulli_nll(logits.float(), x).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return run
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--variants", nargs="+", default=["row_lstm", "diagonal_bilstm"])
@@ -52,18 +65,8 @@ def main() -> None:
         optimizer = torch.optim.Adam(model.parameters(), 1e-3)
         x = torch.bernoulli(torch.full((args.batch, 1, 28, 28), 0.2), generator=torch.Generator().manual_seed(0))
 
-        def step(plain: bool, amp: bool) -> Callable[[], None]:
-            def run() -> None:
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
-                    logits = reference.logits(model, x) if plain else model.logits(x)
-                    loss = bernoulli_nll(logits.float(), x).mean()
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-            return run
-
         for amp in (False, True):
-            fast, plain = step(False, amp), step(True, amp)
+            fast, plain = (training_step(model, optimizer, x, plain=p, amp=amp) for p in (False, True))
             fast(), plain()  # warm-up
             rates: dict[str, list[float]] = {"fast": [], "plain": []}
             for _ in range(args.repeats):  # alternating windows: load falls on both alike
