@@ -7,7 +7,6 @@ the stage. The files a stage opens are checked for real in ``test_pipeline.py``.
 
 from __future__ import annotations
 
-import ast
 import shlex
 from pathlib import Path
 
@@ -15,53 +14,14 @@ import pytest
 import yaml
 
 from conftest import ROOT
+from rnngen import files
 
 SRC = ROOT / "src"
 FIRST_PARTY = ("rnngen", "_common")
 
 
-def module_file(name: str, search: list[Path]) -> Path | None:
-    """The file behind module ``name`` (a module or a package's ``__init__.py``), or None."""
-    for base in search:
-        path = base.joinpath(*name.split("."))
-        for candidate in (path.with_suffix(".py"), path / "__init__.py"):
-            if candidate.is_file():
-                return candidate
-    return None
-
-
-def imported_modules(path: Path) -> set[str]:
-    """Every first-party module ``path`` imports, with the packages that importing runs."""
-    tree = ast.parse(path.read_text(), str(path))
-    names: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            names.update(a.name for a in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.add(node.module)
-            names.update(f"{node.module}.{a.name}" for a in node.names)  # submodules, if they are
-    out = set()
-    for name in names:
-        if name.split(".")[0] in FIRST_PARTY:
-            parts = name.split(".")
-            out.update(".".join(parts[: i + 1]) for i in range(len(parts)))  # parent packages run too
-    return out
-
-
 def import_closure(script: Path, src: Path = SRC) -> set[Path]:
-    search = [script.parent, src]
-    seen: set[Path] = set()
-    todo = [script]
-    while todo:
-        path = todo.pop()
-        if path in seen:
-            continue
-        seen.add(path)
-        for name in imported_modules(path):
-            found = module_file(name, search)
-            if found is not None:
-                todo.append(found)
-    return seen
+    return files.import_closure(script, [script.parent, src], FIRST_PARTY)
 
 
 def stages() -> dict[str, dict]:
@@ -122,4 +82,4 @@ def test_the_real_dvc_yaml_fails_when_a_dep_is_removed() -> None:
 def test_the_stages_package_imports_nothing() -> None:
     """rnngen/stages/__init__.py runs before every stage: importing a stage from it would put
     every stage's code in every stage's closure."""
-    assert imported_modules(SRC / "rnngen" / "stages" / "__init__.py") == set()
+    assert files.imported_modules(SRC / "rnngen" / "stages" / "__init__.py", FIRST_PARTY) == set()

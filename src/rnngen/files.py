@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import hashlib
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -94,14 +95,55 @@ def folder_digest(folder: str | Path, pattern: str = "*") -> str:
     return tree_digest((p for p in folder.glob(pattern) if p.is_file()), folder)
 
 
-def source_digest() -> str:
-    """sha256 of rnngen's own Python source: every module the stages can run.
+def imported_modules(path: Path, packages: Sequence[str]) -> set[str]:
+    """Every module of ``packages`` that ``path`` imports (inside functions too), with the
+    parent packages that importing it runs."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names.update(f"{node.module}.{a.name}" for a in node.names)  # submodules, if they are
+    out = set()
+    for name in names:
+        parts = name.split(".")
+        if parts[0] in packages:
+            out.update(".".join(parts[: i + 1]) for i in range(len(parts)))
+    return out
+
+
+def import_closure(start: Path, search: Sequence[Path], packages: Sequence[str] = ("rnngen",)) -> set[Path]:
+    """The files of ``packages`` (found under ``search``) that running ``start`` can import,
+    walking every import statically, lazy ones too; ``start`` included."""
+    seen: set[Path] = set()
+    todo = [start]
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        for name in imported_modules(path, packages):
+            for base in search:
+                stem = base.joinpath(*name.split("."))
+                found = next((c for c in (stem.with_suffix(".py"), stem / "__init__.py") if c.is_file()), None)
+                if found is not None:
+                    todo.append(found)
+                    break
+    return seen
+
+
+def source_digest(module: str) -> str:
+    """sha256 of the source of ``module`` (e.g. ``rnngen.stages.train``) and of every rnngen
+    module it can import: the code that runs.
 
     Part of the training fingerprint, so that a checkpoint written by other code (a fixed
-    initialisation, a changed loss) is never resumed.
+    initialisation, a changed loss) is never resumed; the same files are the stage's deps in
+    dvc.yaml (tests/test_dvc_deps.py), so what the fingerprint reads, DVC watches.
     """
-    package = Path(__file__).resolve().parent
-    return tree_digest(package.rglob("*.py"), package)
+    src = Path(__file__).resolve().parents[1]
+    start = src.joinpath(*module.split(".")).with_suffix(".py")
+    return tree_digest(import_closure(start, [src]), src)
 
 
 def find_project_root(start: str | Path | None = None) -> Path:

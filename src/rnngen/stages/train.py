@@ -77,7 +77,7 @@ def run(
 
     torch.manual_seed(train_cfg.seed)  # the initial weights too: same params + seed, same model
     model = build_model(choice.name, choice.config).to(device)
-    identity = {"data": data.split_digest(split_dir), "code": source_digest()}
+    identity = {"data": data.split_digest(split_dir), "code": source_digest(__name__)}
     point = resume_point(checkpoint, fingerprint(model, train_cfg, info["binarization"], identity))
     run_id = tracking.live_run(point.state.get("mlflow_run_id")) if point.state else None
     if point.state is None:
