@@ -1,7 +1,8 @@
-"""Pictures for reports and the README: inpainting panels and step-wise canvases (DRAW).
+"""Pictures for reports and the README: sample grids, inpainting panels, and generation over
+time (DRAW's canvas step by step, PixelRNN's image row by row).
 
 Grids use torchvision's layout (2-pixel padding), so every tile of every picture lines up
-with the sample grids of :func:`rnngen.evaluate.save_grid`.
+with the sample grids of :func:`save_grid`.
 """
 
 from __future__ import annotations
