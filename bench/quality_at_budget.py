@@ -26,7 +26,7 @@ from rnngen.models import build_model, model_config
 from rnngen.pictures import canvas_strip, save_grid
 from rnngen.train import TrainConfig, fit
 
-#: name -> (model, model config, train settings); lr 1e-3 everywhere (Adam), batch 64 but for
+#: name -> (model, model config, train settings); Adam, lr --lr (1e-3), batch 64 but for
 #: PixelRNN (batch 32, as the issue's reference run)
 VARIANTS: dict[str, tuple[str, dict, dict]] = {
     "mlp_vae": ("mlp_vae", {}, {}),
@@ -57,6 +57,8 @@ def main() -> None:
     p.add_argument("--models", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--k", type=int, default=100, help="importance samples for the test bound")
     p.add_argument("--no-augment-runs", action="store_true", help="skip the runs with augmentation")
+    p.add_argument("--amp", action="store_true", help="train under bfloat16 autocast (train.amp)")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate of every model (default 1e-3)")
     p.add_argument("--csv", help="also write the table to this CSV file")
     p.add_argument("--pictures", help="save each trained model's samples (and generation over time) here")
     args = p.parse_args()
@@ -72,7 +74,8 @@ def main() -> None:
         for aug in (False,) if args.no_augment_runs else (False, True):
             torch.manual_seed(0)
             model = build_model(name, model_config(name, overrides))
-            cfg = TrainConfig(epochs=10_000, patience=5, device="cpu", time_budget_s=args.budget, lr=1e-3,
+            cfg = TrainConfig(epochs=10_000, patience=5, device="cpu", time_budget_s=args.budget, lr=args.lr,
+                              amp=args.amp,
                               augment_shift=2 if aug else 0, augment_rotate=10.0 if aug else 0.0,
                               **{"batch_size": 64, **train})
             t0 = time.perf_counter()
@@ -83,7 +86,8 @@ def main() -> None:
             if args.pictures:
                 save_pictures(model, Path(args.pictures), f"{variant}{'_augment' if aug else ''}")
             rows.append({
-                "model": variant, "augment": aug, "likelihood": "exact" if model.exact_likelihood else "bound",
+                "model": variant, "augment": aug, "amp": args.amp,
+                "likelihood": "exact" if model.exact_likelihood else "bound",
                 "epochs": len(result.history), "best_epoch": result.best_epoch,
                 "train_s": round(seconds), "val_nelbo": round(result.best_val, 2),
                 "test_nll_elbo": round(bounds["nll_elbo"], 2), "test_nll_iwae": round(bounds["nll_iwae"], 2),

@@ -55,7 +55,8 @@ class TrainConfig:
     augment_shift: int = 0
     #: random rotations up to this many degrees, training batches only (0 = off)
     augment_rotate: float = 0.0
-    #: bfloat16 autocast on CUDA (ignored on CPU)
+    #: bfloat16 autocast: on CUDA, and on CPUs with native bfloat16 (AVX512-BF16 or AMX; others
+    #: train in fp32 and say so); master weights, cell states and the loss stay fp32
     amp: bool = False
     #: stop after this many seconds of training (0 = no limit); for budgeted benchmarks
     time_budget_s: float = 0.0
@@ -89,6 +90,26 @@ class FitResult:
 
 
 EpochHook = Callable[[int, dict[str, float]], None]
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU runs bfloat16 GEMMs natively (AVX512-BF16 or AMX-BF16), where bf16
+    autocast pays; elsewhere oneDNN emulates bf16 and it is slower than fp32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux: trust oneDNN's own check
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def autocast_enabled(amp: bool, device: torch.device) -> bool:
+    """``train.amp`` on this device: always on CUDA, on CPU only with native bfloat16."""
+    if not amp:
+        return False
+    if device.type == "cpu" and not cpu_has_native_bf16():
+        print("train.amp: this CPU has no native bfloat16 (AVX512-BF16/AMX); training in fp32", flush=True)
+        return False
+    return True
 
 
 def resolve_device(name: str, key: str = "train.device") -> torch.device:
@@ -301,6 +322,7 @@ def _fit(
             return result
 
     t_start = time.perf_counter()
+    amp = autocast_enabled(cfg.amp, device)
     for epoch in range(start_epoch, cfg.epochs + 1):
         if result.stopped_early:
             break
@@ -317,7 +339,7 @@ def _fit(
         for step in bar:
             idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
             xb = prepare_batch(train_x[idx], binarization, cfg, gen).to(device)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp and device.type == "cuda"):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 terms = model(xb)
             nelbo = terms.nelbo.mean()
             beta = kl_weight(cfg.kl_warmup_epochs, epoch - 1 + step / n_batches)

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from rnngen.models.base import IMAGE_SHAPE, GenerativeModel, LossTerms, bernoulli_nll, gaussian_kl, randn
+from rnngen.models.lstm import cell, cell_backward
 
 SIZE = IMAGE_SHAPE[-1]  # A = B = 28: the images are square
 PIXELS = SIZE * SIZE
@@ -191,39 +192,6 @@ def _init_windows(bias: Tensor, read_n: int, write_n: int) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# LSTM cell, with tanh(u) computed as 2 sigmoid(2u) - 1
-
-
-def _lstm(gates: Tensor, c_prev: Tensor) -> tuple[Tensor, Tensor, tuple]:
-    """One LSTM update from pre-activations (B, 4H) in PyTorch's (i, f, g, o) order, which it
-    overwrites. Returns h, c and what the backward needs: the sigmoids (i, f, sigmoid(2 u_g), o),
-    g = tanh(u_g), c_prev, tanh(c)."""
-    hid = c_prev.shape[1]
-    gates[:, 2 * hid : 3 * hid].mul_(2)
-    act = gates.sigmoid_()
-    i, f, g, o = act.chunk(4, 1)
-    g = (g + g).sub_(1)
-    c = torch.addcmul(f * c_prev, i, g)
-    tanh_c = torch.sigmoid(c + c).mul_(2).sub_(1)
-    return o * tanh_c, c, (act, g, c_prev, tanh_c)
-
-
-def _lstm_backward(dh: Tensor, dc: Tensor, saved: tuple, out: Tensor) -> Tensor:
-    """Backward of :func:`_lstm` given its saved (act, g, c_prev, tanh_c): writes the gradient
-    of the pre-activations into ``out`` (B, 4H) and returns that of c_prev."""
-    act, g, c_prev, tanh_c = saved
-    i, f, _, o = act.chunk(4, 1)
-    di, df, dg, do = out.chunk(4, 1)
-    torch.mul(dh, tanh_c, out=do)
-    dc = torch.addcmul(dc, dh, torch.addcmul(o, o, tanh_c * tanh_c, value=-1))  # + dh o (1 - tanh^2 c)
-    torch.mul(dc, g, out=di)
-    torch.mul(dc, c_prev, out=df)
-    torch.mul(dc, i, out=dg).mul_(4)  # d/du [2 sigmoid(2u) - 1] = 4 s (1 - s)
-    out.mul_(torch.addcmul(act, act, act, value=-1))  # s (1 - s)
-    return dc * f
-
-
-# ---------------------------------------------------------------------------------------------
 # The T-step recurrence
 
 
@@ -324,11 +292,11 @@ def _run(x: Tensor, eps: Tensor, w: _Weights, spec: _Spec, offsets: Tensor, keep
         else:  # eq. (17): r_t = [x, x_hat]
             r, xf = x_hat.clone() if keep else None, None
             enc_in.add_(x_gates).addmm_(x_hat, w.w_read[PIXELS:])
-        h_enc, c_enc, lstm_e = _lstm(enc_in, c_enc)  # eq. (5): h_enc_t, (B, He)
+        h_enc, c_enc, lstm_e = cell(enc_in, c_enc)  # eq. (5): h_enc_t, (B, He)
         mu, logsig, enc_rec = torch.addmm(w.b_enc, h_enc, w.w_enc).split(enc_splits, 1)  # eqs. (1)-(2)
         sigma = logsig.exp()
         z = torch.addcmul(mu, sigma, eps[t])  # eq. (6), reparameterised, (B, z)
-        h_dec, c_dec, lstm_d = _lstm(torch.addmm(dec_gates, z, w.w_z), c_dec)  # eq. (7), (B, Hd)
+        h_dec, c_dec, lstm_d = cell(torch.addmm(dec_gates, z, w.w_z), c_dec)  # eq. (7), (B, Hd)
         dec_gates, enc_gates, patch, *att_params = torch.addmm(w.b_dec, h_dec, w.w_dec).split(dec_splits, 1)
         u = uf = None
         if att:  # eq. (29); the same h_dec_t gives the read window of step t+1 (eq. 21)
@@ -443,13 +411,13 @@ def _backward(x: Tensor, eps: Tensor, offsets: Tensor, w: _Weights, spec: _Spec,
             d_patch[t].copy_(dcan)
         # decoder, eq. (7); z_t = mu_t + sigma_t eps_t, eq. (6)
         dh_dec = dec_rows[t] @ w_dec_t
-        dc_dec = _lstm_backward(dh_dec, dc_dec, lstm_d[i], out=d_dec_gates[i])
+        dc_dec = cell_backward(dh_dec, dc_dec, lstm_d[i], out=d_dec_gates[i])
         dz = d_dec_gates[i] @ w_z_t
         torch.add(dz, d_mu[i], out=d_mu_rows[t])
         torch.addcmul(d_logsig[i], dz, eps[i] * sigma[i], out=d_logsig_rows[t])
         # encoder, eq. (5): its gate gradient is that of h_dec_{t-1}'s and h_enc_{t-1}'s GEMMs too
         dh_enc = enc_rows[t] @ w_enc_t
-        dc_enc = _lstm_backward(dh_enc, dc_enc, lstm_e[i], out=d_enc_gates[i])
+        dc_enc = cell_backward(dh_enc, dc_enc, lstm_e[i], out=d_enc_gates[i])
         d_enc_rec[i].copy_(d_enc_gates[i])
         # read, eq. (27) or (17); x_hat = x - sigmoid(c_{t-1}), eq. (3)
         s = sig[i]
@@ -600,7 +568,7 @@ class DRAW(GenerativeModel):
         frames = []
         for t in range(spec.steps):
             dec_in = torch.addmm(from_dec[:, : 4 * spec.dec_hidden], eps[t], w.w_z)
-            h_dec, c_dec, _ = _lstm(dec_in, c_dec)  # eq. (14), (n, Hd)
+            h_dec, c_dec, _ = cell(dec_in, c_dec)  # eq. (14), (n, Hd)
             from_dec = torch.addmm(w.b_dec, h_dec, w.w_dec)
             patch = from_dec[:, start : start + spec.write_dim]
             if spec.attention:

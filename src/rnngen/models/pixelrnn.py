@@ -35,6 +35,7 @@ Learned initial states: the state "above the first row" and "left of the first c
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -44,6 +45,7 @@ from torch import Tensor, nn
 
 from rnngen.config import below
 from rnngen.models.base import GenerativeModel, LossTerms, bernoulli_nll
+from rnngen.models.lstm import cell, cell_backward
 
 SIZE = 28
 
@@ -87,15 +89,22 @@ def causal_mask(height: int, width: int, kind: Literal["A", "B"]) -> Tensor:
 
 
 def lstm_cell(gates: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
-    """Eq. 3: gates ``(..., 4h)`` ordered [i, f, o, g] -> the new (h, c).
+    """Eq. 3 under autograd: gates ``(..., 4h)`` ordered [i, f, g, o] (PyTorch's order, as in
+    :mod:`rnngen.models.lstm`) -> the new (h, c).
 
     One sigmoid for all four gates, tanh(g) = 2 sigmoid(2 g) - 1, and ``unbind`` rather than
     slices: a slice's backward fills a zero tensor the size of the whole input, every step."""
     h_dim = c.shape[-1]
-    scale = gates.new_tensor([1.0, 1.0, 1.0, 2.0]).repeat_interleave(h_dim)
-    i, f, o, sg = torch.sigmoid(gates * scale).unflatten(-1, (4, h_dim)).unbind(-2)
+    scale = _gate_scale(h_dim, gates.dtype, gates.device)
+    i, f, sg, o = torch.sigmoid(gates * scale).unflatten(-1, (4, h_dim)).unbind(-2)
     c = f * c + i * (2 * sg - 1)
     return o * torch.tanh(c), c
+
+
+@functools.cache
+def _gate_scale(h_dim: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """1 for the sigmoid gates, 2 for g: sigmoid(2 g) gives tanh(g) = 2 sigmoid(2 g) - 1."""
+    return torch.tensor([1.0, 1.0, 2.0, 1.0], dtype=dtype, device=device).repeat_interleave(h_dim)
 
 
 # ----------------------------------------------------------------------------- skewing
@@ -119,8 +128,86 @@ def unskew(x: Tensor, m: int) -> Tensor:
 # ------------------------------------------------------------------------------ layers
 
 
+class _RowRecurrence(torch.autograd.Function):
+    """The Row LSTM's row loop (sec. 3.1) with a hand-written backward.
+
+    ``gates_in`` ``(H, B, W, 4h)`` is the hoisted input-to-state part; each row adds the 1xk
+    state-to-state convolution of the previous row's h, one GEMM over the row's unfolded states
+    (kept for the backward), then the LSTM cell. The backward runs the rows in reverse with one
+    GEMM a row (the gradient into the previous row's states) and computes the state-to-state
+    weight gradient as a single GEMM over all rows at the end. With ``low`` the GEMM operands
+    are bfloat16 (fp32 accumulation); gates, cell states and weights stay fp32.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, gates_in: Tensor, w_ss: Tensor, h0: Tensor, c0: Tensor, kernel: int,
+                low: bool) -> Tensor:
+        height, b, width, g4 = gates_in.shape
+        hid, half = g4 // 4, kernel // 2
+        dtype = torch.bfloat16 if low else gates_in.dtype
+        w = w_ss.detach().to(dtype)
+        # unfolded[i]: the states row i convolves, tap-major; zeros beyond the row's ends
+        unfolded = gates_in.new_zeros(height, b, width, kernel, hid, dtype=dtype)
+        hs = gates_in.new_empty(height, b, width, hid)
+        acts = gates_in.new_empty(height, b * width, g4)
+
+        def unfold_into(i: int, h: Tensor) -> None:
+            for t in range(kernel):  # tap t of position j is the state at j + t - half
+                lo, hi = max(0, half - t), min(width, width + half - t)
+                unfolded[i, :, lo:hi, t] = h[:, lo + t - half : hi + t - half]
+
+        unfold_into(0, h0.detach().to(dtype).expand(b, width, hid))
+        c = c0.detach().expand(b * width, hid)
+        saved = []
+        for i in range(height):
+            states = unfolded[i].view(b * width, kernel * hid)
+            if low:  # bfloat16 product, added to the fp32 input part
+                torch.add(gates_in[i].view(b * width, g4), states @ w, out=acts[i])
+            else:
+                torch.addmm(gates_in[i].view(b * width, g4), states, w, out=acts[i])
+            h, c, keep = cell(acts[i], c)
+            saved.append(keep)
+            hs[i] = h.view(b, width, hid)
+            if i + 1 < height:
+                unfold_into(i + 1, hs[i])
+        ctx.kernel, ctx.saved_cells = kernel, saved
+        ctx.save_for_backward(unfolded, w)
+        return hs
+
+    @staticmethod
+    def backward(ctx: Any, d_hs: Tensor) -> tuple:
+        unfolded, w = ctx.saved_tensors
+        kernel, saved = ctx.kernel, ctx.saved_cells
+        height, b, width, _, hid = unfolded.shape
+        half, rows = kernel // 2, b * width
+        d_gates = d_hs.new_empty(height, b, width, 4 * hid)
+        d_pad = d_hs.new_empty(b, width + 2 * half, hid)  # gradient into the padded previous row
+        dh_next = d_hs.new_zeros(rows, hid)
+        dc = d_hs.new_zeros(rows, hid)
+        w_t = w.t()
+        for i in reversed(range(height)):
+            dh = d_hs[i].reshape(rows, hid) + dh_next
+            dc = cell_backward(dh, dc, saved[i], out=d_gates[i].view(rows, 4 * hid))
+            # the gradient into the previous row's states: fold the k taps back onto positions
+            d_taps = (d_gates[i].view(rows, 4 * hid).to(w.dtype) @ w_t).view(b, width, kernel, hid)
+            d_pad.zero_()
+            for t in range(kernel):
+                d_pad[:, t : t + width] += d_taps[:, :, t]
+            dh_next = d_pad[:, half : half + width].reshape(rows, hid)
+        flat = d_gates.view(-1, 4 * hid)
+        d_w = (unfolded.view(-1, kernel * hid).t() @ flat.to(w.dtype)).to(d_hs.dtype)  # all rows at once
+        return d_gates, d_w, dh_next.sum(0), dc.sum(0), None, None
+
+
+def low_precision(like: Tensor) -> bool:
+    """Whether bfloat16 autocast is on for ``like``'s device: the hand-written loops follow it."""
+    kind = like.device.type
+    return torch.is_autocast_enabled(kind) and torch.get_autocast_dtype(kind) == torch.bfloat16
+
+
 class RowLSTMLayer(nn.Module):
-    """One Row LSTM layer (sec. 3.1) plus its residual 1x1 upsampling (sec. 3.3)."""
+    """One Row LSTM layer (sec. 3.1) plus its residual 1x1 upsampling (sec. 3.3). It works on
+    row-major maps ``(H, B, W, C)``, so that a row of the whole batch is one contiguous block."""
 
     def __init__(self, channels: int, hidden: int, kernel: int) -> None:
         super().__init__()
@@ -137,11 +224,11 @@ class RowLSTMLayer(nn.Module):
         self.up = nn.Linear(hidden, channels)
 
     def input_to_state(self, m: Tensor) -> Tensor:
-        """Maps ``(B, H, W, C)`` -> the gates' input part ``(B, H, W, 4h)``: the mask-B taps
-        only (the centre and the ``k // 2`` left of it) as one GEMM over the unfolded row."""
+        """Maps ``(H, B, W, C)`` -> the gates' input part ``(H, B, W, 4h)``: the mask-B taps
+        only (the centre and the ``k // 2`` left of it) as one GEMM over the unfolded rows."""
         half, width = self.kernel // 2, m.shape[2]
         padded = F.pad(m, (0, 0, half, 0))  # zeros left of the first column
-        unfolded = torch.cat([padded[:, :, t : t + width] for t in range(half + 1)], -1)  # (B, H, W, (half+1) C)
+        unfolded = torch.cat([padded[:, :, t : t + width] for t in range(half + 1)], -1)  # (H, B, W, (half+1) C)
         w = self.w_is[:, :, 0, : half + 1].permute(2, 1, 0).reshape(-1, 4 * self.hidden)
         return torch.addmm(self.bias, unfolded.flatten(0, 2), w).view(*m.shape[:3], 4 * self.hidden)
 
@@ -150,30 +237,30 @@ class RowLSTMLayer(nn.Module):
         return self.w_ss[:, :, 0, :].permute(2, 1, 0).reshape(self.kernel * self.hidden, 4 * self.hidden)
 
     def row_step(self, gates_in: Tensor, h: Tensor, c: Tensor, w_ss: Tensor) -> tuple[Tensor, Tensor]:
-        """One row: ``gates_in`` ``(B, W, 4h)``, previous row's ``h``, ``c`` ``(B, W, h)``."""
+        """One row without autograd (generation): ``gates_in`` ``(B, W, 4h)``, the previous
+        row's ``h``, ``c`` ``(B, W, h)``."""
         width, half = h.shape[1], self.kernel // 2
         padded = F.pad(h, (0, 0, half, half))  # (B, W + 2 half, h): zeros beyond the edges
         unfolded = torch.cat([padded[:, t : t + width] for t in range(self.kernel)], -1)  # (B, W, k h)
-        return lstm_cell(gates_in + unfolded @ w_ss, c)
+        h, c, _ = cell(gates_in + unfolded @ w_ss, c)
+        return h, c
 
     def forward(self, m: Tensor) -> Tensor:
-        """Maps ``(B, H, W, C)`` -> the layer's output ``(B, H, W, C)`` (before the residual add)."""
-        b, height, width, _ = m.shape
-        # unbind, not gates_in[:, i]: each indexing's backward would fill a whole zero map
-        gates_in = self.input_to_state(m).unbind(1)  # H x (B, W, 4h)
-        w_ss = self.state_matrix()
-        h = self.h0.expand(b, width, self.hidden)
-        c = self.c0.expand(b, width, self.hidden)
-        rows = []
-        for i in range(height):
-            h, c = self.row_step(gates_in[i], h, c, w_ss)
-            rows.append(h)
-        return self.up(torch.stack(rows, 1))  # (B, H, W, C)
+        """Maps ``(H, B, W, C)`` -> the layer's output ``(H, B, W, C)`` (before the residual add)."""
+        low = low_precision(m)
+        gates_in = self.input_to_state(m)
+        if low:
+            gates_in = gates_in.float()  # autocast gave bfloat16; the cell runs in fp32
+        with torch.autocast(m.device.type, enabled=False):  # the loop casts its own GEMM operands
+            w_ss = self.state_matrix().to(gates_in.dtype)
+            hs = _RowRecurrence.apply(gates_in, w_ss, self.h0, self.c0, self.kernel, low)
+        return self.up(hs)
 
 
 class DiagonalBiLSTMLayer(nn.Module):
-    """One Diagonal BiLSTM layer (sec. 3.2) plus its residual 1x1 upsampling (sec. 3.3).
-    Parameters are stacked over the two directions: [left-to-right, right-to-left]."""
+    """One Diagonal BiLSTM layer (sec. 3.2) plus its residual 1x1 upsampling (sec. 3.3), on
+    row-major maps ``(H, B, W, C)`` like the Row LSTM's. Parameters are stacked over the two
+    directions: [left-to-right, right-to-left]."""
 
     def __init__(self, channels: int, hidden: int) -> None:
         super().__init__()
@@ -188,17 +275,17 @@ class DiagonalBiLSTMLayer(nn.Module):
         self.up = nn.Linear(hidden, channels)
 
     def directions(self, m: Tensor) -> Tensor:
-        """Maps ``(B, H, W, C)`` -> each direction's hidden states ``(2, B, H, W, h)`` in the
+        """Maps ``(H, B, W, C)`` -> each direction's hidden states ``(2, H, B, W, h)`` in the
         image's own orientation (the right-to-left one not yet shifted).
 
         Layout: direction, row, column, then batch and features, so that skewing (over row and
         column) and taking one skewed column are views, and their backward copies no strided
         tensors."""
-        b, height, width, channels = m.shape
+        height, b, width, channels = m.shape
         hid = self.hidden
         # input-to-state for both directions in one product; the reverse one sees the mirror
         w = self.w_is.permute(1, 0, 2).reshape(channels, 8 * hid)  # (C, [dir, 4h])
-        gates_in = (m.permute(1, 2, 0, 3) @ w).view(height, width, b, 2, 4 * hid).permute(3, 0, 1, 2, 4)
+        gates_in = (m.permute(0, 2, 1, 3) @ w).view(height, width, b, 2, 4 * hid).permute(3, 0, 1, 2, 4)
         gates_in = torch.stack([gates_in[0], gates_in[1].flip(1)]) + self.bias[:, None, None, None]  # (2, H, W, B, 4h)
         skewed = skew(gates_in.reshape(2, height, width, b * 4 * hid)).unbind(2)  # T x (2, H, B 4h)
         steps = len(skewed)
@@ -226,13 +313,13 @@ class DiagonalBiLSTMLayer(nn.Module):
             h, c = lstm_cell(gates, c)
             outs.append(h)
         out = unskew(torch.stack(outs, 2).view(2, height, steps, b * hid), width)  # (2, H, W, B h)
-        out = out.view(2, height, width, b, hid).permute(0, 3, 1, 2, 4)  # (2, B, H, W, h)
+        out = out.view(2, height, width, b, hid).permute(0, 1, 3, 2, 4)  # (2, H, B, W, h)
         return torch.stack([out[0], out[1].flip(2)])
 
     def forward(self, m: Tensor) -> Tensor:
-        """Maps ``(B, H, W, C)`` -> the layer's output ``(B, H, W, C)`` (before the residual add)."""
+        """Maps ``(H, B, W, C)`` -> the layer's output ``(H, B, W, C)`` (before the residual add)."""
         fwd, rev = self.directions(m)
-        rev = F.pad(rev, (0, 0, 0, 0, 1, 0))[:, :-1]  # shifted down one row: rows above only
+        rev = F.pad(rev, (0, 0, 0, 0, 0, 0, 1, 0))[:-1]  # shifted down one row: rows above only
         return self.up(fwd + rev)
 
 
@@ -272,10 +359,10 @@ class PixelRNN(GenerativeModel):
 
     def logits(self, x: Tensor) -> Tensor:
         """Bernoulli logits of p(x_i = 1 | x_<i) for every pixel, ``(B, 1, H, W)``."""
-        m = self.first_layer(x).permute(0, 2, 3, 1)  # channels last from here: (B, H, W, 2h)
+        m = self.first_layer(x).permute(2, 0, 3, 1)  # row-major, channels last from here: (H, B, W, 2h)
         for layer in self.layers:
             m = m + layer(m)  # residual (sec. 3.3)
-        return self.head(m).permute(0, 3, 1, 2)
+        return self.head(m).permute(1, 3, 0, 2)
 
     def forward(self, x: Tensor) -> LossTerms:
         nll = bernoulli_nll(self.logits(x), x)

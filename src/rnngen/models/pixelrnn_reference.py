@@ -20,11 +20,8 @@ def conv1x1(linear: torch.nn.Linear, m: Tensor) -> Tensor:
     return F.conv2d(m, linear.weight[:, :, None, None], linear.bias)
 
 
-
-
-
 def cell(gates: Tensor, c: Tensor, dim: int) -> tuple[Tensor, Tensor]:
-    i, f, o, g = gates.chunk(4, dim)
+    i, f, g, o = gates.chunk(4, dim)
     c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
     return torch.sigmoid(o) * torch.tanh(c), c
 
