@@ -6,11 +6,11 @@ BIN    := $(CURDIR)/$(VENV)/bin
 STAMP  := $(VENV)/.installed
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup repro test test-fast test-e2e lint bench ui clean retrain
+.PHONY: setup repro test test-fast test-e2e lint bench ui server clean retrain
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,server]'
 	touch $(STAMP)
 
 setup: $(STAMP)  ## create .venv with rnngen and its pinned dependencies
@@ -47,6 +47,9 @@ bench: setup     ## print pipeline and model benchmarks (see bench/)
 
 ui: setup        ## open the MLflow UI on the project's store
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --port 5000
+
+server: setup    ## a team's tracking server + tuning database: PostgreSQL and mlflow server (Ctrl-C stops)
+	$(BIN)/rnngen server
 
 clean:           ## remove untracked pipeline outputs and local stores (keeps .venv and tracked files)
 	rm -rf data/raw data/split models tune/best_params.json tune/study checkpoints classifier/classifier.pt \

@@ -5,6 +5,7 @@
     rnngen evaluate  NLL bounds, Fréchet classifier distance, inpainting scores (test split or your images)
     rnngen promote   move the champion alias to the model dvc repro just made, if it wins
     rnngen info      which version is champion, and its metrics
+    rnngen server    a team's tracking server and tuning database (PostgreSQL + mlflow server)
 
 A model is models:/NAME@ALIAS, models:/NAME/VERSION (or just the version number), or a
 local checkpoint (models/model.pt, or the train stage's models/ folder). The MLflow store is
@@ -295,6 +296,15 @@ def cmd_info(args: argparse.Namespace) -> None:
     print(json.dumps(registry.model_info(args.name or d.model_name, args.alias or d.alias), indent=2))
 
 
+# ------------------------------------------------------------------------------ server
+
+
+def cmd_server(args: argparse.Namespace) -> None:
+    from rnngen import server
+
+    server.serve(args.dir, args.pg_port, args.port, args.host)
+
+
 # ------------------------------------------------------------------------------ parser
 
 
@@ -429,6 +439,24 @@ tolerance. The first model becomes champion. This changes the registry, so it is
 """, cmd_info)
     p.add_argument("--name", default=None, help="registered model name (default: tracking.model_name)")
     p.add_argument("--alias", default=None, help="alias to look up (default: promote.alias)")
+
+    text = "start a team's tracking server and tuning database: PostgreSQL + mlflow server (until Ctrl-C)"
+    p = sub.add_parser("server", help=text, description=text, formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="""examples:
+  rnngen server                                   # then, in the shell that runs the pipeline:
+  export MLFLOW_TRACKING_URI=http://127.0.0.1:5000
+  export RNNGEN_OPTUNA_STORAGE=postgresql+psycopg2://rnngen@127.0.0.1:5433/optuna
+  rnngen server --dir /srv/rnngen --port 5001 --pg-port 5434
+
+PostgreSQL listens on 127.0.0.1 only and trusts local connections; needs the PostgreSQL server
+(apt-get install postgresql) and the driver (pip install -e '.[server]').""")
+    p.set_defaults(func=cmd_server)
+    p.add_argument("--dir", type=Path, default=Path(".rnngen-server"),
+                   help="folder of the PostgreSQL cluster, the logs and the artifacts (default: %(default)s)")
+    p.add_argument("--port", type=int, default=5000, help="mlflow server port (default: %(default)s)")
+    p.add_argument("--pg-port", type=int, default=5433, help="PostgreSQL port (default: %(default)s)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="interface mlflow server listens on (default: %(default)s; 0.0.0.0 for a team)")
     return parser
 
 

@@ -198,11 +198,16 @@ class StorageSpec:
         return optuna.storages.RDBStorage(self.url, engine_kwargs=engine)
 
     @contextlib.contextmanager
-    def budget_lock(self) -> Iterator[None]:
-        """Held while a worker counts the budget and creates a trial, so N workers on one
-        journal never overshoot it. POSIX flock: the kernel frees it when a holder is killed.
-        RDB workers on many machines skip it; two of them asking in the same instant can
-        overshoot the budget by a trial."""
+    def budget_lock(self, study: str) -> Iterator[None]:
+        """Held while a worker counts the budget of ``study`` and creates a trial, so workers
+        never overshoot it. Journal: a POSIX flock, which the kernel frees when a holder is
+        killed. PostgreSQL: a session advisory lock, which the server frees when a holder's
+        connection drops, so workers on many machines share it. Other databases take no lock:
+        two workers asking in the same instant can overshoot the budget by a trial."""
+        if self.url.startswith("postgresql"):
+            with self._advisory_lock(study):
+                yield
+            return
         if not self.journal:
             yield
             return
@@ -214,6 +219,24 @@ class StorageSpec:
                 yield
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+    @contextlib.contextmanager
+    def _advisory_lock(self, study: str) -> Iterator[None]:
+        import sqlalchemy
+        from sqlalchemy.pool import NullPool
+
+        key = int.from_bytes(hashlib.sha256(f"rnngen-tune-budget:{study}".encode()).digest()[:8], "big", signed=True)
+        engine = sqlalchemy.create_engine(self.url, poolclass=NullPool)
+        try:
+            with engine.connect() as conn:
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": key})
+                try:
+                    yield
+                finally:
+                    conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+        finally:
+            engine.dispose()
 
 
 def open_storage(cfg: TuneConfig, study_dir: Path) -> tuple[StorageSpec, Any]:
@@ -463,7 +486,7 @@ def _work(job: _Job, worker: int, *, finish: bool, ready: Any = None) -> None:
     if ready is not None:
         ready.set()
     while True:
-        with job.storage.budget_lock():
+        with job.storage.budget_lock(job.study_name):
             _recover_stale(study, job.cfg)
             used, running = budget_used(study.get_trials(deepcopy=False))
             trial = study.ask() if used < job.cfg.n_trials else None

@@ -1,0 +1,182 @@
+"""A team's setup with the real servers: PostgreSQL (Debian's, a fresh cluster in a temporary
+folder on a free loopback port) and ``mlflow server`` on it with an artifact proxy, both started
+by :mod:`rnngen.server` as ``rnngen server`` starts them. The whole pipeline runs against them,
+and two tune processes, as if on two machines, share one study on PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, copy_project, tiny_params
+from rnngen import server
+from test_pipeline import BIN, run
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def team() -> Iterator[tuple[server.Postgres, server.MlflowServer, Path]]:
+    if server.postgres_bin("initdb") is None:
+        pytest.skip("the PostgreSQL server is not installed (apt-get install postgresql; .ci/run installs it)")
+    pytest.importorskip("psycopg2", reason="the PostgreSQL driver: pip install -e '.[server]'")
+    # Not under pytest's tmp_path: as root the cluster runs as the postgres user, who cannot
+    # enter pytest's 0700 folders.
+    folder = Path(tempfile.mkdtemp(prefix="rnngen-team-"))
+    folder.chmod(0o755)
+    try:
+        with server.team_servers(folder, server.free_port(), server.free_port()) as (pg, ml):
+            yield pg, ml, folder
+        assert not (pg.data / "postmaster.pid").exists(), "PostgreSQL was not stopped"
+        assert ml.process.poll() is not None, "mlflow server was not stopped"
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def team_env(pg: server.Postgres, ml: server.MlflowServer) -> dict[str, str]:
+    return {"MLFLOW_TRACKING_URI": ml.url, "RNNGEN_OPTUNA_STORAGE": pg.url("optuna")}
+
+
+def finished_trials(url: str) -> list:
+    import optuna
+
+    names = optuna.study.get_all_study_names(url)
+    return [t for name in names for t in optuna.load_study(study_name=name, storage=url).get_trials()]
+
+
+def test_the_pipeline_logs_and_registers_through_the_server_and_tunes_on_postgres(
+    team: tuple[server.Postgres, server.MlflowServer, Path], tmp_path: Path
+) -> None:
+    from mlflow import MlflowClient
+
+    pg, ml, folder = team
+    repo = copy_project(tmp_path / "repo", tiny_params())
+    env = team_env(pg, ml)
+    run([str(BIN / "dvc"), "repro"], repo, env=env)
+    promoted = run([str(BIN / "rnngen"), "promote"], repo, env=env)
+    assert "first champion" in promoted.stdout
+
+    record = json.loads((repo / "models/run.json").read_text())
+    assert record["tracking_uri"] == ml.url
+    assert not (repo / "mlflow.db").exists()  # nothing went to the local store
+    client = MlflowClient(ml.url)
+    training = client.get_run(record["run_id"])
+    assert training.info.status == "FINISHED" and training.data.params["model.name"] == "row_lstm_vae"
+    assert [m.step for m in client.get_metric_history(training.info.run_id, "val_loss")] == [1, 2]
+    champion = client.get_model_version_by_alias("rnngen", "champion")
+    assert champion.run_id == training.info.run_id
+    evaluation = client.get_run(champion.tags["evaluation_run_id"])
+    pictures = {a.path for a in client.list_artifacts(evaluation.info.run_id, "pictures")}
+    assert "pictures/samples.png" in pictures
+    # the artifacts went through the server's proxy into its destination folder
+    stored = {p.name for p in (folder / "artifacts").rglob("*.png")}
+    assert "samples.png" in stored
+    assert "mlflow-artifacts:" in training.info.artifact_uri
+
+    # the champion serves from the server: the CLI downloads it through the proxy
+    sample = run([str(BIN / "rnngen"), "sample", "--n", "4", "--out", "s.png"], repo, env=env)
+    assert "models:/rnngen@champion (version 1" in sample.stdout and (repo / "s.png").stat().st_size > 0
+
+    # the search lived in PostgreSQL, not in a journal file
+    trials = finished_trials(pg.url("optuna"))
+    assert len(trials) == 2 and all(t.state.is_finished() for t in trials)
+    assert not any((repo / "tune/study").glob("*.log"))
+
+
+def test_two_tune_processes_share_one_study_on_postgres(
+    team: tuple[server.Postgres, server.MlflowServer, Path], tmp_path: Path, split_dir: Path
+) -> None:
+    """Like two machines: two processes run the tune stage with the same params at once; the
+    budget of 6 trials is met exactly, every trial ran once, both processes ran trials."""
+    import yaml
+    from mlflow import MlflowClient
+
+    pg, ml, _ = team
+    database = "optuna_shared"
+    _create_database(pg, database)
+    url = pg.url(database)
+    # trials of a few seconds (all 3,600 training images), so that both processes get some
+    params = tiny_params(**{"tune.n_trials": 6, "tune.workers": 1, "tune.threads": 1, "tune.pruner": "none",
+                            "tune.hidden": [8, 16], "tune.epochs": 2, "tune.train_images": 0,
+                            "tracking.experiment": "shared"})
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {**os.environ, **team_env(pg, ml), "RNNGEN_OPTUNA_STORAGE": url, "PYTHONPATH": str(ROOT / "src")}
+    procs = [
+        subprocess.Popen([sys.executable, str(ROOT / "pipeline/tune.py"), "--params", str(tmp_path / "params.yaml"),
+                          "--split", str(split_dir), "--study-dir", str(tmp_path / f"study{i}"),
+                          "--out", str(tmp_path / f"best{i}.json")],
+                         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for i in (1, 2)
+    ]
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    for p, out in zip(procs, outputs, strict=True):
+        assert p.returncode == 0, out
+
+    trials = finished_trials(url)
+    assert len(trials) == 6, [(t.number, t.state.name) for t in trials]
+    assert all(t.state.name == "COMPLETE" for t in trials)
+    workers = Counter(t.user_attrs["worker"] for t in trials)
+    assert len(workers) == 2, workers  # both processes ran trials
+    # each trial trained once: one MLflow child run per trial number
+    client = MlflowClient(ml.url)
+    experiment = client.get_experiment_by_name("shared-tune")
+    children = [r for r in client.search_runs([experiment.experiment_id]) if "optuna.trial_number" in r.data.tags]
+    assert sorted(int(r.data.tags["optuna.trial_number"]) for r in children) == list(range(6))
+    best = [json.loads((tmp_path / f"best{i}.json").read_text()) for i in (1, 2)]
+    assert best[0] == best[1]  # the same study, the same winner, the same bytes for DVC
+
+
+def _create_database(pg: server.Postgres, name: str) -> None:
+    import psycopg2
+
+    conn = psycopg2.connect(host="127.0.0.1", port=pg.port, user=pg.user, dbname="postgres")
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute(f'CREATE DATABASE "{name}"')
+    conn.close()
+
+
+def test_rnngen_server_starts_both_and_stops_them_on_sigterm(tmp_path: Path) -> None:
+    """The command users run (``make server``): prints the exports, serves, stops cleanly."""
+    import signal
+    import time
+    import urllib.request
+
+    if server.postgres_bin("initdb") is None:
+        pytest.skip("the PostgreSQL server is not installed (apt-get install postgresql; .ci/run installs it)")
+    folder = Path(tempfile.mkdtemp(prefix="rnngen-serve-"))
+    folder.chmod(0o755)
+    port, pg_port = server.free_port(), server.free_port()
+    proc = subprocess.Popen([str(BIN / "rnngen"), "server", "--dir", str(folder / "srv"), "--port", str(port),
+                             "--pg-port", str(pg_port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        lines = []
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if line.startswith("Ctrl-C"):
+                break
+        text = "".join(lines)
+        assert f"export MLFLOW_TRACKING_URI=http://127.0.0.1:{port}" in text, text
+        assert f"export RNNGEN_OPTUNA_STORAGE=postgresql+psycopg2://rnngen@127.0.0.1:{pg_port}/optuna" in text
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as resp:
+            assert resp.status == 200
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+        assert not (folder / "srv/postgres/data/postmaster.pid").exists()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        shutil.rmtree(folder, ignore_errors=True)
