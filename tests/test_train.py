@@ -16,6 +16,8 @@ from rnngen.train import (
     NonFiniteLossError,
     TrainConfig,
     augment,
+    autocast_enabled,
+    cpu_has_native_bf16,
     fingerprint,
     fit,
     kl_weight,
@@ -44,6 +46,25 @@ def test_fit_learns_and_reports_history(arrays) -> None:
     assert [h["epoch"] for h in result.history] == [1, 2, 3]
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
     assert result.best_val == min(h["val_loss"] for h in result.history)
+
+
+def test_amp_on_cpu_trains_in_bfloat16_exactly_where_the_cpu_has_it(arrays, capsys) -> None:
+    """train.amp on CPU: bfloat16 autocast where the CPU runs bf16 natively (the losses then
+    differ from fp32 but stay close), fp32 and a message where it does not (identical losses)."""
+    def losses(amp: bool) -> list[float]:
+        torch.manual_seed(0)
+        model = build_model("pixelrnn", model_config("pixelrnn", {"layers": 1, "hidden": 4, "out_hidden": 8}))
+        cfg = dataclasses.replace(CFG, epochs=2, amp=amp)
+        return [h["train_loss"] for h in fit(model, *arrays, cfg, "dynamic", progress=False).history]
+
+    assert not autocast_enabled(False, torch.device("cpu"))
+    native = cpu_has_native_bf16()
+    assert autocast_enabled(True, torch.device("cpu")) == native
+    fp32, amp = losses(False), losses(True)
+    if native:
+        assert fp32 != amp and max(abs(a - b) for a, b in zip(fp32, amp, strict=True)) < 1.0
+    else:
+        assert fp32 == amp and "no native bfloat16" in capsys.readouterr().out
 
 
 def test_early_stopping(arrays) -> None:

@@ -10,12 +10,14 @@ boundaries, so a resumed run on CPU ends bit-identical to an uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import math
+import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -60,13 +62,19 @@ class TrainConfig:
     amp: bool = False
     #: stop after this many seconds of training (0 = no limit); for budgeted benchmarks
     time_budget_s: float = 0.0
+    #: data-parallel processes (torchrun, DistributedDataParallel: gloo on CPU, NCCL on CUDA);
+    #: batch_size is the global batch, split across them; 1 = this process alone
+    processes: int = 1
     #: KL warm-up: the KL term's weight rises linearly from 0 to 1 over this many epochs
     #: (0 = off). Stops DRAW's posterior collapse (KL -> 0, the model draws the mean image).
     kl_warmup_epochs: float = 0.0
 
     def problems(self) -> list[str]:
         out = below(self, epochs=1, batch_size=1, patience=1, grad_clip=0, augment_shift=0, augment_rotate=0,
-                    kl_warmup_epochs=0)
+                    kl_warmup_epochs=0, processes=1)
+        if 1 <= self.batch_size < self.processes:
+            out.append(f"batch_size: {self.batch_size} cannot be split across {self.processes} processes; "
+                       "batch_size is the global batch, so give at least one image per process")
         if not self.lr > 0:
             out.append(f"lr: learning rate must be > 0, got {self.lr}")
         if not 0 <= self.momentum < 1:
@@ -110,6 +118,74 @@ def autocast_enabled(amp: bool, device: torch.device) -> bool:
         print("train.amp: this CPU has no native bfloat16 (AVX512-BF16/AMX); training in fp32", flush=True)
         return False
     return True
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """This process's place in a data-parallel job (rank 0 of 1 when there is none)."""
+
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        """Rank 0: the one that prints, logs to MLflow and writes checkpoints and outputs."""
+        return self.rank == 0
+
+
+def ranks() -> Ranks:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return Ranks(dist.get_rank(), dist.get_world_size())
+    return Ranks()
+
+
+@contextlib.contextmanager
+def distributed(device: str = "auto") -> Iterator[Ranks]:
+    """Join the process group torchrun describes (``WORLD_SIZE`` > 1 in the environment) for
+    the ``with`` block: NCCL when this process trains on CUDA, gloo on CPU. Without torchrun,
+    one process of one."""
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1 or dist.is_initialized():
+        yield ranks()
+        return
+    _exit_with_parent()
+    cuda = device != "cpu" and torch.cuda.is_available()
+    if cuda:  # each rank its own GPU: "cuda" below means cuda:LOCAL_RANK
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group("nccl" if cuda else "gloo")
+    try:
+        yield ranks()
+    finally:
+        dist.destroy_process_group()
+
+
+def _exit_with_parent(interval: float = 0.5) -> None:
+    """torchrun starts each worker in a session of its own, so a ``kill -9`` of the job (of
+    ``dvc repro``, of torchrun) would leave the workers training and rank 0 writing the
+    checkpoint under the next run. A worker whose parent is gone exits at once."""
+    import threading
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval)
+        os._exit(3)
+
+    threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
+
+
+def _all_sum(values: Tensor, r: Ranks) -> Tensor:
+    """Sum of ``values`` over the ranks (itself for one process)."""
+    if r.world > 1:
+        import torch.distributed as dist
+
+        dist.all_reduce(values)
+    return values
 
 
 def resolve_device(name: str, key: str = "train.device") -> torch.device:
@@ -161,16 +237,20 @@ def kl_weight(warmup_epochs: float, progress_epochs: float) -> float:
 def evaluate_nelbo(
     model: GenerativeModel, x: Tensor, binarization: str, batch_size: int, seed: int
 ) -> float:
-    """Mean negative ELBO (nats/image) over uint8 images ``x``, with a fixed binarization seed."""
+    """Mean negative ELBO (nats/image) over uint8 images ``x``, with a fixed binarization seed.
+    In a data-parallel job each rank scores its share of every batch and the sums are added."""
     gen = torch.Generator().manual_seed(seed)
     device = model.device
-    total = 0.0
+    r = ranks()
+    total = torch.zeros((), dtype=torch.float64, device=device)
     model.eval()
     with torch.no_grad():
         for start in range(0, len(x), batch_size):
-            xb = prepare_batch(x[start : start + batch_size], binarization, None, gen).to(device)
-            total += model(xb).nelbo.sum().item()
-    return total / len(x)
+            xb = prepare_batch(x[start : start + batch_size], binarization, None, gen)  # all of it: same draws
+            mine = torch.tensor_split(xb, r.world)[r.rank].to(device)
+            if len(mine):
+                total += model(mine).nelbo.sum().double()
+    return float(_all_sum(total, r)) / len(x)
 
 
 Phase = Literal["training", "trained", "registered"]
@@ -180,10 +260,11 @@ def fingerprint(
     model: GenerativeModel, cfg: TrainConfig, binarization: str, identity: Mapping[str, str] | None = None
 ) -> dict[str, str]:
     """What a checkpoint must match to be resumed, part by part: the model and train config
-    (the device aside), the binarization, and ``identity`` (the train stage passes the
+    (the device and the number of processes aside), the binarization, and ``identity`` (the train stage passes the
     split's digest as ``data`` and rnngen's source digest as ``code``)."""
     train = dataclasses.asdict(cfg)
     train.pop("device")
+    train.pop("processes")  # same global batch, same curve: a checkpoint resumes on any number
 
     def digest(obj: Any) -> str:
         return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -260,7 +341,8 @@ def fit(
 
     With ``checkpoint`` the full training state is saved after every epoch and resumed by the
     rules of :func:`resume_point` (fingerprint: :func:`fingerprint` with ``identity``).
-    ``on_epoch(epoch, metrics)`` runs after each epoch (log, prune: it may raise).
+    ``on_epoch(epoch, metrics)`` runs after each epoch (log, prune: it may raise), on rank 0 of
+    a data-parallel job (:func:`distributed`), which alone prints and writes the checkpoint.
     ``extra_state`` is stored in the checkpoint (e.g. the MLflow run id).
     """
     device = model.device
@@ -280,15 +362,22 @@ def _fit(
     extra_state: dict[str, Any] | None, progress: bool,
 ) -> FitResult:
     device = model.device
+    r = ranks()
     torch.manual_seed(cfg.seed)  # model noise (reparameterisation) uses the global stream
     optimizer = make_optimizer(model, cfg)
+    # Data parallel: DDP averages the gradients over the ranks after each backward.
+    net: Any = model
+    if r.world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     result = FitResult()
     bad_epochs, start_epoch = 0, 1
     expected = fingerprint(model, cfg, binarization, identity)
     ckpt_path = Path(checkpoint) if checkpoint else None
 
     def save(epoch: int, phase: Phase) -> None:
-        if ckpt_path is None:
+        if ckpt_path is None or not r.main:  # one writer: rank 0
             return
         ckpt.save(ckpt_path, {
             "model": ckpt.model_spec(model), "weights": model.state_dict(),
@@ -302,7 +391,7 @@ def _fit(
         })
 
     point = resume_point(ckpt_path, expected) if ckpt_path is not None else ResumePoint(None, "")
-    if ckpt_path is not None:
+    if ckpt_path is not None and r.main:
         print(point.reason, flush=True)
     if point.state is not None:
         state = point.state
@@ -335,18 +424,24 @@ def _fit(
         t0 = time.perf_counter()
         # disable=None: bars on a terminal, none in CI logs (the epoch line below is always printed)
         bar = tqdm(range(n_batches), desc=f"epoch {epoch}/{cfg.epochs}", leave=False,
-                   disable=None if progress else True, unit="batch")
+                   disable=None if progress and r.main else True, unit="batch")
         for step in bar:
             idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-            xb = prepare_batch(train_x[idx], binarization, cfg, gen).to(device)
+            # Every rank draws the whole global batch (same generator, same draws as one
+            # process) and trains on its slice of it.
+            xb = prepare_batch(train_x[idx], binarization, cfg, gen)
+            xb = torch.tensor_split(xb, r.world)[r.rank].to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                terms = model(xb)
-            nelbo = terms.nelbo.mean()
+                terms = net(xb)
             beta = kl_weight(cfg.kl_warmup_epochs, epoch - 1 + step / n_batches)
-            loss = nelbo if beta == 1.0 else terms.recon.mean() + beta * terms.kl.mean()
-            if not torch.isfinite(loss):
+            # The slice's sum over the global batch size, times the ranks DDP averages over:
+            # the gradient of the global batch's mean, however the batch is split.
+            total = terms.nelbo.sum() if beta == 1.0 else terms.recon.sum() + beta * terms.kl.sum()
+            loss = total * (r.world / len(idx))
+            stats = _all_sum(torch.stack([terms.nelbo.sum(), terms.recon.sum(), terms.kl.sum()]).detach().double(), r)
+            if not torch.isfinite(stats).all():
                 raise NonFiniteLossError(
-                    f"non-finite loss ({loss.item()}) at epoch {epoch}, step {step + 1}; "
+                    f"non-finite loss ({stats[0].item() / len(idx)}) at epoch {epoch}, step {step + 1}; "
                     "lower train.lr or set train.grad_clip; the last good checkpoint is kept"
                 )
             optimizer.zero_grad(set_to_none=True)
@@ -354,11 +449,10 @@ def _fit(
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             optimizer.step()
-            n = len(idx)
-            sums["loss"] += nelbo.item() * n  # the true negative ELBO, whatever the warm-up weight
-            sums["recon"] += terms.recon.detach().sum().item()
-            sums["kl"] += terms.kl.detach().sum().item()
-            bar.set_postfix(loss=f"{loss.item():.1f}")
+            # the true negative ELBO, whatever the warm-up weight
+            for key, value in zip(("loss", "recon", "kl"), stats.tolist(), strict=True):
+                sums[key] += value
+            bar.set_postfix(loss=f"{stats[0].item() / len(idx):.1f}")
         seconds = time.perf_counter() - t0
         val = evaluate_nelbo(model, val_x, binarization, max(cfg.batch_size, 256), cfg.seed + 1)
         metrics = {
@@ -381,15 +475,18 @@ def _fit(
             bad_epochs += 1
         result.stopped_early = bad_epochs >= cfg.patience
         over_budget = cfg.time_budget_s > 0 and time.perf_counter() - t_start > cfg.time_budget_s
-        print(
-            f"epoch {epoch:3d}  train {metrics['train_loss']:8.2f}  (recon {metrics['train_recon']:.2f}"
-            f" + kl {metrics['train_kl']:.2f})  val {val:8.2f}  {metrics['images_per_second']:.0f} img/s"
-            + ("  *" if result.best_epoch == epoch else ""),
-            flush=True,
-        )
+        if r.world > 1:  # clocks differ: all ranks stop when any is over, or they would deadlock
+            over_budget = bool(_all_sum(torch.tensor(float(over_budget), device=device), r) > 0)
+        if r.main:
+            print(
+                f"epoch {epoch:3d}  train {metrics['train_loss']:8.2f}  (recon {metrics['train_recon']:.2f}"
+                f" + kl {metrics['train_kl']:.2f})  val {val:8.2f}  {metrics['images_per_second']:.0f} img/s"
+                + ("  *" if result.best_epoch == epoch else ""),
+                flush=True,
+            )
         # Hook first (log, prune), then checkpoint: a kill in between re-runs this epoch, which
         # logs the same values again rather than leaving a hole in the curves.
-        if on_epoch is not None:
+        if on_epoch is not None and r.main:
             on_epoch(epoch, metrics)
         save(epoch, "training")
         if over_budget:

@@ -22,7 +22,16 @@ from rnngen import data, registry, tracking
 from rnngen.config import gather, section, set_dotted, to_flat_dict
 from rnngen.files import atomic_dir, atomic_file, read_json, source_digest, write_json
 from rnngen.models import GenerativeModel, ModelChoice, build_model, model_choice
-from rnngen.train import TrainConfig, fingerprint, fit, mark_registered, resolve_device, resume_point
+from rnngen.train import (
+    Ranks,
+    TrainConfig,
+    distributed,
+    fingerprint,
+    fit,
+    mark_registered,
+    resolve_device,
+    resume_point,
+)
 
 
 def read_hparams(path: Path | None) -> dict[str, Any]:
@@ -58,7 +67,17 @@ def run(
     checkpoint: Path,
     history_csv: Path,
 ) -> dict[str, Any]:
-    """Train the configured model; log the run to MLflow and register the model."""
+    """Train the configured model; log the run to MLflow and register the model. Under
+    torchrun every rank trains its share of each batch; rank 0 alone logs and writes."""
+    device = str(section(TrainConfig, params, "train").device)
+    with distributed(device) as ranks:
+        return _run(params, split_dir, hparams, out, checkpoint, history_csv, ranks)
+
+
+def _run(
+    params: Mapping[str, Any], split_dir: Path, hparams: Path | None, out: Path, checkpoint: Path,
+    history_csv: Path, ranks: Ranks,
+) -> dict[str, Any]:
     import mlflow
     import pandas as pd
 
@@ -73,11 +92,16 @@ def run(
     x_train, _ = data.load_split(split_dir, "train")
     x_val, _ = data.load_split(split_dir, "val")
     device = resolve_device(train_cfg.device)
-    tracking.setup(track_cfg.experiment)  # fails fast on an unreachable store
-
+    if ranks.world != train_cfg.processes and ranks.main:
+        print(f"train: {ranks.world} process(es) (train.processes is {train_cfg.processes}); "
+              f"the global batch of {train_cfg.batch_size} is split across them")
     torch.manual_seed(train_cfg.seed)  # the initial weights too: same params + seed, same model
     model = build_model(choice.name, choice.config).to(device)
     identity = {"data": data.split_digest(split_dir), "code": source_digest(__name__)}
+    if not ranks.main:  # the other ranks train their shares; rank 0 logs, checkpoints, registers
+        fit(model, x_train, x_val, train_cfg, info["binarization"], checkpoint=checkpoint, identity=identity)
+        return {}
+    tracking.setup(track_cfg.experiment)  # fails fast on an unreachable store
     point = resume_point(checkpoint, fingerprint(model, train_cfg, info["binarization"], identity))
     run_id = tracking.live_run(point.state.get("mlflow_run_id")) if point.state else None
     if point.state is None:
