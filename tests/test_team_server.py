@@ -5,6 +5,7 @@ and two tune processes, as if on two machines, share one study on PostgreSQL."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -18,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, copy_project, tiny_params
-from rnngen import server
+from rnngen import server, tune
 from test_pipeline import BIN, run
 
 pytestmark = pytest.mark.e2e
@@ -133,6 +134,58 @@ def test_two_tune_processes_share_one_study_on_postgres(
     assert sorted(int(r.data.tags["optuna.trial_number"]) for r in children) == list(range(6))
     best = [json.loads((tmp_path / f"best{i}.json").read_text()) for i in (1, 2)]
     assert best[0] == best[1]  # the same study, the same winner, the same bytes for DVC
+
+
+def test_a_killed_workers_trial_is_failed_and_retried_by_optunas_heartbeat(
+    team: tuple[server.Postgres, server.MlflowServer, Path], tmp_path: Path, split_dir: Path
+) -> None:
+    """On PostgreSQL, Optuna's own parts: the storage's heartbeat goes silent when the worker is
+    SIGKILLed; the next worker fails that trial after the grace period (fail_stale_trials) and
+    Optuna's retry callback queues it again with the same parameters; the budget is met."""
+    import signal
+    import time
+
+    import yaml
+
+    pg, ml, _ = team
+    _create_database(pg, "optuna_stale")
+    url = pg.url("optuna_stale")
+    params = tiny_params(**{"tune.n_trials": 3, "tune.heartbeat_s": 1, "tune.stale_after_s": 3,
+                            "tune.pruner": "none", "tune.epochs": 3, "tune.train_images": 0,
+                            "tracking.experiment": "stale"})
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {**os.environ, **team_env(pg, ml), "RNNGEN_OPTUNA_STORAGE": url, "PYTHONPATH": str(ROOT / "src")}
+    cmd = [sys.executable, str(ROOT / "pipeline/tune.py"), "--params", str(tmp_path / "params.yaml"),
+           "--split", str(split_dir), "--study-dir", str(tmp_path / "study"), "--out", str(tmp_path / "best.json")]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    running: list = []
+    while not running and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+        with contextlib.suppress(Exception):  # the study may not exist yet
+            running = [t for t in finished_or_running(url) if t.state.name == "RUNNING"]
+    assert proc.poll() is None and running, "the worker ended before a trial could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    (killed,) = running
+
+    again = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert f"trial {killed.number}: its worker" in again.stdout and "queued again" in again.stdout
+    trials = {t.number: t for t in finished_or_running(url)}
+    assert trials[killed.number].state.name == "FAIL"
+    (retry,) = [t for t in trials.values() if t.system_attrs.get("failed_trial") == killed.number]
+    assert retry.state.name == "COMPLETE" and retry.params == trials[killed.number].params
+    assert sum(t.state.name == "COMPLETE" for t in trials.values()) == 3
+    assert tune.budget_used(list(trials.values())) == (3, 0)  # the failed one's retry took its place
+
+
+def finished_or_running(url: str) -> list:
+    import optuna
+
+    (name,) = optuna.study.get_all_study_names(url)
+    return optuna.load_study(study_name=name, storage=url).get_trials()
 
 
 def _create_database(pg: server.Postgres, name: str) -> None:

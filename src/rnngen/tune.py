@@ -10,10 +10,14 @@ workers on many machines. The study name is a digest of what defines the search,
 a kill continues the same study and a changed search space starts a new one. ``tune.n_trials``
 is a budget shared by all workers: finished trials (complete, pruned, failed) count toward it.
 
-Crashed workers: Optuna 5 has heartbeats for RDB storages only, so every worker stamps its
-running trial (user attrs ``worker`` = host:pid and ``heartbeat``) itself; a running trial whose
-process is gone (same host) or whose heartbeat is older than ``tune.stale_after_s`` is marked
-FAIL and re-queued with the same parameters (at most :data:`MAX_RETRIES` times).
+Crashed workers. On an RDB storage (PostgreSQL) Optuna's own parts do it: the storage records
+a heartbeat per running trial (``heartbeat_interval`` = ``tune.heartbeat_s``), a worker fails the
+trials silent for longer than ``tune.stale_after_s`` (``optuna.storages.fail_stale_trials``) and
+``RetryHeartbeatStaleTrialCallback`` queues each again with its parameters. Optuna 5 has no
+heartbeat for the journal file, so there rnngen keeps its own: every worker stamps its running
+trial (user attrs ``worker`` = host:pid and ``heartbeat``); a running trial whose process is gone
+(same host) or whose heartbeat is older than ``tune.stale_after_s`` is marked FAIL and re-queued.
+Either way a trial is retried at most :data:`MAX_RETRIES` times.
 
 MLflow: one parent run per study and budget, one nested child run per trial, written here (the
 Optuna MLflow callback is deprecated). Test hook: ``$RNNGEN_TUNE_FAIL_TRIAL`` (comma-separated
@@ -32,7 +36,7 @@ import threading
 import time
 import traceback
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -176,6 +180,9 @@ class StorageSpec:
 
     journal: str = ""
     url: str = ""
+    #: RDB: Optuna's heartbeat interval and grace period (tune.heartbeat_s, stale_after_s)
+    heartbeat_s: float = 0.0
+    stale_after_s: float = 0.0
 
     def describe(self) -> str:
         """The location without passwords, for logs and output files."""
@@ -195,7 +202,34 @@ class StorageSpec:
         engine: dict[str, Any] = {}
         if self.url.startswith(("postgresql", "mysql")):
             engine["connect_args"] = {"connect_timeout": 10}  # fail fast on a dead host
-        return optuna.storages.RDBStorage(self.url, engine_kwargs=engine)
+        if not self.heartbeat_s:
+            return optuna.storages.RDBStorage(self.url, engine_kwargs=engine)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat_interval
+            return optuna.storages.RDBStorage(
+                self.url, engine_kwargs=engine, heartbeat_interval=max(1, round(self.heartbeat_s)),
+                grace_period=max(1, round(self.stale_after_s)), heartbeat_stale_trial_callback=_retry_stale,
+            )
+
+    def recover_stale(self, study: Any, stale_after_s: float) -> None:
+        """Fail the running trials whose worker is gone and queue each again (see the module
+        docstring: Optuna's own on an RDB storage, rnngen's on the journal)."""
+        if self.journal:
+            _recover_stale(study, stale_after_s)
+            return
+        import optuna
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)  # calls _retry_stale for each
+
+    def heartbeat(self, storage: Any, trial: Any) -> Callable[[], None]:
+        """One beat for the running ``trial``: Optuna's heartbeat record on an RDB storage,
+        rnngen's trial attributes on the journal."""
+        if self.journal:
+            return lambda: trial.set_user_attr("heartbeat", time.time())
+        trial_id = trial._trial_id  # what Optuna's own optimize loop passes; no public accessor
+        return lambda: storage.record_heartbeat(trial_id)
 
     @contextlib.contextmanager
     def budget_lock(self, study: str) -> Iterator[None]:
@@ -254,7 +288,7 @@ def open_storage(cfg: TuneConfig, study_dir: Path) -> tuple[StorageSpec, Any]:
     if url.startswith("sqlite") and cfg.workers > 1:
         raise ConfigError([f"{source}: SQLite cannot serve {cfg.workers} parallel workers; leave "
                            "the storage empty (journal file) or use PostgreSQL"])
-    spec = StorageSpec(url=url)
+    spec = StorageSpec(url=url, heartbeat_s=cfg.heartbeat_s, stale_after_s=cfg.stale_after_s)
     try:
         storage = spec.connect()
     except Exception as exc:  # driver missing, bad URL, refused connection, auth: all fixable
@@ -471,8 +505,8 @@ def _work(job: _Job, worker: int, *, finish: bool, ready: Any = None) -> None:
     """
     import optuna
 
-    study = optuna.load_study(study_name=job.study_name, storage=job.storage.connect(),
-                              pruner=_pruner(job.cfg))
+    storage = job.storage.connect()
+    study = optuna.load_study(study_name=job.study_name, storage=storage, pruner=_pruner(job.cfg))
     n_before = len(study.get_trials(deepcopy=False))
     # Distinct seeds per worker and per resume: a restarted TPE must not replay its startup draws.
     study.sampler = optuna.samplers.TPESampler(
@@ -487,7 +521,7 @@ def _work(job: _Job, worker: int, *, finish: bool, ready: Any = None) -> None:
         ready.set()
     while True:
         with job.storage.budget_lock(job.study_name):
-            _recover_stale(study, job.cfg)
+            job.storage.recover_stale(study, job.cfg.stale_after_s)
             used, running = budget_used(study.get_trials(deepcopy=False))
             trial = study.ask() if used < job.cfg.n_trials else None
         if trial is None:
@@ -495,7 +529,7 @@ def _work(job: _Job, worker: int, *, finish: bool, ready: Any = None) -> None:
                 time.sleep(1.0)
                 continue
             return
-        _run_trial(study, trial, job, worker, x_train, x_val)
+        _run_trial(study, trial, job, worker, x_train, x_val, job.storage.heartbeat(storage, trial))
 
 
 def _pruner(cfg: TuneConfig) -> Any:
@@ -516,7 +550,7 @@ def budget_used(trials: list[Any]) -> tuple[int, int]:
     """
     from optuna.trial import TrialState
 
-    retried = {t.user_attrs["retry_of"] for t in trials if "retry_of" in t.user_attrs}
+    retried = _retried(trials)
     counted = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.FAIL)
     used = sum(t.state in counted and t.number not in retried for t in trials)
     return used, sum(t.state == TrialState.RUNNING for t in trials)
@@ -525,20 +559,41 @@ def budget_used(trials: list[Any]) -> tuple[int, int]:
 # ---------------------------------------------------------------------- one trial
 
 
+def _retried(trials: list[Any]) -> set[int]:
+    """Numbers of the trials that failed with their worker and were queued again: by rnngen
+    (journal: user attr ``retry_of``) or by Optuna's retry callback (RDB: ``retry_history``)."""
+    out = {t.user_attrs["retry_of"] for t in trials if "retry_of" in t.user_attrs}
+    for t in trials:
+        out.update(t.system_attrs.get("retry_history", []))
+    return out
+
+
+def _retry_stale(study: Any, trial: Any) -> None:
+    """Optuna's stale-trial callback on an RDB storage: its retry (at most MAX_RETRIES), with the
+    dead trial's MLflow run marked KILLED and a line in the log."""
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+    _kill_child_run(trial.user_attrs.get("mlflow_run_id"))
+    RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)(study, trial)
+    again = len(trial.system_attrs.get("retry_history", [])) < MAX_RETRIES
+    print(f"trial {trial.number}: its worker ({trial.user_attrs.get('worker', '?')}) went silent; "
+          + ("queued again" if again else "counted as failed"), flush=True)
+
+
 def _worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
 @contextlib.contextmanager
-def _heartbeat(trial: Any, interval: float) -> Iterator[None]:
-    """Stamp the running trial every ``interval`` seconds so other workers see it is alive."""
+def _heartbeat(trial: Any, interval: float, beat_once: Callable[[], None]) -> Iterator[None]:
+    """``beat_once()`` now and every ``interval`` seconds so other workers see the trial alive."""
     trial.set_user_attr("worker", _worker_id())
-    trial.set_user_attr("heartbeat", time.time())
+    beat_once()
     stop = threading.Event()
 
     def beat() -> None:
         while not stop.wait(interval):
-            trial.set_user_attr("heartbeat", time.time())
+            beat_once()
 
     thread = threading.Thread(target=beat, daemon=True, name=f"heartbeat-{trial.number}")
     thread.start()
@@ -549,7 +604,8 @@ def _heartbeat(trial: Any, interval: float) -> Iterator[None]:
         thread.join()  # before the trial is told: a finished trial takes no more attributes
 
 
-def _run_trial(study: Any, trial: Any, job: _Job, worker: int, x_train: Any, x_val: Any) -> None:
+def _run_trial(study: Any, trial: Any, job: _Job, worker: int, x_train: Any, x_val: Any,
+               beat: Callable[[], None]) -> None:
     import mlflow
     import optuna
     from optuna.trial import TrialState
@@ -557,7 +613,7 @@ def _run_trial(study: Any, trial: Any, job: _Job, worker: int, x_train: Any, x_v
     cfg, t0 = job.cfg, time.perf_counter()
     state, value = TrialState.FAIL, None
     hp: dict[str, Any] = {}
-    with _heartbeat(trial, cfg.heartbeat_s):
+    with _heartbeat(trial, cfg.heartbeat_s, beat):
         try:
             hp = {
                 "lr": trial.suggest_float("lr", cfg.lr.low, cfg.lr.high, log=True),
@@ -635,16 +691,17 @@ def _fmt(hp: Mapping[str, Any]) -> str:
 # ----------------------------------------------------------------- crashed workers
 
 
-def _recover_stale(study: Any, cfg: TuneConfig) -> None:
-    """Fail the running trials whose worker is gone and queue each again with its parameters."""
+def _recover_stale(study: Any, stale_after_s: float) -> None:
+    """Journal: fail the running trials whose worker is gone, queue each again with its
+    parameters."""
     from optuna.exceptions import UpdateFinishedTrialError
     from optuna.trial import TrialState
 
     trials = study.get_trials(deepcopy=False)
-    retried = {t.user_attrs["retry_of"] for t in trials if "retry_of" in t.user_attrs}
+    retried = _retried(trials)
     now = time.time()
     for t in trials:
-        if t.state != TrialState.RUNNING or not _is_stale(t, now, cfg.stale_after_s):
+        if t.state != TrialState.RUNNING or not _is_stale(t, now, stale_after_s):
             continue
         try:
             study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
@@ -700,7 +757,7 @@ def _summarize(study: Any, job: _Job) -> dict[str, Any]:
     from optuna.trial import TrialState
 
     trials = study.get_trials(deepcopy=False)
-    retried = {t.user_attrs["retry_of"] for t in trials if "retry_of" in t.user_attrs}
+    retried = _retried(trials)
     count = {s: sum(t.state == s for t in trials) for s in TrialState}
     counts = {
         "complete": count[TrialState.COMPLETE],
