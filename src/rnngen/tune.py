@@ -202,14 +202,17 @@ class StorageSpec:
         engine: dict[str, Any] = {}
         if self.url.startswith(("postgresql", "mysql")):
             engine["connect_args"] = {"connect_timeout": 10}  # fail fast on a dead host
-        if not self.heartbeat_s:
-            return optuna.storages.RDBStorage(self.url, engine_kwargs=engine)
-        with warnings.catch_warnings():
+        heartbeat: dict[str, Any] = {}
+        if self.heartbeat_s:
+            heartbeat = {"heartbeat_interval": max(1, round(self.heartbeat_s)),
+                         "grace_period": max(1, round(self.stale_after_s)),
+                         "heartbeat_stale_trial_callback": _retry_stale}
+        # Opening a fresh database creates Optuna's tables; two workers doing it at the same
+        # instant collide in PostgreSQL's catalog (a UniqueViolation), so they take turns.
+        lock = self._advisory_lock("optuna-schema") if self.url.startswith("postgresql") else contextlib.nullcontext()
+        with lock, warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat_interval
-            return optuna.storages.RDBStorage(
-                self.url, engine_kwargs=engine, heartbeat_interval=max(1, round(self.heartbeat_s)),
-                grace_period=max(1, round(self.stale_after_s)), heartbeat_stale_trial_callback=_retry_stale,
-            )
+            return optuna.storages.RDBStorage(self.url, engine_kwargs=engine, **heartbeat)
 
     def recover_stale(self, study: Any, stale_after_s: float) -> None:
         """Fail the running trials whose worker is gone and queue each again (see the module
@@ -239,7 +242,7 @@ class StorageSpec:
         connection drops, so workers on many machines share it. Other databases take no lock:
         two workers asking in the same instant can overshoot the budget by a trial."""
         if self.url.startswith("postgresql"):
-            with self._advisory_lock(study):
+            with self._advisory_lock(f"tune-budget:{study}"):
                 yield
             return
         if not self.journal:
@@ -256,12 +259,13 @@ class StorageSpec:
 
 
     @contextlib.contextmanager
-    def _advisory_lock(self, study: str) -> Iterator[None]:
+    def _advisory_lock(self, name: str) -> Iterator[None]:
+        """PostgreSQL session advisory lock ``name``: the server frees it if the holder dies."""
         import sqlalchemy
         from sqlalchemy.pool import NullPool
 
-        key = int.from_bytes(hashlib.sha256(f"rnngen-tune-budget:{study}".encode()).digest()[:8], "big", signed=True)
-        engine = sqlalchemy.create_engine(self.url, poolclass=NullPool)
+        key = int.from_bytes(hashlib.sha256(f"rnngen:{name}".encode()).digest()[:8], "big", signed=True)
+        engine = sqlalchemy.create_engine(self.url, poolclass=NullPool, connect_args={"connect_timeout": 10})
         try:
             with engine.connect() as conn:
                 conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": key})
