@@ -47,7 +47,8 @@ def team_env(pg: server.Postgres, ml: server.MlflowServer) -> dict[str, str]:
     return {"MLFLOW_TRACKING_URI": ml.url, "RNNGEN_OPTUNA_STORAGE": pg.url("optuna")}
 
 
-def finished_trials(url: str) -> list:
+def study_trials(url: str) -> list:
+    """Every trial, in any state, of the studies in the Optuna database ``url``."""
     import optuna
 
     names = optuna.study.get_all_study_names(url)
@@ -88,7 +89,7 @@ def test_the_pipeline_logs_and_registers_through_the_server_and_tunes_on_postgre
     assert "models:/rnngen@champion (version 1" in sample.stdout and (repo / "s.png").stat().st_size > 0
 
     # the search lived in PostgreSQL, not in a journal file
-    trials = finished_trials(pg.url("optuna"))
+    trials = study_trials(pg.url("optuna"))
     assert len(trials) == 2 and all(t.state.is_finished() for t in trials)
     assert not any((repo / "tune/study").glob("*.log"))
 
@@ -103,7 +104,7 @@ def test_two_tune_processes_share_one_study_on_postgres(
 
     pg, ml, _ = team
     database = "optuna_shared"
-    _create_database(pg, database)
+    server.create_databases(pg, (database,))
     url = pg.url(database)
     # trials of a few seconds (all 3,600 training images), so that both processes get some
     params = tiny_params(**{"tune.n_trials": 6, "tune.workers": 1, "tune.threads": 1, "tune.pruner": "none",
@@ -122,7 +123,7 @@ def test_two_tune_processes_share_one_study_on_postgres(
     for p, out in zip(procs, outputs, strict=True):
         assert p.returncode == 0, out
 
-    trials = finished_trials(url)
+    trials = study_trials(url)
     assert len(trials) == 6, [(t.number, t.state.name) for t in trials]
     assert all(t.state.name == "COMPLETE" for t in trials)
     workers = Counter(t.user_attrs["worker"] for t in trials)
@@ -148,7 +149,7 @@ def test_a_killed_workers_trial_is_failed_and_retried_by_optunas_heartbeat(
     import yaml
 
     pg, ml, _ = team
-    _create_database(pg, "optuna_stale")
+    server.create_databases(pg, ("optuna_stale",))
     url = pg.url("optuna_stale")
     params = tiny_params(**{"tune.n_trials": 3, "tune.heartbeat_s": 1, "tune.stale_after_s": 3,
                             "tune.pruner": "none", "tune.epochs": 3, "tune.train_images": 0,
@@ -164,7 +165,7 @@ def test_a_killed_workers_trial_is_failed_and_retried_by_optunas_heartbeat(
     while not running and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
         with contextlib.suppress(Exception):  # the study may not exist yet
-            running = [t for t in finished_or_running(url) if t.state.name == "RUNNING"]
+            running = [t for t in study_trials(url) if t.state.name == "RUNNING"]
     assert proc.poll() is None and running, "the worker ended before a trial could be killed"
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -173,29 +174,12 @@ def test_a_killed_workers_trial_is_failed_and_retried_by_optunas_heartbeat(
     again = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stdout + again.stderr
     assert f"trial {killed.number}: its worker" in again.stdout and "queued again" in again.stdout
-    trials = {t.number: t for t in finished_or_running(url)}
+    trials = {t.number: t for t in study_trials(url)}
     assert trials[killed.number].state.name == "FAIL"
     (retry,) = [t for t in trials.values() if t.system_attrs.get("failed_trial") == killed.number]
     assert retry.state.name == "COMPLETE" and retry.params == trials[killed.number].params
     assert sum(t.state.name == "COMPLETE" for t in trials.values()) == 3
     assert tune.budget_used(list(trials.values())) == (3, 0)  # the failed one's retry took its place
-
-
-def finished_or_running(url: str) -> list:
-    import optuna
-
-    (name,) = optuna.study.get_all_study_names(url)
-    return optuna.load_study(study_name=name, storage=url).get_trials()
-
-
-def _create_database(pg: server.Postgres, name: str) -> None:
-    import psycopg2
-
-    conn = psycopg2.connect(host="127.0.0.1", port=pg.port, user=pg.user, dbname="postgres")
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}"')
-    conn.close()
 
 
 def test_rnngen_server_starts_both_and_stops_them_on_sigterm(tmp_path: Path) -> None:

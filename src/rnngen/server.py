@@ -130,14 +130,15 @@ def start_postgres(folder: Path, port: int, databases: tuple[str, ...] = DATABAS
     _run(_as_owner([pg_ctl, "-D", str(server.data), "-l", str(server.log), "-o", options, "-w", "-t", "60",
                     "start"]), f"pg_ctl start (log: {server.log})")
     try:
-        _create_databases(server, databases)
+        create_databases(server, databases)
     except Exception:
         server.stop()
         raise
     return server
 
 
-def _create_databases(server: Postgres, databases: tuple[str, ...]) -> None:
+def create_databases(server: Postgres, databases: tuple[str, ...]) -> None:
+    """Create each of ``databases`` on ``server`` that does not exist yet."""
     try:
         import psycopg2
     except ImportError as exc:
