@@ -1,5 +1,7 @@
 """PixelRNN speed: the fast implementation against the plain per-row / per-pixel one of the same
 network (rnngen.models.pixelrnn_reference), side by side in one process, alternating windows.
+"fast" is what training runs: the Row LSTM's C++ row loop (rnngen.models.kernels); "ops" the
+same loop in PyTorch ops (RNNGEN_KERNELS=0; the Diagonal BiLSTM has only that one).
 
     python bench/pixelrnn_speed.py                        # hidden 32, 4 layers, batch 32 (the issue's setting)
     python bench/pixelrnn_speed.py --hidden 16 --layers 7 --variants diagonal_bilstm
@@ -20,7 +22,7 @@ from collections.abc import Callable
 
 import torch
 
-from rnngen.models import build_model, model_config
+from rnngen.models import build_model, kernels, model_config
 from rnngen.models import pixelrnn_reference as reference
 from rnngen.models.base import bernoulli_nll
 
@@ -33,9 +35,11 @@ def window(step: Callable[[], None], iters: int, batch: int) -> float:
 
 
 def training_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, *, plain: bool,
-                  amp: bool) -> Callable[[], None]:
-    """One forward + backward + Adam step of the fast (``plain=False``) or plain code."""
+                  amp: bool, kernel: bool = True) -> Callable[[], None]:
+    """One forward + backward + Adam step of the fast (``plain=False``) or plain code; with
+    ``kernel=False`` the fast code's PyTorch-op loop instead of the C++ one."""
     def run() -> None:
+        os.environ["RNNGEN_KERNELS"] = "1" if kernel else "0"
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
             logits = reference.logits(model, x) if plain else model.logits(x)
             loss = bernoulli_nll(logits.float(), x).mean()
@@ -56,6 +60,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    kernels.keep_freed_memory()  # as training does
     print(f"load average {os.getloadavg()[0]:.2f}, {args.threads} threads, hidden {args.hidden}, "
           f"{args.layers} layers, batch {args.batch}")
     for variant in args.variants:
@@ -66,18 +71,21 @@ def main() -> None:
         x = torch.bernoulli(torch.full((args.batch, 1, 28, 28), 0.2), generator=torch.Generator().manual_seed(0))
 
         for amp in (False, True):
-            fast, plain = (training_step(model, optimizer, x, plain=p, amp=amp) for p in (False, True))
-            fast(), plain()  # warm-up
-            rates: dict[str, list[float]] = {"fast": [], "plain": []}
-            for _ in range(args.repeats):  # alternating windows: load falls on both alike
-                rates["fast"].append(window(fast, args.iters, args.batch))
-                rates["plain"].append(window(plain, args.iters, args.batch))
+            steps = {"fast": training_step(model, optimizer, x, plain=False, amp=amp),
+                     "plain": training_step(model, optimizer, x, plain=True, amp=amp)}
+            if variant == "row_lstm":
+                steps["ops"] = training_step(model, optimizer, x, plain=False, amp=amp, kernel=False)
+            for step in steps.values():
+                step()  # warm-up
+            rates: dict[str, list[float]] = {k: [] for k in steps}
+            for _ in range(args.repeats):  # alternating windows: load falls on all alike
+                for k, step in steps.items():
+                    rates[k].append(window(step, args.iters, args.batch))
             best = {k: max(v) for k, v in rates.items()}
             med = {k: statistics.median(v) for k, v in rates.items()}
-            print(f"{variant:16s} {'bf16' if amp else 'fp32'}  train img/s  fast best {best['fast']:6.0f} "
-                  f"median {med['fast']:6.0f} | plain best {best['plain']:6.0f} median {med['plain']:6.0f} | "
-                  f"ratio best {best['fast'] / best['plain']:.2f} median {med['fast'] / med['plain']:.2f}",
-                  flush=True)
+            cols = " | ".join(f"{k} best {best[k]:6.0f} median {med[k]:6.0f}" for k in steps)
+            print(f"{variant:16s} {'bf16' if amp else 'fp32'}  train img/s  {cols} | fast/plain best "
+                  f"{best['fast'] / best['plain']:.2f} median {med['fast'] / med['plain']:.2f}", flush=True)
         model.eval()
         start = time.perf_counter()
         model.sample(64, generator=torch.Generator().manual_seed(0))

@@ -11,11 +11,23 @@ import pytest
 import torch
 
 from rnngen.config import ConfigError
-from rnngen.models import build_model, model_config
+from rnngen.models import build_model, kernels, model_config
 from rnngen.models import pixelrnn_reference as reference
 from rnngen.models.pixelrnn import PixelRNN, causal_mask, skew, unskew
 
 VARIANTS = ("row_lstm", "diagonal_bilstm")
+#: (variant, row loop): the Row LSTM's C++ loop (rnngen.models.kernels) and its PyTorch-op one
+LOOPS = (("row_lstm", "cpp"), ("row_lstm", "ops"), ("diagonal_bilstm", "ops"))
+
+
+@pytest.fixture
+def loop(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run the test on the given row loop: ``cpp`` must really be the C++ kernel (a build that
+    fails here fails the test rather than falling back to the slower loop unseen)."""
+    monkeypatch.setenv("RNNGEN_KERNELS", "1" if request.param == "cpp" else "0")
+    if request.param == "cpp":
+        assert kernels.row_lstm(torch.zeros(1)) is not None, "the C++ row loop did not build (g++, ninja?)"
+    return request.param
 
 
 def tiny(variant: str, layers: int = 2, hidden: int = 4, seed: int = 0) -> PixelRNN:
@@ -78,8 +90,8 @@ def test_exact_likelihood_sums_to_one_over_every_image(variant: str) -> None:
         assert torch.allclose(terms.recon, -log_p[:5]) and torch.all(terms.kl == 0)
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
-def test_fast_equals_the_plain_reference_values_and_gradients(variant: str) -> None:
+@pytest.mark.parametrize(("variant", "loop"), LOOPS, indirect=["loop"])
+def test_fast_equals_the_plain_reference_values_and_gradients(variant: str, loop: str) -> None:
     model = tiny(variant, layers=2)
     x = torch.bernoulli(torch.full((3, 1, 5, 6), 0.4, dtype=torch.float64))
     fast = model.logits(x)
@@ -92,12 +104,13 @@ def test_fast_equals_the_plain_reference_values_and_gradients(variant: str) -> N
         assert torch.allclose(a, b, atol=1e-10), name
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
-def test_bfloat16_autocast_stays_close_to_float32(variant: str) -> None:
+@pytest.mark.parametrize(("variant", "loop"), LOOPS, indirect=["loop"])
+def test_bfloat16_autocast_stays_close_to_float32(variant: str, loop: str) -> None:
     """Under CPU bfloat16 autocast (``train.amp``) the row loops take bfloat16 GEMM operands and
-    keep fp32 gates and cells: logits within 0.1 of fp32 (bfloat16 has 8 mantissa bits), the
-    whole gradient pointing the same way (cosine > 0.99) and each parameter's too (> 0.95: the
-    small ones, such as the initial states', are sums with cancellation)."""
+    keep fp32 gates and cells (the C++ loop also returns bfloat16 states): logits within 0.1 of
+    fp32 (bfloat16 has 8 mantissa bits), the whole gradient pointing the same way (cosine > 0.99)
+    and each parameter's too (> 0.95: the small ones, such as the initial states', are sums with
+    cancellation)."""
     torch.manual_seed(0)
     model = build_model("pixelrnn", model_config("pixelrnn", {"variant": variant, "layers": 2, "hidden": 8}))
     x = torch.bernoulli(torch.full((4, 1, 10, 12), 0.3))
@@ -146,6 +159,30 @@ def test_completion_keeps_observed_pixels_and_bottom_half_is_exact(variant: str)
     images, probs = model.generate(6, torch.Generator().manual_seed(1), size=(4, 5), given=x, mask=mask)
     assert torch.equal(images[~mask], x[~mask])
     assert torch.allclose(probs[mask], torch.sigmoid(model.logits(images))[mask], atol=1e-9)
+
+
+def test_the_cpp_loop_equals_the_op_loop_on_odd_shapes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Kernel widths 1, 3 and 5 (taps beyond both ends of a 4-pixel row), one image, one row:
+    the C++ loop and the op loop agree in fp64, values and every parameter's gradient."""
+    for kernel, size in ((1, (3, 4)), (3, (1, 4)), (5, (4, 4))):
+        torch.manual_seed(kernel)
+        model = build_model("pixelrnn", model_config("pixelrnn", {"layers": 2, "hidden": 3, "kernel": kernel,
+                                                                   "out_hidden": 4})).double()
+        x = torch.bernoulli(torch.full((1, 1, *size), 0.5, dtype=torch.float64))
+        results = []
+        for flag in ("1", "0"):
+            monkeypatch.setenv("RNNGEN_KERNELS", flag)
+            logits = model.logits(x)
+            results.append((logits, torch.autograd.grad(logits.sum(), list(model.parameters()))))
+        (a, ga), (b, gb) = results
+        assert torch.allclose(a, b, atol=1e-12), kernel
+        for (name, _), u, v in zip(model.named_parameters(), ga, gb, strict=True):
+            assert torch.allclose(u, v, atol=1e-10), (kernel, name)
+
+
+def test_kernels_can_be_switched_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RNNGEN_KERNELS", "0")
+    assert kernels.row_lstm(torch.zeros(1)) is None
 
 
 def test_sampling_pictures_and_the_paper_preset() -> None:

@@ -31,7 +31,7 @@ from rnngen import checkpoint as ckpt
 from rnngen.config import ConfigError, below
 from rnngen.data import binarize, to_unit
 from rnngen.errors import UserError
-from rnngen.models import GenerativeModel
+from rnngen.models import GenerativeModel, kernels
 
 
 class NonFiniteLossError(UserError, RuntimeError):
@@ -346,6 +346,8 @@ def fit(
     ``extra_state`` is stored in the checkpoint (e.g. the MLflow run id).
     """
     device = model.device
+    if device.type == "cpu":
+        kernels.keep_freed_memory()
     precision = torch.get_float32_matmul_precision()
     if cfg.amp and device.type == "cuda":
         torch.set_float32_matmul_precision("high")  # TF32 for the GEMMs autocast leaves in fp32

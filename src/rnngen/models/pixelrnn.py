@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rnngen.config import below
+from rnngen.models import kernels
 from rnngen.models.base import GenerativeModel, LossTerms, bernoulli_nll
 from rnngen.models.lstm import cell, cell_backward
 
@@ -199,6 +200,30 @@ class _RowRecurrence(torch.autograd.Function):
         return d_gates, d_w, dh_next.sum(0), dc.sum(0), None, None
 
 
+class _RowRecurrenceKernel(torch.autograd.Function):
+    """The same row loop as :class:`_RowRecurrence`, run by the C++ kernel
+    (``csrc/row_lstm.cpp``): per row the GEMM and one fused sweep for the cell and the next
+    row's unfolding. Everything in ``gates_in``'s dtype (bfloat16 under autocast: GEMM operands
+    and the outputs); gates and cell states in fp32 (fp64 for fp64 inputs)."""
+
+    @staticmethod
+    def forward(ctx: Any, gates_in: Tensor, w_ss: Tensor, h0: Tensor, c0: Tensor, kernel: int, ops: Any) -> Tensor:
+        height, b, width, g4 = gates_in.shape
+        hs, unfolded, act, cs = ops.forward(gates_in.reshape(height, b * width, g4), w_ss, h0, c0, b, kernel)
+        ctx.meta = (b, kernel, ops)
+        ctx.save_for_backward(unfolded, w_ss, act, cs, c0)
+        return hs.view(height, b, width, g4 // 4)
+
+    @staticmethod
+    def backward(ctx: Any, d_hs: Tensor) -> tuple:
+        unfolded, w_ss, act, cs, c0 = ctx.saved_tensors
+        b, kernel, ops = ctx.meta
+        height, _, width, hid = d_hs.shape
+        d_gates, d_w, dh0, dc0 = ops.backward(d_hs.reshape(height, b * width, hid), unfolded, w_ss, act, cs, c0,
+                                              b, kernel)
+        return d_gates.view(height, b, width, 4 * hid), d_w, dh0.to(c0.dtype), dc0.to(c0.dtype), None, None
+
+
 def low_precision(like: Tensor) -> bool:
     """Whether bfloat16 autocast is on for ``like``'s device: the hand-written loops follow it."""
     kind = like.device.type
@@ -249,6 +274,12 @@ class RowLSTMLayer(nn.Module):
         """Maps ``(H, B, W, C)`` -> the layer's output ``(H, B, W, C)`` (before the residual add)."""
         low = low_precision(m)
         gates_in = self.input_to_state(m)
+        ops = kernels.row_lstm(gates_in)
+        if ops is not None:  # the C++ loop: bfloat16 in and out under autocast, fp32 cells inside
+            with torch.autocast(m.device.type, enabled=False):
+                w_ss = self.state_matrix().to(gates_in.dtype)
+                hs = _RowRecurrenceKernel.apply(gates_in.contiguous(), w_ss, self.h0, self.c0, self.kernel, ops)
+            return self.up(hs)
         if low:
             gates_in = gates_in.float()  # autocast gave bfloat16; the cell runs in fp32
         with torch.autocast(m.device.type, enabled=False):  # the loop casts its own GEMM operands
