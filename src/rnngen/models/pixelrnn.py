@@ -200,28 +200,32 @@ class _RowRecurrence(torch.autograd.Function):
         return d_gates, d_w, dh_next.sum(0), dc.sum(0), None, None
 
 
-class _RowRecurrenceKernel(torch.autograd.Function):
-    """The same row loop as :class:`_RowRecurrence`, run by the C++ kernel
-    (``csrc/row_lstm.cpp``): per row the GEMM and one fused sweep for the cell and the next
-    row's unfolding. Everything in ``gates_in``'s dtype (bfloat16 under autocast: GEMM operands
-    and the outputs); gates and cell states in fp32 (fp64 for fp64 inputs)."""
+class _RowLayerKernel(torch.autograd.Function):
+    """A whole Row LSTM layer, residual included, run by the C++ kernel (``csrc/row_lstm.cpp``):
+    per row one GEMM for both 1xk convolutions and one fused sweep for the cell; the backward
+    gives every gradient itself, so autograd sees one node a layer. Everything in ``m``'s dtype
+    (bfloat16 under autocast: GEMM operands and outputs); gates and cell states in fp32 (fp64
+    for fp64 inputs)."""
 
     @staticmethod
-    def forward(ctx: Any, gates_in: Tensor, w_ss: Tensor, h0: Tensor, c0: Tensor, kernel: int, ops: Any) -> Tensor:
-        height, b, width, g4 = gates_in.shape
-        hs, unfolded, act, cs = ops.forward(gates_in.reshape(height, b * width, g4), w_ss, h0, c0, b, kernel)
-        ctx.meta = (b, kernel, ops)
-        ctx.save_for_backward(unfolded, w_ss, act, cs, c0)
-        return hs.view(height, b, width, g4 // 4)
+    def forward(ctx: Any, m: Tensor, w_all: Tensor, bias: Tensor, h0: Tensor, c0: Tensor, w_up: Tensor,
+                b_up: Tensor, kernel: int, ops: Any) -> Tensor:
+        height, b, width, ch = m.shape
+        out, u, act, cs, hs = ops.layer_forward(m.reshape(height, b * width, ch), w_all, bias, h0, c0, w_up, b_up,
+                                                b, kernel)
+        ctx.meta = (b, kernel, ops, bias.dtype)
+        ctx.save_for_backward(u, w_all, act, cs, hs, c0, w_up)
+        return out.view(m.shape)
 
     @staticmethod
-    def backward(ctx: Any, d_hs: Tensor) -> tuple:
-        unfolded, w_ss, act, cs, c0 = ctx.saved_tensors
-        b, kernel, ops = ctx.meta
-        height, _, width, hid = d_hs.shape
-        d_gates, d_w, dh0, dc0 = ops.backward(d_hs.reshape(height, b * width, hid), unfolded, w_ss, act, cs, c0,
-                                              b, kernel)
-        return d_gates.view(height, b, width, 4 * hid), d_w, dh0.to(c0.dtype), dc0.to(c0.dtype), None, None
+    def backward(ctx: Any, d_out: Tensor) -> tuple:
+        u, w_all, act, cs, hs, c0, w_up = ctx.saved_tensors
+        b, kernel, ops, bias_dtype = ctx.meta
+        height, _, width, ch = d_out.shape
+        d_m, d_w_all, d_bias, dh0, dc0, d_w_up, d_b_up = ops.layer_backward(
+            d_out.reshape(height, b * width, ch), u, w_all, act, cs, hs, c0, w_up, b, kernel)
+        return (d_m.view(d_out.shape), d_w_all, d_bias.to(bias_dtype), dh0.to(c0.dtype), dc0.to(c0.dtype), d_w_up,
+                d_b_up, None, None)
 
 
 def low_precision(like: Tensor) -> bool:
@@ -248,14 +252,18 @@ class RowLSTMLayer(nn.Module):
         #: residual: the h outputs back to the 2h maps (a 1x1 convolution)
         self.up = nn.Linear(hidden, channels)
 
+    def input_matrix(self) -> Tensor:
+        """The input-to-state kernel's mask-B taps (the centre and the ``k // 2`` left of it) as
+        a ``((k // 2 + 1) C, 4h)`` matrix, tap-major."""
+        return self.w_is[:, :, 0, : self.kernel // 2 + 1].permute(2, 1, 0).reshape(-1, 4 * self.hidden)
+
     def input_to_state(self, m: Tensor) -> Tensor:
-        """Maps ``(H, B, W, C)`` -> the gates' input part ``(H, B, W, 4h)``: the mask-B taps
-        only (the centre and the ``k // 2`` left of it) as one GEMM over the unfolded rows."""
+        """Maps ``(H, B, W, C)`` -> the gates' input part ``(H, B, W, 4h)``: one GEMM over the
+        unfolded rows."""
         half, width = self.kernel // 2, m.shape[2]
         padded = F.pad(m, (0, 0, half, 0))  # zeros left of the first column
         unfolded = torch.cat([padded[:, :, t : t + width] for t in range(half + 1)], -1)  # (H, B, W, (half+1) C)
-        w = self.w_is[:, :, 0, : half + 1].permute(2, 1, 0).reshape(-1, 4 * self.hidden)
-        return torch.addmm(self.bias, unfolded.flatten(0, 2), w).view(*m.shape[:3], 4 * self.hidden)
+        return torch.addmm(self.bias, unfolded.flatten(0, 2), self.input_matrix()).view(*m.shape[:3], 4 * self.hidden)
 
     def state_matrix(self) -> Tensor:
         """The state-to-state kernel as a ``(k h, 4h)`` matrix, tap-major."""
@@ -271,21 +279,22 @@ class RowLSTMLayer(nn.Module):
         return h, c
 
     def forward(self, m: Tensor) -> Tensor:
-        """Maps ``(H, B, W, C)`` -> the layer's output ``(H, B, W, C)`` (before the residual add)."""
+        """Maps ``(H, B, W, C)`` -> the layer's output ``(H, B, W, C)``, the residual included."""
         low = low_precision(m)
-        gates_in = self.input_to_state(m)
-        ops = kernels.row_lstm(gates_in)
-        if ops is not None:  # the C++ loop: bfloat16 in and out under autocast, fp32 cells inside
+        ops = kernels.row_lstm(m)
+        if ops is not None:  # the C++ layer: bfloat16 in and out under autocast, fp32 cells inside
+            dtype = torch.bfloat16 if low else m.dtype
             with torch.autocast(m.device.type, enabled=False):
-                w_ss = self.state_matrix().to(gates_in.dtype)
-                hs = _RowRecurrenceKernel.apply(gates_in.contiguous(), w_ss, self.h0, self.c0, self.kernel, ops)
-            return self.up(hs)
+                w_all = torch.cat([self.input_matrix(), self.state_matrix()]).to(dtype)
+                return _RowLayerKernel.apply(m.to(dtype).contiguous(), w_all, self.bias, self.h0, self.c0,
+                                             self.up.weight.t().to(dtype), self.up.bias.to(dtype), self.kernel, ops)
+        gates_in = self.input_to_state(m)
         if low:
             gates_in = gates_in.float()  # autocast gave bfloat16; the cell runs in fp32
         with torch.autocast(m.device.type, enabled=False):  # the loop casts its own GEMM operands
             w_ss = self.state_matrix().to(gates_in.dtype)
             hs = _RowRecurrence.apply(gates_in, w_ss, self.h0, self.c0, self.kernel, low)
-        return self.up(hs)
+        return m + self.up(hs)  # residual (sec. 3.3)
 
 
 class DiagonalBiLSTMLayer(nn.Module):
@@ -348,10 +357,10 @@ class DiagonalBiLSTMLayer(nn.Module):
         return torch.stack([out[0], out[1].flip(2)])
 
     def forward(self, m: Tensor) -> Tensor:
-        """Maps ``(H, B, W, C)`` -> the layer's output ``(H, B, W, C)`` (before the residual add)."""
+        """Maps ``(H, B, W, C)`` -> the layer's output ``(H, B, W, C)``, the residual included."""
         fwd, rev = self.directions(m)
         rev = F.pad(rev, (0, 0, 0, 0, 0, 0, 1, 0))[:-1]  # shifted down one row: rows above only
-        return self.up(fwd + rev)
+        return m + self.up(fwd + rev)  # residual (sec. 3.3)
 
 
 # ------------------------------------------------------------------------------- model
@@ -392,7 +401,7 @@ class PixelRNN(GenerativeModel):
         """Bernoulli logits of p(x_i = 1 | x_<i) for every pixel, ``(B, 1, H, W)``."""
         m = self.first_layer(x).permute(2, 0, 3, 1)  # row-major, channels last from here: (H, B, W, 2h)
         for layer in self.layers:
-            m = m + layer(m)  # residual (sec. 3.3)
+            m = layer(m)  # residual inside (sec. 3.3)
         return self.head(m).permute(1, 3, 0, 2)
 
     def forward(self, x: Tensor) -> LossTerms:

@@ -1,13 +1,17 @@
-// The Row LSTM's row loop (van den Oord et al. 2016, sec. 3.1) on the CPU, forward and backward:
-// per row one GEMM (the 1xk state-to-state convolution over the previous row's unfolded states,
-// added to the hoisted input-to-state part) and one fused pass for the LSTM cell (eq. 3) that also
-// unfolds the new states for the next row. PyTorch's per-op version of the same loop spends most
-// of its time in a dozen small element-wise ops a row; here each row is the GEMM plus one sweep.
+// One Row LSTM layer (van den Oord et al. 2016, sec. 3.1) with its residual 1x1 convolution
+// (sec. 3.3) on the CPU, forward and backward. Per row one GEMM computes both convolutions (the
+// 1xk mask-B input-to-state one over the row's pixels and the 1xk state-to-state one over the
+// previous row's states, their taps unfolded side by side), then one fused, vectorized sweep runs
+// the LSTM cell (eq. 3) and unfolds the new states for the next row. The backward runs the rows
+// in reverse with one GEMM a row; every weight gradient and the input's is one GEMM over all rows.
+// PyTorch's per-op version of the same loop spends most of its time in a dozen small element-wise
+// ops a row and in autograd's copies around them; here a row is its GEMM plus one sweep.
 //
-// Layout (N = batch x width positions of a row, h units, gates [i | f | g | o], tap-major states):
-//   gates_in (H, N, 4h), w (k h, 4h), unfolded (H, N, k h), act (H, N, 4h) = (i, f, tanh g, o),
-//   cs (H, N, h) the cell states. GEMM operands in the input dtype (float, double or bfloat16 with
-//   fp32 accumulation); cell states and gates in float (double for double inputs).
+// Layout (N = batch x width positions of a row, C channels, h units, gates [i | f | g | o]):
+//   m (H, N, C); w_all ((k/2 + 1) C + k h, 4h), tap-major; u (H, N, (k/2 + 1) C + k h) the unfolded
+//   taps; act (H, N, 4h) = (i, f, tanh g, o) in m's dtype; cs (H, N, h) the cell states; hs (H, N, h).
+//   GEMM operands in m's dtype (float, double, or bfloat16 with fp32 accumulation); gates and
+//   cell states in float (double for double inputs).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -17,6 +21,7 @@
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
+#include <vector>
 
 namespace {
 
@@ -60,30 +65,31 @@ inline void st(T* p, int64_t k, A v) {
   p[k] = static_cast<T>(v);
 }
 
-// One position's LSTM cell (eq. 3), forward: pre-activations g_in + g_ss (4h) -> act = (i, f, tanh g, o),
-// the cell state c and the output h. Free functions with restrict pointers and simple loops, so
+// One position's LSTM cell (eq. 3), forward: pre-activations g + bias (4h) -> the gates (i, f, tanh g, o)
+// in the float scratch a (saved in the GEMM dtype: bfloat16 halves the memory traffic of the
+// largest saved tensor; the cell state stays float), the cell state c and the output h. Free functions with restrict pointers and simple loops, so
 // that every loop vectorizes (inside the parallel lambdas gcc gave up on them).
 template <typename T, typename A>
-void cell_forward(const T* __restrict__ g_in, const T* __restrict__ g_ss, A* __restrict__ a,
+void cell_forward(const T* __restrict__ g, const A* __restrict__ bias, A* __restrict__ a, T* __restrict__ saved,
                   const A* __restrict__ c_prev, A* __restrict__ c, T* __restrict__ h, int64_t hid) {
-  // pre-activation = input-to-state part + state-to-state part, added here rather than by the GEMM
-  // (addmm would first copy the input part into its output)
-  for (int64_t k = 0; k < 4 * hid; ++k) a[k] = static_cast<A>(ld(g_in, k)) + static_cast<A>(ld(g_ss, k));
+  // the bias added here rather than by the GEMM (addmm would first copy it into its output)
+  for (int64_t k = 0; k < 4 * hid; ++k) a[k] = static_cast<A>(ld(g, k)) + bias[k];
   for (int64_t k = 0; k < 2 * hid; ++k) a[k] = sigmoid(a[k]);
   for (int64_t k = 2 * hid; k < 3 * hid; ++k) a[k] = tanh_(a[k]);
   for (int64_t k = 3 * hid; k < 4 * hid; ++k) a[k] = sigmoid(a[k]);
   for (int64_t k = 0; k < hid; ++k) c[k] = a[hid + k] * c_prev[k] + a[k] * a[2 * hid + k];  // f c' + i g
   for (int64_t k = 0; k < hid; ++k) st(h, k, a[3 * hid + k] * tanh_(c[k]));                // o tanh(c)
+  for (int64_t k = 0; k < 4 * hid; ++k) st(saved, k, a[k]);  // for the backward, in the GEMM dtype
 }
 
 // Backward of cell_forward: dh = the output's gradient + dh_next (from the next row), dc the
 // cell state's (updated in place to that of c_prev); writes the pre-activations' gradient dg.
 template <typename T, typename A>
-void cell_backward(const A* __restrict__ a, const A* __restrict__ c, const A* __restrict__ c_prev,
+void cell_backward(const T* __restrict__ a, const A* __restrict__ c, const A* __restrict__ c_prev,
                    const T* __restrict__ dh_out, const A* __restrict__ dh_next, A* __restrict__ dc,
                    T* __restrict__ dg, int64_t hid) {
   for (int64_t k = 0; k < hid; ++k) {
-    const A gi = a[k], gf = a[hid + k], gg = a[2 * hid + k], go = a[3 * hid + k];
+    const A gi = ld(a, k), gf = ld(a, hid + k), gg = ld(a, 2 * hid + k), go = ld(a, 3 * hid + k);
     const A tc = tanh_(c[k]);
     const A dh = static_cast<A>(ld(dh_out, k)) + dh_next[k];
     const A dcell = dc[k] + dh * go * (A(1) - tc * tc);
@@ -96,29 +102,50 @@ void cell_backward(const A* __restrict__ a, const A* __restrict__ c, const A* __
 }
 
 template <typename T>
-void forward_impl(const Tensor& gates_in, const Tensor& w, const Tensor& h0, const Tensor& c0, int64_t batch,
-                  int64_t kernel, Tensor& hs, Tensor& unfolded, Tensor& act, Tensor& cs) {
+void forward_impl(const Tensor& m, const Tensor& w_all, const Tensor& bias, const Tensor& h0, const Tensor& c0,
+                  int64_t batch, int64_t kernel, Tensor& u, Tensor& act, Tensor& cs, Tensor& hs) {
   using A = acc_of<T>;
-  const int64_t height = gates_in.size(0), n = gates_in.size(1), g4 = gates_in.size(2), hid = g4 / 4;
-  const int64_t width = n / batch, half = kernel / 2, kh = kernel * hid;
-  Tensor pre = at::empty({n, g4}, gates_in.options());
-  const Tensor h0c = h0.to(act.scalar_type()).contiguous(), c0c = c0.to(act.scalar_type()).contiguous();
+  const int64_t height = m.size(0), n = m.size(1), ch = m.size(2), g4 = w_all.size(1), hid = g4 / 4;
+  const int64_t width = n / batch, half = kernel / 2, kx = (half + 1) * ch, kk = kx + kernel * hid;
+  Tensor pre = at::empty({n, g4}, m.options());
+  const Tensor h0c = h0.to(cs.scalar_type()).contiguous(), c0c = c0.to(cs.scalar_type()).contiguous();
+  const Tensor bc = bias.to(cs.scalar_type()).contiguous();
   const A* h0p = h0c.data_ptr<A>();
   const A* c0p = c0c.data_ptr<A>();
-  T* up = unfolded.data_ptr<T>();
+  const A* bp = bc.data_ptr<A>();
+  const T* mp = m.data_ptr<T>();
+  T* up = u.data_ptr<T>();
   T* hsp = hs.data_ptr<T>();
-  A* actp = act.data_ptr<A>();
+  T* actp = act.data_ptr<T>();
   A* csp = cs.data_ptr<A>();
 
-  // unfolded[row][b, j, t] = state of (b, j + t - half) or zero beyond the row's ends
+  // input taps, every row at once: u[i][b, j, t C + c] = m[i][b, j + t - half, c], t <= half (mask B:
+  // the pixel and the ones left of it); zeros left of the row (u is not zero-filled: one pass less)
+  at::parallel_for(0, height * n, kGrain, [&](int64_t lo, int64_t hi) {
+    for (int64_t q = lo; q < hi; ++q) {
+      const int64_t j = (q % n) % width;
+      T* dst = up + q * kk;
+      for (int64_t t = 0; t <= half; ++t) {
+        if (j + t - half < 0) {
+          std::memset(dst + t * ch, 0, ch * sizeof(T));  // bits 0: 0.0 in every dtype here
+          continue;
+        }
+        std::memcpy(dst + t * ch, mp + (q + t - half) * ch, ch * sizeof(T));
+      }
+    }
+  });
+  // state taps of row i: u[i][b, j, kx + t h + k] = h_{i-1}[b, j + t - half, k], zeros beyond the ends
   auto unfold_row = [&](int64_t row, auto state_at) {
     at::parallel_for(0, n, kGrain, [&](int64_t lo, int64_t hi) {
       for (int64_t p = lo; p < hi; ++p) {
         const int64_t j = p % width;
-        T* dst = up + (row * n + p) * kh;
+        T* dst = up + (row * n + p) * kk + kx;
         for (int64_t t = 0; t < kernel; ++t) {
           const int64_t src = j + t - half;
-          if (src < 0 || src >= width) continue;  // stays zero
+          if (src < 0 || src >= width) {
+            std::memset(dst + t * hid, 0, hid * sizeof(T));
+            continue;
+          }
           const auto s = state_at(p + t - half);
           for (int64_t k = 0; k < hid; ++k) st(dst, t * hid + k, s[k]);
         }
@@ -128,13 +155,14 @@ void forward_impl(const Tensor& gates_in, const Tensor& w, const Tensor& h0, con
   unfold_row(0, [&](int64_t) { return h0p; });
 
   for (int64_t i = 0; i < height; ++i) {
-    at::mm_out(pre, unfolded[i], w);
+    at::mm_out(pre, u[i], w_all);  // both convolutions of the row in one GEMM
     const T* prep = pre.data_ptr<T>();
-    const T* inp = gates_in.data_ptr<T>() + i * n * g4;
     at::parallel_for(0, n, kGrain, [&](int64_t lo, int64_t hi) {
+      std::vector<A> scratch(g4);
       for (int64_t p = lo; p < hi; ++p) {
-        cell_forward(inp + p * g4, prep + p * g4, actp + (i * n + p) * g4, i == 0 ? c0p : csp + ((i - 1) * n + p) * hid,
-                     csp + (i * n + p) * hid, hsp + (i * n + p) * hid, hid);
+        cell_forward(prep + p * g4, bp, scratch.data(), actp + (i * n + p) * g4,
+                     i == 0 ? c0p : csp + ((i - 1) * n + p) * hid, csp + (i * n + p) * hid, hsp + (i * n + p) * hid,
+                     hid);
       }
     });
     if (i + 1 < height) {
@@ -145,16 +173,16 @@ void forward_impl(const Tensor& gates_in, const Tensor& w, const Tensor& h0, con
 }
 
 template <typename T>
-void backward_impl(const Tensor& d_hs, const Tensor& w, const Tensor& act, const Tensor& cs, const Tensor& c0,
+void backward_impl(const Tensor& d_hs, const Tensor& w_h, const Tensor& act, const Tensor& cs, const Tensor& c0,
                    int64_t batch, int64_t kernel, Tensor& d_gates, Tensor& dh_next, Tensor& dc) {
   using A = acc_of<T>;
   const int64_t height = act.size(0), n = act.size(1), g4 = act.size(2), hid = g4 / 4;
   const int64_t width = n / batch, half = kernel / 2, kh = kernel * hid;
-  const Tensor w_t = w.t();
-  const Tensor c0c = c0.to(act.scalar_type()).contiguous();
+  const Tensor w_t = w_h.t();
+  const Tensor c0c = c0.to(cs.scalar_type()).contiguous();
   const A* c0p = c0c.data_ptr<A>();
   const T* dhsp = d_hs.data_ptr<T>();
-  const A* actp = act.data_ptr<A>();
+  const T* actp = act.data_ptr<T>();
   const A* csp = cs.data_ptr<A>();
   T* dgp = d_gates.data_ptr<T>();
   A* dhn = dh_next.data_ptr<A>();
@@ -188,51 +216,98 @@ void backward_impl(const Tensor& d_hs, const Tensor& w, const Tensor& act, const
   }
 }
 
+// d_m = d_out (the residual path) + the input taps' gradient folded back onto their pixels
+template <typename T>
+void fold_input_taps(const Tensor& d_out, const Tensor& d_xt, int64_t batch, int64_t kernel, Tensor& d_m) {
+  using A = acc_of<T>;
+  const int64_t rows = d_out.size(0) * d_out.size(1), n = d_out.size(1), ch = d_out.size(2);
+  const int64_t width = n / batch, half = kernel / 2, kx = (half + 1) * ch;
+  const T* dop = d_out.data_ptr<T>();
+  const T* dxp = d_xt.data_ptr<T>();
+  T* dmp = d_m.data_ptr<T>();
+  at::parallel_for(0, rows, kGrain, [&](int64_t lo, int64_t hi) {
+    std::vector<A> acc(ch);
+    for (int64_t q = lo; q < hi; ++q) {
+      const int64_t j = (q % n) % width;
+      for (int64_t c = 0; c < ch; ++c) acc[c] = static_cast<A>(ld(dop + q * ch, c));
+      for (int64_t t = 0; t <= half; ++t) {  // pixel j is tap t of position j - t + half
+        if (j - t + half >= width) continue;
+        const T* s = dxp + (q - t + half) * kx + t * ch;
+        for (int64_t c = 0; c < ch; ++c) acc[c] += static_cast<A>(ld(s, c));
+      }
+      for (int64_t c = 0; c < ch; ++c) st(dmp + q * ch, c, acc[c]);
+    }
+  });
+}
+
 at::ScalarType acc_type(at::ScalarType t) {
   return t == at::kDouble ? at::kDouble : at::kFloat;
 }
 
-std::vector<Tensor> row_lstm_forward(const Tensor& gates_in, const Tensor& w, const Tensor& h0, const Tensor& c0,
-                                     int64_t batch, int64_t kernel) {
-  TORCH_CHECK(gates_in.dim() == 3 && gates_in.is_contiguous(), "gates_in: a contiguous (H, N, 4h) tensor");
-  TORCH_CHECK(w.scalar_type() == gates_in.scalar_type(), "w and gates_in: one dtype");
-  const int64_t height = gates_in.size(0), n = gates_in.size(1), hid = gates_in.size(2) / 4;
-  const auto acc = gates_in.options().dtype(acc_type(gates_in.scalar_type()));
-  Tensor hs = at::empty({height, n, hid}, gates_in.options());
-  Tensor unfolded = at::zeros({height, n, kernel * hid}, gates_in.options());
-  Tensor act = at::empty({height, n, 4 * hid}, acc);
+// One Row LSTM layer with its residual 1x1 convolution (sec. 3.1, 3.3): maps m (H, N, C) ->
+// m + up(h) + b_up. w_all = [input-to-state taps (half + 1) C ; state-to-state taps k h] x 4h.
+std::vector<Tensor> layer_forward(const Tensor& m, const Tensor& w_all, const Tensor& bias, const Tensor& h0,
+                                  const Tensor& c0, const Tensor& w_up, const Tensor& b_up, int64_t batch,
+                                  int64_t kernel) {
+  TORCH_CHECK(m.dim() == 3 && m.is_contiguous(), "m: a contiguous (H, N, C) tensor");
+  TORCH_CHECK(w_all.scalar_type() == m.scalar_type() && w_up.scalar_type() == m.scalar_type(),
+              "m, w_all and w_up: one dtype");
+  const int64_t height = m.size(0), n = m.size(1), ch = m.size(2), g4 = w_all.size(1), hid = g4 / 4;
+  TORCH_CHECK(w_all.size(0) == (kernel / 2 + 1) * ch + kernel * hid, "w_all: ((k/2 + 1) C + k h, 4h)");
+  const auto acc = m.options().dtype(acc_type(m.scalar_type()));
+  Tensor u = at::empty({height, n, w_all.size(0)}, m.options());  // the taps beyond the ends zeroed below
+  Tensor act = at::empty({height, n, g4}, m.options());
   Tensor cs = at::empty({height, n, hid}, acc);
-  const Tensor wc = w.contiguous();
-  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, gates_in.scalar_type(), "row_lstm_forward", [&] {
-    forward_impl<scalar_t>(gates_in, wc, h0, c0, batch, kernel, hs, unfolded, act, cs);
+  Tensor hs = at::empty({height, n, hid}, m.options());
+  const Tensor wc = w_all.contiguous();
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, m.scalar_type(), "row_lstm_layer_forward", [&] {
+    forward_impl<scalar_t>(m, wc, bias, h0, c0, batch, kernel, u, act, cs, hs);
   });
-  return {hs, unfolded, act, cs};
+  Tensor out = at::addmm(m.view({-1, ch}), hs.view({-1, hid}), w_up).add_(b_up).view({height, n, ch});
+  return {out, u, act, cs, hs};
 }
 
-std::vector<Tensor> row_lstm_backward(const Tensor& d_hs, const Tensor& unfolded, const Tensor& w, const Tensor& act,
-                                      const Tensor& cs, const Tensor& c0, int64_t batch, int64_t kernel) {
+std::vector<Tensor> layer_backward(const Tensor& d_out_, const Tensor& u, const Tensor& w_all, const Tensor& act,
+                                   const Tensor& cs, const Tensor& hs, const Tensor& c0, const Tensor& w_up,
+                                   int64_t batch, int64_t kernel) {
   const int64_t height = act.size(0), n = act.size(1), g4 = act.size(2), hid = g4 / 4;
-  const Tensor dhs = d_hs.to(unfolded.scalar_type()).contiguous();
-  Tensor d_gates = at::empty({height, n, g4}, unfolded.options());
-  Tensor dh_next = at::zeros({n, hid}, act.options());
-  Tensor dc = at::zeros({n, hid}, act.options());
-  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, unfolded.scalar_type(), "row_lstm_backward", [&] {
-    backward_impl<scalar_t>(dhs, w.contiguous(), act, cs, c0, batch, kernel, d_gates, dh_next, dc);
+  const int64_t ch = w_up.size(1), kx = (kernel / 2 + 1) * ch, kh = kernel * hid;
+  const Tensor d_out = d_out_.to(u.scalar_type()).contiguous();
+  const Tensor d_out2 = d_out.view({-1, ch}), hs2 = hs.view({-1, hid});
+  // the residual 1x1 convolution
+  Tensor d_hs = at::mm(d_out2, w_up.t());
+  Tensor d_w_up = at::mm(hs2.t(), d_out2);
+  Tensor d_b_up = d_out2.sum(0);  // bfloat16 sums accumulate in float; a dtype= would copy the tensor
+  // the row loop
+  Tensor d_gates = at::empty({height, n, g4}, u.options());
+  Tensor dh_next = at::zeros({n, hid}, cs.options());
+  Tensor dc = at::zeros({n, hid}, cs.options());
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, u.scalar_type(), "row_lstm_layer_backward", [&] {
+    backward_impl<scalar_t>(d_hs.view({height, n, hid}), w_all.narrow(0, kx, kh), act, cs, c0, batch, kernel,
+                            d_gates, dh_next, dc);
   });
-  // the state-to-state weight's gradient over all rows at once
-  Tensor d_w = at::mm(unfolded.view({-1, kernel * hid}).t(), d_gates.view({-1, g4}));
-  return {d_gates, d_w, dh_next.sum(0), dc.sum(0)};
+  // both convolutions' weights over all rows at once, and the input's gradient
+  const Tensor dg2 = d_gates.view({-1, g4});
+  Tensor d_w_all = at::mm(u.view({-1, kx + kh}).t(), dg2);
+  Tensor d_bias = dg2.sum(0).to(cs.scalar_type());
+  Tensor d_xt = at::mm(dg2, w_all.narrow(0, 0, kx).t());
+  Tensor d_m = at::empty_like(d_out);
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, u.scalar_type(), "row_lstm_fold_input", [&] {
+    fold_input_taps<scalar_t>(d_out, d_xt, batch, kernel, d_m);
+  });
+  return {d_m, d_w_all, d_bias, dh_next.sum(0), dc.sum(0), d_w_up, d_b_up};
 }
 
 }  // namespace
 
 TORCH_LIBRARY(rnngen_row_lstm, m) {
-  m.def("forward(Tensor gates_in, Tensor w, Tensor h0, Tensor c0, int batch, int kernel) -> Tensor[]");
-  m.def("backward(Tensor d_hs, Tensor unfolded, Tensor w, Tensor act, Tensor cs, Tensor c0, int batch, "
-        "int kernel) -> Tensor[]");
+  m.def("layer_forward(Tensor m, Tensor w_all, Tensor bias, Tensor h0, Tensor c0, Tensor w_up, Tensor b_up, "
+        "int batch, int kernel) -> Tensor[]");
+  m.def("layer_backward(Tensor d_out, Tensor u, Tensor w_all, Tensor act, Tensor cs, Tensor hs, Tensor c0, "
+        "Tensor w_up, int batch, int kernel) -> Tensor[]");
 }
 
 TORCH_LIBRARY_IMPL(rnngen_row_lstm, CPU, m) {
-  m.impl("forward", &row_lstm_forward);
-  m.impl("backward", &row_lstm_backward);
+  m.impl("layer_forward", &layer_forward);
+  m.impl("layer_backward", &layer_backward);
 }
