@@ -59,6 +59,9 @@ def main() -> None:
     p.add_argument("--no-augment-runs", action="store_true", help="skip the runs with augmentation")
     p.add_argument("--amp", action="store_true", help="train under bfloat16 autocast (train.amp)")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate of every model (default 1e-3)")
+    p.add_argument("--cosine-epochs", type=int, default=0,
+                   help="train.lr_schedule cosine over this many epochs (train.epochs; the budget still stops "
+                        "training); 0 = constant lr, epochs unbounded")
     p.add_argument("--csv", help="also write the table to this CSV file")
     p.add_argument("--pictures", help="save each trained model's samples (and generation over time) here")
     args = p.parse_args()
@@ -74,8 +77,9 @@ def main() -> None:
         for aug in (False,) if args.no_augment_runs else (False, True):
             torch.manual_seed(0)
             model = build_model(name, model_config(name, overrides))
-            cfg = TrainConfig(epochs=10_000, patience=5, device="cpu", time_budget_s=args.budget, lr=args.lr,
-                              amp=args.amp,
+            cfg = TrainConfig(epochs=args.cosine_epochs or 10_000, patience=5, device="cpu",
+                              time_budget_s=args.budget, lr=args.lr, amp=args.amp,
+                              lr_schedule="cosine" if args.cosine_epochs else "constant",
                               augment_shift=2 if aug else 0, augment_rotate=10.0 if aug else 0.0,
                               **{"batch_size": 64, **train})
             t0 = time.perf_counter()
@@ -87,6 +91,7 @@ def main() -> None:
                 save_pictures(model, Path(args.pictures), f"{variant}{'_augment' if aug else ''}")
             rows.append({
                 "model": variant, "augment": aug, "amp": args.amp,
+                "lr_schedule": f"cosine/{args.cosine_epochs}" if args.cosine_epochs else "constant",
                 "likelihood": "exact" if model.exact_likelihood else "bound",
                 "epochs": len(result.history), "best_epoch": result.best_epoch,
                 "train_s": round(seconds), "val_nelbo": round(result.best_val, 2),

@@ -29,6 +29,12 @@ def tiny_params(**overrides: Any) -> dict[str, Any]:
 
     params = copy.deepcopy(load_params(ROOT / "params.yaml"))
     small = {
+        # the pipeline's mechanics on the quickest model, in fp32, without a time limit;
+        # test_models_e2e runs every model through every stage
+        "model.name": "row_lstm_vae",
+        "train.amp": False,
+        "train.time_budget_s": 0,
+        "train.lr": 0.003,
         "model.row_lstm_vae.hidden": 16,
         "model.row_lstm_vae.z_dim": 4,
         "model.mlp_vae.hidden": 16,
@@ -55,6 +61,17 @@ def tiny_params(**overrides: Any) -> dict[str, Any]:
         "tune.hidden": [16], "tune.batch_size": [128], "tune.device": "cpu",
     }
     return set_dotted(params, {**small, **overrides})
+
+
+@pytest.fixture(scope="session", autouse=True)
+def built_kernels() -> None:
+    """Build rnngen's C++ kernels once, here, before any test starts a process that loads them:
+    processes that would start at once (torchrun ranks, tune workers) then find them built."""
+    import torch
+
+    from rnngen.models import kernels
+
+    kernels.row_lstm(torch.zeros(1))
 
 
 @pytest.fixture(scope="session")

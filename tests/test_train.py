@@ -4,6 +4,7 @@ non-finite losses that stop with a clear error and keep the last good checkpoint
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ import torch
 
 from rnngen import checkpoint as ckpt
 from rnngen import data
+from rnngen.config import ConfigError, from_dict
 from rnngen.models import build_model, model_config
 from rnngen.train import (
     NonFiniteLossError,
@@ -21,6 +23,7 @@ from rnngen.train import (
     fingerprint,
     fit,
     kl_weight,
+    make_scheduler,
     mark_registered,
     resume_point,
 )
@@ -73,8 +76,10 @@ def test_early_stopping(arrays) -> None:
     assert result.stopped_early and len(result.history) < 30
 
 
-def test_resume_is_bit_identical_to_an_uninterrupted_run(arrays, tmp_path: Path) -> None:
-    full = fit(small_model(), *arrays, CFG, "dynamic", checkpoint=tmp_path / "a.pt", progress=False)
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_resume_is_bit_identical_to_an_uninterrupted_run(arrays, tmp_path: Path, schedule: str) -> None:
+    cfg = dataclasses.replace(CFG, lr_schedule=schedule)  # cosine: the scheduler's state resumes too
+    full = fit(small_model(), *arrays, cfg, "dynamic", checkpoint=tmp_path / "a.pt", progress=False)
 
     class Crash(Exception):
         pass
@@ -84,16 +89,33 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(arrays, tmp_path: Path)
             raise Crash
 
     with pytest.raises(Crash):
-        fit(small_model(), *arrays, CFG, "dynamic", checkpoint=tmp_path / "b.pt", on_epoch=crash_after_two,
+        fit(small_model(), *arrays, cfg, "dynamic", checkpoint=tmp_path / "b.pt", on_epoch=crash_after_two,
             progress=False)
     torch.manual_seed(123)  # a new process would start from other RNG states
-    resumed = fit(small_model(), *arrays, CFG, "dynamic", checkpoint=tmp_path / "b.pt", progress=False)
+    resumed = fit(small_model(), *arrays, cfg, "dynamic", checkpoint=tmp_path / "b.pt", progress=False)
     assert resumed.resumed_from == 2
     timing = {"epoch_seconds", "images_per_second"}
     strip = [[{k: v for k, v in h.items() if k not in timing} for h in r.history] for r in (full, resumed)]
     assert strip[0] == strip[1]
     for k, v in full.best_weights.items():
         assert torch.equal(v, resumed.best_weights[k]), k
+
+
+def test_cosine_schedule_halves_the_rate_midway_and_ends_at_zero() -> None:
+    params = [torch.nn.Parameter(torch.zeros(1))]
+    cfg = dataclasses.replace(CFG, epochs=4, lr=0.01, lr_schedule="cosine")
+    optimizer = torch.optim.Adam(params, lr=cfg.lr)
+    scheduler = make_scheduler(optimizer, cfg, batches_per_epoch=5)
+    rates = []
+    for _ in range(20):  # 4 epochs of 5 batches
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert rates[0] == 0.01 and rates[10] == pytest.approx(0.005) and optimizer.param_groups[0]["lr"] < 1e-12
+    assert all(a >= b for a, b in itertools.pairwise(rates))  # never rises
+    assert make_scheduler(optimizer, CFG, 5) is None  # constant
+    with pytest.raises(ConfigError, match=r"train.lr_schedule: expected constant \| cosine, got 'step'"):
+        from_dict(TrainConfig, {"lr_schedule": "step"}, "train")
 
 
 def test_changed_settings_do_not_resume_a_stale_checkpoint(arrays, tmp_path: Path) -> None:

@@ -68,6 +68,9 @@ class TrainConfig:
     #: KL warm-up: the KL term's weight rises linearly from 0 to 1 over this many epochs
     #: (0 = off). Stops DRAW's posterior collapse (KL -> 0, the model draws the mean image).
     kl_warmup_epochs: float = 0.0
+    #: constant, or cosine: the learning rate falls from lr to 0 along a half cosine over
+    #: ``epochs`` (Loshchilov and Hutter 2017, SGDR eq. 5 without restarts), stepped per batch
+    lr_schedule: Literal["constant", "cosine"] = "constant"
 
     def problems(self) -> list[str]:
         out = below(self, epochs=1, batch_size=1, patience=1, grad_clip=0, augment_shift=0, augment_rotate=0,
@@ -200,6 +203,15 @@ def make_optimizer(model: GenerativeModel, cfg: TrainConfig) -> torch.optim.Opti
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
     return torch.optim.Adam(model.parameters(), lr=cfg.lr)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig,
+                   batches_per_epoch: int) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """``train.lr_schedule``: None for constant; cosine decays to 0 over ``cfg.epochs`` epochs,
+    one step per batch."""
+    if cfg.lr_schedule == "constant":
+        return None
+    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs * batches_per_epoch)
 
 
 def augment(x: Tensor, shift: int, rotate: float, generator: torch.Generator) -> Tensor:
@@ -367,6 +379,7 @@ def _fit(
     r = ranks()
     torch.manual_seed(cfg.seed)  # model noise (reparameterisation) uses the global stream
     optimizer = make_optimizer(model, cfg)
+    scheduler = make_scheduler(optimizer, cfg, math.ceil(len(train_x) / cfg.batch_size))
     # Data parallel: DDP averages the gradients over the ranks after each backward.
     net: Any = model
     if r.world > 1:
@@ -384,6 +397,7 @@ def _fit(
         ckpt.save(ckpt_path, {
             "model": ckpt.model_spec(model), "weights": model.state_dict(),
             "optimizer": optimizer.state_dict(), "epoch": epoch, "fingerprint": expected, "phase": phase,
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
             "history": result.history, "best_epoch": result.best_epoch,
             "best_val": result.best_val, "best_weights": result.best_weights,
             "bad_epochs": bad_epochs, "stopped_early": result.stopped_early,
@@ -399,6 +413,8 @@ def _fit(
         state = point.state
         model.load_state_dict(state["weights"])
         optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng_cpu"])
         if device.type == "cuda" and "rng_cuda" in state:
             torch.cuda.set_rng_state(state["rng_cuda"], device)
@@ -451,6 +467,8 @@ def _fit(
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
             # the true negative ELBO, whatever the warm-up weight
             for key, value in zip(("loss", "recon", "kl"), stats.tolist(), strict=True):
                 sums[key] += value

@@ -64,7 +64,8 @@ _NOT_SEARCH = ("n_trials", *_RUNTIME)
 #: the ``train.*`` keys every trial inherits from params.yaml (declared as params of the tune
 #: stage in dvc.yaml); the search sets lr, batch_size and optimizer, and tune.* sets the seed,
 #: device, epochs and patience of a trial
-INHERITED_TRAIN_KEYS = ("momentum", "grad_clip", "augment_shift", "augment_rotate", "amp", "kl_warmup_epochs")
+INHERITED_TRAIN_KEYS = ("momentum", "grad_clip", "augment_shift", "augment_rotate", "amp", "kl_warmup_epochs",
+                        "lr_schedule")
 
 
 class TuneError(UserError, RuntimeError):

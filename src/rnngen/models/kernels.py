@@ -37,11 +37,13 @@ def _load(name: str) -> bool:
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     from torch.utils import cpp_extension
 
-    try:
+    try:  # a private helper, for the message only
         built = Path(cpp_extension._get_build_directory(f"rnngen_{name}", verbose=False)) / f"rnngen_{name}.so"
-        if not built.exists():
-            print(f"rnngen: compiling the C++ kernel {name} (once per machine, about 15 s)", file=sys.stderr,
-                  flush=True)
+    except Exception:
+        built = None
+    if built is not None and not built.exists():
+        print(f"rnngen: compiling the C++ kernel {name} (once per machine, about 15 s)", file=sys.stderr, flush=True)
+    try:
         cpp_extension.load(
             name=f"rnngen_{name}", sources=[str(CSRC / f"{name}.cpp")], is_python_module=False,
             extra_cflags=["-O3", "-march=native", "-ffast-math", "-fopenmp"], extra_ldflags=["-fopenmp", "-lm"],
@@ -55,7 +57,7 @@ def _load(name: str) -> bool:
 
 
 def row_lstm(like: torch.Tensor) -> object | None:
-    """The Row LSTM row loop's ops (``torch.ops.rnngen_row_lstm``) for ``like``'s device, or None
+    """The Row LSTM layer's ops (``torch.ops.rnngen_row_lstm``) for ``like``'s device, or None
     where the op loop must run (not a CPU tensor, kernels off, the build failed)."""
     if like.device.type != "cpu" or not enabled() or not _load("row_lstm"):
         return None

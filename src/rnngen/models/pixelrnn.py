@@ -269,15 +269,6 @@ class RowLSTMLayer(nn.Module):
         """The state-to-state kernel as a ``(k h, 4h)`` matrix, tap-major."""
         return self.w_ss[:, :, 0, :].permute(2, 1, 0).reshape(self.kernel * self.hidden, 4 * self.hidden)
 
-    def row_step(self, gates_in: Tensor, h: Tensor, c: Tensor, w_ss: Tensor) -> tuple[Tensor, Tensor]:
-        """One row without autograd (generation): ``gates_in`` ``(B, W, 4h)``, the previous
-        row's ``h``, ``c`` ``(B, W, h)``."""
-        width, half = h.shape[1], self.kernel // 2
-        padded = F.pad(h, (0, 0, half, half))  # (B, W + 2 half, h): zeros beyond the edges
-        unfolded = torch.cat([padded[:, t : t + width] for t in range(self.kernel)], -1)  # (B, W, k h)
-        h, c, _ = cell(gates_in + unfolded @ w_ss, c)
-        return h, c
-
     def forward(self, m: Tensor) -> Tensor:
         """Maps ``(H, B, W, C)`` -> the layer's output ``(H, B, W, C)``, the residual included."""
         low = low_precision(m)
@@ -427,8 +418,9 @@ class PixelRNN(GenerativeModel):
         size: tuple[int, int] = (SIZE, SIZE), given: Tensor | None = None, mask: Tensor | None = None,
         on_row: Any = None,
     ) -> tuple[Tensor, Tensor]:
-        """Draw images pixel by pixel in raster order, one row pass per pixel with the rows
-        above cached (states and maps), never a full forward per pixel.
+        """Draw images pixel by pixel in raster order, each pixel computing one position (Row
+        LSTM) or one diagonal step (Diagonal BiLSTM) per layer with the rows above cached (states
+        and maps), never a full forward per pixel.
 
         With ``given`` and ``mask`` ``(n, 1, H, W)``, pixels where ``mask`` is False are taken
         from ``given`` instead of sampled. Returns ``(images, probs)``: the binary images and
@@ -488,34 +480,48 @@ class PixelRNN(GenerativeModel):
 
 
 class _RowSampler:
-    """Row LSTM generation: per layer the previous row's (h, c) is cached; each pixel reruns
-    the current row through every layer (a row's states do not depend on its own pixels'
-    values beyond the current one, so the last pass gives the row's final states)."""
+    """Row LSTM generation, pixel by pixel, one position per layer. A Row LSTM state at (i, j)
+    depends on the row above (cached) and on the layer's input at (i, j - k//2 .. j) only (there
+    is no recurrence along the row, sec. 3.1), so each pixel computes column j of every layer
+    from this row's inputs, cached as they are made: one position, not the whole row, a pixel."""
 
     def __init__(self, model: PixelRNN, n: int, size: tuple[int, int]) -> None:
         self.model = model
-        hidden, width = model.config.hidden, size[1]
+        width, cfg = size[1], model.config
+        self.half, channels = cfg.kernel // 2, 2 * cfg.hidden
+        like = {"device": model.input_conv.weight.device, "dtype": model.input_conv.weight.dtype}
+        self.weight = model.input_conv.weight[..., :4, :] * model.mask_a[..., :4, :]  # rows i-3..i
+        self.w_is = [layer.input_matrix() for layer in model.layers]
         self.w_ss = [layer.state_matrix() for layer in model.layers]
-        self.state = [(layer.h0.expand(n, width, hidden), layer.c0.expand(n, width, hidden))
-                      for layer in model.layers]
-        self.next_state = self.state
+        pad = (0, 0, self.half, self.half)
+        # per layer: this row's inputs, zeros left of the row (n, k//2 + W, C); the row above's
+        # h with zeros beyond both ends (n, k//2 + W + k//2, h) and its c (n, W, h); the same
+        # two for this row, filled as it is generated
+        self.inputs = [torch.zeros(n, self.half + width, channels, **like) for _ in model.layers]
+        self.h_above = [F.pad(layer.h0.expand(n, width, cfg.hidden), pad) for layer in model.layers]
+        self.c_above = [layer.c0.expand(n, width, cfg.hidden).clone() for layer in model.layers]
+        self.h_row = [torch.zeros_like(h) for h in self.h_above]
+        self.c_row = [torch.zeros_like(c) for c in self.c_above]
 
     def logit(self, x: Tensor, i: int, j: int) -> Tensor:
-        model = self.model
-        window = F.pad(x, (0, 0, 3, 0))[:, :, i : i + 4]  # rows i-3..i (mask A ignores rows below)
-        m = F.conv2d(window, model.input_conv.weight[..., :4, :] * model.mask_a[..., :4, :],
-                     model.input_conv.bias, padding=(0, 3)).permute(0, 2, 3, 1)  # (n, 1, W, 2h): row i
-        new_state = []
-        for layer, (h, c), w_ss in zip(model.layers, self.state, self.w_ss, strict=True):
-            gates_in = layer.input_to_state(m)[:, 0]  # (n, W, 4h)
-            h_new, c_new = layer.row_step(gates_in, h, c, w_ss)
-            new_state.append((h_new, c_new))
-            m = m + layer.up(h_new).unsqueeze(1)
-        self.next_state = new_state
-        return model.head(m)[:, 0, j, 0]
+        model, n, half = self.model, len(x), self.half
+        patch = F.pad(x, (3, 3, 3, 0))[:, :, i : i + 4, j : j + 7]  # rows i-3..i, cols j-3..j+3
+        m = torch.einsum("nchw,ochw->no", patch, self.weight) + model.input_conv.bias  # (n, 2h)
+        for l_idx, layer in enumerate(model.layers):
+            self.inputs[l_idx][:, half + j] = m
+            taps_in = self.inputs[l_idx][:, j : j + half + 1].reshape(n, -1)  # inputs at j - k//2 .. j
+            taps_h = self.h_above[l_idx][:, j : j + 2 * half + 1].reshape(n, -1)  # states at j - k//2 .. j + k//2
+            gates = torch.addmm(layer.bias, taps_in, self.w_is[l_idx]) + taps_h @ self.w_ss[l_idx]
+            h, c = lstm_cell(gates, self.c_above[l_idx][:, j])
+            self.h_row[l_idx][:, half + j], self.c_row[l_idx][:, j] = h, c
+            m = m + layer.up(h)  # residual (sec. 3.3)
+        return model.head(m)[:, 0]
 
     def end_row(self, x: Tensor, i: int) -> None:
-        self.state = self.next_state
+        """Row i is complete: its states become the row above (the buffers swap; every
+        position of the new row is written before it is read, the zero ends stay zero)."""
+        self.h_above, self.h_row = self.h_row, self.h_above
+        self.c_above, self.c_row = self.c_row, self.c_above
 
 
 class _DiagonalSampler:
