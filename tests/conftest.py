@@ -35,6 +35,7 @@ def tiny_params(**overrides: Any) -> dict[str, Any]:
         "train.amp": False,
         "train.time_budget_s": 0,
         "train.lr": 0.003,
+        "train.lr_schedule": "constant",
         "model.row_lstm_vae.hidden": 16,
         "model.row_lstm_vae.z_dim": 4,
         "model.mlp_vae.hidden": 16,
