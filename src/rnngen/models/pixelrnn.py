@@ -384,6 +384,13 @@ class PixelRNN(GenerativeModel):
         """The 7x7 mask-A convolution: ``(B, 1, H, W)`` -> maps ``(B, 2h, H, W)``."""
         return F.conv2d(x, self.input_conv.weight * self.mask_a, self.input_conv.bias, padding=3)
 
+    def first_layer_at(self, x: Tensor, i: int, j: int) -> Tensor:
+        """The mask-A convolution at pixel (i, j) only, ``(n, 2h)`` (generation): the 7x7 kernel's
+        rows i-3..i over columns j-3..j+3 (mask A zeroes the rest)."""
+        patch = F.pad(x, (3, 3, 3, 0))[:, :, i : i + 4, j : j + 7]
+        weight = self.input_conv.weight[..., :4, :] * self.mask_a[..., :4, :]
+        return torch.einsum("nchw,ochw->no", patch, weight) + self.input_conv.bias
+
     def head(self, m: Tensor) -> Tensor:
         """Output layers (sec. 3.4) on channels-last maps: ReLU, 1x1, ReLU, 1x1 -> one logit."""
         return self.out2(F.relu(self.out1(F.relu(m))))
@@ -490,7 +497,6 @@ class _RowSampler:
         width, cfg = size[1], model.config
         self.half, channels = cfg.kernel // 2, 2 * cfg.hidden
         like = {"device": model.input_conv.weight.device, "dtype": model.input_conv.weight.dtype}
-        self.weight = model.input_conv.weight[..., :4, :] * model.mask_a[..., :4, :]  # rows i-3..i
         self.w_is = [layer.input_matrix() for layer in model.layers]
         self.w_ss = [layer.state_matrix() for layer in model.layers]
         pad = (0, 0, self.half, self.half)
@@ -505,8 +511,7 @@ class _RowSampler:
 
     def logit(self, x: Tensor, i: int, j: int) -> Tensor:
         model, n, half = self.model, len(x), self.half
-        patch = F.pad(x, (3, 3, 3, 0))[:, :, i : i + 4, j : j + 7]  # rows i-3..i, cols j-3..j+3
-        m = torch.einsum("nchw,ochw->no", patch, self.weight) + model.input_conv.bias  # (n, 2h)
+        m = model.first_layer_at(x, i, j)  # (n, 2h)
         for l_idx, layer in enumerate(model.layers):
             self.inputs[l_idx][:, half + j] = m
             taps_in = self.inputs[l_idx][:, j : j + half + 1].reshape(n, -1)  # inputs at j - k//2 .. j
@@ -547,9 +552,7 @@ class _DiagonalSampler:
 
     def logit(self, x: Tensor, i: int, j: int) -> Tensor:
         model = self.model
-        patch = F.pad(x, (3, 3, 3, 0))[:, :, i : i + 4, j : j + 7]  # rows i-3..i, cols j-3..j+3
-        weight = model.input_conv.weight[..., :4, :] * model.mask_a[..., :4, :]
-        m = torch.einsum("nchw,ochw->no", patch, weight) + model.input_conv.bias  # (n, 2h)
+        m = model.first_layer_at(x, i, j)  # (n, 2h)
         for l_idx, layer in enumerate(model.layers):
             self.inputs[l_idx, :, j] = m
             if j == 0:
