@@ -72,6 +72,24 @@ def test_the_closure_walk_catches_an_undeclared_lazy_import(tmp_path: Path) -> N
     assert [p.name for p in found if not covered(p, deps, tmp_path)] == ["b.py"]
 
 
+def test_native_sources_beside_a_module_are_in_its_closure_and_the_code_digest(tmp_path: Path) -> None:
+    """A C++ kernel a package compiles at run time is code that runs: it is in the closure (so in
+    the training fingerprint's code digest, files.source_digest), and changing it changes the digest."""
+    pkg = tmp_path / "src" / "rnngen"
+    (pkg / "csrc").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "csrc" / "k.cpp").write_text("int f() { return 1; }\n")
+    script = tmp_path / "s.py"
+    script.write_text("import rnngen\n")
+    found = import_closure(script, tmp_path / "src")
+    assert pkg / "csrc" / "k.cpp" in found
+    before = files.tree_digest(found, tmp_path)
+    (pkg / "csrc" / "k.cpp").write_text("int f() { return 2; }\n")
+    assert files.tree_digest(found, tmp_path) != before
+    real = files.import_closure(ROOT / "src/rnngen/stages/train.py", [SRC])
+    assert ROOT / "src/rnngen/models/csrc/row_lstm.cpp" in real
+
+
 def test_the_real_dvc_yaml_fails_when_a_dep_is_removed() -> None:
     """Deleting one declared module from a stage's deps makes the check fail (it can fail)."""
     stage = dict(stages()["train"])

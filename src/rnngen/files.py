@@ -115,7 +115,9 @@ def imported_modules(path: Path, packages: Sequence[str]) -> set[str]:
 
 def import_closure(start: Path, search: Sequence[Path], packages: Sequence[str] = ("rnngen",)) -> set[Path]:
     """The files of ``packages`` (found under ``search``) that running ``start`` can import,
-    walking every import statically, lazy ones too; ``start`` included."""
+    walking every import statically, lazy ones too; ``start`` included. Native sources in a
+    ``csrc/`` folder beside a module reached (C++ kernels its package compiles and loads, as
+    ``rnngen.models.kernels`` does) are code that runs too, and are included."""
     seen: set[Path] = set()
     todo = [start]
     while todo:
@@ -130,7 +132,9 @@ def import_closure(start: Path, search: Sequence[Path], packages: Sequence[str] 
                 if found is not None:
                     todo.append(found)
                     break
-    return seen
+    native = {f for path in seen if (path.parent / "csrc").is_dir() for f in (path.parent / "csrc").rglob("*")
+              if f.is_file()}
+    return seen | native
 
 
 def source_digest(module: str) -> str:
