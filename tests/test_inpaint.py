@@ -6,8 +6,9 @@ import pytest
 import torch
 from PIL import Image
 
+from rnngen import inpaint as inpaint_module
 from rnngen import pictures
-from rnngen.classifier import DigitClassifier
+from rnngen.classifier import ClassifierConfig, DigitClassifier
 from rnngen.inpaint import MASKS, inpaint, inpainting_metrics, make_mask
 from rnngen.models import build_model, model_config
 
@@ -87,6 +88,34 @@ def test_inpainting_metrics_are_deterministic_and_bounded() -> None:
     assert set(first) == {"mse_missing", "bce_missing", "accuracy_completed", "accuracy_original", "accuracy_masked"}
     assert 0 < first["mse_missing"] <= 1 and first["bce_missing"] > 0
     assert all(0 <= first[k] <= 1 for k in first if k.startswith("accuracy"))
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_a_binary_completion_draws_from_the_same_chain(name: str) -> None:
+    model, x = tiny_model(name), images(4)
+    mask = make_mask("centre_square", 4)
+    means = inpaint(model, x, mask, iterations=3, generator=torch.Generator().manual_seed(0))
+    drawn = inpaint(model, x, mask, iterations=3, generator=torch.Generator().manual_seed(0), binary=True)
+    assert torch.equal(drawn[~mask], x[~mask]) and ((drawn == 0) | (drawn == 1)).all()
+    assert not ((means[mask] == 0) | (means[mask] == 1)).all()
+    # the same chain: the drawn pixels follow the means (pixels near 0 or 1 are drawn so)
+    assert ((means[mask] > 0.999) <= (drawn[mask] == 1)).all() and ((means[mask] < 0.001) <= (drawn[mask] == 0)).all()
+
+
+def test_inpainting_accuracy_feeds_the_judge_its_kind(monkeypatch) -> None:
+    torch.manual_seed(0)
+    seen: list[torch.Tensor] = []
+    judge_accuracy = inpaint_module.accuracy
+    monkeypatch.setattr(inpaint_module, "accuracy",
+                        lambda clf, imgs, y: seen.append(imgs) or judge_accuracy(clf, imgs, y))
+    grey = torch.rand(6, 1, 28, 28)  # grey originals are binarized for a binary judge
+    y = torch.arange(6)
+    inpainting_metrics(tiny_model(), DigitClassifier(10).eval(), grey, y, "bottom_half", iterations=2, seed=0)
+    assert len(seen) == 3 and all(((s == 0) | (s == 1)).all() for s in seen)
+    seen.clear()
+    grey_judge = DigitClassifier(10, ClassifierConfig(binarize=False)).eval()
+    inpainting_metrics(tiny_model(), grey_judge, grey, y, "bottom_half", iterations=2, seed=0)
+    assert len(seen) == 3 and not any(((s == 0) | (s == 1)).all() for s in seen)
 
 
 def test_inpainting_panel_png(tmp_path) -> None:

@@ -53,6 +53,15 @@ def test_sampling_is_seeded_and_fresh(name: str) -> None:
     assert torch.allclose(cool[0], cool[1])  # temperature 0: every sample is the prior mean's image
 
 
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_binary_samples_are_seeded_draws(name: str) -> None:
+    model = tiny(name).eval()
+    with torch.no_grad():
+        a = model.sample_binary(4, generator=torch.Generator().manual_seed(0))
+        b = model.sample_binary(4, generator=torch.Generator().manual_seed(0))
+    assert a.shape == (4, 1, 28, 28) and ((a == 0) | (a == 1)).all() and torch.equal(a, b)
+
+
 def test_every_registered_model_is_covered() -> None:
     assert set(MODELS) <= set(TINY)  # every registered model has a tiny setting, so every one is tested
 

@@ -161,6 +161,24 @@ def test_completion_keeps_observed_pixels_and_bottom_half_is_exact(variant: str)
     assert torch.allclose(probs[mask], torch.sigmoid(model.logits(images))[mask], atol=1e-9)
 
 
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_binary_samples_and_completions_are_the_drawn_path(variant: str) -> None:
+    model = tiny(variant)
+    drawn = model.sample_binary(5, torch.Generator().manual_seed(3))
+    images, probs = model.generate(5, torch.Generator().manual_seed(3))
+    assert torch.equal(drawn, images) and ((drawn == 0) | (drawn == 1)).all()
+    assert torch.equal(model.sample(5, torch.Generator().manual_seed(3)), probs)
+    # one path: the probabilities complete() returns are the conditionals of the pixels
+    # complete(binary=True) drew, with the same generator state
+    x = torch.bernoulli(torch.full((5, 1, 28, 28), 0.5, dtype=torch.float64))
+    mask = torch.zeros_like(x, dtype=torch.bool)
+    mask[:, :, 20:] = True
+    p = model.complete(x, mask, 1, torch.Generator().manual_seed(4))
+    b = model.complete(x, mask, 1, torch.Generator().manual_seed(4), binary=True)
+    assert torch.equal(b[~mask], x[~mask]) and ((b == 0) | (b == 1)).all()
+    assert torch.allclose(p[mask], torch.sigmoid(model.logits(b))[mask], atol=1e-9)
+
+
 def test_the_cpp_loop_equals_the_op_loop_on_odd_shapes(monkeypatch: pytest.MonkeyPatch) -> None:
     """Kernel widths 1, 3 and 5 (taps beyond both ends of a 4-pixel row), one image, one row:
     the C++ loop and the op loop agree in fp64, values and every parameter's gradient."""

@@ -2,23 +2,27 @@
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 
 import numpy as np
 import pytest
 import torch
 
+from rnngen import quality
 from rnngen.classifier import (
     ClassifierConfig,
     DigitClassifier,
     accuracy,
     features,
+    judged,
     load_classifier,
     logits,
     probabilities,
     save_classifier,
     train_classifier,
 )
+from rnngen.errors import UserError
 from rnngen.models import build_model, model_config
 from rnngen.quality import (
     classifier_score,
@@ -120,9 +124,9 @@ def test_classifier_config_problems() -> None:
 
 def test_tiny_classifier_beats_chance_and_round_trips(tiny_classifier, digits, tmp_path) -> None:
     x, y = digits
-    acc = accuracy(tiny_classifier, x[1000:1500], y[1000:1500])
+    acc = accuracy(tiny_classifier, judged(tiny_classifier, x[1000:1500], 0), y[1000:1500])
     assert acc > 0.3  # chance is 0.1
-    images = torch.from_numpy(x[:7])
+    images = judged(tiny_classifier, x[:7], 0)
     assert features(tiny_classifier, images).shape == (7, 128)
     probs = probabilities(tiny_classifier, images)
     assert probs.shape == (7, 10) and torch.allclose(probs.sum(1), torch.ones(7))
@@ -152,3 +156,68 @@ def test_sample_quality_is_deterministic(tiny_classifier, digits) -> None:
     assert sample_quality(model, tiny_classifier, real, n=60, seed=4)["fcd"] != first["fcd"]
     with pytest.raises(ValueError, match="n must be"):
         sample_quality(model, tiny_classifier, real, n=101, seed=0)
+
+
+def test_a_binary_judge_refuses_grey_levels_and_judged_binarizes(tiny_classifier, digits) -> None:
+    x = digits[0][:50]
+    assert tiny_classifier.binary
+    with pytest.raises(ValueError, match="judges binary images"):
+        features(tiny_classifier, x)
+    a, b = judged(tiny_classifier, x, 0), judged(tiny_classifier, x, 1)
+    assert ((a == 0) | (a == 1)).all() and torch.equal(a, judged(tiny_classifier, x, 0)) and not torch.equal(a, b)
+    assert torch.equal(judged(tiny_classifier, a, 5), a)  # binary images pass unchanged
+    # a draw, not a threshold: the mean of many draws is the grey level
+    grey = torch.from_numpy(x[:1]).float() / 255
+    mean = torch.stack([judged(tiny_classifier, grey, s) for s in range(400)]).mean(0)
+    assert (mean - grey).abs().max() < 0.2
+
+
+def test_classifier_trains_on_fresh_binary_draws_unless_told_otherwise(digits, monkeypatch) -> None:
+    x, y = digits
+    seen: list[torch.Tensor] = []
+    forward = DigitClassifier.forward
+
+    def spy(self, inputs):
+        if self.training:
+            seen.append(inputs.detach().clone())
+        return forward(self, inputs)
+
+    monkeypatch.setattr(DigitClassifier, "forward", spy)
+    cfg = ClassifierConfig(epochs=2, batch_size=8, augment_shift=0)
+    model, _ = train_classifier(x[:8], y[:8], x[8:12], y[8:12], cfg, progress=False)
+    assert model.binary and len(seen) == 2
+    assert all(((b == 0) | (b == 1)).all() for b in seen)
+    first, second = (b.sum((1, 2, 3)).sort().values for b in seen)  # same 8 images, shuffled
+    assert not torch.equal(first, second)  # drawn afresh each epoch
+    seen.clear()
+    grey_judge, _ = train_classifier(x[:8], y[:8], x[8:12], y[8:12], dataclasses.replace(cfg, binarize=False),
+                                     progress=False)
+    assert not grey_judge.binary and not ((seen[0] == 0) | (seen[0] == 1)).all()
+    features(grey_judge, x[:3])  # a grey judge takes grey levels
+    assert ClassifierConfig(binarize="yes").problems() == ["binarize: must be true or false, got 'yes'"]
+
+
+def test_sample_quality_compares_the_judges_kind_on_both_sides(tiny_classifier, digits, monkeypatch) -> None:
+    torch.manual_seed(0)
+    model = build_model("mlp_vae", model_config("mlp_vae", {"hidden": 32, "z_dim": 4}))
+    real = torch.from_numpy(digits[0][2000:2100]).float().unsqueeze(1) / 255.0
+    seen: list[torch.Tensor] = []
+    judge_features = quality.features
+    monkeypatch.setattr(quality, "features", lambda clf, imgs: seen.append(imgs) or judge_features(clf, imgs))
+    sample_quality(model, tiny_classifier, real, n=40, seed=0)
+    assert len(seen) == 2 and all(((s == 0) | (s == 1)).all() for s in seen)  # samples and real: binary
+    grey_judge = dataclasses.replace(tiny_classifier.config, binarize=False)
+    clf = DigitClassifier(10, grey_judge).eval()
+    seen.clear()
+    sample_quality(model, clf, real, n=40, seed=0)
+    assert not any(((s == 0) | (s == 1)).all() for s in seen)  # Bernoulli means against grey levels
+
+
+def test_an_old_grey_level_classifier_file_is_refused(tiny_classifier, tmp_path) -> None:
+    path = save_classifier(tmp_path / "old.pt", tiny_classifier)
+    state = torch.load(path, weights_only=True)
+    state["format"] = "rnngen-classifier-v1"
+    state["config"].pop("binarize")
+    torch.save(state, path)
+    with pytest.raises(UserError, match="older rnngen that judged grey levels"):
+        load_classifier(path)

@@ -2,8 +2,11 @@
 
 It stands in for Inception in the sample-quality metrics (Fréchet distance on its
 penultimate features, classifier score on its probabilities) and judges whether an
-inpainted digit is still recognisable. Inputs are grey levels in [0, 1], as the
-generative models' Bernoulli means are.
+inpainted digit is still recognisable. By default (``binarize``) it is trained and judges on
+binary images, the kind the models' likelihood is of: a fresh Bernoulli draw of each training
+image's grey levels per batch, and real images binarized once (seeded) when they are judged;
+it refuses grey input, so a sample and a real image are always the same kind of picture.
+With ``binarize: false`` it takes grey levels in [0, 1] instead.
 """
 
 from __future__ import annotations
@@ -29,8 +32,9 @@ CLASSIFIER_FILE = "classifier.pt"
 METRICS_FILE = "metrics.json"
 #: the classifier stage's output as the CLI finds it when run in the project root
 PROJECT_CLASSIFIER = Path("classifier") / CLASSIFIER_FILE
-#: format tag in saved files, so a generative-model checkpoint is not mistaken for one
-FORMAT = "rnngen-classifier-v1"
+#: format tag in saved files, so a generative-model checkpoint is not mistaken for one (v1:
+#: before ``binarize``; those judged grey levels and are refused rather than guessed at)
+FORMAT = "rnngen-classifier-v2"
 
 
 @dataclass(frozen=True)
@@ -42,11 +46,16 @@ class ClassifierConfig:
     #: random shifts of up to this many pixels on training batches (0 = off): with a few
     #: thousand images it is the cheapest way past 95% accuracy
     augment_shift: int = 2
+    #: train and judge on binary images (Bernoulli draws of the grey levels), the kind the
+    #: models' samples are; False: grey levels in [0, 1]
+    binarize: bool = True
 
     def problems(self) -> list[str]:
         out = below(self, epochs=1, batch_size=1, augment_shift=0)
         if not self.lr > 0:
             out.append(f"lr: learning rate must be > 0, got {self.lr}")
+        if not isinstance(self.binarize, bool):
+            out.append(f"binarize: must be true or false, got {self.binarize!r}")
         return out
 
 
@@ -70,6 +79,11 @@ class DigitClassifier(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.out(self.features(x))
 
+    @property
+    def binary(self) -> bool:
+        """Whether it judges binary images (see the module docstring)."""
+        return bool(self.config.binarize)
+
 
 def as_images(x: Tensor | np.ndarray) -> Tensor:
     """uint8 grey levels or floats in [0, 1], ``(N, 28, 28)`` or ``(N, 1, 28, 28)`` ->
@@ -80,6 +94,22 @@ def as_images(x: Tensor | np.ndarray) -> Tensor:
     if x.ndim != 4 or x.shape[1:] != (1, 28, 28):
         raise ValueError(f"expected images (N, 28, 28) or (N, 1, 28, 28), got shape {tuple(x.shape)}")
     return x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+
+
+def judged(model: DigitClassifier, images: Tensor | np.ndarray, seed: int) -> Tensor:
+    """``images`` as ``model`` judges them: for a binary judge one Bernoulli draw of the grey
+    levels from a generator seeded with ``seed`` (binary images come back unchanged); grey
+    levels in [0, 1] otherwise."""
+    x = as_images(images)
+    return torch.bernoulli(x, generator=torch.Generator().manual_seed(seed)) if model.binary else x
+
+
+def _check_kind(model: DigitClassifier, x: Tensor) -> None:
+    if model.binary and x.numel() and not ((x == 0) | (x == 1)).all():
+        raise ValueError(
+            "this classifier judges binary images (classifier.binarize: true) but was given grey levels; "
+            "pass binary images (a model's sample_binary, or rnngen.classifier.judged for real ones)"
+        )
 
 
 def shift(x: Tensor, max_shift: int, generator: torch.Generator) -> Tensor:
@@ -101,6 +131,7 @@ def _batched(
 ) -> Tensor:
     model.eval()
     x = as_images(images)
+    _check_kind(model, x)
     device = _device(model)
     parts = [fn(x[i : i + batch_size].to(device)).cpu() for i in range(0, len(x), batch_size)]
     return torch.cat(parts) if parts else torch.zeros(0)
@@ -156,6 +187,7 @@ def train_classifier(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)  # weight init
         model = DigitClassifier(num_classes, cfg).to(device)
+        x_val = judged(model, x_val, cfg.seed)  # one fixed draw: comparable across epochs
         order_gen = torch.Generator().manual_seed(cfg.seed)
         opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
         best_acc, best_epoch, best_state, loss_sum = -1.0, 0, model.state_dict(), 0.0
@@ -166,7 +198,10 @@ def train_classifier(
             perm = torch.randperm(len(x_tr), generator=order_gen)
             for start in range(0, len(perm), cfg.batch_size):
                 idx = perm[start : start + cfg.batch_size]
-                xb = shift(x_tr[idx], cfg.augment_shift, order_gen).to(device)
+                xb = shift(x_tr[idx], cfg.augment_shift, order_gen)
+                if cfg.binarize:  # a fresh draw per batch, as the models' dynamic binarization
+                    xb = torch.bernoulli(xb, generator=order_gen)
+                xb = xb.to(device)
                 loss = F.cross_entropy(model(xb), y_tr[idx].to(device))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -211,6 +246,9 @@ def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> Dig
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # not a torch file, truncated, ...
         raise UserError(f"classifier file {path} is unreadable ({exc}); train it again") from exc
+    if isinstance(state, dict) and state.get("format") == "rnngen-classifier-v1":
+        raise UserError(f"{path} is a classifier from an older rnngen that judged grey levels; train it again "
+                        "(dvc repro classifier) so samples and real images are judged as binary images")
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise UserError(f"{path} is not an rnngen classifier file (rnngen.classifier.save_classifier)")
     model = DigitClassifier(int(state["num_classes"]), ClassifierConfig(**state["config"]))

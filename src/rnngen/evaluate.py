@@ -46,14 +46,17 @@ class EvalConfig:
                      inpaint_iterations=1)
 
 
-def test_set_identity(cfg: EvalConfig, binarization: str, n_test: int, data_sha256: str) -> dict[str, str]:
+def test_set_identity(
+    cfg: EvalConfig, binarization: str, n_test: int, data_sha256: str, judge: DigitClassifier
+) -> dict[str, str]:
     """What makes two evaluations comparable, as flat strings (logged as ``test_set.*``
     params): the test images (their digest and count), how they were binarized (mode and
-    seed), k, and the sample-quality and inpainting settings."""
+    seed), k, and the sample-quality and inpainting settings, with the kind of image the
+    classifier judges (an FCD of binary images does not compare with one of grey levels)."""
     return {
         "data_sha256": data_sha256, "n_test": str(n_test), "binarization": binarization, "seed": str(cfg.seed),
         "k": str(cfg.k), "n_quality": str(min(cfg.n_quality, n_test)), "inpaint_images": str(cfg.inpaint_images),
-        "inpaint_iterations": str(cfg.inpaint_iterations),
+        "inpaint_iterations": str(cfg.inpaint_iterations), "judged_images": "binary" if judge.binary else "grey",
     }
 
 
@@ -129,9 +132,10 @@ def report(
     }
     metrics |= {"k": cfg.k, "n_test": len(x)}
 
-    grey = to_unit(x_test)  # samples are Bernoulli means: compare grey levels
-    n_quality = min(cfg.n_quality, len(grey))
-    metrics |= {f"test_{k}": v for k, v in sample_quality(model, classifier, grey, n_quality, cfg.seed).items()}
+    # a binary judge compares binary samples with the test images as the likelihood saw them
+    real = x if classifier.binary else to_unit(x_test)
+    n_quality = min(cfg.n_quality, len(real))
+    metrics |= {f"test_{k}": v for k, v in sample_quality(model, classifier, real, n_quality, cfg.seed).items()}
 
     gen = torch.Generator(device=model.device).manual_seed(cfg.seed)
     n = cfg.n_samples

@@ -6,6 +6,8 @@ with Bernoulli(0.5) noise, then repeatedly reconstruct and redraw only the missi
 the observed ones clamped; a Markov chain whose stationary distribution is p(missing |
 observed) when q(z|x) is exact); autoregressive models sample the missing pixels in raster
 order. This module validates the inputs and scores the result, the same way for every model.
+The classifier's accuracy is taken on images of the kind it was trained on: with a binary
+judge (the default) the completion's missing pixels are drawn, not left as probabilities.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from rnngen.classifier import DigitClassifier, accuracy, as_images
+from rnngen.classifier import DigitClassifier, accuracy, as_images, judged
 from rnngen.models import GenerativeModel
 
 SIDE = 28
@@ -67,11 +69,14 @@ def inpaint(
     mask: Tensor,
     iterations: int,
     generator: torch.Generator | None = None,
+    *,
+    binary: bool = False,
 ) -> Tensor:
     """Complete the pixels of ``x`` ``(B, 1, 28, 28)`` in [0, 1] where ``mask`` is True.
 
     Returns ``x`` with the missing pixels replaced by the model's completion (``iterations``
-    rounds where the model's sampler has rounds); observed pixels are returned exactly as given.
+    rounds where the model's sampler has rounds): probabilities p(x_i = 1 | ...), or with
+    ``binary`` pixels drawn from them; observed pixels are returned exactly as given.
     ``generator`` must live on the model's device.
     """
     if iterations < 1:
@@ -84,7 +89,7 @@ def inpaint(
         raise ValueError("inpainting needs images in [0, 1]")
     model.eval()
     x, mask = x.to(model.device), mask.to(model.device)
-    done = model.complete(x, mask, iterations, generator=generator)
+    done = model.complete(x, mask, iterations, generator=generator, binary=binary)
     return torch.where(mask, done, x)  # whatever the model returns, observed pixels stay as given
 
 
@@ -101,26 +106,33 @@ def inpainting_metrics(
 ) -> dict[str, float]:
     """Scores of completing images ``x`` (labels ``y``) under mask ``kind``.
 
-    ``mse_missing`` and ``bce_missing`` (nats) are means per missing pixel;
-    ``accuracy_*`` is the classifier's on the completed, the original and the masked images
-    (missing pixels set to 0, the background), so completion can be judged against both ends.
+    ``mse_missing`` and ``bce_missing`` (nats) are means per missing pixel of the completion's
+    probabilities; ``accuracy_*`` is the classifier's on the completed, the original and the
+    masked images (missing pixels set to 0, the background), so completion can be judged
+    against both ends, each in the classifier's kind: for a binary judge the completion's
+    pixels drawn (the same chain, from the same seed) and ``x`` binarized if it is grey.
     """
     x = as_images(x)
     mask = make_mask(kind, len(x), torch.Generator().manual_seed(seed))
-    gen = torch.Generator(device=model.device).manual_seed(seed)
-    completed = torch.cat(
-        [
-            inpaint(model, x[i : i + batch_size], mask[i : i + batch_size], iterations, gen).cpu()
+
+    def complete(binary: bool) -> Tensor:
+        gen = torch.Generator(device=model.device).manual_seed(seed)
+        return torch.cat([
+            inpaint(model, x[i : i + batch_size], mask[i : i + batch_size], iterations, gen, binary=binary).cpu()
             for i in range(0, len(x), batch_size)
-        ]
-    )
+        ])
+
+    completed = complete(binary=False)
     n_missing = mask.sum().clamp(min=1)
     sq_err = (completed - x).square()
     bce = F.binary_cross_entropy(completed, x, reduction="none")  # log clamped at -100 by torch
+    x_judged = judged(classifier, x, seed)
+    # one seed, one draw per pixel: a grey x's observed pixels binarize alike in all three
+    completed_judged = judged(classifier, complete(binary=True), seed) if classifier.binary else completed
     return {
         "mse_missing": (sq_err[mask].sum() / n_missing).item(),
         "bce_missing": (bce[mask].sum() / n_missing).item(),
-        "accuracy_completed": accuracy(classifier, completed, y),
-        "accuracy_original": accuracy(classifier, x, y),
-        "accuracy_masked": accuracy(classifier, x.masked_fill(mask, 0.0), y),
+        "accuracy_completed": accuracy(classifier, completed_judged, y),
+        "accuracy_original": accuracy(classifier, x_judged, y),
+        "accuracy_masked": accuracy(classifier, x_judged.masked_fill(mask, 0.0), y),
     }

@@ -1,5 +1,10 @@
 """Sample quality without Inception weights, judged by a classifier trained on real digits.
 
+Both sides are the same kind of image, the kind the classifier was trained on: by default
+binary samples drawn from p(x) (``sample_binary``) against the real test images binarized
+once (seeded), with a classifier trained on binarized images; with ``classifier.binarize:
+false``, the models' grey pictures (``sample``: Bernoulli means) against grey levels.
+
 - Fréchet classifier distance (FCD): the Fréchet distance of Heusel et al. 2017 (FID)
   between Gaussians fitted to the classifier's penultimate features of samples and of real
   test images. The estimate is biased upwards at small n, so both sides always hold the same
@@ -19,7 +24,7 @@ import torch
 from threadpoolctl import threadpool_limits
 from torch import Tensor
 
-from rnngen.classifier import DigitClassifier, as_images, features, probabilities
+from rnngen.classifier import DigitClassifier, as_images, features, judged, probabilities
 from rnngen.models import GenerativeModel
 
 
@@ -80,11 +85,13 @@ def classifier_score(probs: Tensor | np.ndarray) -> float:
 
 
 @torch.no_grad()
-def draw_samples(model: GenerativeModel, n: int, seed: int, batch_size: int = 250) -> Tensor:
-    """``n`` samples ``(n, 1, 28, 28)`` on the CPU from a generator seeded on the model's device."""
+def draw_samples(model: GenerativeModel, n: int, seed: int, batch_size: int = 250, *, binary: bool = False) -> Tensor:
+    """``n`` samples ``(n, 1, 28, 28)`` on the CPU from a generator seeded on the model's device:
+    grey pictures (``sample``), or with ``binary`` draws of p(x) (``sample_binary``)."""
     model.eval()
     gen = torch.Generator(device=model.device).manual_seed(seed)
-    parts = [model.sample(min(batch_size, n - i), generator=gen).cpu() for i in range(0, n, batch_size)]
+    draw = model.sample_binary if binary else model.sample
+    parts = [draw(min(batch_size, n - i), generator=gen).cpu() for i in range(0, n, batch_size)]
     return torch.cat(parts)
 
 
@@ -99,15 +106,16 @@ def sample_quality(
 ) -> dict[str, float]:
     """FCD, classifier scores and mean confidences of ``n`` samples against ``n`` real images.
 
-    The real images (a seeded random subset of ``real_images``) should be in the form the
-    samples take: grey levels in [0, 1] compare with the models' Bernoulli means.
+    ``real_images`` are grey levels (or binary images); a seeded random subset of ``n`` is
+    taken and put in the classifier's kind (:func:`rnngen.classifier.judged`), and the samples
+    are drawn in that kind too (see the module docstring).
     """
     real = as_images(real_images)
     if not 2 <= n <= len(real):
         raise ValueError(f"sample quality: n must be between 2 and the {len(real)} real images given, got {n}")
     pick = torch.randperm(len(real), generator=torch.Generator().manual_seed(seed))[:n]
-    real = real[pick]
-    fake = draw_samples(model, n, seed, batch_size)
+    real = judged(classifier, real[pick], seed)
+    fake = draw_samples(model, n, seed, batch_size, binary=classifier.binary)
     p_fake, p_real = probabilities(classifier, fake), probabilities(classifier, real)
     return {
         "fcd": frechet_distance(features(classifier, fake), features(classifier, real)),

@@ -61,7 +61,8 @@ class GenerativeModel(nn.Module, ABC):
     branches on the model.
 
     ``forward`` gives the training loss terms; ``log_likelihood`` the log-likelihood (a bound
-    or exact, as ``exact_likelihood`` says); ``sample``; ``complete`` (inpainting);
+    or exact, as ``exact_likelihood`` says); ``sample`` (grey pictures) and ``sample_binary``
+    (draws of p(x)); ``complete`` (inpainting);
     ``reconstruct``; ``sample_steps`` (the picture of generation over time).
     """
 
@@ -113,19 +114,22 @@ class GenerativeModel(nn.Module, ABC):
         return (torch.logsumexp(logw, 0) - math.log(k)).to(x.dtype)
 
     def complete(
-        self, x: Tensor, mask: Tensor, iterations: int, generator: torch.Generator | None = None
+        self, x: Tensor, mask: Tensor, iterations: int, generator: torch.Generator | None = None,
+        *, binary: bool = False,
     ) -> Tensor:
         """Fill the pixels of ``x`` where ``mask`` is True by conditional sampling; observed
         pixels come back exactly as given. Latent models: the pseudo-Gibbs sampler of Rezende
         et al. 2014 (sec. 5.2): start the missing pixels at Bernoulli(0.5) noise, then
         ``iterations`` times reconstruct (z ~ q(z|x), then p(x|z)) and redraw only the missing
-        pixels; the last round keeps the Bernoulli means."""
+        pixels; the last round keeps the Bernoulli means, or with ``binary`` draws them too.
+        The same ``generator`` state gives the same chain either way: the binary completion is
+        a draw from the means the other call returns."""
         noise = torch.bernoulli(torch.full_like(x, 0.5), generator=generator)
         current = torch.where(mask, noise, x)
         for step in range(iterations):
             means = self.reconstruct(current, generator=generator)  # (B, 1, 28, 28)
             last = step == iterations - 1
-            fill = means if last else torch.bernoulli(means, generator=generator)
+            fill = means if last and not binary else torch.bernoulli(means, generator=generator)
             current = torch.where(mask, fill, x)  # clamp the observed pixels
         return current
 
@@ -135,6 +139,14 @@ class GenerativeModel(nn.Module, ABC):
 
         ``temperature`` scales the prior's standard deviation (< 1: typical, cleaner samples).
         """
+
+    def sample_binary(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """``n`` binary images x ~ p(x), ``(n, 1, 28, 28)``: the kind of image the likelihood is
+        of, and what sample quality compares with binarized real images. Latent models draw
+        every pixel from the Bernoulli means :meth:`sample` gives (exact: p(x | z) factorises
+        over pixels); autoregressive models return the pixels they drew."""
+        means = self.sample(n, generator=generator)
+        return torch.bernoulli(means, generator=generator)
 
     @abstractmethod
     def reconstruct(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:

@@ -459,19 +459,26 @@ class PixelRNN(GenerativeModel):
         other models' Bernoulli means)."""
         return self.generate(n, generator, temperature)[1]
 
+    def sample_binary(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """The drawn pixels themselves: an exact sample of p(x) (redrawing each pixel from the
+        probabilities :meth:`sample` returns would not be one)."""
+        return self.generate(n, generator)[0]
+
     def complete(
-        self, x: Tensor, mask: Tensor, iterations: int, generator: torch.Generator | None = None
+        self, x: Tensor, mask: Tensor, iterations: int, generator: torch.Generator | None = None,
+        *, binary: bool = False,
     ) -> Tensor:
         """The hidden pixels drawn in raster order from p(x_i | x_<i), the observed ones kept
         (returned as p(x_i = 1 | x_<i) at the hidden pixels). Exact ancestral sampling of
         p(hidden | observed) when every observed pixel precedes every hidden one in raster order
         (the bottom half); for other masks it conditions on the observed pixels above and to
         the left only (pixels after a hidden one are not looked ahead to). One pass: there are
-        no rounds, so ``iterations`` is not used."""
+        no rounds, so ``iterations`` is not used. With ``binary`` the drawn pixels come back
+        instead (the same path for the same ``generator`` state)."""
         size = (x.shape[-2], x.shape[-1])
         given = (x > 0.5).float()  # the likelihood's view of the observed pixels: binary
-        _, probs = self.generate(len(x), generator, size=size, given=given, mask=mask)
-        return torch.where(mask, probs, x)
+        drawn, probs = self.generate(len(x), generator, size=size, given=given, mask=mask)
+        return torch.where(mask, drawn if binary else probs, x)
 
     def sample_steps(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """``(28, n, 1, 28, 28)``: the image after each row is generated (rows not yet drawn grey)."""
