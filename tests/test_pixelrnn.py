@@ -215,3 +215,22 @@ def test_sampling_pictures_and_the_paper_preset() -> None:
         model_config("pixelrnn", {"kernel": 2})
     with pytest.raises(ConfigError, match="unknown preset"):
         model_config("pixelrnn", {"preset": "huge"})
+
+
+def test_dropout_acts_in_training_only() -> None:
+    torch.manual_seed(0)
+    section = {"layers": 2, "hidden": 4, "out_hidden": 8}
+    plain = build_model("pixelrnn", model_config("pixelrnn", section))
+    dropped = build_model("pixelrnn", model_config("pixelrnn", {**section, "dropout": 0.5}))
+    dropped.load_state_dict(plain.state_dict())
+    x = torch.bernoulli(torch.full((3, 1, 6, 6), 0.5))
+    plain.eval(), dropped.eval()
+    assert torch.equal(dropped.logits(x), plain.logits(x))  # evaluation and sampling: no dropout
+    dropped.train()
+    torch.manual_seed(1)
+    a = dropped.logits(x)
+    torch.manual_seed(2)
+    assert not torch.allclose(a, dropped.logits(x)) and not torch.allclose(a, plain.logits(x))
+    for bad in (-0.1, 1.0):
+        with pytest.raises(ConfigError, match=r"dropout: must be in \[0, 1\)"):
+            model_config("pixelrnn", {"dropout": bad})

@@ -71,10 +71,13 @@ class TrainConfig:
     #: constant, or cosine: the learning rate falls from lr to 0 along a half cosine over
     #: ``epochs`` (Loshchilov and Hutter 2017, SGDR eq. 5 without restarts), stepped per batch
     lr_schedule: Literal["constant", "cosine"] = "constant"
+    #: weight decay: decoupled from the gradient for Adam (AdamW, Loshchilov and Hutter 2019),
+    #: the classic L2 term for SGD; 0 = off
+    weight_decay: float = 0.0
 
     def problems(self) -> list[str]:
         out = below(self, epochs=1, batch_size=1, patience=1, grad_clip=0, augment_shift=0, augment_rotate=0,
-                    kl_warmup_epochs=0, processes=1)
+                    kl_warmup_epochs=0, processes=1, weight_decay=0)
         if 1 <= self.batch_size < self.processes:
             out.append(f"batch_size: {self.batch_size} cannot be split across {self.processes} processes; "
                        "batch_size is the global batch, so give at least one image per process")
@@ -201,8 +204,9 @@ def resolve_device(name: str, key: str = "train.device") -> torch.device:
 
 def make_optimizer(model: GenerativeModel, cfg: TrainConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
-    return torch.optim.Adam(model.parameters(), lr=cfg.lr)
+        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                            decoupled_weight_decay=True)
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig,

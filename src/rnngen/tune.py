@@ -65,7 +65,7 @@ _NOT_SEARCH = ("n_trials", *_RUNTIME)
 #: stage in dvc.yaml); the search sets lr, batch_size and optimizer, and tune.* sets the seed,
 #: device, epochs and patience of a trial
 INHERITED_TRAIN_KEYS = ("momentum", "grad_clip", "augment_shift", "augment_rotate", "amp", "kl_warmup_epochs",
-                        "lr_schedule")
+                        "lr_schedule", "weight_decay")
 
 
 class TuneError(UserError, RuntimeError):

@@ -69,9 +69,14 @@ class PixelRNNConfig:
     kernel: int = 3
     #: channels of the ReLU 1x1 output layer
     out_hidden: int = 64
+    #: dropout on each recurrent layer's output (the maps between layers and into the output
+    #: layer), training only; 0 = off
+    dropout: float = 0.0
 
     def problems(self) -> list[str]:
         out = below(self, layers=1, hidden=1, kernel=1, out_hidden=1)
+        if not 0 <= self.dropout < 1:
+            out.append(f"dropout: must be in [0, 1), got {self.dropout}")
         if self.preset and self.preset not in PRESETS:
             out.append(f"preset: unknown preset {self.preset!r}; choose one of: {', '.join(PRESETS)}")
         if self.kernel % 2 == 0:
@@ -400,6 +405,8 @@ class PixelRNN(GenerativeModel):
         m = self.first_layer(x).permute(2, 0, 3, 1)  # row-major, channels last from here: (H, B, W, 2h)
         for layer in self.layers:
             m = layer(m)  # residual inside (sec. 3.3)
+            if self.training and self.config.dropout:
+                m = F.dropout(m, self.config.dropout)
         return self.head(m).permute(1, 3, 0, 2)
 
     def forward(self, x: Tensor) -> LossTerms:
