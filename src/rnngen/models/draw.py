@@ -13,9 +13,12 @@ Everything linear in h_dec_t (decoder recurrence, the encoder's h_dec input, the
 both attention windows) is one GEMM, and everything linear in h_enc_t (q(z_t) and the encoder
 recurrence) another; the read window of step t+1 and the write window of step t both come from
 h_dec_t, so their filterbanks are built in one batched call. tanh is computed as
-2 sigmoid(2u) - 1, about twice as fast as ``torch.tanh`` on CPU. tests/test_draw.py checks the
-forward pass against a plain step-by-step implementation of the equations with nn.LSTMCell, and
-every gradient against autograd through it.
+2 sigmoid(2u) - 1, about twice as fast as ``torch.tanh`` on CPU. Under bfloat16 autocast the
+GEMMs (per step and the weight gradients) take bfloat16 operands, 3-4x faster than float32 on an
+AVX512-BF16 CPU, while cell states, canvas, attention and gradients stay float32. tests/test_draw.py
+checks the forward pass against the plain step-by-step implementation of the equations with
+nn.LSTMCell (:mod:`rnngen.models.draw_reference`), every gradient against autograd through it, and
+the bfloat16 path against it within measured tolerances.
 """
 
 from __future__ import annotations
@@ -205,6 +208,8 @@ class _Spec(NamedTuple):
     z_dim: int
     read_dim: int
     write_dim: int
+    #: dtype of the big GEMMs' operands, None for the weights' own; bfloat16 under autocast
+    gemm_dtype: torch.dtype | None = None
 
     @property
     def dec_splits(self) -> list[int]:
@@ -251,6 +256,36 @@ def _windows(bank: _Bank, nr: int, nw: int) -> _Windows:
     return _Windows(rx, ry, gr, wx, wy, gw)
 
 
+# The GEMM helpers. In the fp32 (or fp64) path the weights and activations share one dtype and
+# each helper is exactly the plain torch op. With ``gemm_dtype`` bfloat16 (autocast) the weights
+# come cast once per forward and each activation operand is cast where it is used: the product
+# (fp32 accumulation inside, rounded to bfloat16, as autocast's) is added in float32, so cell
+# states, canvas, filterbanks, mu / log sigma and all gradients stay float32. (CPU PyTorch has no
+# bfloat16 x bfloat16 -> float32 matmul.)
+
+
+def _gemm_weights(w: _Weights, dtype: torch.dtype | None) -> _Weights:
+    """``w`` with the four GEMM matrices in ``dtype`` (the same tensors when None)."""
+    if dtype is None or dtype == w.w_dec.dtype:
+        return w
+    return w._replace(**{k: getattr(w, k).to(dtype) for k in ("w_dec", "w_enc", "w_read", "w_z")})
+
+
+def _addmm(bias: Tensor, a: Tensor, mat: Tensor) -> Tensor:
+    """bias + a @ mat, in bias's dtype; ``a`` already in mat's dtype."""
+    return torch.addmm(bias, a, mat) if a.dtype == bias.dtype else torch.add(bias, a @ mat)
+
+
+def _addmm_(out: Tensor, a: Tensor, mat: Tensor) -> Tensor:
+    """out += a @ mat in place; ``a`` already in mat's dtype."""
+    return out.addmm_(a, mat) if a.dtype == out.dtype else out.add_(a @ mat)
+
+
+def _mm(a: Tensor, mat: Tensor, dtype: torch.dtype) -> Tensor:
+    """a @ mat in ``dtype`` (a no-op cast in the one-dtype path); ``a`` already in mat's dtype."""
+    return (a @ mat).to(dtype)
+
+
 _SAVED = ("sig", "r", "xf", "lstm_e", "h_enc", "sigma", "z", "lstm_d", "h_dec", "bank", "win", "u", "uf")
 
 
@@ -258,15 +293,19 @@ def _run(x: Tensor, eps: Tensor, w: _Weights, spec: _Spec, offsets: Tensor, keep
     """Encoder + decoder over T steps with z_t = mu_t + sigma_t eps_t (eqs. 3-8).
 
     x (B, 784), eps (T, B, z). Returns canvas logits c_T (B, 784), mu and log sigma (T, B, z),
-    and (when ``keep``) the per-step tensors the backward pass needs, by name.
+    and (when ``keep``) the per-step tensors the backward pass needs, by name, with the GEMM
+    weights under "weights". h_enc, z and h_dec are saved as the GEMMs took them (bfloat16 with
+    ``spec.gemm_dtype``): the backward uses them only as GEMM operands.
     """
     bsz, nr, nw, att = x.shape[0], spec.read_n, spec.write_n, spec.attention
     dec_splits, enc_splits = spec.dec_splits, spec.enc_splits
+    w = _gemm_weights(w, spec.gemm_dtype)
+    low = w.w_dec.dtype  # the GEMM operands' dtype
     grid = pixel_grid(SIZE, x)
     # step 0: h_dec_0 and h_enc_0 are learned, the same for every image
-    h_dec, h_enc = w.h_dec0.expand(bsz, -1), w.h_enc0.expand(bsz, -1)
-    dec_gates, enc_gates, patch, *att_params = torch.addmm(w.b_dec, h_dec, w.w_dec).split(dec_splits, 1)
-    enc_rec = torch.addmm(w.b_enc, h_enc, w.w_enc)[:, 2 * spec.z_dim :]
+    h_dec, h_enc = w.h_dec0.expand(bsz, -1).to(low), w.h_enc0.expand(bsz, -1).to(low)
+    dec_gates, enc_gates, patch, *att_params = _addmm(w.b_dec, h_dec, w.w_dec).split(dec_splits, 1)
+    enc_rec = _addmm(w.b_enc, h_enc, w.w_enc)[:, 2 * spec.z_dim :]
     c_enc, c_dec = x.new_zeros(bsz, spec.enc_hidden), x.new_zeros(bsz, spec.dec_hidden)
     canvas = w.canvas0.expand(bsz, -1).clone()
     canvas_2d = canvas.view(bsz, SIZE, SIZE)
@@ -276,8 +315,9 @@ def _run(x: Tensor, eps: Tensor, w: _Weights, spec: _Spec, offsets: Tensor, keep
     if att:  # the read window of step 1
         bank = _bank(att_params[0].view(bsz, 2, 5), offsets, grid)
         win = _windows(bank, nr, nw)
-    x_gates = None if att else x @ w.w_read[:PIXELS]  # eq. (17): read(x) is the same every step
-    saved: dict[str, list] = {k: [] for k in _SAVED}
+    x_gates = None if att else _mm(x.to(low), w.w_read[:PIXELS], x.dtype)  # eq. (17): read(x) is the same every step
+    saved: dict[str, Any] = {k: [] for k in _SAVED}
+    saved["weights"] = w
     for key, value in (("h_enc", h_enc), ("h_dec", h_dec), ("bank", bank), ("win", win)):
         saved[key].append(value)
     mus, logsigs = [], []
@@ -288,16 +328,18 @@ def _run(x: Tensor, eps: Tensor, w: _Weights, spec: _Spec, offsets: Tensor, keep
         if att:  # eq. (27): r_t = gamma [F_Y x F_X^T, F_Y x_hat F_X^T]
             glimpse, xf = _read(pair_t, win.read_x, win.read_y)  # (B, 2 Nr, Nr), (B, Nr, 2 S)
             r = (glimpse * win.read_gamma).view(bsz, -1)  # (B, 2 Nr^2), the order of w_read's rows
-            enc_in.addmm_(r, w.w_read)
+            _addmm_(enc_in, r.to(low), w.w_read)
         else:  # eq. (17): r_t = [x, x_hat]
             r, xf = x_hat.clone() if keep else None, None
-            enc_in.add_(x_gates).addmm_(x_hat, w.w_read[PIXELS:])
+            _addmm_(enc_in.add_(x_gates), x_hat.to(low), w.w_read[PIXELS:])
         h_enc, c_enc, lstm_e = cell(enc_in, c_enc)  # eq. (5): h_enc_t, (B, He)
-        mu, logsig, enc_rec = torch.addmm(w.b_enc, h_enc, w.w_enc).split(enc_splits, 1)  # eqs. (1)-(2)
+        h_enc = h_enc.to(low)
+        mu, logsig, enc_rec = _addmm(w.b_enc, h_enc, w.w_enc).split(enc_splits, 1)  # eqs. (1)-(2)
         sigma = logsig.exp()
-        z = torch.addcmul(mu, sigma, eps[t])  # eq. (6), reparameterised, (B, z)
-        h_dec, c_dec, lstm_d = cell(torch.addmm(dec_gates, z, w.w_z), c_dec)  # eq. (7), (B, Hd)
-        dec_gates, enc_gates, patch, *att_params = torch.addmm(w.b_dec, h_dec, w.w_dec).split(dec_splits, 1)
+        z = torch.addcmul(mu, sigma, eps[t]).to(low)  # eq. (6), reparameterised, (B, z)
+        h_dec, c_dec, lstm_d = cell(_addmm(dec_gates, z, w.w_z), c_dec)  # eq. (7), (B, Hd)
+        h_dec = h_dec.to(low)
+        dec_gates, enc_gates, patch, *att_params = _addmm(w.b_dec, h_dec, w.w_dec).split(dec_splits, 1)
         u = uf = None
         if att:  # eq. (29); the same h_dec_t gives the read window of step t+1 (eq. 21)
             bank = _bank(att_params[0].view(bsz, 2, 5), offsets, grid)
@@ -330,8 +372,10 @@ class _Recurrence(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, d_canvas: Tensor, d_mu: Tensor, d_logsig: Tensor) -> tuple:
         x, eps, offsets, *weights = ctx.saved_tensors
-        dx, *d_weights = _backward(x, eps, offsets, _Weights(*weights), ctx.spec, ctx.saved,
-                                   (d_canvas, d_mu, d_logsig), ctx.needs_input_grad[0])
+        # a backward() called inside the autocast block runs here with autocast on
+        with torch.autocast(x.device.type, enabled=False):
+            dx, *d_weights = _backward(x, eps, offsets, _Weights(*weights), ctx.spec, ctx.saved,
+                                       (d_canvas, d_mu, d_logsig), ctx.needs_input_grad[0])
         ctx.saved = None
         return dx, None, None, None, *d_weights
 
@@ -354,16 +398,39 @@ def _grad_rows(steps: int, bsz: int, widths: list[int], like: Tensor) -> tuple[l
     return chunks, rows, blocks
 
 
-def _weight_grad(inputs: Tensor, chunks: list[Tensor], cols: slice = slice(None)) -> Tensor:
+def _gemm_rows(chunks: list[Tensor], rows: list[Tensor], dtype: torch.dtype) -> tuple[list[Tensor], list[Tensor]]:
+    """The gradient rows as GEMM operands: the same chunks in the one-dtype path, else a copy in
+    ``dtype`` laid out alike, each row filled (:func:`_as_operand`) once it is final."""
+    if dtype == chunks[0].dtype:
+        return chunks, rows
+    low = [torch.empty_like(c, dtype=dtype) for c in chunks]
+    return low, [row for c in low for row in c.unbind(0)]
+
+
+def _as_operand(low_row: Tensor, row: Tensor) -> Tensor:
+    """``row`` cast into its operand copy ``low_row`` (nothing to do when they are one tensor)."""
+    return low_row if low_row is row else low_row.copy_(row)
+
+
+def _weight_grad(inputs: Tensor, chunks: list[Tensor], cols: slice = slice(None),
+                 dtype: torch.dtype | None = None) -> Tensor:
     """sum_t inputs[t]^T grad[t] over the n = len(inputs) first steps of the chunked gradient
-    rows: one GEMM per chunk, over about a thousand rows, instead of one per step."""
+    rows: one GEMM per chunk, over about a thousand rows, instead of one per step. Returned in
+    ``dtype`` (default the chunks'); with bfloat16 operands each chunk's product is rounded to
+    bfloat16 and the sum over chunks is taken in ``dtype``."""
+    dtype = dtype or chunks[0].dtype
     out, start = None, 0
     for chunk in chunks:
         grad = chunk[: inputs.shape[0] - start, :, cols]
         if grad.shape[0] == 0:
             break
-        rows = inputs[start : start + grad.shape[0]].flatten(0, 1).t()
-        out = rows @ grad.flatten(0, 1) if out is None else out.addmm_(rows, grad.flatten(0, 1))
+        rows, grad_rows = inputs[start : start + grad.shape[0]].flatten(0, 1).t(), grad.flatten(0, 1)
+        if out is None:
+            out = (rows @ grad_rows).to(dtype)
+        elif rows.dtype == dtype:
+            out.addmm_(rows, grad_rows)
+        else:
+            out.add_(rows @ grad_rows)
         start += grad.shape[0]
     return out
 
@@ -374,15 +441,21 @@ def _backward(x: Tensor, eps: Tensor, offsets: Tensor, w: _Weights, spec: _Spec,
 
     Row t of ``dec_rows`` is the gradient w.r.t. the output of the h_dec_t GEMM (t = 0..T): its
     decoder and encoder gate blocks are written while processing step t+1, its write and
-    attention blocks while processing step t. ``enc_rows`` likewise for the h_enc_t GEMM.
+    attention blocks while processing step t. ``enc_rows`` likewise for the h_enc_t GEMM. Both
+    are float32 (the bias gradients sum them); ``dec_ops`` / ``enc_ops`` are their copies in the
+    GEMM dtype (the same tensors in the one-dtype path), filled as each row becomes final.
     """
     T, bsz, nr, nw, att = spec.steps, x.shape[0], spec.read_n, spec.write_n, spec.attention
     d_canvas, d_mu, d_logsig = d_out
+    lw = saved["weights"]  # w's GEMM matrices in the GEMM dtype
+    low, dtype = lw.w_dec.dtype, x.dtype
     dec_chunks, dec_rows, (d_dec_gates, d_enc_gates, d_patch, *d_att) = _grad_rows(T + 1, bsz, spec.dec_splits, x)
     enc_chunks, enc_rows, (d_mu_rows, d_logsig_rows, d_enc_rec) = _grad_rows(T + 1, bsz, spec.enc_splits, x)
+    (dec_op_chunks, dec_ops), (enc_op_chunks, enc_ops) = (
+        _gemm_rows(dec_chunks, dec_rows, low), _gemm_rows(enc_chunks, enc_rows, low))
     for block in (d_dec_gates[T], d_enc_gates[T], d_patch[0], d_enc_rec[T], d_mu_rows[0], d_logsig_rows[0]):
         block.zero_()  # nothing follows step T; nothing is written at step 0
-    w_dec_t, w_enc_t, w_z_t, w_read_t = w.w_dec.t(), w.w_enc.t(), w.w_z.t(), w.w_read.t()
+    w_dec_t, w_enc_t, w_z_t, w_read_t = lw.w_dec.t(), lw.w_enc.t(), lw.w_z.t(), lw.w_read.t()
     sig, r, xf, lstm_e, sigma, lstm_d, banks, wins, u, uf = (
         saved[k] for k in ("sig", "r", "xf", "lstm_e", "sigma", "lstm_d", "bank", "win", "u", "uf"))
     dcan = d_canvas.clone()  # (B, 784): gradient w.r.t. c_t
@@ -410,20 +483,21 @@ def _backward(x: Tensor, eps: Tensor, offsets: Tensor, w: _Weights, spec: _Spec,
         else:  # eq. (18)
             d_patch[t].copy_(dcan)
         # decoder, eq. (7); z_t = mu_t + sigma_t eps_t, eq. (6)
-        dh_dec = dec_rows[t] @ w_dec_t
+        dh_dec = _mm(_as_operand(dec_ops[t], dec_rows[t]), w_dec_t, dtype)
         dc_dec = cell_backward(dh_dec, dc_dec, lstm_d[i], out=d_dec_gates[i])
-        dz = d_dec_gates[i] @ w_z_t
+        dz = _mm(d_dec_gates[i].to(low), w_z_t, dtype)
         torch.add(dz, d_mu[i], out=d_mu_rows[t])
         torch.addcmul(d_logsig[i], dz, eps[i] * sigma[i], out=d_logsig_rows[t])
         # encoder, eq. (5): its gate gradient is that of h_dec_{t-1}'s and h_enc_{t-1}'s GEMMs too
-        dh_enc = enc_rows[t] @ w_enc_t
+        dh_enc = _mm(_as_operand(enc_ops[t], enc_rows[t]), w_enc_t, dtype)
         dc_enc = cell_backward(dh_enc, dc_enc, lstm_e[i], out=d_enc_gates[i])
         d_enc_rec[i].copy_(d_enc_gates[i])
+        d_enc_op = d_enc_gates[i].to(low)
         # read, eq. (27) or (17); x_hat = x - sigmoid(c_{t-1}), eq. (3)
         s = sig[i]
         if att:
             win = wins[i]
-            dr = d_enc_gates[i] @ w_read_t  # (B, 2 Nr^2)
+            dr = _mm(d_enc_op, w_read_t, dtype)  # (B, 2 Nr^2)
             dglimpse = dr.view(bsz, 2 * nr, nr) * win.read_gamma  # [(j, c), i]
             dxf = torch.bmm(dglimpse, win.read_y).view(bsz, nr, 2 * SIZE)  # [j, (c, y)]
             dF_ry.copy_(torch.bmm(dglimpse.transpose(1, 2), xf[i].view(bsz, 2 * nr, SIZE)))
@@ -437,7 +511,7 @@ def _backward(x: Tensor, eps: Tensor, offsets: Tensor, w: _Weights, spec: _Spec,
             else:
                 dx_hat = torch.bmm(dxf[:, :, SIZE:].transpose(1, 2), win.read_x).view(bsz, PIXELS)
         else:
-            dx_hat = d_enc_gates[i] @ w_read_t[:, PIXELS:]
+            dx_hat = _mm(d_enc_op, w_read_t[:, PIXELS:], dtype)
             if need_dx:
                 dx += dx_hat
         dcan.addcmul_(dx_hat, torch.addcmul(s, s, s, value=-1), value=-1)  # sigmoid' = s (1 - s)
@@ -445,29 +519,39 @@ def _backward(x: Tensor, eps: Tensor, offsets: Tensor, w: _Weights, spec: _Spec,
         dF[:, 1].zero_()
         dlog_gamma = torch.stack([dlog_gamma_read, torch.zeros_like(dlog_gamma_read)], 1)
         d_att[0][0].copy_(_filterbank_backward(dF, dlog_gamma, banks[0], offsets).view(bsz, 10))
+    _as_operand(dec_ops[0], dec_rows[0])
+    _as_operand(enc_ops[0], enc_rows[0])
     # weight gradients: one GEMM per chunk of steps; row t holds step t+1's gate gradients
     dec_cols, enc_cols = slice(0, spec.dec_splits[0]), slice(spec.dec_splits[0], sum(spec.dec_splits[:2]))
-    d_w_read = _weight_grad(torch.stack(r), dec_chunks, enc_cols)
+    d_w_read = _weight_grad(torch.stack(r).to(low), dec_op_chunks, enc_cols, dtype)
     if not att:
         d_enc_sum = torch.stack(d_enc_gates[:T]).sum(0)  # (B, 4 He): read(x) = x, eq. (17)
         d_w_read = torch.cat([x.t() @ d_enc_sum, d_w_read])
         if need_dx:
-            dx += d_enc_sum @ w_read_t[:, :PIXELS]
+            dx += d_enc_sum @ w.w_read.t()[:, :PIXELS]
     return (
         dx,
         dcan.sum(0),
-        enc_rows[0].sum(0) @ w_enc_t,  # h_enc_0 and h_dec_0 are shared by every image
-        dec_rows[0].sum(0) @ w_dec_t,
-        _weight_grad(torch.stack(saved["h_dec"]), dec_chunks),
+        enc_rows[0].sum(0) @ w.w_enc.t(),  # h_enc_0 and h_dec_0 are shared by every image
+        dec_rows[0].sum(0) @ w.w_dec.t(),
+        _weight_grad(torch.stack(saved["h_dec"]), dec_op_chunks, dtype=dtype),
         sum(c.sum((0, 1)) for c in dec_chunks),
-        _weight_grad(torch.stack(saved["h_enc"]), enc_chunks),
+        _weight_grad(torch.stack(saved["h_enc"]), enc_op_chunks, dtype=dtype),
         sum(c.sum((0, 1)) for c in enc_chunks),
         d_w_read,
-        _weight_grad(torch.stack(saved["z"]), dec_chunks, dec_cols),
+        _weight_grad(torch.stack(saved["z"]), dec_op_chunks, dec_cols, dtype),
     )
 
 
 # ---------------------------------------------------------------------------------------------
+
+
+def loss_terms(x: Tensor, canvas: Tensor, mu: Tensor, logsig: Tensor) -> LossTerms:
+    """The loss terms of images x (B, 1, 28, 28) from the recurrence's canvas logits c_T (B, 784)
+    and mu, log sigma (T, B, z): eq. (9) and eqs. (10)-(11), with the constant -1/2 per latent
+    dimension and step (not -T/2 in all)."""
+    kl = gaussian_kl(mu, 2 * logsig).sum(0)
+    return LossTerms(recon=bernoulli_nll(canvas, x.flatten(1)), kl=kl)
 
 
 class DRAW(GenerativeModel):
@@ -526,25 +610,30 @@ class DRAW(GenerativeModel):
         )
 
     def _recurrence(self, x: Tensor, eps: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """c_T logits (B, 784), mu and log sigma (T, B, z) for images x and noise eps (T, B, z)."""
-        # The hand-written recurrence runs in float32 with autocast off: its in-place updates
-        # and hand-made backward need one dtype, and the cell and canvas sums over T steps need
-        # float32. (With train.amp on CUDA, fit allows TF32 GEMMs instead.)
-        with torch.autocast(x.device.type, enabled=False):
+        """c_T logits (B, 784), mu and log sigma (T, B, z) for images x and noise eps (T, B, z),
+        in the weights' dtype (float32 under autocast too)."""
+        # The hand-written recurrence runs with autocast off: its in-place updates and hand-made
+        # backward pick their dtypes themselves. Under bfloat16 autocast (float32 weights) its big
+        # GEMMs take bfloat16 operands, 2-4x faster on CPU; the cell states and the canvas, summed
+        # over T steps, and everything else stay float32. (With train.amp on CUDA, fit also allows
+        # TF32 for what stays float32.)
+        kind = x.device.type
+        low = torch.is_autocast_enabled(kind) and torch.get_autocast_dtype(kind) == torch.bfloat16
+        with torch.autocast(kind, enabled=False):
             w = self._weights()
+            spec = self.spec
+            if low and w.w_dec.dtype == torch.float32:
+                spec = spec._replace(gemm_dtype=torch.bfloat16)
             x, eps = x.reshape(x.shape[0], PIXELS).to(w.w_dec.dtype), eps.to(w.w_dec.dtype)
             if torch.is_grad_enabled() and (x.requires_grad or w.w_dec.requires_grad):
-                return _Recurrence.apply(x, eps, self.offsets, self.spec, *w)
-            return _run(x, eps, w, self.spec, self.offsets, keep=False)[:3]
+                return _Recurrence.apply(x, eps, self.offsets, spec, *w)
+            return _run(x, eps, w, spec, self.offsets, keep=False)[:3]
 
     def _noise(self, n: int, like: Tensor, generator: torch.Generator | None) -> Tensor:
         return randn((self.config.steps, n, self.config.z_dim), like, generator)  # (T, n, z)
 
     def forward(self, x: Tensor) -> LossTerms:
-        canvas, mu, logsig = self._recurrence(x, self._noise(x.shape[0], x, None))
-        # eqs. (10)-(11), with the constant -1/2 per latent dimension and step (not -T/2 in all)
-        kl = gaussian_kl(mu, 2 * logsig).sum(0)
-        return LossTerms(recon=bernoulli_nll(canvas, x.flatten(1)), kl=kl)
+        return loss_terms(x, *self._recurrence(x, self._noise(x.shape[0], x, None)))
 
     def log_weights(self, x: Tensor, k: int, generator: torch.Generator | None = None) -> Tensor:
         bsz = x.shape[0]
