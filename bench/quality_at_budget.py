@@ -9,7 +9,9 @@ PixelRNN's likelihood is exact, and its column holds that exact value.
         --path /usr/share/datasets/fashion-mnist                 # full size: apt-get install dataset-fashion-mnist
 
 Every model runs with and without augmentation (random shifts <= 2 px, rotations <= 10 deg).
-The MLP VAE (784-400-20, as in pytorch/examples) is the non-recurrent baseline.
+The MLP VAE (784-400-20, as in pytorch/examples) is the non-recurrent baseline. With ``--fcd``
+the classifier stage's judge is trained once on the training split (binary images, as in the
+pipeline) and every model's sample quality is scored as the evaluate stage scores it.
 """
 
 from __future__ import annotations
@@ -22,10 +24,12 @@ import pandas as pd
 import torch
 
 from rnngen import data
+from rnngen.classifier import ClassifierConfig, train_classifier
 from rnngen.data import binarized_test_set
 from rnngen.evaluate import likelihood_bounds
 from rnngen.models import build_model, model_config
 from rnngen.pictures import canvas_strip, save_grid
+from rnngen.quality import sample_quality
 from rnngen.train import TrainConfig, fit
 
 #: name -> (model, model config, train settings); Adam, lr --lr (1e-3), batch 64 but for
@@ -70,6 +74,9 @@ def main() -> None:
     p.add_argument("--path", default="", help="data.path: a folder with the four IDX .gz files (data.source local)")
     p.add_argument("--test-images", type=int, default=0,
                    help="score the first N test images (0 = all; k=100 bounds on 10,000 take a while)")
+    p.add_argument("--weight-decay", type=float, default=0.0, help="train.weight_decay of every model")
+    p.add_argument("--dropout", type=float, default=0.0, help="model dropout (PixelRNN's only)")
+    p.add_argument("--fcd", action="store_true", help="also score sample quality (FCD, n=1000, binary)")
     args = p.parse_args()
 
     source = "local" if args.path else "embedded"
@@ -80,16 +87,21 @@ def main() -> None:
     parts = data.split(raw, data.SplitConfig())
     x_train, x_val = torch.from_numpy(parts["train"][0]), torch.from_numpy(parts["val"][0])
     x_test = binarized_test_set(torch.from_numpy(parts["test"][0][: args.test_images or None]), "dynamic", seed=0)
+    judge = None
+    if args.fcd:
+        judge, _ = train_classifier(*parts["train"], *parts["val"], ClassifierConfig(), progress=False)
 
     rows = []
     for variant in args.models:
         name, overrides, train = VARIANTS[variant]
         for aug in (False,) if args.no_augment_runs else (False, True):
             torch.manual_seed(0)
-            model = build_model(name, model_config(name, overrides))
+            extra = {"dropout": args.dropout} if args.dropout else {}
+            model = build_model(name, model_config(name, {**overrides, **extra}))
             cfg = TrainConfig(epochs=args.cosine_epochs or 10_000, patience=5, device="cpu",
                               time_budget_s=args.budget, lr=args.lr, amp=args.amp,
                               lr_schedule="cosine" if args.cosine_epochs else "constant",
+                              weight_decay=args.weight_decay,
                               augment_shift=2 if aug else 0, augment_rotate=10.0 if aug else 0.0,
                               **{"batch_size": 64, **train})
             t0 = time.perf_counter()
@@ -99,6 +111,11 @@ def main() -> None:
             bounds = likelihood_bounds(model, x_test, args.k, 100, seed=0, progress=False)
             if args.pictures:
                 save_pictures(model, Path(args.pictures), f"{variant}{'_augment' if aug else ''}")
+            quality = {}
+            if judge is not None:
+                scores = sample_quality(model, judge, x_test, min(1000, len(x_test)), seed=0)
+                quality = {"fcd": round(scores["fcd"], 1),
+                           "classifier_score": round(scores["classifier_score_samples"], 2)}
             rows.append({
                 "model": variant, "augment": aug, "amp": args.amp,
                 "lr_schedule": f"cosine/{args.cosine_epochs}" if args.cosine_epochs else "constant",
@@ -106,7 +123,8 @@ def main() -> None:
                 "epochs": len(result.history), "best_epoch": result.best_epoch,
                 "train_s": round(seconds), "val_nelbo": round(result.best_val, 2),
                 "test_nll_elbo": round(bounds["nll_elbo"], 2), "test_nll_iwae": round(bounds["nll_iwae"], 2),
-                "params": sum(p.numel() for p in model.parameters()),
+                "weight_decay": args.weight_decay, "dropout": args.dropout,
+                "params": sum(p.numel() for p in model.parameters()), **quality,
             })
             print(rows[-1], flush=True)
     table = pd.DataFrame(rows).sort_values("test_nll_iwae")
