@@ -140,6 +140,33 @@ def test_local_idx_folder(tmp_path: Path) -> None:
     assert manifest["official_test_split"] is True
 
 
+def test_known_rebuild_is_accepted_whole_and_only_for_its_dataset(tmp_path: Path, monkeypatch) -> None:
+    """Files matching a named repackaging (e.g. Debian's recompressed Fashion-MNIST) pass without
+    data.checksums; one changed file, or the same files named as another dataset, do not."""
+    md5 = write_idx_set(tmp_path / "idx")
+    monkeypatch.setattr(data, "KNOWN_REBUILDS", {"mnist": {"a test rebuild": md5}})
+    local = {"source": "local", "path": str(tmp_path / "idx")}
+    manifest = stages.download.run(params_for(**local), tmp_path / "raw")
+    assert manifest["official_test_split"] is True
+    with pytest.raises(data.DataError, match="checksum mismatch for .*train-images"):
+        stages.download.run(params_for(dataset="fashion-mnist", **local), tmp_path / "raw2")
+    (tmp_path / "idx" / NAMES[3]).write_bytes(idx_bytes(np.zeros(20)))  # one file differs
+    with pytest.raises(data.DataError, match="checksum mismatch for .*train-images"):
+        stages.download.run(params_for(**local), tmp_path / "raw3")
+    assert not (tmp_path / "raw2").exists() and not (tmp_path / "raw3").exists()
+
+
+DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
+
+
+@pytest.mark.skipif(not DEBIAN_FASHION.is_dir(), reason="apt-get install dataset-fashion-mnist (.ci/run does)")
+def test_debian_fashion_mnist_package_is_the_full_set(tmp_path: Path) -> None:
+    """The README's recipe: data.source local on the Debian package gives 60,000 / 10,000 images."""
+    raw = data.acquire(data.DataConfig(dataset="fashion-mnist", source="local", path=str(DEBIAN_FASHION)), tmp_path)
+    assert raw.x_train.shape == (60_000, 28, 28) and raw.x_test.shape == (10_000, 28, 28)
+    assert sorted(np.bincount(raw.y_train)) == [6000] * 10 and sorted(np.bincount(raw.y_test)) == [1000] * 10
+
+
 def test_local_missing_file_is_named(tmp_path: Path) -> None:
     write_idx_set(tmp_path / "idx")
     (tmp_path / "idx" / NAMES[1]).unlink()

@@ -36,6 +36,19 @@ OFFICIAL: dict[str, type[tv_datasets.MNIST]] = {
     "kmnist": tv_datasets.KMNIST,
 }
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
+#: repackagings whose files differ from the official ones only in their gzip wrapping, by the md5
+#: of each file, accepted where no data.checksums is given. Debian recompresses the upstream .gz
+#: files when it builds the package (their gzip headers carry the build date, 2020-06-05)
+KNOWN_REBUILDS: dict[str, dict[str, dict[str, str]]] = {
+    "fashion-mnist": {
+        "Debian's dataset-fashion-mnist 0.0~git20200523.55506a9-1": {
+            "train-images-idx3-ubyte.gz": "cf8536b0aa1a6ac5fa3f23001093305c",
+            "train-labels-idx1-ubyte.gz": "10bea18fdb374794d4bb42e356e600c9",
+            "t10k-images-idx3-ubyte.gz": "f78720b4224f21cce2f2ccf2d7a94c9a",
+            "t10k-labels-idx1-ubyte.gz": "0d30e22e447f3c33dab9ed536400ac01",
+        },
+    },
+}
 
 
 class DataError(UserError, ValueError):
@@ -108,7 +121,8 @@ def acquire(cfg: DataConfig, workdir: Path) -> RawData:
         folder = Path(cfg.path)
         if not folder.is_dir():
             raise DataError(f"data.path: folder {folder} does not exist")
-    return _read_idx_folder(folder, expected)
+    rebuilds = {} if cfg.checksums else KNOWN_REBUILDS.get(cfg.dataset, {})
+    return _read_idx_folder(folder, expected, rebuilds)
 
 
 def _embedded() -> RawData:
@@ -159,7 +173,7 @@ def _download(cfg: DataConfig, expected: dict[str, str], folder: Path) -> None:
             )
 
 
-def _read_idx_folder(folder: Path, expected: dict[str, str]) -> RawData:
+def _read_idx_folder(folder: Path, expected: dict[str, str], rebuilds: dict[str, dict[str, str]]) -> RawData:
     missing = [name for name in expected if not (folder / name).is_file()]
     if missing:
         raise DataError(
@@ -167,9 +181,14 @@ def _read_idx_folder(folder: Path, expected: dict[str, str]) -> RawData:
             + f"; the folder must hold {', '.join(expected)}"
         )
     files = {}
+    got_all = {name: file_digest(folder / name) for name in expected}
+    rebuild = next((r for r, sums in rebuilds.items() if sums == got_all), None)
+    if rebuild is not None:  # a named repackaging, byte for byte: accepted as it stands
+        expected = {name: got_all[name] for name in expected}
+        print(f"data: {folder} holds the files of {rebuild} (known checksums)", flush=True)
     for name, md5 in expected.items():
         path = folder / name
-        got = file_digest(path)
+        got = got_all[name]
         if got != md5:
             raise DataError(
                 f"checksum mismatch for {path}: md5 {got}, expected {md5}. The file is "
