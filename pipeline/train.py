@@ -37,13 +37,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True, help="model output folder")
     p.add_argument("--checkpoint", type=Path, required=True, help="resumable training state file")
     p.add_argument("--history", type=Path, required=True, help="per-epoch curves CSV (dvc plots)")
+    p.add_argument("--warm-start", type=Path,
+                   help="tune stage output: the winning trial's training state, continued when it matches")
     args = p.parse_args(argv)
     n = processes(args.params)
     if n > 1 and "WORLD_SIZE" not in os.environ:  # not inside torchrun yet: become N processes
         os.execv(sys.executable, [sys.executable, "-m", "torch.distributed.run", "--standalone",
                                   f"--nproc-per-node={n}", __file__, *(sys.argv[1:] if argv is None else argv)])
     return guard(lambda: train.run(
-        load_params(args.params), args.split, args.hparams, args.out, args.checkpoint, args.history
+        load_params(args.params), args.split, args.hparams, args.out, args.checkpoint, args.history, args.warm_start
     ))
 
 

@@ -1,7 +1,9 @@
 """DVC stage `tune`: an Optuna search over learning rate, batch size, hidden size and optimizer.
 
 Writes OUT (JSON): {"params": {"train.lr": ..., ...}} as dotted overrides of params.yaml that the
-train stage applies; with tune.n_trials: 0, no overrides. The study lives in STUDY_DIR (a journal
+train stage applies; with tune.n_trials: 0, no overrides. With tune.pruner: halving and
+tune.warm_start: true, WARM_START holds the winning trial's training state, which the train stage
+continues; otherwise a placeholder. The study lives in STUDY_DIR (a journal
 file, kept between runs: a killed search continues) unless tune.storage or
 $RNNGEN_OPTUNA_STORAGE names a database. Runs go to the MLflow experiment `<tracking.experiment>-tune`.
 """
@@ -22,8 +24,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--split", type=Path, required=True, help="split stage output folder")
     p.add_argument("--study-dir", type=Path, required=True, help="folder of the study's journal file")
     p.add_argument("--out", type=Path, required=True, help="best hyperparameters JSON to write")
+    p.add_argument("--warm-start", type=Path,
+                   help="the winner's training state to write (tune.warm_start; else a placeholder)")
     args = p.parse_args(argv)
-    return guard(lambda: tune.run(load_params(args.params), args.split, args.study_dir, args.out))
+    return guard(lambda: tune.run(load_params(args.params), args.split, args.study_dir, args.out, args.warm_start))
 
 
 if __name__ == "__main__":

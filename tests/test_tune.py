@@ -128,7 +128,8 @@ def test_mlflow_parent_run_with_one_child_per_trial(shared_study: Any) -> None:
 
 def test_best_params_feed_the_train_stage(shared_study: Any) -> None:
     overrides = stages.train.read_hparams(shared_study["base"] / "best.json")
-    assert set(overrides) == {"train.lr", "train.batch_size", "train.optimizer", "model.row_lstm_vae.hidden"}
+    assert set(overrides) == {"model.name", "train.lr", "train.batch_size", "train.optimizer",
+                              "model.row_lstm_vae.hidden"}
     cfgs = stages.train._configs(set_dotted(shared_study["params"], overrides))
     assert cfgs["model"].config.hidden == overrides["model.row_lstm_vae.hidden"] in (8, 16)
     assert cfgs["train"].batch_size in (64, 128)
@@ -248,7 +249,14 @@ def test_n_trials_zero_keeps_params_yaml_values(tmp_path: Path) -> None:
     ({"tune.hidden": []}, r"tune\.hidden: empty"),
     ({"tune.batch_size": [32, 0]}, r"tune\.batch_size: choices must be integers >= 1"),
     ({"tune.optimizer": ["adam", "rmsprop"]}, r"tune\.optimizer: unknown \['rmsprop'\]"),
-    ({"tune.pruner": "asha"}, r"tune\.pruner: expected median \| hyperband \| none"),
+    ({"tune.pruner": "asha"}, r"tune\.pruner: expected median \| hyperband \| halving \| none"),
+    ({"tune.pruner": "halving", "tune.halving_rate": 1}, r"tune\.halving_rate: must be >= 2"),
+    ({"tune.pruner": "halving", "tune.workers": 2}, r"tune\.workers: successive halving runs its rungs in one"),
+    ({"tune.warm_start": True}, r"tune\.warm_start: only successive halving"),
+    ({"tune.pruner": "halving", "tune.warm_start": True}, r"tune\.warm_start: .* set tune\.train_images: 0"),
+    ({"tune.budget_s": -1}, r"tune\.budget_s: must be >= 0"),
+    ({"tune.models": ["pixelrnn", "gan"]}, r"tune\.models: unknown \['gan'\]"),
+    ({"tune.models": ["mlp_vae", "pixelrnn"], "tune.hidden": [0]}, r"tune\.hidden: choices must be integers"),
     ({"tune.storage": "postgresql://nobody@127.0.0.1:1/x"}, r"tune\.storage: cannot open .*127\.0\.0\.1"),
     ({"tune.storage": "sqlite:////nonexistent/folder/optuna.db"}, r"tune\.storage: cannot open"),
     ({"tune.storage": "sqlite:///x.db", "tune.workers": 2}, r"SQLite cannot serve 2 parallel"),
@@ -305,3 +313,126 @@ def test_stale_means_dead_process_or_silent_heartbeat() -> None:
     assert tune._is_stale(running(f"{host}:{dead.pid}", now), now, 60)
     assert tune._is_stale(running(f"{host}:{os.getpid()}", now - 61), now, 60)
     assert not tune._is_stale(running(f"elsewhere:{dead.pid}", now - 30), now, 60)
+
+
+# ------------------------------------------------------------- successive halving, warm start
+
+
+def test_fit_paused_at_an_epoch_continues_exactly(tmp_path: Path, split_dir: Path) -> None:
+    """fit(until_epoch=1) and a second call on the same checkpoint train what one call does."""
+    import torch
+
+    from rnngen import data
+    from rnngen.models import build_model, model_config
+    from rnngen.train import fit
+
+    x_train, _ = data.load_split(split_dir, "train")
+    x_val, _ = data.load_split(split_dir, "val")
+    cfg = TrainConfig(epochs=3, batch_size=128, lr=3e-3, lr_schedule="cosine", device="cpu")
+
+    def model() -> Any:
+        torch.manual_seed(0)
+        return build_model("mlp_vae", model_config("mlp_vae", {"hidden": 16, "z_dim": 4}))
+
+    straight = fit(model(), x_train[:300], x_val, cfg, "dynamic", progress=False)
+    first = fit(model(), x_train[:300], x_val, cfg, "dynamic", progress=False, checkpoint=tmp_path / "c.pt",
+                until_epoch=1)
+    assert first.paused and len(first.history) == 1
+    rest = fit(model(), x_train[:300], x_val, cfg, "dynamic", progress=False, checkpoint=tmp_path / "c.pt",
+               until_epoch=3)
+    assert not rest.paused and rest.resumed_from == 1
+    assert [h["val_loss"] for h in rest.history] == pytest.approx([h["val_loss"] for h in straight.history],
+                                                                  abs=1e-9)
+    for key, value in straight.best_weights.items():
+        assert torch.equal(value, rest.best_weights[key]), key
+
+
+HALVING = {"tune.pruner": "halving", "tune.n_trials": 4, "tune.halving_rate": 2, "tune.epochs": 1,
+           "tune.train_images": 0, "tune.warm_start": True, "tune.hidden": [16], "tune.batch_size": [128],
+           "tune.lr": {"low": 1e-3, "high": 1e-2}, "train.epochs": 3, "train.lr_schedule": "cosine"}
+
+
+def test_halving_ranks_on_the_real_schedule_and_train_continues_the_winner(
+    tmp_path: Path, split_dir: Path, mlflow_uri: str, capsys: Any
+) -> None:
+    from optuna.trial import TrialState
+
+    params = tune_params(**HALVING)
+    result = tune.search(params, split_dir, tmp_path / "study", tmp_path / "best.json", tmp_path / "warm.pt")
+    trials = {t.number: t for t in load_study(tmp_path / "study" / tune.JOURNAL_FILE).get_trials()}
+    curves = {n: sorted(t.intermediate_values) for n, t in trials.items()}
+    # rung 0: four trials, 1 epoch each; rung 1: the best two on to epoch 2; then one is left
+    assert sorted(len(c) for c in curves.values()) == [1, 1, 2, 2]
+    (winner,) = [t for t in trials.values() if t.state == TrialState.COMPLETE]
+    assert curves[winner.number] == [1, 2] and result["best_trial"] == winner.number
+    rung0 = {n: trials[n].intermediate_values[1] for n in trials}
+    survivors = sorted(rung0, key=rung0.get)[:2]
+    assert sorted(n for n, c in curves.items() if len(c) == 2) == sorted(survivors)  # the best two went on
+    assert result["warm_start"] == {"trial": winner.number, "epochs": 2}
+    assert [p.name for p in (tmp_path / "study" / tune.HALVING_DIR).rglob("*.pt")] == [f"trial-{winner.number}.pt"]
+
+    # the train stage continues the winner after epoch 2 instead of starting afresh
+    tuned = set_dotted(params, result["params"])
+    summary = stages.train.run(tuned, split_dir, tmp_path / "best.json", tmp_path / "models", tmp_path / "ck.pt",
+                               tmp_path / "h.csv", tmp_path / "warm.pt")
+    assert "warm start: continuing the tune stage's winner after epoch 2" in capsys.readouterr().out
+    assert summary["resumed_from_epoch"] == 2 and summary["epochs_run"] == 3
+    import pandas as pd
+
+    history = pd.read_csv(tmp_path / "h.csv")
+    assert list(history.epoch) == [1, 2, 3]
+    assert list(history.val_loss[:2]) == pytest.approx([winner.intermediate_values[e] for e in (1, 2)])
+
+    # must NOT reuse: other train settings, or another split, train from epoch 1
+    changed = set_dotted(tuned, {"train.grad_clip": 5.0})
+    summary = stages.train.run(changed, split_dir, tmp_path / "best.json", tmp_path / "models2",
+                               tmp_path / "ck.pt", tmp_path / "h2.csv", tmp_path / "warm.pt")
+    assert "was trained with other train: not continued" in capsys.readouterr().out
+    assert summary["resumed_from_epoch"] == 0 and summary["epochs_run"] == 3
+    other_split = tmp_path / "split-b"
+    shutil.copytree(split_dir, other_split)
+    info = read_json(other_split / "split.json")
+    (other_split / "split.json").write_text(__import__("json").dumps({**info, "seed": 99}))
+    summary = stages.train.run(tuned, other_split, tmp_path / "best.json", tmp_path / "models3",
+                               tmp_path / "ck3.pt", tmp_path / "h3.csv", tmp_path / "warm.pt")
+    assert "was trained with other data: not continued" in capsys.readouterr().out
+    assert summary["resumed_from_epoch"] == 0
+
+
+def test_halving_cut_off_starts_over_and_no_warm_start_writes_a_placeholder(
+    tmp_path: Path, split_dir: Path, mlflow_uri: str, capsys: Any
+) -> None:
+    import torch
+
+    params = tune_params(**{**HALVING, "tune.n_trials": 2, "tune.warm_start": False})
+    tune.search(params, split_dir, tmp_path / "study", tmp_path / "best.json", tmp_path / "warm.pt")
+    placeholder = (tmp_path / "warm.pt").read_bytes()
+    assert torch.load(tmp_path / "warm.pt", weights_only=True)["warm_start"] is None
+    tune.search(params, split_dir, tmp_path / "study", tmp_path / "best.json", tmp_path / "warm.pt")
+    assert "did not finish: starting it over" in capsys.readouterr().out  # never pieced together
+    assert (tmp_path / "warm.pt").read_bytes() == placeholder  # same bytes: DVC sees no change
+    assert len(load_study(tmp_path / "study" / tune.JOURNAL_FILE).get_trials()) == 2
+
+
+def test_budget_spent_before_any_trial_is_a_clear_error(tmp_path: Path, split_dir: Path, mlflow_uri: str) -> None:
+    with pytest.raises(tune.TuneError, match=r"tune\.budget_s \(0\.001 s\) was spent before any trial completed"):
+        tune.search(tune_params(**{"tune.budget_s": 0.001}), split_dir, tmp_path / "study", tmp_path / "best.json")
+
+
+def test_model_family_is_a_search_choice(tmp_path: Path, split_dir: Path, mlflow_uri: str) -> None:
+    params = tune_params(**{"tune.models": ["mlp_vae", "draw"], "tune.n_trials": 4, "tune.startup_trials": 4,
+                            "tune.pruner": "none", "tune.epochs": 1, "tune.hidden": [16]})
+    result = tune.search(params, split_dir, tmp_path / "study", tmp_path / "best.json")
+    trials = load_study(tmp_path / "study" / tune.JOURNAL_FILE).get_trials()
+    assert {t.params["model"] for t in trials} == {"mlp_vae", "draw"}  # both families were tried
+    best = result["params"]
+    family = best["model.name"]
+    hidden = {"mlp_vae": ["hidden"], "draw": ["enc_hidden", "dec_hidden"]}[family]
+    assert {k for k in best if k.startswith("model.")} == {"model.name", *(f"model.{family}.{f}" for f in hidden)}
+    tuned = set_dotted(params, best)
+    summary = stages.train.run(tuned, split_dir, tmp_path / "best.json", tmp_path / "models", tmp_path / "ck.pt",
+                               tmp_path / "h.csv")
+    from rnngen import checkpoint, registry
+
+    assert checkpoint.load(tmp_path / "models" / registry.CHECKPOINT_FILE)["model"]["name"] == family
+    assert summary["epochs_run"] == 2

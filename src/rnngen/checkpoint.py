@@ -7,6 +7,7 @@ Everything is stored as tensors and plain containers, and read back with
 from __future__ import annotations
 
 import dataclasses
+import io
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +27,14 @@ def model_spec(model: GenerativeModel) -> dict[str, Any]:
 
 
 def save(path: str | Path, state: dict[str, Any]) -> None:
-    """Atomically write ``state`` (a kill mid-write leaves the previous file intact)."""
+    """Atomically write ``state`` (a kill mid-write leaves the previous file intact). Serialized
+    in memory first: torch.save names the archive inside after the file it writes, so writing the
+    temporary file directly would give the same state different bytes each time (DVC would see a
+    changed output)."""
+    buf = io.BytesIO()
+    torch.save(state, buf)
     with atomic_file(path) as tmp:
-        torch.save(state, tmp)
+        Path(tmp).write_bytes(buf.getvalue())
 
 
 def load(path: str | Path) -> dict[str, Any]:

@@ -29,8 +29,9 @@ from tqdm.auto import tqdm
 
 from rnngen import checkpoint as ckpt
 from rnngen.config import ConfigError, below
-from rnngen.data import binarize, to_unit
+from rnngen.data import binarize, split_digest, to_unit
 from rnngen.errors import UserError
+from rnngen.files import source_digest
 from rnngen.models import GenerativeModel, kernels
 
 
@@ -101,6 +102,8 @@ class FitResult:
     resumed_from: int = 0
     #: True when the checkpoint already held this exact, finished training (nothing trained now)
     reused: bool = False
+    #: True when fit stopped at ``until_epoch`` before the end: the checkpoint continues it
+    paused: bool = False
 
 
 EpochHook = Callable[[int, dict[str, float]], None]
@@ -289,6 +292,44 @@ def fingerprint(
             **dict(identity or {})}
 
 
+def warm_start_fingerprint(model: GenerativeModel, cfg: TrainConfig, binarization: str,
+                           identity: Mapping[str, str]) -> dict[str, str]:
+    """What a tune stage's halving trial records and the train stage checks before continuing
+    it: :func:`fingerprint` with the time budget aside (trials have none; the train stage's
+    counts from its own start) and ``identity`` = :func:`rnngen.tune.warm_start_identity`."""
+    return fingerprint(model, dataclasses.replace(cfg, time_budget_s=0.0), binarization, identity)
+
+
+def warm_start_identity(split_dir: str | Path, train_images: int = 0) -> dict[str, str]:
+    """The identity part of :func:`warm_start_fingerprint`: the split (and how many of its
+    training images a trial saw) and the training code (this module's import closure)."""
+    digest = split_digest(split_dir) + (f"[:{train_images}]" if train_images else "")
+    return {"data": digest, "code": source_digest(__name__)}
+
+
+def continue_warm_start(path: str | Path | None, checkpoint: str | Path, model: GenerativeModel, cfg: TrainConfig,
+                        binarization: str, split_dir: str | Path, expected: Mapping[str, str]) -> int:
+    """Seed ``checkpoint`` with the tune stage's winner (``path``, written with
+    ``tune.warm_start``) when it is the start of exactly this training: same model, train
+    config (time budget aside), binarization, split and training code. Returns the epoch it
+    continues after; 0 (and one line saying why) when there is none or it does not match."""
+    if path is None or not Path(path).is_file():
+        return 0
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if state.get("warm_start", True) is None:  # the placeholder: no warm start this time
+        return 0
+    want = warm_start_fingerprint(model, cfg, binarization, warm_start_identity(split_dir))
+    found = state.get("fingerprint") if isinstance(state.get("fingerprint"), dict) else {}
+    differs = sorted(k for k in {*want, *found} if want.get(k) != found.get(k))
+    if differs:
+        print(f"warm start {path} was trained with other {', '.join(differs)}: not continued, training "
+              "from epoch 1", flush=True)
+        return 0
+    ckpt.save(checkpoint, {**state, "fingerprint": dict(expected), "phase": "training"})
+    print(f"warm start: continuing the tune stage's winner after epoch {state['epoch']}", flush=True)
+    return int(state["epoch"])
+
+
 @dataclass(frozen=True)
 class ResumePoint:
     """What :func:`fit` does with an existing checkpoint: continue ``state`` or start afresh."""
@@ -352,6 +393,7 @@ def fit(
     on_epoch: EpochHook | None = None,
     extra_state: dict[str, Any] | None = None,
     progress: bool = True,
+    until_epoch: int | None = None,
 ) -> FitResult:
     """Train ``model`` on uint8 images; early-stop on validation negative ELBO.
 
@@ -359,7 +401,10 @@ def fit(
     rules of :func:`resume_point` (fingerprint: :func:`fingerprint` with ``identity``).
     ``on_epoch(epoch, metrics)`` runs after each epoch (log, prune: it may raise), on rank 0 of
     a data-parallel job (:func:`distributed`), which alone prints and writes the checkpoint.
-    ``extra_state`` is stored in the checkpoint (e.g. the MLflow run id).
+    ``extra_state`` is stored in the checkpoint (e.g. the MLflow run id). ``until_epoch`` pauses
+    the run after that epoch, its checkpoint left resumable: a later call with the same
+    arguments continues it exactly as if it had not stopped (the tune stage's successive
+    halving trains its survivors that way, on the real schedule of ``cfg.epochs``).
     """
     device = model.device
     if device.type == "cpu":
@@ -369,7 +414,7 @@ def fit(
         torch.set_float32_matmul_precision("high")  # TF32 for the GEMMs autocast leaves in fp32
     try:
         return _fit(model, train_x, val_x, cfg, binarization, checkpoint, identity, on_epoch, extra_state,
-                    progress)
+                    progress, until_epoch)
     finally:
         torch.set_float32_matmul_precision(precision)  # no process-wide TF32 left behind
 
@@ -377,7 +422,7 @@ def fit(
 def _fit(
     model: GenerativeModel, train_x: Tensor, val_x: Tensor, cfg: TrainConfig, binarization: str,
     checkpoint: str | Path | None, identity: Mapping[str, str] | None, on_epoch: EpochHook | None,
-    extra_state: dict[str, Any] | None, progress: bool,
+    extra_state: dict[str, Any] | None, progress: bool, until_epoch: int | None = None,
 ) -> FitResult:
     device = model.device
     r = ranks()
@@ -437,6 +482,11 @@ def _fit(
     for epoch in range(start_epoch, cfg.epochs + 1):
         if result.stopped_early:
             break
+        if until_epoch is not None and epoch > until_epoch:
+            if ckpt_path is None:
+                raise ValueError("fit(until_epoch=...) needs a checkpoint to continue from")
+            result.paused = True
+            return result  # the checkpoint of epoch until_epoch stays resumable (phase "training")
         model.train()
         # Per-epoch RNG streams: data order and binarization depend only on (seed, epoch).
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)

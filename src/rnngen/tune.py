@@ -31,6 +31,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import shutil
 import socket
 import threading
 import time
@@ -39,16 +40,17 @@ import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import torch
 
+from rnngen import checkpoint as ckpt
 from rnngen import data, tracking
 from rnngen.config import ConfigError, from_dict, gather, section, to_flat_dict
 from rnngen.errors import UserError
 from rnngen.files import write_json
-from rnngen.models import build_model, model_choice, model_class, model_config
-from rnngen.train import TrainConfig, fit, resolve_device
+from rnngen.models import MODELS, build_model, model_choice, model_class, model_config
+from rnngen.train import TrainConfig, fit, resolve_device, warm_start_identity
 
 STORAGE_ENV = "RNNGEN_OPTUNA_STORAGE"
 FAIL_TRIAL_ENV = "RNNGEN_TUNE_FAIL_TRIAL"
@@ -58,14 +60,19 @@ OPTIMIZERS = ("adam", "sgd")
 MAX_RETRIES = 2
 #: settings that do not change what is searched: editing them continues the same study
 _RUNTIME = ("workers", "threads", "device", "storage", "heartbeat_s", "stale_after_s")
-_NOT_SEARCH = ("n_trials", *_RUNTIME)
+_NOT_SEARCH = ("n_trials", "budget_s", *_RUNTIME)
+#: the file in the study folder that holds successive halving's trial checkpoints
+HALVING_DIR = "halving"
 
 
 #: the ``train.*`` keys every trial inherits from params.yaml (declared as params of the tune
 #: stage in dvc.yaml); the search sets lr, batch_size and optimizer, and tune.* sets the seed,
 #: device, epochs and patience of a trial
 INHERITED_TRAIN_KEYS = ("momentum", "grad_clip", "augment_shift", "augment_rotate", "amp", "kl_warmup_epochs",
-                        "lr_schedule", "weight_decay")
+                        "lr_schedule", "weight_decay", "seed", "epochs", "patience")
+#: of those, the ones only successive halving reads (its trials are the real training's start);
+#: the median and Hyperband trials take tune.seed, tune.epochs and tune.patience instead
+HALVING_TRAIN_KEYS = ("seed", "epochs", "patience")
 
 
 class TuneError(UserError, RuntimeError):
@@ -102,7 +109,19 @@ class TuneConfig:
     seed: int = 0
     #: random trials before TPE models the results
     startup_trials: int = 3
-    pruner: Literal["median", "hyperband", "none"] = "median"
+    #: median / hyperband: prune a trial on its epoch curve. halving: synchronous successive
+    #: halving on the real schedule: n_trials configurations train tune.epochs epochs of
+    #: train.epochs, the best 1 / halving_rate continue to halving_rate times as many, and so on
+    pruner: Literal["median", "hyperband", "halving", "none"] = "median"
+    #: halving: the share kept at each rung is 1 / halving_rate
+    halving_rate: int = 3
+    #: halving: the train stage continues the winner's training instead of starting afresh
+    warm_start: bool = False
+    #: wall-clock seconds for the whole stage: no trial starts after it and running ones stop
+    #: at their next epoch (pruned); 0 = no limit
+    budget_s: float = 0.0
+    #: model families searched (model.name's ``hidden`` set applies to each); empty = model.name
+    models: list[str] = field(default_factory=list)
     #: median pruner: completed trials before it prunes anything
     prune_startup: int = 2
     lr: LogRange = LogRange()
@@ -136,6 +155,22 @@ class TuneConfig:
                 out.append(f"{key}: empty list of choices; give at least one")
             elif any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values):
                 out.append(f"{key}: choices must be integers >= 1, got {values}")
+        if self.halving_rate < 2:
+            out.append(f"halving_rate: must be >= 2 (keep 1 / rate of the trials per rung), got {self.halving_rate}")
+        if self.budget_s < 0:
+            out.append(f"budget_s: must be >= 0 seconds (0 = no limit), got {self.budget_s}")
+        if self.pruner == "halving" and self.workers != 1:
+            out.append(f"workers: successive halving runs its rungs in one process; got {self.workers} "
+                       "(set tune.workers: 1, or tune.pruner: hyperband for parallel workers)")
+        if self.warm_start and self.pruner != "halving":
+            out.append(f"warm_start: only successive halving trains on the real schedule; got pruner "
+                       f"{self.pruner!r} (set tune.pruner: halving, or warm_start: false)")
+        if self.warm_start and self.train_images:
+            out.append(f"warm_start: the train stage trains on every image, the trials on the first "
+                       f"{self.train_images}; set tune.train_images: 0 to continue the winner")
+        unknown_models = [m for m in self.models if m not in MODELS]
+        if unknown_models:
+            out.append(f"models: unknown {unknown_models}; choose from {', '.join(MODELS)}")
         if not list(self.optimizer):
             out.append("optimizer: empty list of choices; give at least one of adam, sgd")
         unknown = [o for o in self.optimizer if o not in OPTIMIZERS]
@@ -166,10 +201,11 @@ def inherited_train_config(params: Mapping[str, Any]) -> TrainConfig:
 
 def trial_train_config(cfg: TuneConfig, base: TrainConfig, hp: Mapping[str, Any]) -> TrainConfig:
     """A trial's training settings: ``base`` (the inherited train.* keys), tune.* and the
-    sampled values."""
-    return dataclasses.replace(base, seed=cfg.seed, device=cfg.device, epochs=cfg.epochs, patience=cfg.patience,
-                               lr=hp["lr"], batch_size=hp["batch_size"], optimizer=hp["optimizer"],
-                               time_budget_s=0.0)
+    sampled values. Successive halving keeps train.seed, epochs and patience: its trials are
+    the first epochs of the training the train stage would run with the same values."""
+    own = {} if cfg.pruner == "halving" else {"seed": cfg.seed, "epochs": cfg.epochs, "patience": cfg.patience}
+    return dataclasses.replace(base, device=cfg.device, lr=hp["lr"], batch_size=hp["batch_size"],
+                               optimizer=hp["optimizer"], time_budget_s=0.0, **own)
 
 
 # ------------------------------------------------------------------------------- storage
@@ -316,7 +352,8 @@ def _redact(url: str) -> str:
 
 
 def study_name(cfg: TuneConfig, base: TrainConfig, model_name: str, model_cfg: Any,
-               hidden_fields: tuple[str, ...], split_info: Mapping[str, Any]) -> str:
+               hidden_fields: tuple[str, ...], split_info: Mapping[str, Any],
+               families: tuple[Family, ...] = ()) -> str:
     """``<model>-<digest>`` of the search space, trial settings, model and data split.
 
     Budget, workers, device and storage are left out: a bigger budget or more workers continue
@@ -324,10 +361,30 @@ def study_name(cfg: TuneConfig, base: TrainConfig, model_name: str, model_cfg: A
     """
     search = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _NOT_SEARCH}
     model = {k: v for k, v in dataclasses.asdict(model_cfg).items() if k not in hidden_fields}
-    inherited = {k: getattr(base, k) for k in INHERITED_TRAIN_KEYS}
+    keys = INHERITED_TRAIN_KEYS if cfg.pruner == "halving" else set(INHERITED_TRAIN_KEYS) - set(HALVING_TRAIN_KEYS)
+    inherited = {k: getattr(base, k) for k in sorted(keys)}
     spec = {"tune": search, "train": inherited, "model": [model_name, model], "split": split_info}
+    if len(families) > 1 or (families and families[0].name != model_name):  # tune.models: each family's config
+        spec["model"] = {f.name: {k: v for k, v in f.section.items() if k not in f.hidden_fields} for f in families}
+        model_name = "+".join(f.name for f in families)
     digest = hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()
     return f"{model_name}-{digest[:12]}"
+
+
+class Family(NamedTuple):
+    """A model family the search may pick: its name, its params.yaml section (validated) and the
+    fields the searched hidden size sets."""
+
+    name: str
+    section: dict[str, Any]
+    hidden_fields: tuple[str, ...]
+
+
+def families(cfg: TuneConfig, params: Mapping[str, Any]) -> tuple[Family, ...]:
+    """tune.models (or model.name alone), each with its section of params.yaml's ``model:``."""
+    models = params.get("model") or {}
+    names = list(dict.fromkeys(cfg.models)) or [model_choice(params).name]
+    return tuple(Family(n, dataclasses.asdict(model_config(n, models.get(n))), _hidden_fields(n)) for n in names)
 
 
 @dataclass(frozen=True)
@@ -336,9 +393,7 @@ class _Job:
 
     cfg: TuneConfig
     train: TrainConfig
-    model_name: str
-    model_section: dict[str, Any]
-    hidden_fields: tuple[str, ...]
+    families: tuple[Family, ...]
     split_dir: str
     binarization: str
     storage: StorageSpec
@@ -347,24 +402,39 @@ class _Job:
     experiment_id: str
     parent_run_id: str
     threads: int
+    #: time.time() after which no trial starts and running ones stop (tune.budget_s); 0 = none
+    deadline: float = 0.0
+    #: successive halving: the folder of its trials' checkpoints, and what they must match
+    halving_dir: str = ""
+    identity: dict[str, str] = field(default_factory=dict)
+
+    def family(self, name: str) -> Family:
+        return next(f for f in self.families if f.name == name)
+
+    def over_budget(self) -> bool:
+        return bool(self.deadline) and time.time() > self.deadline
 
 
-def search(params: Mapping[str, Any], split_dir: Path, study_dir: Path, out: Path) -> dict[str, Any]:
+def search(params: Mapping[str, Any], split_dir: Path, study_dir: Path, out: Path,
+           warm_start: Path | None = None) -> dict[str, Any]:
     """Run or continue the study; write the best hyperparameters to ``out`` (JSON) as dotted
-    overrides ``{"params": {"train.lr": ...}}`` that the train stage applies."""
-    cfg, choice, base = _validate(params)
+    overrides ``{"params": {"train.lr": ...}}`` that the train stage applies, and (when given)
+    ``warm_start``: the winner's training state with ``tune.warm_start``, else a placeholder."""
+    cfg, choice, base, fams = _validate(params)
     if cfg.n_trials == 0:
         result = {"params": {}, "note": "tune.n_trials is 0: train uses params.yaml's values"}
         Path(study_dir).mkdir(parents=True, exist_ok=True)  # an empty study: DVC's persist output exists
         write_json(out, result)
+        _write_warm_start(warm_start, None, "tune.n_trials is 0")
         print("tune: n_trials is 0, no search")
         return result
 
+    t_start = time.perf_counter()
+    deadline = time.time() + cfg.budget_s if cfg.budget_s else 0.0
     split_info = data.split_info(split_dir)
     storage_spec, storage = open_storage(cfg, Path(study_dir))
     where = str(Path(study_dir) / JOURNAL_FILE) if storage_spec.journal else storage_spec.describe()
-    hidden_fields = _hidden_fields(choice.name)
-    name = study_name(cfg, base, choice.name, choice.config, hidden_fields, split_info)
+    name = study_name(cfg, base, choice.name, choice.config, _hidden_fields(choice.name), split_info, fams)
     experiment = _experiment_config(params).experiment + "-tune"
     experiment_id = tracking.setup(experiment)  # fails fast on an unreachable store
 
@@ -373,9 +443,17 @@ def search(params: Mapping[str, Any], split_dir: Path, study_dir: Path, out: Pat
 
     study = optuna.create_study(study_name=name, storage=storage, direction="minimize",
                                 load_if_exists=True)
+    if cfg.pruner == "halving" and study.get_trials(deepcopy=False):
+        # A halving search ranks whole rungs in one process; one cut off (killed) is run again
+        # from the start rather than pieced together (its trials' checkpoints go too).
+        print(f"tune: study {name} holds an earlier halving search that did not finish: starting it over")
+        optuna.delete_study(study_name=name, storage=storage)
+        study = optuna.create_study(study_name=name, storage=storage, direction="minimize")
+    halving_dir = Path(study_dir) / HALVING_DIR / name
+    if cfg.pruner == "halving" and halving_dir.exists():
+        shutil.rmtree(halving_dir)
     parent_key = f"mlflow_parent_run:{cfg.n_trials}"
     parent_id = tracking.live_run(study.user_attrs.get(parent_key))
-    t_start = time.perf_counter()
     with tracking.run(run_id=parent_id, run_name=None if parent_id else f"tune {name}") as parent:
         if parent_id is None:
             study.set_user_attr(parent_key, parent.info.run_id)
@@ -387,31 +465,52 @@ def search(params: Mapping[str, Any], split_dir: Path, study_dir: Path, out: Pat
         mlflow.set_tags({"optuna.study": name, "optuna.storage": where, **tracking.git_state(),
                          **{f"tune.{k}": getattr(cfg, k) for k in _RUNTIME if k != "storage"}})
         job = _Job(
-            cfg=cfg, train=base, model_name=choice.name, model_section=dataclasses.asdict(choice.config),
-            hidden_fields=hidden_fields, split_dir=str(Path(split_dir).resolve()),
+            cfg=cfg, train=base, families=fams, split_dir=str(Path(split_dir).resolve()),
             binarization=split_info["binarization"], storage=storage_spec, study_name=name,
             tracking_uri=mlflow.get_tracking_uri(), experiment_id=experiment_id,
-            parent_run_id=parent.info.run_id, threads=_threads_per_worker(cfg),
+            parent_run_id=parent.info.run_id, threads=_threads_per_worker(cfg), deadline=deadline,
+            halving_dir=str(halving_dir.resolve()), identity=warm_start_identity(Path(split_dir), cfg.train_images),
         )
         finished_before = _finished(study)
-        _run_workers(job, study)
+        if cfg.pruner == "halving":
+            _halving(job, study)
+        else:
+            _run_workers(job, study)
         study = optuna.load_study(study_name=name, storage=storage)
         # Only what the search decided (no run id, no storage path): the same search writes the
         # same bytes on any store, so DVC does not retrain for a new machine or mlflow.db.
         result = _summarize(study, job)
         _log_parent(study, result)
+    winner = halving_dir / f"trial-{result['best_trial']}.pt" if cfg.warm_start else None
+    if winner is not None:
+        result["warm_start"] = {"trial": result["best_trial"], "epochs": len(study.best_trial.intermediate_values)}
     write_json(out, result)
+    _write_warm_start(warm_start, winner, "tune.warm_start is false")
     run = {"seconds": round(time.perf_counter() - t_start, 2),
            "trials_run_now": _finished(study) - finished_before, "mlflow_parent_run_id": parent.info.run_id}
     _print_summary({**result, **run})
     return {**result, **run}
 
 
-def _validate(params: Mapping[str, Any]) -> tuple[TuneConfig, Any, TrainConfig]:
+def _write_warm_start(path: Path | None, winner: Path | None, why: str) -> None:
+    """The warm-start output: the winner's checkpoint, or a placeholder saying why there is none
+    (DVC's output always exists, with the same bytes for the same reason)."""
+    if path is None:
+        return
+    if winner is None:
+        ckpt.save(path, {"warm_start": None, "reason": why})
+        return
+    state = ckpt.load(winner)
+    state.pop("mlflow_run_id", None)  # the trial's run, not the train stage's
+    ckpt.save(path, state)
+
+
+def _validate(params: Mapping[str, Any]) -> tuple[TuneConfig, Any, TrainConfig, tuple[Family, ...]]:
     """Every problem with tune.*, model.*, the inherited train.* keys and tracking.* at once,
     before any data or compute."""
     problems: list[str] = []
     cfg = choice = base = None
+    fams: tuple[Family, ...] = ()
     try:
         built = gather(tune=lambda: tune_config(params), model=lambda: model_choice(params),
                        train=lambda: inherited_train_config(params),
@@ -420,17 +519,21 @@ def _validate(params: Mapping[str, Any]) -> tuple[TuneConfig, Any, TrainConfig]:
     except ConfigError as exc:
         problems += exc.problems
     if cfg is not None and choice is not None:
-        fields = _hidden_fields(choice.name)
-        for h in cfg.hidden:  # the model's own checks, for every hidden size the search may pick
-            try:
-                model_config(choice.name, {**dataclasses.asdict(choice.config), **dict.fromkeys(fields, h)})
-            except ConfigError as exc:
-                problems += [f"tune.hidden={h}: {p}" for p in exc.problems]
+        try:
+            fams = families(cfg, params)
+        except ConfigError as exc:
+            problems += exc.problems
+        for fam in fams:
+            for h in cfg.hidden:  # the model's own checks, for every hidden size the search may pick
+                try:
+                    model_config(fam.name, {**fam.section, **dict.fromkeys(fam.hidden_fields, h)})
+                except ConfigError as exc:
+                    problems += [f"tune.hidden={h}: {p}" for p in exc.problems]
     if cfg is not None and cfg.device.startswith("cuda") and not torch.cuda.is_available():
         problems.append(f"tune.device: {cfg.device!r} but no CUDA device is available; use auto or cpu")
     if problems or cfg is None or choice is None or base is None:
         raise ConfigError(problems)
-    return cfg, choice, base
+    return cfg, choice, base, fams
 
 
 def _experiment_config(params: Mapping[str, Any]) -> tracking.TrackingConfig:
@@ -487,6 +590,117 @@ def _run_workers(job: _Job, study: Any) -> None:
         torch.set_num_threads(threads)
 
 
+def _halving(job: _Job, study: Any) -> None:
+    """Synchronous successive halving (Jamieson and Talwalkar 2016; the inner loop of Li et
+    al.'s Hyperband, 2018) on the real schedule: every trial is the first epochs of the
+    training the train stage would run with its values (train.seed, train.epochs as the
+    schedule's length, train.patience), so ranks are taken where the real training is, not
+    after a short run of its own. Rung 0 trains tune.n_trials configurations tune.epochs
+    epochs each; the best 1 / halving_rate continue from their checkpoints to halving_rate
+    times as many epochs, and so on until one is left (or train.epochs is reached, or
+    tune.budget_s is spent). Eliminated trials are PRUNED; the winner is COMPLETE, and its
+    checkpoint is what ``tune.warm_start`` hands to the train stage."""
+    import optuna
+    from optuna.trial import TrialState
+
+    cfg, horizon = job.cfg, job.train.epochs
+    study.sampler = optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=cfg.startup_trials,
+                                               constant_liar=True)
+    x_train, _ = data.load_split(job.split_dir, "train")
+    x_val, _ = data.load_split(job.split_dir, "val")
+    if cfg.train_images:
+        x_train = x_train[: cfg.train_images]
+    Path(job.halving_dir).mkdir(parents=True, exist_ok=True)
+    alive = [study.ask() for _ in range(cfg.n_trials)]
+    hps = {t.number: suggest(t, cfg, job.families) for t in alive}
+    value: dict[int, float] = {}
+    reached = dict.fromkeys(hps, 0)
+    done = dict.fromkeys(hps, False)  # finished its training (early stop or train.epochs)
+    rung, out_of_time = min(cfg.epochs, horizon), False
+    while True:
+        for t in list(alive):
+            n = t.number
+            if done[n] or reached[n] >= rung:
+                continue
+            if job.over_budget():
+                out_of_time = True
+                break
+            try:
+                value[n], reached[n], done[n] = _segment(t, hps[n], job, x_train, x_val, rung)
+            except Exception as exc:  # a failing configuration must not end the search
+                t.set_user_attr("error", f"{type(exc).__name__}: {exc}"[:1000])
+                print(f"trial {n} failed:\n{traceback.format_exc()}", flush=True)
+                study.tell(t, state=TrialState.FAIL)
+                alive.remove(t)
+        if out_of_time or len(alive) <= 1 or rung >= horizon:
+            break
+        ranked = sorted(alive, key=lambda t: value[t.number])
+        keep = max(1, len(ranked) // cfg.halving_rate)
+        for t in ranked[keep:]:
+            _eliminate(study, t, job, f"rung of {rung} epochs: not in the best {keep} of {len(ranked)}")
+        alive = ranked[:keep]
+        if len(alive) == 1:
+            break
+        rung = min(rung * cfg.halving_rate, horizon)
+    if out_of_time:
+        print(f"tune: tune.budget_s ({cfg.budget_s:g} s) spent during the rung of {rung} epochs", flush=True)
+    scored = [t for t in alive if t.number in value]
+    depth = max((reached[t.number] for t in scored), default=0)
+    # only results trained equally far (or finished) compete: a shorter curve is not comparable
+    final = [t for t in scored if reached[t.number] == depth or done[t.number]]
+    for t in alive:
+        if t in final:
+            study.tell(t, value[t.number])
+        else:
+            _eliminate(study, t, job, "tune.budget_s spent before it reached the last rung")
+    if not final:
+        raise TuneError(f"tune.budget_s ({cfg.budget_s:g} s) ran out before any trial finished its first rung "
+                        f"of {min(cfg.epochs, horizon)} epochs; raise tune.budget_s or lower tune.epochs")
+    winner = min(final, key=lambda t: value[t.number])
+    for t in final:
+        if t is not winner:
+            Path(job.halving_dir, f"trial-{t.number}.pt").unlink(missing_ok=True)
+
+
+def _eliminate(study: Any, trial: Any, job: _Job, why: str) -> None:
+    from optuna.trial import TrialState
+
+    trial.set_user_attr("pruned", why)
+    study.tell(trial, state=TrialState.PRUNED)
+    Path(job.halving_dir, f"trial-{trial.number}.pt").unlink(missing_ok=True)
+    print(f"trial {trial.number} PRUNED ({why})", flush=True)
+
+
+def _segment(trial: Any, hp: dict[str, Any], job: _Job, x_train: Any, x_val: Any, until: int) -> tuple:
+    """Train a halving trial on to epoch ``until`` from its checkpoint, logging to its MLflow run
+    (reopened); ``(best validation loss, epochs trained, finished)``."""
+    import mlflow
+
+    t0 = time.perf_counter()
+    _, model, train_cfg = _trial_model(hp, job)
+    run_id = trial.user_attrs.get("mlflow_run_id")
+    opened = ({"run_id": run_id} if run_id else
+              {"run_name": f"trial {trial.number}", "parent_run_id": job.parent_run_id,
+               "experiment_id": job.experiment_id,
+               "tags": {"optuna.study": job.study_name, "optuna.trial_number": str(trial.number)}})
+    with tracking.run(nested=True, **opened) as run:
+        if run_id is None:
+            trial.set_user_attr("mlflow_run_id", run.info.run_id)
+            mlflow.log_params({**hp, "trial": trial.number})
+
+        def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
+            mlflow.log_metrics(metrics, step=epoch)
+            trial.report(metrics["val_loss"], epoch)
+
+        result = fit(model, x_train, x_val, train_cfg, job.binarization, on_epoch=on_epoch, progress=False,
+                     checkpoint=Path(job.halving_dir) / f"trial-{trial.number}.pt", identity=job.identity,
+                     until_epoch=until)
+        mlflow.log_metric("best_val_loss", result.best_val)
+    print(f"trial {trial.number} epoch {len(result.history)}/{train_cfg.epochs}: best val {result.best_val:.2f}  "
+          f"{_fmt(hp)}  ({time.perf_counter() - t0:.0f} s)", flush=True)
+    return result.best_val, len(result.history), not result.paused
+
+
 def _worker_main(job: _Job, worker: int, ready: Any) -> None:
     """Entry point of a spawned worker process."""
     import multiprocessing as mp
@@ -528,7 +742,11 @@ def _work(job: _Job, worker: int, *, finish: bool, ready: Any = None) -> None:
         with job.storage.budget_lock(job.study_name):
             job.storage.recover_stale(study, job.cfg.stale_after_s)
             used, running = budget_used(study.get_trials(deepcopy=False))
-            trial = study.ask() if used < job.cfg.n_trials else None
+            spent = job.over_budget()
+            trial = study.ask() if used < job.cfg.n_trials and not spent else None
+        if spent and worker == 0 and not running:
+            print(f"tune: tune.budget_s ({job.cfg.budget_s:g} s) spent after {used} trial(s): no more trials",
+                  flush=True)
         if trial is None:
             if finish and running:
                 time.sleep(1.0)
@@ -620,12 +838,7 @@ def _run_trial(study: Any, trial: Any, job: _Job, worker: int, x_train: Any, x_v
     hp: dict[str, Any] = {}
     with _heartbeat(trial, cfg.heartbeat_s, beat):
         try:
-            hp = {
-                "lr": trial.suggest_float("lr", cfg.lr.low, cfg.lr.high, log=True),
-                "batch_size": trial.suggest_categorical("batch_size", list(cfg.batch_size)),
-                "hidden": trial.suggest_categorical("hidden", list(cfg.hidden)),
-                "optimizer": trial.suggest_categorical("optimizer", list(cfg.optimizer)),
-            }
+            hp = suggest(trial, cfg, job.families)
             tags = {"optuna.study": job.study_name, "optuna.trial_number": str(trial.number),
                     "optuna.worker": _worker_id()}
             with tracking.run(run_name=f"trial {trial.number}", nested=True, tags=tags,
@@ -653,17 +866,40 @@ def _run_trial(study: Any, trial: Any, job: _Job, worker: int, x_train: Any, x_v
           f"({time.perf_counter() - t0:.0f} s, worker {worker})", flush=True)
 
 
+def suggest(trial: Any, cfg: TuneConfig, fams: tuple[Family, ...]) -> dict[str, Any]:
+    """A trial's sampled values: lr, batch size, hidden size, optimizer (and the model family
+    when tune.models names more than one)."""
+    hp: dict[str, Any] = {}
+    if len(fams) > 1:
+        hp["model"] = trial.suggest_categorical("model", [f.name for f in fams])
+    hp.update({
+        "lr": trial.suggest_float("lr", cfg.lr.low, cfg.lr.high, log=True),
+        "batch_size": trial.suggest_categorical("batch_size", list(cfg.batch_size)),
+        "hidden": trial.suggest_categorical("hidden", list(cfg.hidden)),
+        "optimizer": trial.suggest_categorical("optimizer", list(cfg.optimizer)),
+    })
+    return hp
+
+
+def _trial_model(hp: Mapping[str, Any], job: _Job) -> tuple[Family, Any, TrainConfig]:
+    """The family, the model (initial weights seeded like the train stage's) and the training
+    settings of a trial."""
+    fam = job.family(hp["model"]) if "model" in hp else job.families[0]
+    train_cfg = trial_train_config(job.cfg, job.train, hp)
+    # same initial weights for every trial: only the hyperparameters differ
+    torch.manual_seed(train_cfg.seed)
+    section = {**fam.section, **dict.fromkeys(fam.hidden_fields, hp["hidden"])}
+    model = build_model(fam.name, model_config(fam.name, section))
+    return fam, model.to(resolve_device(job.cfg.device)), train_cfg
+
+
 def _objective(trial: Any, hp: dict[str, Any], job: _Job, x_train: Any, x_val: Any) -> float:
     """Train one configuration; the best validation negative ELBO (nats/image)."""
     import mlflow
     import optuna
 
     cfg = job.cfg
-    section = {**job.model_section, **dict.fromkeys(job.hidden_fields, hp["hidden"])}
-    train_cfg = trial_train_config(cfg, job.train, hp)
-    torch.manual_seed(cfg.seed)  # same initial weights for every trial: only the hyperparameters differ
-    model = build_model(job.model_name, model_config(job.model_name, section))
-    model = model.to(resolve_device(cfg.device))
+    _, model, train_cfg = _trial_model(hp, job)
     fail = str(trial.number) in os.environ.get(FAIL_TRIAL_ENV, "").split(",")
 
     def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
@@ -674,6 +910,9 @@ def _objective(trial: Any, hp: dict[str, Any], job: _Job, x_train: Any, x_val: A
         # Pruning after the last epoch would save nothing and hide a finished result.
         if epoch < cfg.epochs and trial.should_prune():
             raise optuna.TrialPruned(f"pruned after epoch {epoch}")
+        if epoch < cfg.epochs and job.over_budget():
+            trial.set_user_attr("stopped", "tune.budget_s")
+            raise optuna.TrialPruned(f"tune.budget_s ({cfg.budget_s:g} s) spent after epoch {epoch}")
 
     result = fit(model, x_train, x_val, train_cfg, job.binarization, on_epoch=on_epoch, progress=False)
     return result.best_val
@@ -772,13 +1011,16 @@ def _summarize(study: Any, job: _Job) -> dict[str, Any]:
     }
     if not counts["complete"]:
         errors = [t.user_attrs["error"] for t in trials if "error" in t.user_attrs]
+        if job.over_budget():
+            raise TuneError(f"tune.budget_s ({job.cfg.budget_s:g} s) was spent before any trial completed "
+                            f"({counts}); raise tune.budget_s, or lower tune.epochs or tune.train_images")
         raise TuneError(
             f"no trial of study {job.study_name} completed ({counts}); "
             + (f"first error: {errors[0]}" if errors else "widen the search or lower tune.prune_startup")
         )
     best = study.best_trial
     return {
-        "params": overrides(best.params, job.model_name, job.hidden_fields),
+        "params": overrides(best.params, job.families),
         "best_value": best.value,
         "best_trial": best.number,
         "metric": "validation negative ELBO (nats/image), best epoch of the trial",
@@ -788,11 +1030,13 @@ def _summarize(study: Any, job: _Job) -> dict[str, Any]:
     }
 
 
-def overrides(best: Mapping[str, Any], model_name: str, hidden_fields: tuple[str, ...]) -> dict[str, Any]:
-    """A trial's parameters as the dotted params.yaml keys the train stage overrides."""
-    out = {"train.lr": best["lr"], "train.batch_size": best["batch_size"],
-           "train.optimizer": best["optimizer"]}
-    out.update({f"model.{model_name}.{f}": best["hidden"] for f in hidden_fields})
+def overrides(best: Mapping[str, Any], fams: tuple[Family, ...]) -> dict[str, Any]:
+    """A trial's parameters as the dotted params.yaml keys the train stage overrides, with the
+    winner's family as ``model.name``."""
+    fam = next(f for f in fams if f.name == best["model"]) if "model" in best else fams[0]
+    out: dict[str, Any] = {"model.name": fam.name, "train.lr": best["lr"], "train.batch_size": best["batch_size"],
+                           "train.optimizer": best["optimizer"]}
+    out.update({f"model.{fam.name}.{f}": best["hidden"] for f in fam.hidden_fields})
     return out
 
 

@@ -25,6 +25,7 @@ from rnngen.models import GenerativeModel, ModelChoice, build_model, model_choic
 from rnngen.train import (
     Ranks,
     TrainConfig,
+    continue_warm_start,
     distributed,
     fingerprint,
     fit,
@@ -66,17 +67,20 @@ def run(
     out: Path,
     checkpoint: Path,
     history_csv: Path,
+    warm_start: Path | None = None,
 ) -> dict[str, Any]:
     """Train the configured model; log the run to MLflow and register the model. Under
-    torchrun every rank trains its share of each batch; rank 0 alone logs and writes."""
+    torchrun every rank trains its share of each batch; rank 0 alone logs and writes. With
+    ``warm_start`` (the tune stage's winner, ``tune.warm_start``) a fresh training continues
+    that trial where its checkpoint fingerprint says it is the start of this very training."""
     device = str(section(TrainConfig, params, "train").device)
     with distributed(device) as ranks:
-        return _run(params, split_dir, hparams, out, checkpoint, history_csv, ranks)
+        return _run(params, split_dir, hparams, out, checkpoint, history_csv, ranks, warm_start)
 
 
 def _run(
     params: Mapping[str, Any], split_dir: Path, hparams: Path | None, out: Path, checkpoint: Path,
-    history_csv: Path, ranks: Ranks,
+    history_csv: Path, ranks: Ranks, warm_start: Path | None = None,
 ) -> dict[str, Any]:
     import mlflow
     import pandas as pd
@@ -102,10 +106,14 @@ def _run(
         fit(model, x_train, x_val, train_cfg, info["binarization"], checkpoint=checkpoint, identity=identity)
         return {}
     tracking.setup(track_cfg.experiment)  # fails fast on an unreachable store
-    point = resume_point(checkpoint, fingerprint(model, train_cfg, info["binarization"], identity))
+    expected = fingerprint(model, train_cfg, info["binarization"], identity)
+    point = resume_point(checkpoint, expected)
     run_id = tracking.live_run(point.state.get("mlflow_run_id")) if point.state else None
+    warm_epoch = 0
     if point.state is None:
         _close_abandoned_run(checkpoint)
+        warm_epoch = continue_warm_start(warm_start, checkpoint, model, train_cfg, info["binarization"], split_dir,
+                                         expected)
     name = run_name(choice, model, train_cfg, identity["data"])
     with tracking.run(run_id=run_id, run_name=None if run_id else name) as active:
         if run_id is None:
@@ -118,6 +126,7 @@ def _run(
                 "split.binarization": info["binarization"], "split.seed": info["seed"],
                 **{f"split.n_{k}": v for k, v in info["counts"].items()},
                 "tuned": ",".join(sorted(tuned)) or "none",
+                "warm_start_epochs": warm_epoch,
                 **{f"params_yaml.{k}": mine for k, (mine, _) in replaced.items()},
             })
             mlflow.set_tags({

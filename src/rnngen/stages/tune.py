@@ -9,6 +9,8 @@ from typing import Any
 from rnngen import tune
 
 
-def run(params: Mapping[str, Any], split_dir: Path, study_dir: Path, out: Path) -> dict[str, Any]:
-    """Run or continue the study; write the winner's dotted overrides to ``out``."""
-    return tune.search(params, split_dir, study_dir, out)
+def run(params: Mapping[str, Any], split_dir: Path, study_dir: Path, out: Path,
+        warm_start: Path | None = None) -> dict[str, Any]:
+    """Run or continue the study; write the winner's dotted overrides to ``out`` (and, with
+    ``tune.warm_start``, its training state to ``warm_start``)."""
+    return tune.search(params, split_dir, study_dir, out, warm_start)
