@@ -76,6 +76,8 @@ def main() -> None:
                    help="score the first N test images (0 = all; k=100 bounds on 10,000 take a while)")
     p.add_argument("--weight-decay", type=float, default=0.0, help="train.weight_decay of every model")
     p.add_argument("--dropout", type=float, default=0.0, help="model dropout (PixelRNN's only)")
+    p.add_argument("--canvas-init", choices=["zero", "mean"], default="zero",
+                   help="DRAW's model.draw.canvas_init (default: %(default)s)")
     p.add_argument("--fcd", action="store_true", help="also score sample quality (FCD, n=1000, binary)")
     args = p.parse_args()
 
@@ -97,6 +99,8 @@ def main() -> None:
         for aug in (False,) if args.no_augment_runs else (False, True):
             torch.manual_seed(0)
             extra = {"dropout": args.dropout} if args.dropout else {}
+            if name == "draw":
+                extra["canvas_init"] = args.canvas_init
             model = build_model(name, model_config(name, {**overrides, **extra}))
             cfg = TrainConfig(epochs=args.cosine_epochs or 10_000, patience=5, device="cpu",
                               time_budget_s=args.budget, lr=args.lr, amp=args.amp,
@@ -124,6 +128,7 @@ def main() -> None:
                 "train_s": round(seconds), "val_nelbo": round(result.best_val, 2),
                 "test_nll_elbo": round(bounds["nll_elbo"], 2), "test_nll_iwae": round(bounds["nll_iwae"], 2),
                 "weight_decay": args.weight_decay, "dropout": args.dropout,
+                **({"canvas_init": args.canvas_init} if name == "draw" else {}),
                 "params": sum(p.numel() for p in model.parameters()), **quality,
             })
             print(rows[-1], flush=True)

@@ -382,6 +382,7 @@ def test_params_yaml_lists_every_draw_knob_and_null_means_preset_or_default():
         ({"steps": 0}, "model.draw.steps: must be >= 1"),
         ({"z_dim": 0}, "model.draw.z_dim: must be >= 1"),
         ({"preset": "nope"}, "unknown preset 'nope'"),
+        ({"canvas_init": "median"}, "model.draw.canvas_init: expected zero or mean"),
     ],
 )
 def test_bad_configs_raise(section, message):
@@ -405,3 +406,27 @@ def test_a_few_steps_reduce_the_loss():
     assert all(math.isfinite(v) for v in losses)
     assert losses[-1] < 0.8 * losses[0]
 
+
+
+def test_canvas_init_mean_starts_at_the_training_means_logits_and_only_on_a_fresh_start(tmp_path: Path):
+    """fit hands the model the training mean once; with canvas_init mean, sigmoid(c_0) is it
+    (clamped away from 0 and 1), so an empty canvas already draws the mean image. A resumed
+    training keeps its learned c_0."""
+    from rnngen.train import TrainConfig, fit
+
+    x = (torch.rand(64, 28, 28) * 255).to(torch.uint8)
+    x[:, :3] = 0  # blank rows: their logit is clamped, not -inf
+    mean = x.double().mean(0) / 255
+    cfg = TrainConfig(epochs=2, batch_size=64, lr=1e-12, device="cpu")  # the steps barely move c_0
+    zero, init = small_model(), small_model(canvas_init="mean")
+    fit(zero, x, x[:16], cfg, "dynamic", progress=False)
+    fit(init, x, x[:16], cfg, "dynamic", progress=False, checkpoint=tmp_path / "c.pt", until_epoch=1)
+    assert torch.allclose(zero.canvas0, torch.zeros(784), atol=1e-6)
+    expected = torch.logit(mean.flatten().clamp(1e-3, 1 - 1e-3)).float()
+    assert torch.allclose(init.canvas0, expected, atol=1e-4)
+    assert torch.isfinite(init.canvas0).all() and init.canvas0[:84].max() < -6  # the blank rows
+    other = 255 - x  # another mean: a resumed training must not take its c_0 from it
+    resumed = small_model(canvas_init="mean")
+    result = fit(resumed, other, x[:16], cfg, "dynamic", progress=False, checkpoint=tmp_path / "c.pt")
+    assert result.resumed_from == 1
+    assert torch.allclose(resumed.canvas0, expected, atol=1e-4)

@@ -476,7 +476,9 @@ def _fit(
         result.stopped_early = state.get("stopped_early", False)
         if point.complete:
             return result
-
+    else:  # a fresh training: the model may take its start from the data (e.g. DRAW's canvas bias)
+        mean = sum(chunk.double().sum(0) for chunk in train_x.split(4096)) / (255.0 * len(train_x))
+        model.init_from_data(mean.float().unsqueeze(0).to(device))
     t_start = time.perf_counter()
     amp = autocast_enabled(cfg.amp, device)
     for epoch in range(start_epoch, cfg.epochs + 1):

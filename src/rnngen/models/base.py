@@ -97,6 +97,10 @@ class GenerativeModel(nn.Module, ABC):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
+    def init_from_data(self, mean: Tensor) -> None:
+        """Called once by :func:`rnngen.train.fit` before a fresh training (never on a resume)
+        with the training images' mean grey level ``(1, 28, 28)``; by default nothing."""
+
     @abstractmethod
     def forward(self, x: Tensor) -> LossTerms:
         """Per-image training loss terms: for latent models a single-sample estimate of the

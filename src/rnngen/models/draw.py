@@ -63,9 +63,14 @@ class DRAWConfig:
     dec_hidden: int = 256
     z_dim: int = 100
     attention: bool = True
+    #: c_0 at the start of training: zero (logits 0, p = 1/2 everywhere) or mean (the logits of
+    #: the training images' mean, so the first epochs need not spend z on the mean image)
+    canvas_init: str = "zero"
 
     def problems(self) -> list[str]:
         out = []
+        if self.canvas_init not in ("zero", "mean"):
+            out.append(f"canvas_init: expected zero or mean, got {self.canvas_init!r}")
         if self.preset and self.preset not in PRESETS:
             out.append(f"preset: unknown preset {self.preset!r}; choose one of: {', '.join(PRESETS)}")
         for key in ("steps", "read_n", "write_n", "enc_hidden", "dec_hidden", "z_dim"):
@@ -587,6 +592,11 @@ class DRAW(GenerativeModel):
         # the recurrence reads glimpses in another order than r_t = [read(x), read(x_hat)]
         order = _glimpse_order(cfg.read_n) if cfg.attention else None
         self.register_buffer("read_order", order, persistent=False)
+
+    @torch.no_grad()
+    def init_from_data(self, mean: Tensor) -> None:
+        if self.config.canvas_init == "mean":  # sigmoid(c_0) = the mean image; clamped: no infinite logit
+            self.canvas0.copy_(torch.logit(mean.flatten().clamp(1e-3, 1 - 1e-3)))
 
     def _weights(self) -> _Weights:
         """The paper's layers regrouped by the state they read (see the module docstring)."""
