@@ -154,7 +154,9 @@ def test_second_repro_runs_nothing_and_a_train_param_retrains_from_epoch_1(proje
     before = run_record(project)
     edit_params(project, train__epochs=3)  # an edit that takes effect whatever the tuner picked
     changed = run([str(BIN / "dvc"), "repro"], project)
-    assert stages_run(changed.stdout) == ["train", "evaluate"]
+    # tune declares train.epochs (successive halving's trials keep it); this search's budget is
+    # already met, so it reruns without a new trial
+    assert stages_run(changed.stdout) == ["tune", "train", "evaluate"]
     after = assert_trained_afresh(project, changed.stdout, before, 3)
     assert client_of(project).get_run(after["run_id"]).data.params["train.epochs"] == "3"
     diff = run([str(BIN / "dvc"), "params", "diff", "--json"], project).stdout
@@ -181,6 +183,19 @@ def test_a_changed_line_of_model_code_retrains(project: Path) -> None:
     assert "download" not in stages_run(changed.stdout)
     after = assert_trained_afresh(project, changed.stdout, before, 3)
     assert client_of(project).get_run(after["run_id"]).data.tags["source_sha256"] != old_source
+
+
+def test_halving_with_warm_start_through_dvc_continues_the_winner(project: Path) -> None:
+    before = run_record(project)
+    edit_params(project, tune__pruner="halving", tune__n_trials=2, tune__halving_rate=2, tune__train_images=0,
+                tune__warm_start=True)
+    changed = run([str(BIN / "dvc"), "repro"], project)
+    assert stages_run(changed.stdout) == ["tune", "train", "evaluate"]
+    assert "warm start: continuing the tune stage's winner after epoch 1" in changed.stdout
+    after = run_record(project)
+    assert after["resumed_from_epoch"] == 1 and after["epochs_run"] == 3
+    assert after["run_id"] != before["run_id"]
+    assert stages_run(run([str(BIN / "dvc"), "repro"], project).stdout) == []  # nothing stale, nothing redone
 
 
 AUDIT = """

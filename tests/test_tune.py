@@ -399,19 +399,25 @@ def test_halving_ranks_on_the_real_schedule_and_train_continues_the_winner(
     assert summary["resumed_from_epoch"] == 0
 
 
-def test_halving_cut_off_starts_over_and_no_warm_start_writes_a_placeholder(
+def test_halving_finished_stands_cut_off_starts_over_and_no_warm_start_writes_a_placeholder(
     tmp_path: Path, split_dir: Path, mlflow_uri: str, capsys: Any
 ) -> None:
     import torch
 
     params = tune_params(**{**HALVING, "tune.n_trials": 2, "tune.warm_start": False})
-    tune.search(params, split_dir, tmp_path / "study", tmp_path / "best.json", tmp_path / "warm.pt")
+    first = tune.search(params, split_dir, tmp_path / "study", tmp_path / "best.json", tmp_path / "warm.pt")
     placeholder = (tmp_path / "warm.pt").read_bytes()
     assert torch.load(tmp_path / "warm.pt", weights_only=True)["warm_start"] is None
-    tune.search(params, split_dir, tmp_path / "study", tmp_path / "best.json", tmp_path / "warm.pt")
-    assert "did not finish: starting it over" in capsys.readouterr().out  # never pieced together
+    again = tune.search(params, split_dir, tmp_path / "study", tmp_path / "best.json", tmp_path / "warm.pt")
+    assert "this halving search, finished: its result stands" in capsys.readouterr().out
+    assert again["trials_run_now"] == 0 and again["params"] == first["params"]
     assert (tmp_path / "warm.pt").read_bytes() == placeholder  # same bytes: DVC sees no change
-    assert len(load_study(tmp_path / "study" / tune.JOURNAL_FILE).get_trials()) == 2
+    study = load_study(tmp_path / "study" / tune.JOURNAL_FILE)
+    study.ask()  # a trial left running, as by a killed search
+    tune.search(params, split_dir, tmp_path / "study", tmp_path / "best.json", tmp_path / "warm.pt")
+    assert "did not finish (or had another n_trials): starting it over" in capsys.readouterr().out
+    trials = load_study(tmp_path / "study" / tune.JOURNAL_FILE).get_trials()
+    assert len(trials) == 2 and all(t.state.is_finished() for t in trials)  # never pieced together
 
 
 def test_budget_spent_before_any_trial_is_a_clear_error(tmp_path: Path, split_dir: Path, mlflow_uri: str) -> None:

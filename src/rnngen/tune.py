@@ -443,15 +443,17 @@ def search(params: Mapping[str, Any], split_dir: Path, study_dir: Path, out: Pat
 
     study = optuna.create_study(study_name=name, storage=storage, direction="minimize",
                                 load_if_exists=True)
-    if cfg.pruner == "halving" and study.get_trials(deepcopy=False):
-        # A halving search ranks whole rungs in one process; one cut off (killed) is run again
-        # from the start rather than pieced together (its trials' checkpoints go too).
-        print(f"tune: study {name} holds an earlier halving search that did not finish: starting it over")
+    halving_dir = Path(study_dir) / HALVING_DIR / name
+    rerun = cfg.pruner == "halving" and not _finished_halving(study, cfg, halving_dir)
+    if rerun and study.get_trials(deepcopy=False):
+        # A halving search ranks whole rungs in one process; one cut off (killed), or run with
+        # another n_trials, is run again from the start rather than pieced together.
+        print(f"tune: study {name} holds a halving search that did not finish (or had another n_trials): "
+              "starting it over")
         optuna.delete_study(study_name=name, storage=storage)
         study = optuna.create_study(study_name=name, storage=storage, direction="minimize")
-    halving_dir = Path(study_dir) / HALVING_DIR / name
-    if cfg.pruner == "halving" and halving_dir.exists():
-        shutil.rmtree(halving_dir)
+    if rerun and halving_dir.exists():
+        shutil.rmtree(halving_dir)  # its trials' checkpoints go too
     parent_key = f"mlflow_parent_run:{cfg.n_trials}"
     parent_id = tracking.live_run(study.user_attrs.get(parent_key))
     with tracking.run(run_id=parent_id, run_name=None if parent_id else f"tune {name}") as parent:
@@ -472,8 +474,10 @@ def search(params: Mapping[str, Any], split_dir: Path, study_dir: Path, out: Pat
             halving_dir=str(halving_dir.resolve()), identity=warm_start_identity(Path(split_dir), cfg.train_images),
         )
         finished_before = _finished(study)
-        if cfg.pruner == "halving":
+        if rerun:
             _halving(job, study)
+        elif cfg.pruner == "halving":
+            print(f"tune: study {name} holds this halving search, finished: its result stands")
         else:
             _run_workers(job, study)
         study = optuna.load_study(study_name=name, storage=storage)
@@ -660,6 +664,21 @@ def _halving(job: _Job, study: Any) -> None:
     for t in final:
         if t is not winner:
             Path(job.halving_dir, f"trial-{t.number}.pt").unlink(missing_ok=True)
+
+
+def _finished_halving(study: Any, cfg: TuneConfig, halving_dir: Path) -> bool:
+    """The study holds a finished halving search of tune.n_trials configurations (and, for a
+    warm start, its winner's checkpoint is still there)."""
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    if len(trials) != cfg.n_trials or not all(t.state.is_finished() for t in trials):
+        return False
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    if not complete:
+        return False
+    best = min(complete, key=lambda t: t.value)
+    return not cfg.warm_start or (halving_dir / f"trial-{best.number}.pt").is_file()
 
 
 def _eliminate(study: Any, trial: Any, job: _Job, why: str) -> None:
