@@ -12,7 +12,8 @@ the warm-up iterations each round runs one window of ``--iters`` iterations of e
 turn, so that load from other work falls on all alike; ``--repeats`` rounds, best and median
 window reported (the best is the least disturbed on a shared machine). Plain baselines:
 DRAW's is rnngen.models.draw_reference (the paper's equations step by step with the model's own
-layers, autograd through every op), PixelRNN's rnngen.models.pixelrnn_reference; fast/plain is
+layers, autograd through every op), PixelRNN's rnngen.models.pixelrnn_reference, the row-LSTM
+VAE's rnngen.models.row_lstm_vae_reference (its LSTMs unrolled with torch's LSTM cell); fast/plain is
 the ratio of the fast code's rate to the plain one's in the same precision.
 
 For DRAW on the CPU the training rate is also given as a fraction of the GEMM-only bound:
@@ -39,7 +40,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from rnngen.models import build_model, draw_reference, kernels, model_config, pixelrnn_reference
+from rnngen.models import build_model, draw_reference, kernels, model_config, pixelrnn_reference, row_lstm_vae_reference
 from rnngen.models.base import GenerativeModel, LossTerms, bernoulli_nll
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ is not a package
@@ -67,6 +68,7 @@ def _pixelrnn_plain(model: GenerativeModel, x: Tensor) -> LossTerms:
 PLAIN: dict[str, Callable[[GenerativeModel, Tensor], LossTerms]] = {
     "draw": draw_reference.forward,
     "pixelrnn": _pixelrnn_plain,
+    "row_lstm_vae": row_lstm_vae_reference.forward,
 }
 
 
