@@ -29,10 +29,15 @@ from rnngen.stages import download, split
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_split_argument(p: argparse.ArgumentParser) -> None:
+    """--split: the split stage output the tune benches read (made from the embedded data when missing)."""
     p.add_argument("--split", type=Path, default=ROOT / "data" / "split",
                    help="split stage output (default: %(default)s; made from the embedded data when missing)")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_split_argument(p)
     p.add_argument("--trials", type=int, default=8, help="trial budget of every search (default: %(default)s)")
     p.add_argument("--epochs", type=int, default=3, help="epochs per trial (default: %(default)s)")
     p.add_argument("--images", type=int, default=2000, help="training images per trial (default: %(default)s)")

@@ -37,13 +37,12 @@ from rnngen.stages import tune as tune_stage
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tune_bench import ensure_split  # noqa: E402  (bench/ is not a package)
+from tune_bench import add_split_argument, ensure_split  # noqa: E402  (bench/ is not a package)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--split", type=Path, default=ROOT / "data" / "split",
-                   help="split stage output (default: %(default)s; made from the embedded data when missing)")
+    add_split_argument(p)
     p.add_argument("--seeds", type=int, default=3, help="seeds (train.seed and tune.seed) (default: %(default)s)")
     p.add_argument("--total", type=float, default=300.0, help="seconds per arm, tune + train (default: %(default)s)")
     p.add_argument("--trials", type=int, default=4, help="configurations in the first rung (default: %(default)s)")
