@@ -471,7 +471,8 @@ def search(params: Mapping[str, Any], split_dir: Path, study_dir: Path, out: Pat
             binarization=split_info["binarization"], storage=storage_spec, study_name=name,
             tracking_uri=mlflow.get_tracking_uri(), experiment_id=experiment_id,
             parent_run_id=parent.info.run_id, threads=_threads_per_worker(cfg), deadline=deadline,
-            halving_dir=str(halving_dir.resolve()), identity=warm_start_identity(Path(split_dir), cfg.train_images),
+            halving_dir=str(halving_dir.resolve()),
+            identity=warm_start_identity(Path(split_dir), cfg.train_images) if rerun else {},
         )
         finished_before = _finished(study)
         if rerun:
