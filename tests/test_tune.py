@@ -315,6 +315,23 @@ def test_stale_means_dead_process_or_silent_heartbeat() -> None:
     assert not tune._is_stale(running(f"elsewhere:{dead.pid}", now - 30), now, 60)
 
 
+def test_a_trial_holds_its_values_from_the_moment_it_is_asked() -> None:
+    """No window between ask and suggest: a worker killed right after ``ask`` leaves a trial
+    whose retry (enqueued with its params) trains the same configuration."""
+    import optuna
+
+    params = tiny_params()
+    cfg = tune.TuneConfig(models=("mlp_vae", "row_lstm_vae"), n_trials=2)
+    fams = tune.families(cfg, params)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    first = tune.ask(study, cfg, fams)
+    assert set(first.params) == {"model", "lr", "batch_size", "hidden", "optimizer"}
+    assert tune.suggest(first, cfg, fams) == first.params
+    study.enqueue_trial(first.params)  # what a retry does with a dead worker's trial
+    retry = tune.ask(study, cfg, fams)
+    assert retry.number != first.number and tune.suggest(retry, cfg, fams) == first.params
+
+
 # ------------------------------------------------------------- successive halving, warm start
 
 

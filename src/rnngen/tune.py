@@ -616,7 +616,7 @@ def _halving(job: _Job, study: Any) -> None:
     if cfg.train_images:
         x_train = x_train[: cfg.train_images]
     Path(job.halving_dir).mkdir(parents=True, exist_ok=True)
-    alive = [study.ask() for _ in range(cfg.n_trials)]
+    alive = [ask(study, cfg, job.families) for _ in range(cfg.n_trials)]
     hps = {t.number: suggest(t, cfg, job.families) for t in alive}
     value: dict[int, float] = {}
     reached = dict.fromkeys(hps, 0)
@@ -763,7 +763,7 @@ def _work(job: _Job, worker: int, *, finish: bool, ready: Any = None) -> None:
             job.storage.recover_stale(study, job.cfg.stale_after_s)
             used, running = budget_used(study.get_trials(deepcopy=False))
             spent = job.over_budget()
-            trial = study.ask() if used < job.cfg.n_trials and not spent else None
+            trial = ask(study, job.cfg, job.families) if used < job.cfg.n_trials and not spent else None
         if spent and worker == 0 and not running:
             print(f"tune: tune.budget_s ({job.cfg.budget_s:g} s) spent after {used} trial(s): no more trials",
                   flush=True)
@@ -886,19 +886,31 @@ def _run_trial(study: Any, trial: Any, job: _Job, worker: int, x_train: Any, x_v
           f"({time.perf_counter() - t0:.0f} s, worker {worker})", flush=True)
 
 
-def suggest(trial: Any, cfg: TuneConfig, fams: tuple[Family, ...]) -> dict[str, Any]:
-    """A trial's sampled values: lr, batch size, hidden size, optimizer (and the model family
-    when tune.models names more than one)."""
-    hp: dict[str, Any] = {}
+def search_space(cfg: TuneConfig, fams: tuple[Family, ...]) -> dict[str, Any]:
+    """The distributions a trial samples: lr, batch size, hidden size, optimizer (and the model
+    family when tune.models names more than one). Passed to ``study.ask`` so that a trial holds
+    all its values from the moment it exists: a worker killed at any point leaves a retry with
+    the same configuration."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+    space: dict[str, Any] = {}
     if len(fams) > 1:
-        hp["model"] = trial.suggest_categorical("model", [f.name for f in fams])
-    hp.update({
-        "lr": trial.suggest_float("lr", cfg.lr.low, cfg.lr.high, log=True),
-        "batch_size": trial.suggest_categorical("batch_size", list(cfg.batch_size)),
-        "hidden": trial.suggest_categorical("hidden", list(cfg.hidden)),
-        "optimizer": trial.suggest_categorical("optimizer", list(cfg.optimizer)),
-    })
-    return hp
+        space["model"] = CategoricalDistribution([f.name for f in fams])
+    space["lr"] = FloatDistribution(cfg.lr.low, cfg.lr.high, log=True)
+    space["batch_size"] = CategoricalDistribution(list(cfg.batch_size))
+    space["hidden"] = CategoricalDistribution(list(cfg.hidden))
+    space["optimizer"] = CategoricalDistribution(list(cfg.optimizer))
+    return space
+
+
+def ask(study: Any, cfg: TuneConfig, fams: tuple[Family, ...]) -> Any:
+    """A new trial (or a queued retry) with every value of the search space already sampled."""
+    return study.ask(fixed_distributions=search_space(cfg, fams))
+
+
+def suggest(trial: Any, cfg: TuneConfig, fams: tuple[Family, ...]) -> dict[str, Any]:
+    """A trial's values (sampled when it was asked, or queued with it)."""
+    return {name: trial.params[name] for name in search_space(cfg, fams)}
 
 
 def _trial_model(hp: Mapping[str, Any], job: _Job) -> tuple[Family, Any, TrainConfig]:
