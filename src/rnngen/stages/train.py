@@ -91,7 +91,8 @@ def _run(
     choice, train_cfg, track_cfg = cfgs["model"], cfgs["train"], cfgs["tracking"]
     replaced = {k: (_dotted(params, k), v) for k, v in sorted(tuned.items()) if _dotted(params, k) != v}
     for key, (mine, theirs) in replaced.items():
-        print(f"tune: {key} = {theirs} (the tune stage's winner; params.yaml says {mine})")
+        said = "null (its default)" if mine is None else mine
+        print(f"tune: {key} = {theirs} (the tune stage's winner; params.yaml says {said})")
     info = data.split_info(split_dir)
     x_train, _ = data.load_split(split_dir, "train")
     x_val, _ = data.load_split(split_dir, "val")
