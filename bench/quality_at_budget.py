@@ -79,6 +79,8 @@ def main() -> None:
     p.add_argument("--canvas-init", choices=["zero", "mean"], default="zero",
                    help="DRAW's model.draw.canvas_init (default: %(default)s)")
     p.add_argument("--fcd", action="store_true", help="also score sample quality (FCD, n=1000, binary)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="train.seed and the initial weights' seed (default 0); the test binarization stays seed 0")
     args = p.parse_args()
 
     source = "local" if args.path else "embedded"
@@ -97,12 +99,12 @@ def main() -> None:
     for variant in args.models:
         name, overrides, train = VARIANTS[variant]
         for aug in (False,) if args.no_augment_runs else (False, True):
-            torch.manual_seed(0)
+            torch.manual_seed(args.seed)
             extra = {"dropout": args.dropout} if args.dropout else {}
             if name == "draw":
                 extra["canvas_init"] = args.canvas_init
             model = build_model(name, model_config(name, {**overrides, **extra}))
-            cfg = TrainConfig(epochs=args.cosine_epochs or 10_000, patience=5, device="cpu",
+            cfg = TrainConfig(epochs=args.cosine_epochs or 10_000, patience=5, device="cpu", seed=args.seed,
                               time_budget_s=args.budget, lr=args.lr, amp=args.amp,
                               lr_schedule="cosine" if args.cosine_epochs else "constant",
                               weight_decay=args.weight_decay,
@@ -121,7 +123,7 @@ def main() -> None:
                 quality = {"fcd": round(scores["fcd"], 1),
                            "classifier_score": round(scores["classifier_score_samples"], 2)}
             rows.append({
-                "model": variant, "augment": aug, "amp": args.amp,
+                "model": variant, "seed": args.seed, "augment": aug, "amp": args.amp,
                 "lr_schedule": f"cosine/{args.cosine_epochs}" if args.cosine_epochs else "constant",
                 "likelihood": "exact" if model.exact_likelihood else "bound",
                 "epochs": len(result.history), "best_epoch": result.best_epoch,
