@@ -76,7 +76,7 @@ def main() -> None:
                    help="score the first N test images (0 = all; k=100 bounds on 10,000 take a while)")
     p.add_argument("--weight-decay", type=float, default=0.0, help="train.weight_decay of every model")
     p.add_argument("--dropout", type=float, default=0.0, help="model dropout (PixelRNN's only)")
-    p.add_argument("--canvas-init", choices=["zero", "mean"], default="zero",
+    p.add_argument("--canvas-init", choices=["zero", "mean"], default="mean",
                    help="DRAW's model.draw.canvas_init (default: %(default)s)")
     p.add_argument("--fcd", action="store_true", help="also score sample quality (FCD, n=1000, binary)")
     p.add_argument("--seed", type=int, default=0,

@@ -418,7 +418,7 @@ def test_canvas_init_mean_starts_at_the_training_means_logits_and_only_on_a_fres
     x[:, :3] = 0  # blank rows: their logit is clamped, not -inf
     mean = x.double().mean(0) / 255
     cfg = TrainConfig(epochs=2, batch_size=64, lr=1e-12, device="cpu")  # the steps barely move c_0
-    zero, init = small_model(), small_model(canvas_init="mean")
+    zero, init = small_model(canvas_init="zero"), small_model()  # mean is the default
     fit(zero, x, x[:16], cfg, "dynamic", progress=False)
     fit(init, x, x[:16], cfg, "dynamic", progress=False, checkpoint=tmp_path / "c.pt", until_epoch=1)
     assert torch.allclose(zero.canvas0, torch.zeros(784), atol=1e-6)

@@ -63,9 +63,11 @@ class DRAWConfig:
     dec_hidden: int = 256
     z_dim: int = 100
     attention: bool = True
-    #: c_0 at the start of training: zero (logits 0, p = 1/2 everywhere) or mean (the logits of
-    #: the training images' mean, so the first epochs need not spend z on the mean image)
-    canvas_init: str = "zero"
+    #: c_0 at the start of training: mean (the logits of the training images' mean, so the first
+    #: epochs need not spend z on the mean image and the KL term does not dip) or zero (logits 0,
+    #: p = 1/2 everywhere). Measured: mean is 8 nats better for attention at equal epochs
+    #: (README, "DRAW with attention")
+    canvas_init: str = "mean"
 
     def problems(self) -> list[str]:
         out = []
