@@ -120,6 +120,22 @@ def train_step(model: GenerativeModel, opt: torch.optim.Optimizer, x: Tensor, de
     return run
 
 
+def kernels_off(step: Callable[[], None]) -> Callable[[], None]:
+    """``step`` with rnngen's C++ kernels switched off (``RNNGEN_KERNELS=0``: the PyTorch-op
+    loops and cells that compute the same thing)."""
+    def run() -> None:
+        before = os.environ.get("RNNGEN_KERNELS")
+        os.environ["RNNGEN_KERNELS"] = "0"
+        try:
+            step()
+        finally:
+            if before is None:
+                del os.environ["RNNGEN_KERNELS"]
+            else:
+                os.environ["RNNGEN_KERNELS"] = before
+    return run
+
+
 def sample_step(model: GenerativeModel, batch: int, device: torch.device, dtype: torch.dtype | None
                 ) -> Callable[[], None]:
     def run() -> None:
@@ -156,6 +172,8 @@ def side_by_side(label: str, args: argparse.Namespace, device: torch.device) -> 
     steps = {}
     for prec in args.precisions:
         steps["fast", prec] = train_step(model, opt, x, device, PRECISIONS[prec])
+        if args.ops and device.type == "cpu":
+            steps["ops", prec] = kernels_off(steps["fast", prec])
         if plain is not None:
             steps["plain", prec] = train_step(model, opt, x, device, PRECISIONS[prec], plain)
     if name == "draw" and device.type == "cpu" and not args.no_bound:
@@ -195,10 +213,12 @@ def summary(r: dict, prec: str) -> dict[str, float | None]:
     out: dict[str, float | None] = {}
     out["train_best"], out["train_median"] = best_med(r["train"].get(("fast", prec)))
     out["plain_best"], out["plain_median"] = best_med(r["train"].get(("plain", prec)))
+    out["ops_best"], out["ops_median"] = best_med(r["train"].get(("ops", prec)))
     out["sample_best"], out["sample_median"] = best_med(r["sample"].get(prec))
     for kind in ("best", "median"):
-        fast, slow = out[f"train_{kind}"], out[f"plain_{kind}"]
+        fast, slow, ops = out[f"train_{kind}"], out[f"plain_{kind}"], out[f"ops_{kind}"]
         out[f"ratio_{kind}"] = fast / slow if fast and slow else None
+        out[f"ops_ratio_{kind}"] = fast / ops if fast and ops else None
     bound = r["bound"].get(prec)
     out["bound"] = bound
     for kind in ("best", "median"):
@@ -222,6 +242,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--amp", action="store_true", help="bf16 only (same as --precisions bf16)")
     parser.add_argument("--no-plain", dest="plain", action="store_false", help="skip the plain baselines")
     parser.add_argument("--no-bound", action="store_true", help="skip DRAW's GEMM-only bound")
+    parser.add_argument("--ops", action="store_true",
+                        help="also time the fast code with the C++ kernels off (RNNGEN_KERNELS=0): fast / ops "
+                             "is what the kernels give, in the same rounds")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--csv", help="also write the figures (best and median, images/s) to this CSV file")
@@ -256,10 +279,15 @@ def main(argv: list[str] | None = None) -> None:
                   f"{_fmt(s['ratio_median'], '.2f', 8)}{_fmt(s['bound'], '.0f', 12)}"
                   f"{_fmt(s['bound_fraction_best'], '.0%', 7)}{_fmt(s['bound_fraction_median'], '.0%', 8)}"
                   f"{_fmt(s['sample_best'], '.1f', 13)}{_fmt(s['sample_median'], '.1f', 9)}", flush=True)
+            if s["ops_best"]:
+                print(f"{'':<26}{'':>5}   kernels off (RNNGEN_KERNELS=0): {s['ops_best']:.1f} / "
+                      f"{s['ops_median']:.1f} images/s, fast / kernels off {s['ops_ratio_best']:.2f} / "
+                      f"{s['ops_ratio_median']:.2f} (best / median)", flush=True)
     if args.csv:
         # one row per model; the fp32 columns keep their old names (bench/gpu_check.py reads them)
         columns = ["train_best", "train_median", "sample_best", "sample_median", "plain_best", "plain_median",
-                   "ratio_best", "ratio_median", "bound", "bound_fraction_best", "bound_fraction_median"]
+                   "ratio_best", "ratio_median", "bound", "bound_fraction_best", "bound_fraction_median",
+                   "ops_best", "ops_median", "ops_ratio_best", "ops_ratio_median"]
         names = [c if prec == "fp32" else f"{prec}_{c}" for prec in PRECISIONS for c in columns]
         with open(args.csv, "w", newline="") as f:
             out = csv.writer(f)

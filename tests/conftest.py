@@ -73,6 +73,7 @@ def built_kernels() -> None:
     from rnngen.models import kernels
 
     kernels.row_lstm(torch.zeros(1))
+    kernels.lstm_cell(torch.zeros(1))
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,7 @@ import torch
 from torch.distributions import Normal, kl_divergence
 
 from rnngen.config import ConfigError
-from rnngen.models import MODELS, build_model, draw_reference, model_config
+from rnngen.models import MODELS, build_model, draw_reference, kernels, lstm, model_config
 from rnngen.models import draw as draw_module
 from rnngen.models.draw import DRAW, DRAWConfig, centre_offsets, filterbank, read_glimpse, write_patch
 from rnngen.models.draw_reference import reference_run
@@ -162,9 +162,52 @@ def check_against_reference(model: DRAW) -> None:
             assert torch.allclose(f, s, atol=1e-9), name
 
 
+@pytest.fixture(params=["cpp", "ops"])
+def cells(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run the test with the fused C++ LSTM cell (which must really build) and with its
+    PyTorch-op version."""
+    monkeypatch.setenv("RNNGEN_KERNELS", "1" if request.param == "cpp" else "0")
+    if request.param == "cpp":
+        assert kernels.lstm_cell(torch.zeros(1)) is not None, "the C++ LSTM cell did not build (g++, ninja?)"
+    return request.param
+
+
 @pytest.mark.parametrize("overrides", [{}, {"attention": False}, {"read_n": 1, "write_n": 1}])
-def test_recurrence_matches_reference_forward_and_gradients(overrides):
+def test_recurrence_matches_reference_forward_and_gradients(overrides, cells):
     check_against_reference(randomised(small_model(**overrides)))
+
+
+def test_fused_lstm_cell_equals_torchs_cell_and_its_gradients(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The C++ cell against torch.lstm_cell (float64, autograd): h, c, the gradients of the
+    pre-activations and of c_prev, on gate rows strided as DRAW's GEMM outputs are; and h
+    rounded to bfloat16 is the float h rounded."""
+    assert kernels.lstm_cell(torch.zeros(1)) is not None, "the C++ LSTM cell did not build (g++, ninja?)"
+    torch.manual_seed(0)
+    bsz, hid = 5, 7
+    wide = torch.randn(bsz, 4 * hid + 3, dtype=torch.float64) * 3  # big enough to saturate some gates
+    pre = wide[:, : 4 * hid]  # row stride 4 H + 3
+    c_prev = torch.randn(bsz, hid, dtype=torch.float64)
+    dh, dc = torch.randn(bsz, hid, dtype=torch.float64), torch.randn(bsz, hid, dtype=torch.float64)
+    # torch.lstm_cell with identity input weights and no recurrent term computes the cell of `pre`
+    u, cp = pre.clone().requires_grad_(), c_prev.clone().requires_grad_()
+    eye, zero = torch.eye(4 * hid, dtype=torch.float64), torch.zeros(4 * hid, hid, dtype=torch.float64)
+    h_ref, c_ref = torch.lstm_cell(u, (torch.zeros(bsz, hid, dtype=torch.float64), cp), eye, zero)
+    du_ref, dcp_ref = torch.autograd.grad((h_ref * dh).sum() + (c_ref * dc).sum(), (u, cp))
+
+    h, c, saved = lstm.cell(pre, c_prev)
+    assert saved[1] is None, "the fused cell did not run"
+    grads = torch.zeros(bsz, 4 * hid + 2, dtype=torch.float64)
+    d_pre = grads[:, 1 : 4 * hid + 1]  # a strided output view
+    dcp = lstm.cell_backward(dh, dc, saved, out=d_pre)
+    assert torch.allclose(h, h_ref, atol=1e-14) and torch.allclose(c, c_ref, atol=1e-14)
+    assert torch.allclose(d_pre, du_ref, atol=1e-13) and torch.allclose(dcp, dcp_ref, atol=1e-13)
+    assert (grads[:, 0] == 0).all() and (grads[:, -1] == 0).all()
+
+    pre32 = torch.randn(bsz, 4 * hid) * 3
+    c32 = torch.randn(bsz, hid)
+    h32, _, _ = lstm.cell(pre32.clone(), c32)
+    h16, _, _ = lstm.cell(pre32.clone(), c32, torch.bfloat16)
+    assert h16.dtype == torch.bfloat16 and torch.equal(h16, h32.to(torch.bfloat16))
 
 
 def test_gradients_with_one_step_per_chunk(monkeypatch):

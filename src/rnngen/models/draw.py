@@ -339,13 +339,11 @@ def _run(x: Tensor, eps: Tensor, w: _Weights, spec: _Spec, offsets: Tensor, keep
         else:  # eq. (17): r_t = [x, x_hat]
             r, xf = x_hat.clone() if keep else None, None
             _addmm_(enc_in.add_(x_gates), x_hat.to(low), w.w_read[PIXELS:])
-        h_enc, c_enc, lstm_e = cell(enc_in, c_enc)  # eq. (5): h_enc_t, (B, He)
-        h_enc = h_enc.to(low)
+        h_enc, c_enc, lstm_e = cell(enc_in, c_enc, low)  # eq. (5): h_enc_t, (B, He)
         mu, logsig, enc_rec = _addmm(w.b_enc, h_enc, w.w_enc).split(enc_splits, 1)  # eqs. (1)-(2)
         sigma = logsig.exp()
         z = torch.addcmul(mu, sigma, eps[t]).to(low)  # eq. (6), reparameterised, (B, z)
-        h_dec, c_dec, lstm_d = cell(_addmm(dec_gates, z, w.w_z), c_dec)  # eq. (7), (B, Hd)
-        h_dec = h_dec.to(low)
+        h_dec, c_dec, lstm_d = cell(_addmm(dec_gates, z, w.w_z), c_dec, low)  # eq. (7), (B, Hd)
         dec_gates, enc_gates, patch, *att_params = _addmm(w.b_dec, h_dec, w.w_dec).split(dec_splits, 1)
         u = uf = None
         if att:  # eq. (29); the same h_dec_t gives the read window of step t+1 (eq. 21)

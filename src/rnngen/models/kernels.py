@@ -64,6 +64,14 @@ def row_lstm(like: torch.Tensor) -> object | None:
     return torch.ops.rnngen_row_lstm
 
 
+def lstm_cell(like: torch.Tensor) -> object | None:
+    """The fused LSTM cell's ops (``torch.ops.rnngen_lstm_cell``), or None where the PyTorch-op
+    cell must run (as for :func:`row_lstm`)."""
+    if like.device.type != "cpu" or not enabled() or not _load("lstm_cell"):
+        return None
+    return torch.ops.rnngen_lstm_cell
+
+
 @functools.cache
 def keep_freed_memory() -> bool:
     """Tell glibc's malloc to keep freed blocks for reuse instead of handing them back to the
