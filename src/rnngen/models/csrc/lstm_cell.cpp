@@ -12,6 +12,8 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "cell_math.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -23,27 +25,9 @@ namespace {
 
 using at::Tensor;
 
-template <typename A>
-inline A sigmoid(A x) {
-  x = std::min(std::max(x, A(-80)), A(80));  // no inf under -ffast-math
-  return A(1) / (A(1) + std::exp(-x));
-}
-
-template <typename A>
-inline A tanh_(A x) {
-  return A(2) * sigmoid(A(2) * x) - A(1);
-}
-
-// bfloat16 stores through the bits (round to nearest even), so the loops vectorize
-inline void st(c10::BFloat16* p, int64_t k, float v) {
-  uint32_t bits;
-  std::memcpy(&bits, &v, sizeof bits);
-  reinterpret_cast<uint16_t*>(p)[k] = uint16_t((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
-}
-template <typename T, typename A>
-inline void st(T* p, int64_t k, A v) {
-  p[k] = static_cast<T>(v);
-}
+using rnngen::sigmoid;
+using rnngen::st;
+using rnngen::tanh_;
 
 constexpr int64_t kGrain = 8;  // batch rows per parallel chunk
 
