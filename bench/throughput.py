@@ -36,6 +36,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from unittest import mock
 
 import torch
 from torch import Tensor
@@ -124,15 +125,8 @@ def kernels_off(step: Callable[[], None]) -> Callable[[], None]:
     """``step`` with rnngen's C++ kernels switched off (``RNNGEN_KERNELS=0``: the PyTorch-op
     loops and cells that compute the same thing)."""
     def run() -> None:
-        before = os.environ.get("RNNGEN_KERNELS")
-        os.environ["RNNGEN_KERNELS"] = "0"
-        try:
+        with mock.patch.dict(os.environ, {"RNNGEN_KERNELS": "0"}):
             step()
-        finally:
-            if before is None:
-                del os.environ["RNNGEN_KERNELS"]
-            else:
-                os.environ["RNNGEN_KERNELS"] = before
     return run
 
 
