@@ -42,7 +42,7 @@ retrain: setup   ## what .github/workflows/retrain.yml runs: pull, repro, metric
 lint: setup
 	$(BIN)/ruff check .
 
-bench: setup     ## print pipeline and model benchmarks (see bench/)
+bench: setup     ## time the whole pipeline, stage by stage (bench/pipeline_time.py; the others: see bench/)
 	$(BIN)/python bench/pipeline_time.py
 
 ui: setup        ## open the MLflow UI on the project's store
@@ -52,5 +52,5 @@ server: setup    ## a team's tracking server + tuning database: PostgreSQL and m
 	$(BIN)/rnngen server
 
 clean:           ## remove untracked pipeline outputs and local stores (keeps .venv and tracked files)
-	rm -rf data/raw data/split models tune/best_params.json tune/study checkpoints classifier/classifier.pt \
+	rm -rf data/raw data/split models tune/best_params.json tune/warm_start.pt tune/study checkpoints classifier/classifier.pt \
 		mlflow.db mlflow.db.lock mlartifacts

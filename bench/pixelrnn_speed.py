@@ -19,6 +19,7 @@ import os
 import statistics
 import time
 from collections.abc import Callable
+from unittest import mock
 
 import torch
 
@@ -39,12 +40,13 @@ def training_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: t
     """One forward + backward + Adam step of the fast (``plain=False``) or plain code; with
     ``kernel=False`` the fast code's PyTorch-op loop instead of the C++ one."""
     def run() -> None:
-        os.environ["RNNGEN_KERNELS"] = "1" if kernel else "0"
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
-            logits = reference.logits(model, x) if plain else model.logits(x)
-            loss = bernoulli_nll(logits.float(), x).mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        # set for this step only, so that the next variant and the caller see the user's setting
+        with mock.patch.dict(os.environ, {"RNNGEN_KERNELS": "1" if kernel else "0"}):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+                logits = reference.logits(model, x) if plain else model.logits(x)
+                loss = bernoulli_nll(logits.float(), x).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
         optimizer.step()
     return run
 

@@ -9,6 +9,7 @@ Each search runs the real stage function in a fresh folder with its own journal 
 MLflow store. Runs on the embedded MNIST digits (data/split when present, else a fresh split).
 
     python bench/tune_bench.py                  # defaults: about 2-4 minutes on 2 idle cores
+    python bench/tune_bench.py --model pixelrnn # the default pipeline's model (slower trials)
     python bench/tune_bench.py --seeds 3 --trials 12
 """
 
@@ -24,6 +25,7 @@ from typing import Any
 
 from rnngen import tune
 from rnngen.config import load_params, set_dotted
+from rnngen.models import MODELS
 from rnngen.stages import download, split
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,6 +40,8 @@ def add_split_argument(p: argparse.ArgumentParser) -> None:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_split_argument(p)
+    p.add_argument("--model", default="row_lstm_vae", choices=sorted(MODELS),
+                   help="model.name of every trial (default: %(default)s, the model the README's figures used)")
     p.add_argument("--trials", type=int, default=8, help="trial budget of every search (default: %(default)s)")
     p.add_argument("--epochs", type=int, default=3, help="epochs per trial (default: %(default)s)")
     p.add_argument("--images", type=int, default=2000, help="training images per trial (default: %(default)s)")
@@ -63,11 +67,11 @@ def ensure_split(path: Path, scratch: Path) -> Path:
     return scratch / "split"
 
 
-def run_search(split: Path, scratch: Path, label: str, **tune_overrides: Any) -> dict[str, Any]:
-    """One real search in a fresh study folder and MLflow store; the stage's summary."""
+def run_search(split: Path, scratch: Path, label: str, model: str, **tune_overrides: Any) -> dict[str, Any]:
+    """One real search of ``model`` in a fresh study folder and MLflow store; the stage's summary."""
     folder = Path(tempfile.mkdtemp(prefix=f"{label}-", dir=scratch))
     params = load_params(ROOT / "params.yaml")
-    params = set_dotted(params, {f"tune.{k}": v for k, v in tune_overrides.items()})
+    params = set_dotted(params, {"model.name": model, **{f"tune.{k}": v for k, v in tune_overrides.items()}})
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{folder / 'mlflow.db'}"
     os.environ.pop(tune.STORAGE_ENV, None)
     print(f"\n=== {label}: {tune_overrides}", flush=True)
@@ -114,8 +118,9 @@ def main(argv: list[str] | None = None) -> int:
             rows = []
             for seed in range(args.seeds):
                 space = {**common, "seed": seed, "hidden": args.hidden, "workers": 1}
-                pruned = run_search(split, scratch, f"pruner-{args.pruner}-seed{seed}", pruner=args.pruner, **space)
-                full = run_search(split, scratch, f"no-pruner-seed{seed}", pruner="none", **space)
+                pruned = run_search(split, scratch, f"pruner-{args.pruner}-seed{seed}", args.model,
+                                    pruner=args.pruner, **space)
+                full = run_search(split, scratch, f"no-pruner-seed{seed}", args.model, pruner="none", **space)
                 rows.append((pruned, full))
                 lines.append(
                     f"seed {seed}: {args.pruner}: {pruned['epochs_trained']} epochs, {pruned['seconds']:.0f} s, "
@@ -135,8 +140,8 @@ def main(argv: list[str] | None = None) -> int:
         if "workers" not in args.skip:
             # One hidden size and batch size: every trial costs the same, whatever lr/optimizer.
             space = {**common, "hidden": [args.hidden[-1]], "batch_size": [64], "pruner": "none"}
-            one = run_search(split, scratch, "workers-1", workers=1, **space)
-            many = run_search(split, scratch, f"workers-{args.workers}", workers=args.workers, **space)
+            one = run_search(split, scratch, "workers-1", args.model, workers=1, **space)
+            many = run_search(split, scratch, f"workers-{args.workers}", args.model, workers=args.workers, **space)
             for key, what in (("seconds", "stage wall time"), ("trial_span_s", "first trial start to last end")):
                 per_min = [60 * r["trials_run_now"] / r[key] for r in (many, one)]
                 lines.append(

@@ -343,8 +343,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=_positive_int, default=64, help="number of images (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     p.add_argument("--temperature", type=_positive_float, default=1.0,
-                   help="scale of the prior's standard deviation: < 1 gives cleaner, less varied "
-                        "images (Gaussian-prior models; default: %(default)s)")
+                   help="< 1 gives cleaner, less varied images: the VAEs and DRAW scale their prior's "
+                        "standard deviation by it, PixelRNN divides its logits by it (default: %(default)s)")
     p.add_argument("--nrow", type=_positive_int, default=None, help="images per row (default: square grid)")
     p.add_argument("--out", type=_png_out, default=Path("samples.png"), help="PNG to write (default: %(default)s)")
 
@@ -363,7 +363,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mask", type=_mask_arg, required=True,
                    help=f"{' | '.join(MASK_KINDS)}, or a 28x28 grayscale PNG whose white pixels are hidden")
     p.add_argument("--iterations", type=_positive_int, default=20,
-                   help="rounds of the pseudo-Gibbs sampler (default: %(default)s)")
+                   help="rounds of the pseudo-Gibbs sampler of the latent-variable models; PixelRNN "
+                        "completes in one raster pass and ignores it (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     p.add_argument("--out", type=_png_out, default=Path("inpainting.png"), help="PNG to write (default: %(default)s)")
 
