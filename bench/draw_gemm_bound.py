@@ -24,12 +24,13 @@ from pathlib import Path
 import torch
 
 from rnngen.models import build_model, model_config
+from rnngen.models.fast import draw_bptt
 
 
 def gemm_plan(model: torch.nn.Module, batch: int) -> list[tuple[int, int, int]]:
     """(m, k, n) of every product in one iteration, read off the model's fused weight layout."""
-    spec = model.spec
-    w = model._weights()
+    spec = draw_bptt.recurrence_sizes(model.config)
+    w = draw_bptt.fused_weights(model)
     rd, he4, hd = spec.read_dim, 4 * spec.enc_hidden, spec.dec_hidden
     dec_cols, enc_cols = w.w_dec.shape[1], w.w_enc.shape[1]
     per_step = [

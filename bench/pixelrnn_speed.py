@@ -1,9 +1,9 @@
 """PixelRNN speed: the fast implementation against the plain per-row / per-pixel one of the same
-network (rnngen.models.pixelrnn_reference), side by side in one process, alternating windows.
+network (rnngen.models.reference.pixelrnn), side by side in one process, alternating windows.
 "fast" is what training runs: the Row LSTM's C++ row loop (rnngen.models.kernels); "ops" the
 same loop in PyTorch ops (RNNGEN_KERNELS=0; the Diagonal BiLSTM has only that one).
 
-    python bench/pixelrnn_speed.py                        # hidden 32, 4 layers, batch 32 (the issue's setting)
+    python bench/pixelrnn_speed.py                        # hidden 32, 4 layers, batch 32 (the README's speed table)
     python bench/pixelrnn_speed.py --hidden 16 --layers 7 --variants diagonal_bilstm
 
 For each variant: training images/s (forward + backward + Adam on a random binary batch) of
@@ -24,8 +24,8 @@ from unittest import mock
 import torch
 
 from rnngen.models import build_model, kernels, model_config
-from rnngen.models import pixelrnn_reference as reference
 from rnngen.models.base import bernoulli_nll
+from rnngen.models.reference import pixelrnn as reference
 
 
 def window(step: Callable[[], None], iters: int, batch: int) -> float:

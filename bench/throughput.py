@@ -11,9 +11,9 @@ each precision, share one model and optimizer and are timed side by side in one 
 the warm-up iterations each round runs one window of ``--iters`` iterations of every variant in
 turn, so that load from other work falls on all alike; ``--repeats`` rounds, best and median
 window reported (the best is the least disturbed on a shared machine). Plain baselines:
-DRAW's is rnngen.models.draw_reference (the paper's equations step by step with the model's own
-layers, autograd through every op), PixelRNN's rnngen.models.pixelrnn_reference, the row-LSTM
-VAE's rnngen.models.row_lstm_vae_reference (its LSTMs unrolled with torch's LSTM cell); fast/plain is
+DRAW's is rnngen.models.reference.draw (DRAW.unroll: the paper's equations step by step with the
+model's own layers, autograd through every op), PixelRNN's rnngen.models.reference.pixelrnn, the
+row-LSTM VAE's rnngen.models.reference.row_lstm_vae (its LSTMs unrolled with torch's LSTM cell); fast/plain is
 the ratio of the fast code's rate to the plain one's in the same precision.
 
 For DRAW on the CPU the training rate is also given as a fraction of the GEMM-only bound:
@@ -41,8 +41,11 @@ from unittest import mock
 import torch
 from torch import Tensor
 
-from rnngen.models import build_model, draw_reference, kernels, model_config, pixelrnn_reference, row_lstm_vae_reference
+from rnngen.models import build_model, kernels, model_config
 from rnngen.models.base import GenerativeModel, LossTerms, bernoulli_nll
+from rnngen.models.reference import draw as draw_reference
+from rnngen.models.reference import pixelrnn as pixelrnn_reference
+from rnngen.models.reference import row_lstm_vae as row_lstm_vae_reference
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ is not a package
 import draw_gemm_bound

@@ -13,10 +13,11 @@ import torch
 from torch.distributions import Normal, kl_divergence
 
 from rnngen.config import ConfigError
-from rnngen.models import MODELS, build_model, draw_reference, kernels, lstm, model_config
+from rnngen.models import MODELS, build_model, kernels, lstm, model_config
 from rnngen.models import draw as draw_module
 from rnngen.models.draw import DRAW, DRAWConfig, centre_offsets, filterbank, read_glimpse, write_patch
-from rnngen.models.draw_reference import reference_run
+from rnngen.models.fast import draw_bptt_backward
+from rnngen.models.reference import draw as draw_reference
 
 SMALL = {"steps": 3, "read_n": 2, "write_n": 3, "enc_hidden": 12, "dec_hidden": 10, "z_dim": 4}
 
@@ -129,7 +130,7 @@ def test_filterbank_far_outside_the_image_stays_finite():
     assert torch.isfinite(F).all() and torch.allclose(F.sum(-1), torch.ones(1, 2, 5))
 
 
-# -- the recurrence against a plain implementation of the paper --------------------------------
+# -- the fast recurrence against the readable one (the paper's equations under autograd) ---------------
 
 
 def randomised(model: DRAW) -> DRAW:
@@ -142,12 +143,12 @@ def randomised(model: DRAW) -> DRAW:
 
 def check_against_reference(model: DRAW) -> None:
     """Forward values and the gradients of every parameter (and of x, when it asks for one),
-    fast path vs reference."""
+    fast path vs the readable recurrence."""
     eps = torch.randn(model.config.steps, 4, model.config.z_dim, dtype=torch.float64)
     for x_grad in (True, False):
         x = binary_images(4).double().requires_grad_(x_grad)
         outs = model._recurrence(x, eps)
-        refs = reference_run(model, x, eps)
+        refs = model.unroll(x, eps)
         for out, ref in zip(outs, refs, strict=True):
             assert torch.allclose(out, ref, atol=1e-10)
         # any scalar of all three outputs
@@ -212,7 +213,7 @@ def test_fused_lstm_cell_equals_torchs_cell_and_its_gradients(monkeypatch: pytes
 
 def test_gradients_with_one_step_per_chunk(monkeypatch):
     # the weight gradients are summed chunk by chunk; force several chunks
-    monkeypatch.setattr(draw_module, "_CHUNK_BYTES", 1)
+    monkeypatch.setattr(draw_bptt_backward, "_CHUNK_BYTES", 1)
     check_against_reference(randomised(small_model(steps=4)))
 
 
@@ -260,7 +261,7 @@ def test_bf16_autocast_recurrence_is_close_to_the_fp32_reference(attention):
     def grads(outs: tuple) -> tuple:
         return torch.autograd.grad(draw_module.loss_terms(x, *outs).nelbo.sum(), params)
 
-    ref = reference_run(model, x, eps)  # fp32, autocast off
+    ref = model.unroll(x, eps)  # fp32, autocast off
     fp32 = model._recurrence(x, eps)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         bf16 = model._recurrence(x, eps)
@@ -315,7 +316,7 @@ def test_kl_is_half_per_latent_dimension_and_step():
         _, mu, logsig = model._recurrence(x, eps)
     want = kl_divergence(Normal(mu, logsig.exp()), Normal(0.0, 1.0)).sum((0, 2))
     assert torch.allclose(terms.kl, want, atol=1e-5)
-    canvas = reference_run(model, x, eps)[0]
+    canvas = model.unroll(x, eps)[0]
     recon = torch.nn.functional.binary_cross_entropy_with_logits(canvas, x.flatten(1), reduction="none").sum(1)
     assert torch.allclose(terms.recon, recon, atol=1e-3)
 
@@ -358,7 +359,7 @@ def test_log_weights_match_the_reference_importance_weights():
     lw = model.log_weights(x, 4, torch.Generator().manual_seed(5))
     eps = torch.randn(3, 12, 4, generator=torch.Generator().manual_seed(5))  # (T, k B, z)
     with torch.no_grad():
-        canvas, mu, logsig = reference_run(model, x.repeat(4, 1, 1, 1), eps)
+        canvas, mu, logsig = model.unroll(x.repeat(4, 1, 1, 1), eps)
     z = mu + logsig.exp() * eps
     log_px = -torch.nn.functional.binary_cross_entropy_with_logits(
         canvas, x.repeat(4, 1, 1, 1).flatten(1), reduction="none").sum(1)

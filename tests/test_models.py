@@ -143,7 +143,7 @@ def test_iwae_not_below_elbo_on_a_real_model_and_tightens() -> None:
 def test_row_lstm_vae_matches_its_plain_unrolled_reference() -> None:
     """nn.LSTM's fused kernel (the model) and the same weights unrolled step by step with torch's
     LSTM cell (the bench's baseline): the same loss terms and gradients, in float64."""
-    from rnngen.models import row_lstm_vae_reference
+    from rnngen.models.reference import row_lstm_vae as row_lstm_vae_reference
 
     model, x = tiny("row_lstm_vae").double(), binary_batch(6).double()
     torch.manual_seed(3)

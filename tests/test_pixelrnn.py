@@ -12,8 +12,8 @@ import torch
 
 from rnngen.config import ConfigError
 from rnngen.models import build_model, kernels, model_config
-from rnngen.models import pixelrnn_reference as reference
 from rnngen.models.pixelrnn import PixelRNN, causal_mask, skew, unskew
+from rnngen.models.reference import pixelrnn as reference
 
 VARIANTS = ("row_lstm", "diagonal_bilstm")
 #: (variant, row loop): the Row LSTM's C++ loop (rnngen.models.kernels) and its PyTorch-op one

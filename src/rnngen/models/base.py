@@ -55,6 +55,12 @@ def randn(shape: tuple[int, ...], like: Tensor, generator: torch.Generator | Non
     return torch.randn(shape, generator=generator, device=like.device, dtype=like.dtype)
 
 
+def bf16_autocast(like: Tensor) -> bool:
+    """Whether bfloat16 autocast is on for ``like``'s device: the hand-written loops follow it."""
+    kind = like.device.type
+    return torch.is_autocast_enabled(kind) and torch.get_autocast_dtype(kind) == torch.bfloat16
+
+
 class GenerativeModel(nn.Module, ABC):
     """An image model with a likelihood: latent-variable models (trained on the ELBO, scored
     by bounds) and autoregressive ones (exact likelihood) answer the same methods, so no caller

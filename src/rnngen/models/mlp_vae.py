@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rnngen.config import below
+from rnngen.config import under_minimum
 from rnngen.models.base import GaussianLatentVAE
 
 
@@ -18,7 +18,7 @@ class MLPVAEConfig:
     z_dim: int = 20
 
     def problems(self) -> list[str]:
-        return below(self, hidden=1, z_dim=1)
+        return under_minimum(self, hidden=1, z_dim=1)
 
 
 class MLPVAE(GaussianLatentVAE):

@@ -26,16 +26,17 @@ adds only context from the rows above; the two directions' outputs are added.
 
 Both directions of the BiLSTM run batched (one batched GEMM per column, per-direction
 weights), input-to-state products are hoisted out of the loops, and the gate nonlinearities
-act on one tensor each (one sigmoid for the three gates, one tanh). The plain per-row /
-per-pixel implementation of the same network is :mod:`rnngen.models.pixelrnn_reference`,
-which the tests check this one against (values and gradients).
+act on one tensor each (one sigmoid for the three gates, one tanh). The Row LSTM's row loop runs
+in :mod:`rnngen.models.fast.row_lstm` (C++ on the CPU); generation in
+:mod:`rnngen.models.pixelrnn_sampling`. The plain per-row / per-pixel implementation of the same
+network is :mod:`rnngen.models.reference.pixelrnn`, which the tests check this one against
+(values and gradients).
 
 Learned initial states: the state "above the first row" and "left of the first column".
 """
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -43,10 +44,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rnngen.config import below
+from rnngen.config import under_minimum
 from rnngen.models import kernels
-from rnngen.models.base import GenerativeModel, LossTerms, bernoulli_nll
-from rnngen.models.lstm import cell, cell_backward
+from rnngen.models.base import GenerativeModel, LossTerms, bernoulli_nll, bf16_autocast
+from rnngen.models.fast.row_lstm import RowLayerKernel, RowRecurrence
+from rnngen.models.lstm import lstm_cell
+from rnngen.models.pixelrnn_sampling import DiagonalSampler, RowSampler
 
 SIZE = 28
 
@@ -74,7 +77,7 @@ class PixelRNNConfig:
     dropout: float = 0.0
 
     def problems(self) -> list[str]:
-        out = below(self, layers=1, hidden=1, kernel=1, out_hidden=1)
+        out = under_minimum(self, layers=1, hidden=1, kernel=1, out_hidden=1)
         if not 0 <= self.dropout < 1:
             out.append(f"dropout: must be in [0, 1), got {self.dropout}")
         if self.preset and self.preset not in PRESETS:
@@ -92,25 +95,6 @@ def causal_mask(height: int, width: int, kind: Literal["A", "B"]) -> Tensor:
     mask[:cy] = 1
     mask[cy, : cx + (kind == "B")] = 1
     return mask
-
-
-def lstm_cell(gates: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
-    """Eq. 3 under autograd: gates ``(..., 4h)`` ordered [i, f, g, o] (PyTorch's order, as in
-    :mod:`rnngen.models.lstm`) -> the new (h, c).
-
-    One sigmoid for all four gates, tanh(g) = 2 sigmoid(2 g) - 1, and ``unbind`` rather than
-    slices: a slice's backward fills a zero tensor the size of the whole input, every step."""
-    h_dim = c.shape[-1]
-    scale = _gate_scale(h_dim, gates.dtype, gates.device)
-    i, f, sg, o = torch.sigmoid(gates * scale).unflatten(-1, (4, h_dim)).unbind(-2)
-    c = f * c + i * (2 * sg - 1)
-    return o * torch.tanh(c), c
-
-
-@functools.cache
-def _gate_scale(h_dim: int, dtype: torch.dtype, device: torch.device) -> Tensor:
-    """1 for the sigmoid gates, 2 for g: sigmoid(2 g) gives tanh(g) = 2 sigmoid(2 g) - 1."""
-    return torch.tensor([1.0, 1.0, 2.0, 1.0], dtype=dtype, device=device).repeat_interleave(h_dim)
 
 
 # ----------------------------------------------------------------------------- skewing
@@ -132,111 +116,6 @@ def unskew(x: Tensor, m: int) -> Tensor:
 
 
 # ------------------------------------------------------------------------------ layers
-
-
-class _RowRecurrence(torch.autograd.Function):
-    """The Row LSTM's row loop (sec. 3.1) with a hand-written backward.
-
-    ``gates_in`` ``(H, B, W, 4h)`` is the hoisted input-to-state part; each row adds the 1xk
-    state-to-state convolution of the previous row's h, one GEMM over the row's unfolded states
-    (kept for the backward), then the LSTM cell. The backward runs the rows in reverse with one
-    GEMM a row (the gradient into the previous row's states) and computes the state-to-state
-    weight gradient as a single GEMM over all rows at the end. With ``low`` the GEMM operands
-    are bfloat16 (fp32 accumulation); gates, cell states and weights stay fp32.
-    """
-
-    @staticmethod
-    def forward(ctx: Any, gates_in: Tensor, w_ss: Tensor, h0: Tensor, c0: Tensor, kernel: int,
-                low: bool) -> Tensor:
-        height, b, width, g4 = gates_in.shape
-        hid, half = g4 // 4, kernel // 2
-        dtype = torch.bfloat16 if low else gates_in.dtype
-        w = w_ss.detach().to(dtype)
-        # unfolded[i]: the states row i convolves, tap-major; zeros beyond the row's ends
-        unfolded = gates_in.new_zeros(height, b, width, kernel, hid, dtype=dtype)
-        hs = gates_in.new_empty(height, b, width, hid)
-        acts = gates_in.new_empty(height, b * width, g4)
-
-        def unfold_into(i: int, h: Tensor) -> None:
-            for t in range(kernel):  # tap t of position j is the state at j + t - half
-                lo, hi = max(0, half - t), min(width, width + half - t)
-                unfolded[i, :, lo:hi, t] = h[:, lo + t - half : hi + t - half]
-
-        unfold_into(0, h0.detach().to(dtype).expand(b, width, hid))
-        c = c0.detach().expand(b * width, hid)
-        saved = []
-        for i in range(height):
-            states = unfolded[i].view(b * width, kernel * hid)
-            if low:  # bfloat16 product, added to the fp32 input part
-                torch.add(gates_in[i].view(b * width, g4), states @ w, out=acts[i])
-            else:
-                torch.addmm(gates_in[i].view(b * width, g4), states, w, out=acts[i])
-            h, c, keep = cell(acts[i], c)
-            saved.append(keep)
-            hs[i] = h.view(b, width, hid)
-            if i + 1 < height:
-                unfold_into(i + 1, hs[i])
-        ctx.kernel, ctx.saved_cells = kernel, saved
-        ctx.save_for_backward(unfolded, w)
-        return hs
-
-    @staticmethod
-    def backward(ctx: Any, d_hs: Tensor) -> tuple:
-        unfolded, w = ctx.saved_tensors
-        kernel, saved = ctx.kernel, ctx.saved_cells
-        height, b, width, _, hid = unfolded.shape
-        half, rows = kernel // 2, b * width
-        d_gates = d_hs.new_empty(height, b, width, 4 * hid)
-        d_pad = d_hs.new_empty(b, width + 2 * half, hid)  # gradient into the padded previous row
-        dh_next = d_hs.new_zeros(rows, hid)
-        dc = d_hs.new_zeros(rows, hid)
-        w_t = w.t()
-        for i in reversed(range(height)):
-            dh = d_hs[i].reshape(rows, hid) + dh_next
-            dc = cell_backward(dh, dc, saved[i], out=d_gates[i].view(rows, 4 * hid))
-            # the gradient into the previous row's states: fold the k taps back onto positions
-            d_taps = (d_gates[i].view(rows, 4 * hid).to(w.dtype) @ w_t).view(b, width, kernel, hid)
-            d_pad.zero_()
-            for t in range(kernel):
-                d_pad[:, t : t + width] += d_taps[:, :, t]
-            dh_next = d_pad[:, half : half + width].reshape(rows, hid)
-        flat = d_gates.view(-1, 4 * hid)
-        d_w = (unfolded.view(-1, kernel * hid).t() @ flat.to(w.dtype)).to(d_hs.dtype)  # all rows at once
-        return d_gates, d_w, dh_next.sum(0), dc.sum(0), None, None
-
-
-class _RowLayerKernel(torch.autograd.Function):
-    """A whole Row LSTM layer, residual included, run by the C++ kernel (``csrc/row_lstm.cpp``):
-    per row one GEMM for both 1xk convolutions and one fused sweep for the cell; the backward
-    gives every gradient itself, so autograd sees one node a layer. Everything in ``m``'s dtype
-    (bfloat16 under autocast: GEMM operands and outputs); gates and cell states in fp32 (fp64
-    for fp64 inputs)."""
-
-    @staticmethod
-    def forward(ctx: Any, m: Tensor, w_all: Tensor, bias: Tensor, h0: Tensor, c0: Tensor, w_up: Tensor,
-                b_up: Tensor, kernel: int, ops: Any) -> Tensor:
-        height, b, width, ch = m.shape
-        out, u, act, cs, hs = ops.layer_forward(m.reshape(height, b * width, ch), w_all, bias, h0, c0, w_up, b_up,
-                                                b, kernel)
-        ctx.meta = (b, kernel, ops, bias.dtype)
-        ctx.save_for_backward(u, w_all, act, cs, hs, c0, w_up)
-        return out.view(m.shape)
-
-    @staticmethod
-    def backward(ctx: Any, d_out: Tensor) -> tuple:
-        u, w_all, act, cs, hs, c0, w_up = ctx.saved_tensors
-        b, kernel, ops, bias_dtype = ctx.meta
-        height, _, width, ch = d_out.shape
-        d_m, d_w_all, d_bias, dh0, dc0, d_w_up, d_b_up = ops.layer_backward(
-            d_out.reshape(height, b * width, ch), u, w_all, act, cs, hs, c0, w_up, b, kernel)
-        return (d_m.view(d_out.shape), d_w_all, d_bias.to(bias_dtype), dh0.to(c0.dtype), dc0.to(c0.dtype), d_w_up,
-                d_b_up, None, None)
-
-
-def low_precision(like: Tensor) -> bool:
-    """Whether bfloat16 autocast is on for ``like``'s device: the hand-written loops follow it."""
-    kind = like.device.type
-    return torch.is_autocast_enabled(kind) and torch.get_autocast_dtype(kind) == torch.bfloat16
 
 
 class RowLSTMLayer(nn.Module):
@@ -276,20 +155,20 @@ class RowLSTMLayer(nn.Module):
 
     def forward(self, m: Tensor) -> Tensor:
         """Maps ``(H, B, W, C)`` -> the layer's output ``(H, B, W, C)``, the residual included."""
-        low = low_precision(m)
+        low_precision = bf16_autocast(m)
         ops = kernels.row_lstm(m)
         if ops is not None:  # the C++ layer: bfloat16 in and out under autocast, fp32 cells inside
-            dtype = torch.bfloat16 if low else m.dtype
+            dtype = torch.bfloat16 if low_precision else m.dtype
             with torch.autocast(m.device.type, enabled=False):
                 w_all = torch.cat([self.input_matrix(), self.state_matrix()]).to(dtype)
-                return _RowLayerKernel.apply(m.to(dtype).contiguous(), w_all, self.bias, self.h0, self.c0,
+                return RowLayerKernel.apply(m.to(dtype).contiguous(), w_all, self.bias, self.h0, self.c0,
                                              self.up.weight.t().to(dtype), self.up.bias.to(dtype), self.kernel, ops)
         gates_in = self.input_to_state(m)
-        if low:
+        if low_precision:
             gates_in = gates_in.float()  # autocast gave bfloat16; the cell runs in fp32
         with torch.autocast(m.device.type, enabled=False):  # the loop casts its own GEMM operands
             w_ss = self.state_matrix().to(gates_in.dtype)
-            hs = _RowRecurrence.apply(gates_in, w_ss, self.h0, self.c0, self.kernel, low)
+            hs = RowRecurrence.apply(gates_in, w_ss, self.h0, self.c0, self.kernel, low_precision)
         return m + self.up(hs)  # residual (sec. 3.3)
 
 
@@ -445,7 +324,7 @@ class PixelRNN(GenerativeModel):
         height, width = size
         x = torch.zeros(n, 1, height, width, device=device, dtype=self.input_conv.weight.dtype)
         probs = torch.zeros_like(x)
-        sampler = (_RowSampler if self.config.variant == "row_lstm" else _DiagonalSampler)(self, n, size)
+        sampler = (RowSampler if self.config.variant == "row_lstm" else DiagonalSampler)(self, n, size)
         for i in range(height):
             for j in range(width):
                 logit = sampler.logit(x, i, j)  # (n,)
@@ -498,100 +377,3 @@ class PixelRNN(GenerativeModel):
 
         self.generate(n, generator, on_row=keep)
         return torch.stack(frames)
-
-
-class _RowSampler:
-    """Row LSTM generation, pixel by pixel, one position per layer. A Row LSTM state at (i, j)
-    depends on the row above (cached) and on the layer's input at (i, j - k//2 .. j) only (there
-    is no recurrence along the row, sec. 3.1), so each pixel computes column j of every layer
-    from this row's inputs, cached as they are made: one position, not the whole row, a pixel."""
-
-    def __init__(self, model: PixelRNN, n: int, size: tuple[int, int]) -> None:
-        self.model = model
-        width, cfg = size[1], model.config
-        self.half, channels = cfg.kernel // 2, 2 * cfg.hidden
-        like = {"device": model.input_conv.weight.device, "dtype": model.input_conv.weight.dtype}
-        self.w_is = [layer.input_matrix() for layer in model.layers]
-        self.w_ss = [layer.state_matrix() for layer in model.layers]
-        pad = (0, 0, self.half, self.half)
-        # per layer: this row's inputs, zeros left of the row (n, k//2 + W, C); the row above's
-        # h with zeros beyond both ends (n, k//2 + W + k//2, h) and its c (n, W, h); the same
-        # two for this row, filled as it is generated
-        self.inputs = [torch.zeros(n, self.half + width, channels, **like) for _ in model.layers]
-        self.h_above = [F.pad(layer.h0.expand(n, width, cfg.hidden), pad) for layer in model.layers]
-        self.c_above = [layer.c0.expand(n, width, cfg.hidden).clone() for layer in model.layers]
-        self.h_row = [torch.zeros_like(h) for h in self.h_above]
-        self.c_row = [torch.zeros_like(c) for c in self.c_above]
-
-    def logit(self, x: Tensor, i: int, j: int) -> Tensor:
-        model, n, half = self.model, len(x), self.half
-        m = model.first_layer_at(x, i, j)  # (n, 2h)
-        for l_idx, layer in enumerate(model.layers):
-            self.inputs[l_idx][:, half + j] = m
-            taps_in = self.inputs[l_idx][:, j : j + half + 1].reshape(n, -1)  # inputs at j - k//2 .. j
-            taps_h = self.h_above[l_idx][:, j : j + 2 * half + 1].reshape(n, -1)  # states at j - k//2 .. j + k//2
-            gates = torch.addmm(layer.bias, taps_in, self.w_is[l_idx]) + taps_h @ self.w_ss[l_idx]
-            h, c = lstm_cell(gates, self.c_above[l_idx][:, j])
-            self.h_row[l_idx][:, half + j], self.c_row[l_idx][:, j] = h, c
-            m = m + layer.up(h)  # residual (sec. 3.3)
-        return model.head(m)[:, 0]
-
-    def end_row(self, x: Tensor, i: int) -> None:
-        """Row i is complete: its states become the row above (the buffers swap; every
-        position of the new row is written before it is read, the zero ends stay zero)."""
-        self.h_above, self.h_row = self.h_row, self.h_above
-        self.c_above, self.c_row = self.c_row, self.c_above
-
-
-class _DiagonalSampler:
-    """Diagonal BiLSTM generation, pixel by pixel. Left-to-right states at (i, j) come from
-    (i, j - 1) (this row, just computed) and (i - 1, j) (cached); the right-to-left direction
-    adds, shifted down a row, only context from the rows above, so it is run over a row once
-    that row is complete, from the layer inputs cached while generating it."""
-
-    def __init__(self, model: PixelRNN, n: int, size: tuple[int, int]) -> None:
-        self.model = model
-        width = size[1]
-        hidden, channels, layers = model.config.hidden, 2 * model.config.hidden, len(model.layers)
-        like = {"device": model.input_conv.weight.device, "dtype": model.input_conv.weight.dtype}
-        self.width = width
-        # per layer: forward states of the row above, (n, W, h); the reverse direction's
-        # output of the row above, already shifted: what row i adds, (n, W, h)
-        self.above_f = [layer.h0[0].expand(n, width, hidden) for layer in model.layers]
-        self.above_r = [layer.h0[1].expand(n, width, hidden) for layer in model.layers]
-        self.rev_out = [torch.zeros(n, width, hidden, **like) for _ in model.layers]
-        self.inputs = torch.zeros(layers, n, width, channels, **like)  # layer inputs, this row
-        self.row_f = [torch.zeros(n, width, hidden, **like) for _ in model.layers]
-        self.left = [(layer.h0[0].expand(n, hidden), layer.c0[0].expand(n, hidden)) for layer in model.layers]
-
-    def logit(self, x: Tensor, i: int, j: int) -> Tensor:
-        model = self.model
-        m = model.first_layer_at(x, i, j)  # (n, 2h)
-        for l_idx, layer in enumerate(model.layers):
-            self.inputs[l_idx, :, j] = m
-            if j == 0:
-                self.left[l_idx] = (layer.h0[0].expand(len(m), layer.hidden), layer.c0[0].expand(len(m), layer.hidden))
-            h_left, c_left = self.left[l_idx]
-            state = torch.cat([self.above_f[l_idx][:, j], h_left], -1)  # [above, left]
-            gates = m @ layer.w_is[0] + layer.bias[0] + state @ layer.w_ss[0]
-            h, c = lstm_cell(gates, c_left)
-            self.left[l_idx] = (h, c)
-            self.row_f[l_idx][:, j] = h
-            m = m + layer.up(h + self.rev_out[l_idx][:, j])
-        return model.head(m)[:, 0]
-
-    def end_row(self, x: Tensor, i: int) -> None:
-        """Row i is complete: run the right-to-left direction over it (from its right end),
-        which row i + 1 receives after the shift."""
-        for l_idx, layer in enumerate(self.model.layers):
-            n = self.inputs.shape[1]
-            h, c = layer.h0[1].expand(n, layer.hidden), layer.c0[1].expand(n, layer.hidden)
-            row_r = torch.zeros_like(self.row_f[l_idx])
-            for j in reversed(range(self.width)):
-                state = torch.cat([self.above_r[l_idx][:, j], h], -1)
-                gates = self.inputs[l_idx, :, j] @ layer.w_is[1] + layer.bias[1] + state @ layer.w_ss[1]
-                h, c = lstm_cell(gates, c)
-                row_r[:, j] = h
-            self.above_r[l_idx] = row_r
-            self.rev_out[l_idx] = row_r
-            self.above_f[l_idx] = self.row_f[l_idx].clone()

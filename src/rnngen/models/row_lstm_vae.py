@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from rnngen.config import below
+from rnngen.config import under_minimum
 from rnngen.models.base import GaussianLatentVAE
 
 
@@ -23,7 +23,7 @@ class RowLSTMVAEConfig:
     z_dim: int = 32
 
     def problems(self) -> list[str]:
-        return below(self, hidden=1, z_dim=1)
+        return under_minimum(self, hidden=1, z_dim=1)
 
 
 class RowLSTMVAE(GaussianLatentVAE):

@@ -1,0 +1,115 @@
+"""PixelRNN generation, pixel by pixel in raster order (van den Oord et al. 2016, sec. 2): each
+pixel computes one position (Row LSTM) or one diagonal step (Diagonal BiLSTM) per layer with the
+rows above cached, never a full forward pass per pixel. :meth:`rnngen.models.pixelrnn.PixelRNN.generate`
+drives them: ``logit(x, i, j)`` for each pixel, ``end_row(x, i)`` after each row.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from rnngen.models.lstm import lstm_cell
+
+if TYPE_CHECKING:
+    from rnngen.models.pixelrnn import PixelRNN
+
+
+class RowSampler:
+    """Row LSTM generation, pixel by pixel, one position per layer. A Row LSTM state at (i, j)
+    depends on the row above (cached) and on the layer's input at (i, j - k//2 .. j) only (there
+    is no recurrence along the row, sec. 3.1), so each pixel computes column j of every layer
+    from this row's inputs, cached as they are made: one position, not the whole row, a pixel."""
+
+    def __init__(self, model: PixelRNN, n: int, size: tuple[int, int]) -> None:
+        self.model = model
+        width, cfg = size[1], model.config
+        self.half, channels = cfg.kernel // 2, 2 * cfg.hidden
+        like = {"device": model.input_conv.weight.device, "dtype": model.input_conv.weight.dtype}
+        self.w_is = [layer.input_matrix() for layer in model.layers]
+        self.w_ss = [layer.state_matrix() for layer in model.layers]
+        pad = (0, 0, self.half, self.half)
+        # per layer: this row's inputs, zeros left of the row (n, k//2 + W, C); the row above's
+        # h with zeros beyond both ends (n, k//2 + W + k//2, h) and its c (n, W, h); the same
+        # two for this row, filled as it is generated
+        self.inputs = [torch.zeros(n, self.half + width, channels, **like) for _ in model.layers]
+        self.h_above = [F.pad(layer.h0.expand(n, width, cfg.hidden), pad) for layer in model.layers]
+        self.c_above = [layer.c0.expand(n, width, cfg.hidden).clone() for layer in model.layers]
+        self.h_row = [torch.zeros_like(h) for h in self.h_above]
+        self.c_row = [torch.zeros_like(c) for c in self.c_above]
+
+    def logit(self, x: Tensor, i: int, j: int) -> Tensor:
+        model, n, half = self.model, len(x), self.half
+        m = model.first_layer_at(x, i, j)  # (n, 2h)
+        for l_idx, layer in enumerate(model.layers):
+            self.inputs[l_idx][:, half + j] = m
+            taps_in = self.inputs[l_idx][:, j : j + half + 1].reshape(n, -1)  # inputs at j - k//2 .. j
+            taps_h = self.h_above[l_idx][:, j : j + 2 * half + 1].reshape(n, -1)  # states at j - k//2 .. j + k//2
+            gates = torch.addmm(layer.bias, taps_in, self.w_is[l_idx]) + taps_h @ self.w_ss[l_idx]
+            h, c = lstm_cell(gates, self.c_above[l_idx][:, j])
+            self.h_row[l_idx][:, half + j], self.c_row[l_idx][:, j] = h, c
+            m = m + layer.up(h)  # residual (sec. 3.3)
+        return model.head(m)[:, 0]
+
+    def end_row(self, x: Tensor, i: int) -> None:
+        """Row i is complete: its states become the row above (the buffers swap; every
+        position of the new row is written before it is read, the zero ends stay zero)."""
+        self.h_above, self.h_row = self.h_row, self.h_above
+        self.c_above, self.c_row = self.c_row, self.c_above
+
+
+class DiagonalSampler:
+    """Diagonal BiLSTM generation, pixel by pixel. Left-to-right states at (i, j) come from
+    (i, j - 1) (this row, just computed) and (i - 1, j) (cached); the right-to-left direction
+    adds, shifted down a row, only context from the rows above, so it is run over a row once
+    that row is complete, from the layer inputs cached while generating it."""
+
+    def __init__(self, model: PixelRNN, n: int, size: tuple[int, int]) -> None:
+        self.model = model
+        width = size[1]
+        hidden, channels, layers = model.config.hidden, 2 * model.config.hidden, len(model.layers)
+        like = {"device": model.input_conv.weight.device, "dtype": model.input_conv.weight.dtype}
+        self.width = width
+        # per layer: forward states of the row above, (n, W, h); the reverse direction's
+        # output of the row above, already shifted: what row i adds, (n, W, h)
+        self.above_f = [layer.h0[0].expand(n, width, hidden) for layer in model.layers]
+        self.above_r = [layer.h0[1].expand(n, width, hidden) for layer in model.layers]
+        self.rev_out = [torch.zeros(n, width, hidden, **like) for _ in model.layers]
+        self.inputs = torch.zeros(layers, n, width, channels, **like)  # layer inputs, this row
+        self.row_f = [torch.zeros(n, width, hidden, **like) for _ in model.layers]
+        self.left = [(layer.h0[0].expand(n, hidden), layer.c0[0].expand(n, hidden)) for layer in model.layers]
+
+    def logit(self, x: Tensor, i: int, j: int) -> Tensor:
+        model = self.model
+        m = model.first_layer_at(x, i, j)  # (n, 2h)
+        for l_idx, layer in enumerate(model.layers):
+            self.inputs[l_idx, :, j] = m
+            if j == 0:
+                self.left[l_idx] = (layer.h0[0].expand(len(m), layer.hidden), layer.c0[0].expand(len(m), layer.hidden))
+            h_left, c_left = self.left[l_idx]
+            state = torch.cat([self.above_f[l_idx][:, j], h_left], -1)  # [above, left]
+            gates = m @ layer.w_is[0] + layer.bias[0] + state @ layer.w_ss[0]
+            h, c = lstm_cell(gates, c_left)
+            self.left[l_idx] = (h, c)
+            self.row_f[l_idx][:, j] = h
+            m = m + layer.up(h + self.rev_out[l_idx][:, j])
+        return model.head(m)[:, 0]
+
+    def end_row(self, x: Tensor, i: int) -> None:
+        """Row i is complete: run the right-to-left direction over it (from its right end),
+        which row i + 1 receives after the shift."""
+        for l_idx, layer in enumerate(self.model.layers):
+            n = self.inputs.shape[1]
+            h, c = layer.h0[1].expand(n, layer.hidden), layer.c0[1].expand(n, layer.hidden)
+            row_r = torch.zeros_like(self.row_f[l_idx])
+            for j in reversed(range(self.width)):
+                state = torch.cat([self.above_r[l_idx][:, j], h], -1)
+                gates = self.inputs[l_idx, :, j] @ layer.w_is[1] + layer.bias[1] + state @ layer.w_ss[1]
+                h, c = lstm_cell(gates, c)
+                row_r[:, j] = h
+            self.above_r[l_idx] = row_r
+            self.rev_out[l_idx] = row_r
+            self.above_f[l_idx] = self.row_f[l_idx].clone()
