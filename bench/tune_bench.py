@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from rnngen import tune
+from rnngen import tuning
 from rnngen.config import load_params, set_dotted
 from rnngen.models import MODELS
 from rnngen.stages import download, split
@@ -73,12 +73,12 @@ def run_search(split: Path, scratch: Path, label: str, model: str, **tune_overri
     params = load_params(ROOT / "params.yaml")
     params = set_dotted(params, {"model.name": model, **{f"tune.{k}": v for k, v in tune_overrides.items()}})
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{folder / 'mlflow.db'}"
-    os.environ.pop(tune.STORAGE_ENV, None)
+    os.environ.pop(tuning.STORAGE_ENV, None)
     print(f"\n=== {label}: {tune_overrides}", flush=True)
     cpu = cpu_seconds()
-    result = tune.search(params, split, folder / "study", folder / "best.json")
+    result = tuning.search(params, split, folder / "study", folder / "best.json")
     return {**result, "cpu_s": cpu_seconds() - cpu,
-            "trial_span_s": trial_span(folder / "study" / tune.JOURNAL_FILE)}
+            "trial_span_s": trial_span(folder / "study" / tuning.JOURNAL_FILE)}
 
 
 def cpu_seconds() -> float:

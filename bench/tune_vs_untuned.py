@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from rnngen import data, registry, tune
+from rnngen import data, registry, tuning
 from rnngen.checkpoint import load_model
 from rnngen.config import load_params, set_dotted
 from rnngen.evaluate import likelihood_bounds
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
                      "workers": 1, "threads": 0, "storage": "", "device": "cpu"}
             model = "+".join(args.models) or base["model"]["name"]
             if args.hidden or not args.models:  # default: the model's own size, so only lr is searched
-                own = tune.families(tune.tune_config(base), base)[0]
+                own = tuning.families(tuning.tune_config(base), base)[0]
                 space["hidden"] = args.hidden or sorted({own.section[f] for f in own.hidden_fields})
             space["batch_size"] = args.batch_size or [base["train"]["batch_size"]]
             tuned = set_dotted(base, {**{f"tune.{k}": v for k, v in space.items()},

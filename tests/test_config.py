@@ -6,14 +6,14 @@ import pytest
 
 from conftest import tiny_params
 from rnngen.classifier import ClassifierConfig
-from rnngen.config import ConfigError, gather, load_params, section
+from rnngen.config import ConfigError, build_sections, load_params, section
 from rnngen.data import DataConfig, SplitConfig
 from rnngen.evaluate import EvalConfig
 from rnngen.models import model_choice, model_config
 from rnngen.promote import PromoteConfig
 from rnngen.tracking import TrackingConfig
 from rnngen.train import TrainConfig
-from rnngen.tune import TuneConfig
+from rnngen.tuning import TuneConfig
 
 SECTIONS = {"data": DataConfig, "split": SplitConfig, "tune": TuneConfig, "train": TrainConfig,
             "classifier": ClassifierConfig, "evaluate": EvalConfig, "promote": PromoteConfig,
@@ -24,7 +24,7 @@ def build(params: dict, *names: str) -> dict:
     """What each stage does for its sections: one ConfigError for all of them."""
     builders = {n: (lambda: model_choice(params)) if n == "model" else
                 (lambda n=n: section(SECTIONS[n], params, n)) for n in names}
-    return gather(**builders)
+    return build_sections(**builders)
 
 
 def test_defaults_in_params_yaml_are_valid() -> None:

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from conftest import ROOT, tiny_params
-from rnngen import stages, tune
+from rnngen import stages, tuning
 from rnngen.config import ConfigError, set_dotted
 from rnngen.errors import guard
 from rnngen.files import read_json
@@ -67,10 +67,10 @@ def shared_study(tmp_path_factory: pytest.TempPathFactory, split_dir: Path) -> A
     params = tune_params(**{"tune.workers": 2})
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{base / 'mlflow.db'}")
-        mp.setenv(tune.FAIL_TRIAL_ENV, "2")
-        result = tune.search(params, split, base / "study", base / "best.json")
+        mp.setenv(tuning.FAIL_TRIAL_ENV, "2")
+        result = tuning.search(params, split, base / "study", base / "best.json")
     return {"base": base, "params": params, "result": result,
-            "study": load_study(base / "study" / tune.JOURNAL_FILE)}
+            "study": load_study(base / "study" / tuning.JOURNAL_FILE)}
 
 
 def test_two_workers_share_one_budget(shared_study: Any) -> None:
@@ -80,7 +80,7 @@ def test_two_workers_share_one_budget(shared_study: Any) -> None:
     assert sorted(t.number for t in trials) == [0, 1, 2, 3]  # none lost, none run twice
     assert all(t.state.is_finished() for t in trials)
     assert len({t.user_attrs["worker"] for t in trials}) == 2  # both processes ran trials
-    assert tune.budget_used(trials) == (4, 0)
+    assert tuning.budget_used(trials) == (4, 0)
     counts = shared_study["result"]["trials"]
     assert counts["complete"] + counts["pruned"] + counts["failed"] == 4
     assert counts["complete"] == sum(t.state == TrialState.COMPLETE for t in trials)
@@ -142,7 +142,7 @@ def test_resume_after_sigkill(tmp_path: Path, split_dir: Path, mlflow_uri: str) 
 
     params = tune_params(**{"tune.n_trials": 3, "tune.pruner": "none"})
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    journal = tmp_path / "study" / tune.JOURNAL_FILE
+    journal = tmp_path / "study" / tuning.JOURNAL_FILE
     cmd = [sys.executable, str(ROOT / "pipeline" / "tune.py"), "--params", "params.yaml",
            "--split", str(split_dir), "--study-dir", "study", "--out", "best.json"]
     with open(tmp_path / "first.log", "w") as log:
@@ -166,7 +166,7 @@ def test_resume_after_sigkill(tmp_path: Path, split_dir: Path, mlflow_uri: str) 
     assert orphans, "the kill left no running trial"
     assert not (tmp_path / "best.json").exists()
 
-    result = tune.search(params, split_dir, tmp_path / "study", tmp_path / "best.json")
+    result = tuning.search(params, split_dir, tmp_path / "study", tmp_path / "best.json")
 
     after = {t.number: t for t in load_study(journal).get_trials()}
     for n, t in before.items():  # finished trials are kept and counted, not rerun
@@ -177,7 +177,7 @@ def test_resume_after_sigkill(tmp_path: Path, split_dir: Path, mlflow_uri: str) 
         (retry,) = [t for t in after.values() if t.user_attrs.get("retry_of") == n]
         assert retry.state == TrialState.COMPLETE
         assert retry.params.items() >= before[n].params.items()
-    assert tune.budget_used(list(after.values())) == (3, 0)
+    assert tuning.budget_used(list(after.values())) == (3, 0)
     assert result["trials"] == {"complete": 3, "pruned": 0, "failed": 0, "retried": len(orphans)}
     assert read_json(tmp_path / "best.json")["params"]
 
@@ -189,7 +189,7 @@ def test_resume_after_sigkill(tmp_path: Path, split_dir: Path, mlflow_uri: str) 
     assert all(r.info.status == "KILLED" for r in killed)
 
     written = (tmp_path / "best.json").read_bytes()  # a rerun of a finished study adds nothing
-    assert tune.search(params, split_dir, tmp_path / "study", tmp_path / "best.json")["trials_run_now"] == 0
+    assert tuning.search(params, split_dir, tmp_path / "study", tmp_path / "best.json")["trials_run_now"] == 0
     assert (tmp_path / "best.json").read_bytes() == written  # same bytes: DVC need not retrain
 
 
@@ -202,7 +202,7 @@ def test_best_params_are_the_same_bytes_on_two_fresh_stores(tmp_path: Path, spli
     for store in ("a", "b"):
         monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / store / 'mlflow.db'}")
         (tmp_path / store).mkdir()
-        tune.search(params, split_dir, tmp_path / store / "study", tmp_path / store / "best.json")
+        tuning.search(params, split_dir, tmp_path / store / "study", tmp_path / store / "best.json")
         written.append((tmp_path / store / "best.json").read_bytes())
     assert written[0] == written[1]
     text = written[0].decode()
@@ -217,15 +217,15 @@ def test_trials_inherit_the_declared_train_keys() -> None:
     from conftest import ROOT
 
     params = tune_params(**{"train.kl_warmup_epochs": 5.0, "train.grad_clip": 3.0, "train.lr": 0.5})
-    base = tune.inherited_train_config(params)
-    trial = tune.trial_train_config(tune.tune_config(params), base, {"lr": 1e-3, "batch_size": 64,
+    base = tuning.inherited_train_config(params)
+    trial = tuning.trial_train_config(tuning.tune_config(params), base, {"lr": 1e-3, "batch_size": 64,
                                                                      "optimizer": "adam"})
     assert (trial.kl_warmup_epochs, trial.grad_clip, trial.lr) == (5.0, 3.0, 1e-3)  # lr: the search's
     declared = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["tune"]["params"]
-    assert {p.removeprefix("train.") for p in declared if p.startswith("train.")} == set(tune.INHERITED_TRAIN_KEYS)
-    other = tune.study_name(tune.tune_config(params), dataclasses.replace(base, kl_warmup_epochs=0.0), "row_lstm_vae",
-                            tiny_model_config(), ("hidden",), {})
-    assert other != tune.study_name(tune.tune_config(params), base, "row_lstm_vae", tiny_model_config(),
+    assert {p.removeprefix("train.") for p in declared if p.startswith("train.")} == set(tuning.INHERITED_TRAIN_KEYS)
+    other = tuning.study_name(tuning.tune_config(params), dataclasses.replace(base, kl_warmup_epochs=0.0),
+                              "row_lstm_vae", tiny_model_config(), ("hidden",), {})
+    assert other != tuning.study_name(tuning.tune_config(params), base, "row_lstm_vae", tiny_model_config(),
                                     ("hidden",), {})  # a changed inherited key is a new study
 
 
@@ -236,7 +236,7 @@ def tiny_model_config() -> Any:
 
 
 def test_n_trials_zero_keeps_params_yaml_values(tmp_path: Path) -> None:
-    result = tune.search(tune_params(**{"tune.n_trials": 0}), tmp_path / "no-split",
+    result = tuning.search(tune_params(**{"tune.n_trials": 0}), tmp_path / "no-split",
                          tmp_path / "study", tmp_path / "best.json")
     assert result["params"] == {} == read_json(tmp_path / "best.json")["params"]
     assert list((tmp_path / "study").iterdir()) == []  # no study opened; the folder DVC expects exists
@@ -265,7 +265,7 @@ def test_bad_input_fails_before_any_trial(
     tmp_path: Path, split_dir: Path, mlflow_uri: str, overrides: dict[str, Any], message: str
 ) -> None:
     with pytest.raises(ConfigError, match=message):
-        tune.search(tune_params(**overrides), split_dir, tmp_path / "study", tmp_path / "best.json")
+        tuning.search(tune_params(**overrides), split_dir, tmp_path / "study", tmp_path / "best.json")
     assert not (tmp_path / "study").exists() and not (tmp_path / "best.json").exists()
     assert not (tmp_path / "mlflow.db").exists()  # nothing tracked either
 
@@ -273,10 +273,19 @@ def test_bad_input_fails_before_any_trial(
 def test_storage_env_var_overrides_the_param(
     tmp_path: Path, split_dir: Path, mlflow_uri: str, monkeypatch: pytest.MonkeyPatch, capsys: Any
 ) -> None:
-    monkeypatch.setenv(tune.STORAGE_ENV, "postgresql://nobody:secret@127.0.0.1:1/x")
-    code = guard(lambda: tune.search(tune_params(), split_dir, tmp_path / "study", tmp_path / "best.json"))
+    monkeypatch.setenv(tuning.STORAGE_ENV, "postgresql://nobody@127.0.0.1:1/x")
+    code = guard(lambda: tuning.search(tune_params(), split_dir, tmp_path / "study", tmp_path / "best.json"))
     err = capsys.readouterr().err
-    assert code == 2 and f"${tune.STORAGE_ENV}: cannot open" in err
+    assert code == 2 and f"${tuning.STORAGE_ENV}: cannot open" in err
+
+
+def test_a_storage_url_with_a_password_is_refused_without_echoing_it(
+    tmp_path: Path, split_dir: Path, mlflow_uri: str, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    monkeypatch.setenv(tuning.STORAGE_ENV, "postgresql://nobody:secret@127.0.0.1:1/x")
+    code = guard(lambda: tuning.search(tune_params(), split_dir, tmp_path / "study", tmp_path / "best.json"))
+    err = capsys.readouterr().err
+    assert code == 2 and "carries a password" in err and "PGPASSFILE" in err
     assert "secret" not in err  # passwords are never echoed
 
 
@@ -284,35 +293,44 @@ def test_study_name_follows_the_search_not_the_budget() -> None:
     from rnngen.models.row_lstm_vae import RowLSTMVAEConfig
 
     def name(model: RowLSTMVAEConfig | None = None, split: Any = None, **tune_kw: Any) -> str:
-        cfg = tune.TuneConfig(**tune_kw)
+        cfg = tuning.TuneConfig(**tune_kw)
         model = model or RowLSTMVAEConfig()
-        return tune.study_name(cfg, TrainConfig(), "row_lstm_vae", model, ("hidden",), split or {"seed": 0})
+        return tuning.study_name(cfg, TrainConfig(), "row_lstm_vae", model, ("hidden",), split or {"seed": 0})
 
     base = name()
     assert name(n_trials=50, workers=4, device="cpu") == base  # a bigger search continues it
     assert name(model=RowLSTMVAEConfig(hidden=512)) == base  # the search sets the hidden size
-    assert name(lr=tune.LogRange(1e-5, 1e-2)) != base
+    assert name(lr=tuning.LogRange(1e-5, 1e-2)) != base
     assert name(hidden=[64]) != base
     assert name(model=RowLSTMVAEConfig(z_dim=8)) != base
     assert name(split={"seed": 1}) != base
 
 
-def test_stale_means_dead_process_or_silent_heartbeat() -> None:
+def test_orphaned_means_its_process_is_gone() -> None:
+    """The journal file has no heartbeat: a running trial is retried when its worker's process is
+    gone from this host, or when it never recorded a worker and started over stale_after_s ago."""
+    import datetime
+
     import optuna
     from optuna.trial import TrialState
+
+    from rnngen.tuning.workers import is_orphaned
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     host, now = socket.gethostname(), time.time()
 
-    def running(worker: str, beat: float) -> Any:
-        return optuna.trial.create_trial(state=TrialState.RUNNING,
-                                         user_attrs={"worker": worker, "heartbeat": beat})
+    def running(worker: str | None, started: float = now) -> Any:
+        trial = optuna.trial.create_trial(state=TrialState.RUNNING, user_attrs={"worker": worker} if worker else {})
+        trial.datetime_start = datetime.datetime.fromtimestamp(started)
+        return trial
 
-    assert not tune._is_stale(running(f"{host}:{os.getpid()}", now), now, 60)
-    assert tune._is_stale(running(f"{host}:{dead.pid}", now), now, 60)
-    assert tune._is_stale(running(f"{host}:{os.getpid()}", now - 61), now, 60)
-    assert not tune._is_stale(running(f"elsewhere:{dead.pid}", now - 30), now, 60)
+    assert not is_orphaned(running(f"{host}:{os.getpid()}"), now, 60)
+    assert is_orphaned(running(f"{host}:{dead.pid}"), now, 60)
+    assert not is_orphaned(running(f"{host}:{os.getpid()}", now - 61), now, 60)  # alive, however long
+    assert not is_orphaned(running(f"elsewhere:{dead.pid}", now - 30), now, 60)  # not this host's to judge
+    assert not is_orphaned(running(None, now - 30), now, 60)
+    assert is_orphaned(running(None, now - 61), now, 60)  # died before recording its worker
 
 
 def test_a_trial_holds_its_values_from_the_moment_it_is_asked() -> None:
@@ -321,15 +339,15 @@ def test_a_trial_holds_its_values_from_the_moment_it_is_asked() -> None:
     import optuna
 
     params = tiny_params()
-    cfg = tune.TuneConfig(models=("mlp_vae", "row_lstm_vae"), n_trials=2)
-    fams = tune.families(cfg, params)
+    cfg = tuning.TuneConfig(models=("mlp_vae", "row_lstm_vae"), n_trials=2)
+    fams = tuning.families(cfg, params)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
-    first = tune.ask(study, cfg, fams)
+    first = tuning.ask(study, cfg, fams)
     assert set(first.params) == {"model", "lr", "batch_size", "hidden", "optimizer"}
-    assert tune.suggest(first, cfg, fams) == first.params
+    assert tuning.suggest(first, cfg, fams) == first.params
     study.enqueue_trial(first.params)  # what a retry does with a dead worker's trial
-    retry = tune.ask(study, cfg, fams)
-    assert retry.number != first.number and tune.suggest(retry, cfg, fams) == first.params
+    retry = tuning.ask(study, cfg, fams)
+    assert retry.number != first.number and tuning.suggest(retry, cfg, fams) == first.params
 
 
 # ------------------------------------------------------------- successive halving, warm start
@@ -375,8 +393,8 @@ def test_halving_ranks_on_the_real_schedule_and_train_continues_the_winner(
     from optuna.trial import TrialState
 
     params = tune_params(**HALVING)
-    result = tune.search(params, split_dir, tmp_path / "study", tmp_path / "best.json", tmp_path / "warm.pt")
-    trials = {t.number: t for t in load_study(tmp_path / "study" / tune.JOURNAL_FILE).get_trials()}
+    result = tuning.search(params, split_dir, tmp_path / "study", tmp_path / "best.json", tmp_path / "warm.pt")
+    trials = {t.number: t for t in load_study(tmp_path / "study" / tuning.JOURNAL_FILE).get_trials()}
     curves = {n: sorted(t.intermediate_values) for n, t in trials.items()}
     # rung 0: four trials, 1 epoch each; rung 1: the best two on to epoch 2; then one is left
     assert sorted(len(c) for c in curves.values()) == [1, 1, 2, 2]
@@ -386,7 +404,7 @@ def test_halving_ranks_on_the_real_schedule_and_train_continues_the_winner(
     survivors = sorted(rung0, key=rung0.get)[:2]
     assert sorted(n for n, c in curves.items() if len(c) == 2) == sorted(survivors)  # the best two went on
     assert result["warm_start"] == {"trial": winner.number, "epochs": 2}
-    assert [p.name for p in (tmp_path / "study" / tune.HALVING_DIR).rglob("*.pt")] == [f"trial-{winner.number}.pt"]
+    assert [p.name for p in (tmp_path / "study" / tuning.HALVING_DIR).rglob("*.pt")] == [f"trial-{winner.number}.pt"]
 
     # the train stage continues the winner after epoch 2 instead of starting afresh
     tuned = set_dotted(params, result["params"])
@@ -422,31 +440,31 @@ def test_halving_finished_stands_cut_off_starts_over_and_no_warm_start_writes_a_
     import torch
 
     params = tune_params(**{**HALVING, "tune.n_trials": 2, "tune.warm_start": False})
-    first = tune.search(params, split_dir, tmp_path / "study", tmp_path / "best.json", tmp_path / "warm.pt")
+    first = tuning.search(params, split_dir, tmp_path / "study", tmp_path / "best.json", tmp_path / "warm.pt")
     placeholder = (tmp_path / "warm.pt").read_bytes()
     assert torch.load(tmp_path / "warm.pt", weights_only=True)["warm_start"] is None
-    again = tune.search(params, split_dir, tmp_path / "study", tmp_path / "best.json", tmp_path / "warm.pt")
+    again = tuning.search(params, split_dir, tmp_path / "study", tmp_path / "best.json", tmp_path / "warm.pt")
     assert "this halving search, finished: its result stands" in capsys.readouterr().out
     assert again["trials_run_now"] == 0 and again["params"] == first["params"]
     assert (tmp_path / "warm.pt").read_bytes() == placeholder  # same bytes: DVC sees no change
-    study = load_study(tmp_path / "study" / tune.JOURNAL_FILE)
+    study = load_study(tmp_path / "study" / tuning.JOURNAL_FILE)
     study.ask()  # a trial left running, as by a killed search
-    tune.search(params, split_dir, tmp_path / "study", tmp_path / "best.json", tmp_path / "warm.pt")
+    tuning.search(params, split_dir, tmp_path / "study", tmp_path / "best.json", tmp_path / "warm.pt")
     assert "did not finish (or had another n_trials): starting it over" in capsys.readouterr().out
-    trials = load_study(tmp_path / "study" / tune.JOURNAL_FILE).get_trials()
+    trials = load_study(tmp_path / "study" / tuning.JOURNAL_FILE).get_trials()
     assert len(trials) == 2 and all(t.state.is_finished() for t in trials)  # never pieced together
 
 
 def test_budget_spent_before_any_trial_is_a_clear_error(tmp_path: Path, split_dir: Path, mlflow_uri: str) -> None:
-    with pytest.raises(tune.TuneError, match=r"tune\.budget_s \(0\.001 s\) was spent before any trial completed"):
-        tune.search(tune_params(**{"tune.budget_s": 0.001}), split_dir, tmp_path / "study", tmp_path / "best.json")
+    with pytest.raises(tuning.TuneError, match=r"tune\.budget_s \(0\.001 s\) was spent before any trial completed"):
+        tuning.search(tune_params(**{"tune.budget_s": 0.001}), split_dir, tmp_path / "study", tmp_path / "best.json")
 
 
 def test_model_family_is_a_search_choice(tmp_path: Path, split_dir: Path, mlflow_uri: str) -> None:
     params = tune_params(**{"tune.models": ["mlp_vae", "draw"], "tune.n_trials": 4, "tune.startup_trials": 4,
                             "tune.pruner": "none", "tune.epochs": 1, "tune.hidden": [16]})
-    result = tune.search(params, split_dir, tmp_path / "study", tmp_path / "best.json")
-    trials = load_study(tmp_path / "study" / tune.JOURNAL_FILE).get_trials()
+    result = tuning.search(params, split_dir, tmp_path / "study", tmp_path / "best.json")
+    trials = load_study(tmp_path / "study" / tuning.JOURNAL_FILE).get_trials()
     assert {t.params["model"] for t in trials} == {"mlp_vae", "draw"}  # both families were tried
     best = result["params"]
     family = best["model.name"]

@@ -1,0 +1,159 @@
+"""The tune stage's search from end to end: validate, open or continue the study, run its
+trials (worker processes, or successive halving), summarise, write the stage's outputs."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from rnngen import checkpoint as ckpt
+from rnngen import data, tracking
+from rnngen.files import write_json
+from rnngen.train import warm_start_identity
+from rnngen.tuning import halving, mlflow_log
+from rnngen.tuning.space import (
+    TuneConfig,
+    TuneError,
+    experiment_config,
+    hidden_fields,
+    overrides,
+    study_name,
+    validate,
+)
+from rnngen.tuning.storage import JOURNAL_FILE, open_storage
+from rnngen.tuning.trials import SearchContext
+from rnngen.tuning.workers import retried, run_workers
+
+
+def search(params: Mapping[str, Any], split_dir: Path, study_dir: Path, out: Path,
+           warm_start: Path | None = None) -> dict[str, Any]:
+    """Run or continue the study; write the best hyperparameters to ``out`` (JSON) as dotted
+    overrides ``{"params": {"train.lr": ...}}`` that the train stage applies, and (when given)
+    ``warm_start``: the winner's training state with ``tune.warm_start``, else a placeholder."""
+    cfg, choice, base, fams = validate(params)
+    if cfg.n_trials == 0:
+        return _no_search(study_dir, out, warm_start)
+    import mlflow
+    import optuna
+
+    t_start = time.perf_counter()
+    deadline = time.time() + cfg.budget_s if cfg.budget_s else 0.0
+    split_info = data.split_info(split_dir)
+    storage, connection = open_storage(cfg, Path(study_dir))
+    where = str(Path(study_dir) / JOURNAL_FILE) if storage.journal else storage.describe()
+    name = study_name(cfg, base, choice.name, choice.config, hidden_fields(choice.name), split_info, fams)
+    experiment_id = tracking.setup(experiment_config(params).experiment + "-tune")  # fails fast
+    study = optuna.create_study(study_name=name, storage=connection, direction="minimize", load_if_exists=True)
+    halving_dir = Path(study_dir) / halving.HALVING_DIR / name
+    halving_now = cfg.pruner == "halving" and not halving.finished(study, cfg, halving_dir)
+    if halving_now:
+        study = halving.start_over(study, connection, halving_dir)
+    with mlflow_log.parent_run(study, cfg, choice.name, split_info, where) as parent:
+        ctx = SearchContext(
+            cfg=cfg, train=base, families=fams, split_dir=str(Path(split_dir).resolve()),
+            binarization=split_info["binarization"], storage=storage, study_name=name,
+            tracking_uri=mlflow.get_tracking_uri(), experiment_id=experiment_id,
+            parent_run_id=parent.info.run_id, threads=_threads_per_worker(cfg),
+            deadline=deadline,
+            halving_dir=str(halving_dir.resolve()),
+            identity=warm_start_identity(Path(split_dir), cfg.train_images) if halving_now else {},
+        )
+        finished_before = _finished(study)
+        if halving_now:
+            halving.run_halving(ctx, study)
+        elif cfg.pruner == "halving":
+            print(f"tune: study {name} holds this halving search, finished: its result stands")
+        else:
+            run_workers(ctx, study)
+        study = optuna.load_study(study_name=name, storage=connection)
+        # Only what the search decided (no run id, no storage path): the same search writes the
+        # same bytes on any store, so DVC does not retrain for a new machine or mlflow.db.
+        result = summarize(study, ctx)
+        mlflow_log.log_result(study, result)
+    winner = halving_dir / f"trial-{result['best_trial']}.pt" if cfg.warm_start else None
+    if winner is not None:
+        result["warm_start"] = {"trial": result["best_trial"], "epochs": len(study.best_trial.intermediate_values)}
+    write_json(out, result)
+    _write_warm_start(warm_start, winner, "tune.warm_start is false")
+    run = {"seconds": round(time.perf_counter() - t_start, 2),
+           "trials_run_now": _finished(study) - finished_before, "mlflow_parent_run_id": parent.info.run_id}
+    _print_summary({**result, **run})
+    return {**result, **run}
+
+
+def _no_search(study_dir: Path, out: Path, warm_start: Path | None) -> dict[str, Any]:
+    result = {"params": {}, "note": "tune.n_trials is 0: train uses params.yaml's values"}
+    Path(study_dir).mkdir(parents=True, exist_ok=True)  # an empty study: DVC's persist output exists
+    write_json(out, result)
+    _write_warm_start(warm_start, None, "tune.n_trials is 0")
+    print("tune: n_trials is 0, no search")
+    return result
+
+
+def summarize(study: Any, ctx: SearchContext) -> dict[str, Any]:
+    """The winner as the train stage's overrides, its value, and the trials by outcome."""
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    again = retried(trials)
+    count = {s: sum(t.state == s for t in trials) for s in TrialState}
+    counts = {
+        "complete": count[TrialState.COMPLETE],
+        "pruned": count[TrialState.PRUNED],
+        "failed": count[TrialState.FAIL] - len(again),
+        "retried": len(again),
+    }
+    if not counts["complete"]:
+        errors = [t.user_attrs["error"] for t in trials if "error" in t.user_attrs]
+        if ctx.over_budget():
+            raise TuneError(f"tune.budget_s ({ctx.cfg.budget_s:g} s) was spent before any trial completed "
+                            f"({counts}); raise tune.budget_s, or lower tune.epochs or tune.train_images")
+        raise TuneError(
+            f"no trial of study {ctx.study_name} completed ({counts}); "
+            + (f"first error: {errors[0]}" if errors else "widen the search or lower tune.prune_startup")
+        )
+    best = study.best_trial
+    return {
+        "params": overrides(best.params, ctx.families),
+        "best_value": best.value,
+        "best_trial": best.number,
+        "metric": "validation negative ELBO (nats/image), best epoch of the trial",
+        "trials": counts,
+        "epochs_trained": sum(len(t.intermediate_values) for t in trials),
+        "study_name": ctx.study_name,
+    }
+
+
+def _write_warm_start(path: Path | None, winner: Path | None, why: str) -> None:
+    """The warm-start output: the winner's checkpoint, or a placeholder saying why there is none
+    (DVC's output always exists, with the same bytes for the same reason)."""
+    if path is None:
+        return
+    if winner is None:
+        ckpt.save(path, {"warm_start": None, "reason": why})
+        return
+    state = ckpt.load(winner)
+    state.pop("mlflow_run_id", None)  # the trial's run, not the train stage's
+    ckpt.save(path, state)
+
+
+def _threads_per_worker(cfg: TuneConfig) -> int:
+    """torch threads per worker process; 0 keeps torch's default (a single worker)."""
+    if cfg.threads or cfg.workers == 1:
+        return cfg.threads
+    return max(1, (os.cpu_count() or 1) // cfg.workers)  # workers split the cores
+
+
+def _finished(study: Any) -> int:
+    return sum(t.state.is_finished() for t in study.get_trials(deepcopy=False))
+
+
+def _print_summary(result: Mapping[str, Any]) -> None:
+    best = " ".join(f"{k.split('.')[-1]}={v}" for k, v in result["params"].items())
+    value = result["best_value"]
+    print(f"tune: best trial {result['best_trial']} val {value:.2f} ({best}); "
+          f"trials {result['trials']}; {result['epochs_trained']} epochs in "
+          f"{result['seconds']:.0f} s; study {result['study_name']}")

@@ -1,0 +1,305 @@
+"""What the tune stage searches: its settings (``tune.*``), the distributions a trial samples,
+the model families it may pick, and the study's name, a digest of all that.
+
+Everything here is read from params.yaml and validated at once, before any data or compute.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, NamedTuple
+
+import torch
+
+from rnngen import tracking
+from rnngen.config import ConfigError, build_sections, from_dict, section
+from rnngen.digests import json_digest
+from rnngen.errors import UserError
+from rnngen.models import MODELS, model_choice, model_class, model_config
+from rnngen.train import TrainConfig
+
+OPTIMIZERS = ("adam", "sgd")
+#: settings that do not change what is searched: editing them continues the same study
+RUNTIME_KEYS = ("workers", "threads", "device", "storage", "heartbeat_s", "stale_after_s")
+_NOT_SEARCH = ("n_trials", "budget_s", *RUNTIME_KEYS)
+
+#: the ``train.*`` keys every trial inherits from params.yaml (declared as params of the tune
+#: stage in dvc.yaml); the search sets lr, batch_size and optimizer, and tune.* sets the seed,
+#: device, epochs and patience of a trial
+INHERITED_TRAIN_KEYS = ("momentum", "grad_clip", "augment_shift", "augment_rotate", "amp", "kl_warmup_epochs",
+                        "lr_schedule", "weight_decay", "seed", "epochs", "patience")
+#: of those, the ones only successive halving reads (its trials are the real training's start);
+#: the median and Hyperband trials take tune.seed, tune.epochs and tune.patience instead
+HALVING_TRAIN_KEYS = ("seed", "epochs", "patience")
+
+
+class TuneError(UserError, RuntimeError):
+    """The search produced no usable result (e.g. every trial failed); the message says why."""
+
+
+@dataclass(frozen=True)
+class LogRange:
+    """A positive float range searched on a log scale."""
+
+    low: float = 1e-4
+    high: float = 3e-3
+
+    def problems(self) -> list[str]:
+        out = []
+        if not self.low > 0:
+            out.append(f"low: must be > 0 (log scale), got {self.low}")
+        if not self.high > self.low:
+            out.append(f"high: [{self.low}, {self.high}] is an empty or inverted range; need low < high")
+        return out
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    #: the budget of finished trials shared by all workers; 0 = no search (params.yaml values)
+    n_trials: int = 0
+    #: processes on this machine sharing the study
+    workers: int = 1
+    #: torch threads per worker process; 0 = torch's default (one worker) or cores / workers.
+    #: 1 by default: these small models gain little from more, and on a busy CPU OpenMP
+    #: threads that wait on each other slow training down several times
+    threads: int = 1
+    #: sampler seed; also the training seed of every trial
+    seed: int = 0
+    #: random trials before TPE models the results
+    startup_trials: int = 3
+    #: median / hyperband: prune a trial on its epoch curve. halving: synchronous successive
+    #: halving on the real schedule: n_trials configurations train tune.epochs epochs of
+    #: train.epochs, the best 1 / halving_rate continue to halving_rate times as many, and so on
+    pruner: Literal["median", "hyperband", "halving", "none"] = "median"
+    #: halving: the share kept at each rung is 1 / halving_rate
+    halving_rate: int = 3
+    #: halving: the train stage continues the winner's training instead of starting afresh
+    warm_start: bool = False
+    #: wall-clock seconds for the whole stage: no trial starts after it and running ones stop
+    #: at their next epoch (pruned); 0 = no limit
+    budget_s: float = 0.0
+    #: model families searched (model.name's ``hidden`` set applies to each); empty = model.name
+    models: list[str] = field(default_factory=list)
+    #: median pruner: completed trials before it prunes anything
+    prune_startup: int = 2
+    lr: LogRange = LogRange()
+    batch_size: list[int] = field(default_factory=lambda: [32, 64])
+    #: sets every hidden-size field of the model (``hidden_fields``, e.g. DRAW's enc/dec)
+    hidden: list[int] = field(default_factory=lambda: [32, 64, 128])
+    optimizer: list[str] = field(default_factory=lambda: list(OPTIMIZERS))
+    #: training epochs per trial (the pruner's steps)
+    epochs: int = 3
+    patience: int = 2
+    #: first N training images per trial (the split is shuffled); 0 = all
+    train_images: int = 2000
+    device: str = "auto"
+    #: RDB URL (postgresql://...); empty = journal file in the study folder
+    storage: str = ""
+    #: RDB: Optuna's heartbeat interval
+    heartbeat_s: float = 10.0
+    #: RDB: a running trial without a heartbeat for this long is retried; journal: a running
+    #: trial whose worker never recorded itself is retried after this long
+    stale_after_s: float = 120.0
+
+    def problems(self) -> list[str]:
+        out = []
+        for key in ("n_trials", "threads", "startup_trials", "prune_startup", "train_images"):
+            if getattr(self, key) < 0:
+                out.append(f"{key}: must be >= 0, got {getattr(self, key)}")
+        for key in ("workers", "epochs", "patience"):
+            if getattr(self, key) < 1:
+                out.append(f"{key}: must be >= 1, got {getattr(self, key)}")
+        for key in ("batch_size", "hidden"):
+            values = list(getattr(self, key))
+            if not values:
+                out.append(f"{key}: empty list of choices; give at least one")
+            elif any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values):
+                out.append(f"{key}: choices must be integers >= 1, got {values}")
+        if self.halving_rate < 2:
+            out.append(f"halving_rate: must be >= 2 (keep 1 / rate of the trials per rung), got {self.halving_rate}")
+        if self.budget_s < 0:
+            out.append(f"budget_s: must be >= 0 seconds (0 = no limit), got {self.budget_s}")
+        if self.pruner == "halving" and self.workers != 1:
+            out.append(f"workers: successive halving runs its rungs in one process; got {self.workers} "
+                       "(set tune.workers: 1, or tune.pruner: hyperband for parallel workers)")
+        if self.warm_start and self.pruner != "halving":
+            out.append(f"warm_start: only successive halving trains on the real schedule; got pruner "
+                       f"{self.pruner!r} (set tune.pruner: halving, or warm_start: false)")
+        if self.warm_start and self.train_images:
+            out.append(f"warm_start: the train stage trains on every image, the trials on the first "
+                       f"{self.train_images}; set tune.train_images: 0 to continue the winner")
+        unknown_models = [m for m in self.models if m not in MODELS]
+        if unknown_models:
+            out.append(f"models: unknown {unknown_models}; choose from {', '.join(MODELS)}")
+        if not list(self.optimizer):
+            out.append("optimizer: empty list of choices; give at least one of adam, sgd")
+        unknown = [o for o in self.optimizer if o not in OPTIMIZERS]
+        if unknown:
+            out.append(f"optimizer: unknown {unknown}; choose from {', '.join(OPTIMIZERS)}")
+        if not self.heartbeat_s > 0:
+            out.append(f"heartbeat_s: must be > 0, got {self.heartbeat_s}")
+        if not self.stale_after_s > 2 * self.heartbeat_s:
+            out.append(f"stale_after_s: must exceed 2 x heartbeat_s ({2 * self.heartbeat_s}), "
+                       f"got {self.stale_after_s}")
+        if self.storage and "://" not in self.storage:
+            out.append(f"storage: expected a database URL such as postgresql://user@host/db, "
+                       f"got {self.storage!r} (leave empty for the journal file)")
+        out.extend(TrainConfig(device=self.device).problems())  # an unknown device
+        return out
+
+
+def tune_config(params: Mapping[str, Any]) -> TuneConfig:
+    return section(TuneConfig, params, "tune")
+
+
+def inherited_train_config(params: Mapping[str, Any]) -> TrainConfig:
+    """params.yaml's values of :data:`INHERITED_TRAIN_KEYS` (code defaults for the rest): only
+    these ``train.*`` keys are read, so only they rerun the tune stage."""
+    train = params.get("train") or {}
+    return from_dict(TrainConfig, {k: train[k] for k in INHERITED_TRAIN_KEYS if k in train}, "train")
+
+
+def experiment_config(params: Mapping[str, Any]) -> tracking.TrackingConfig:
+    """``tracking.experiment`` alone: the one tracking key the tune stage declares and reads."""
+    experiment = (params.get("tracking") or {}).get("experiment", tracking.TrackingConfig.experiment)
+    return from_dict(tracking.TrackingConfig, {"experiment": experiment}, "tracking")
+
+
+def trial_train_config(cfg: TuneConfig, base: TrainConfig, hp: Mapping[str, Any]) -> TrainConfig:
+    """A trial's training settings: ``base`` (the inherited train.* keys), tune.* and the
+    sampled values. Successive halving keeps train.seed, epochs and patience: its trials are
+    the first epochs of the training the train stage would run with the same values."""
+    own = {} if cfg.pruner == "halving" else {"seed": cfg.seed, "epochs": cfg.epochs, "patience": cfg.patience}
+    return dataclasses.replace(base, device=cfg.device, lr=hp["lr"], batch_size=hp["batch_size"],
+                               optimizer=hp["optimizer"], time_budget_s=0.0, **own)
+
+
+# ------------------------------------------------------------------------- model families
+
+
+class Family(NamedTuple):
+    """A model family the search may pick: its name, its params.yaml section (validated) and the
+    fields the searched hidden size sets."""
+
+    name: str
+    section: dict[str, Any]
+    hidden_fields: tuple[str, ...]
+
+
+def hidden_fields(model_name: str) -> tuple[str, ...]:
+    return tuple(model_class(model_name).hidden_fields)
+
+
+def families(cfg: TuneConfig, params: Mapping[str, Any]) -> tuple[Family, ...]:
+    """tune.models (or model.name alone), each with its section of params.yaml's ``model:``."""
+    models = params.get("model") or {}
+    names = list(dict.fromkeys(cfg.models)) or [model_choice(params).name]
+    return tuple(Family(n, dataclasses.asdict(model_config(n, models.get(n))), hidden_fields(n)) for n in names)
+
+
+def family_of(hp: Mapping[str, Any], fams: tuple[Family, ...]) -> Family:
+    """The family a trial's values pick (the only one when the search has one)."""
+    return next(f for f in fams if f.name == hp["model"]) if "model" in hp else fams[0]
+
+
+def validate(params: Mapping[str, Any]) -> tuple[TuneConfig, Any, TrainConfig, tuple[Family, ...]]:
+    """``(tune config, model choice, inherited train config, families)``; every problem with
+    tune.*, model.*, the inherited train.* keys and tracking.* at once, before any data or compute."""
+    problems: list[str] = []
+    cfg = choice = base = None
+    fams: tuple[Family, ...] = ()
+    try:
+        built = build_sections(tune=lambda: tune_config(params), model=lambda: model_choice(params),
+                               train=lambda: inherited_train_config(params),
+                               tracking=lambda: experiment_config(params))
+        cfg, choice, base = built["tune"], built["model"], built["train"]
+    except ConfigError as exc:
+        problems += exc.problems
+    if cfg is not None and choice is not None:
+        try:
+            fams = families(cfg, params)
+        except ConfigError as exc:
+            problems += exc.problems
+        for fam in fams:
+            for h in cfg.hidden:  # the model's own checks, for every hidden size the search may pick
+                try:
+                    model_config(fam.name, {**fam.section, **dict.fromkeys(fam.hidden_fields, h)})
+                except ConfigError as exc:
+                    problems += [f"tune.hidden={h}: {p}" for p in exc.problems]
+    if cfg is not None and cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        problems.append(f"tune.device: {cfg.device!r} but no CUDA device is available; use auto or cpu")
+    if problems or cfg is None or choice is None or base is None:
+        raise ConfigError(problems)
+    return cfg, choice, base, fams
+
+
+# ---------------------------------------------------------------------------- the space
+
+
+def search_space(cfg: TuneConfig, fams: tuple[Family, ...]) -> dict[str, Any]:
+    """The distributions a trial samples, in sampling order: the model family (when tune.models
+    names more than one), lr, batch size, hidden size, optimizer."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+    space: dict[str, Any] = {}
+    if len(fams) > 1:
+        space["model"] = CategoricalDistribution([f.name for f in fams])
+    space["lr"] = FloatDistribution(cfg.lr.low, cfg.lr.high, log=True)
+    space["batch_size"] = CategoricalDistribution(list(cfg.batch_size))
+    space["hidden"] = CategoricalDistribution(list(cfg.hidden))
+    space["optimizer"] = CategoricalDistribution(list(cfg.optimizer))
+    return space
+
+
+def ask(study: Any, cfg: TuneConfig, fams: tuple[Family, ...]) -> Any:
+    """A new trial (or a queued retry) with every value of the search space already sampled."""
+    return study.ask(fixed_distributions=search_space(cfg, fams))
+
+
+def suggest(trial: Any, cfg: TuneConfig, fams: tuple[Family, ...]) -> dict[str, Any]:
+    """A trial's values: those it holds (asked with the space, or queued with it as a retry),
+    the rest sampled now, one call per parameter in :func:`search_space`'s order."""
+    from optuna.distributions import CategoricalDistribution
+
+    hp: dict[str, Any] = {}
+    for name, dist in search_space(cfg, fams).items():
+        if isinstance(dist, CategoricalDistribution):
+            hp[name] = trial.suggest_categorical(name, dist.choices)
+        else:
+            hp[name] = trial.suggest_float(name, dist.low, dist.high, log=dist.log)
+    return hp
+
+
+def overrides(best: Mapping[str, Any], fams: tuple[Family, ...]) -> dict[str, Any]:
+    """A trial's parameters as the dotted params.yaml keys the train stage overrides, with the
+    winner's family as ``model.name``."""
+    fam = family_of(best, fams)
+    out: dict[str, Any] = {"model.name": fam.name, "train.lr": best["lr"], "train.batch_size": best["batch_size"],
+                           "train.optimizer": best["optimizer"]}
+    out.update({f"model.{fam.name}.{f}": best["hidden"] for f in fam.hidden_fields})
+    return out
+
+
+# ---------------------------------------------------------------------- study identity
+
+
+def study_name(cfg: TuneConfig, base: TrainConfig, model_name: str, model_cfg: Any,
+               fields: tuple[str, ...], split_info: Mapping[str, Any],
+               fams: tuple[Family, ...] = ()) -> str:
+    """``<model>-<digest>`` of the search space, trial settings, model and data split.
+
+    Budget, workers, device and storage are left out: a bigger budget or more workers continue
+    the same study. The model's hidden sizes (``fields``) are left out because the search sets
+    them.
+    """
+    search = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _NOT_SEARCH}
+    model = {k: v for k, v in dataclasses.asdict(model_cfg).items() if k not in fields}
+    keys = INHERITED_TRAIN_KEYS if cfg.pruner == "halving" else set(INHERITED_TRAIN_KEYS) - set(HALVING_TRAIN_KEYS)
+    inherited = {k: getattr(base, k) for k in sorted(keys)}
+    spec = {"tune": search, "train": inherited, "model": [model_name, model], "split": split_info}
+    if len(fams) > 1 or (fams and fams[0].name != model_name):  # tune.models: each family's config
+        spec["model"] = {f.name: {k: v for k, v in f.section.items() if k not in f.hidden_fields} for f in fams}
+        model_name = "+".join(f.name for f in fams)
+    return f"{model_name}-{json_digest(spec)[:12]}"
