@@ -3,7 +3,7 @@ data (early stopping on validation), then the best weights are scored on the tes
 the importance-weighted NLL bound (k samples, test images binarized once with a fixed seed);
 PixelRNN's likelihood is exact, and its column holds that exact value.
 
-    python bench/quality_at_budget.py --budget 600            # the 10 minutes per model
+    python bench/quality_at_budget.py --budget 600            # 10 minutes per model, as make repro
     python bench/quality_at_budget.py --budget 60 --models mlp_vae row_lstm_vae
     python bench/quality_at_budget.py --budget 1200 --dataset fashion-mnist \
         --path /usr/share/datasets/fashion-mnist                 # full size: apt-get install dataset-fashion-mnist
@@ -33,7 +33,7 @@ from rnngen.quality import sample_quality
 from rnngen.train import TrainConfig, fit
 
 #: name -> (model, model config, train settings); Adam, lr --lr (1e-3), batch 64 but for
-#: PixelRNN (batch 32, as the issue's reference run)
+#: PixelRNN (batch 32, the default's setting)
 VARIANTS: dict[str, tuple[str, dict, dict]] = {
     "mlp_vae": ("mlp_vae", {}, {}),
     "row_lstm_vae": ("row_lstm_vae", {}, {}),

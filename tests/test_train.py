@@ -13,20 +13,17 @@ import torch
 from rnngen import checkpoint as ckpt
 from rnngen import data
 from rnngen.config import ConfigError, from_dict
+from rnngen.device import autocast_enabled, cpu_has_native_bf16
 from rnngen.models import build_model, model_config
+from rnngen.resume import fingerprint, mark_registered, resume_point
 from rnngen.train import (
     NonFiniteLossError,
     TrainConfig,
     augment,
-    autocast_enabled,
-    cpu_has_native_bf16,
-    fingerprint,
     fit,
     kl_weight,
     make_optimizer,
     make_scheduler,
-    mark_registered,
-    resume_point,
 )
 
 

@@ -1,23 +1,24 @@
 """The one training loop every model and the tuner share.
 
 ``fit`` returns the history and best weights; tracking (MLflow) and tuning (Optuna) hook in
-through ``on_epoch``. With a ``checkpoint`` path it saves the full training state after every
-epoch and resumes from it only when that is safe (:func:`resume_point`): same model, train
-config, binarization, data and code, and a run that was interrupted, not finished. Data
-order, dynamic binarization and model noise come from RNG streams restored at epoch
-boundaries, so a resumed run on CPU ends bit-identical to an uninterrupted one.
+through ``on_epoch``. :func:`fit` reads top to bottom: the training state
+(:class:`rnngen.checkpoint.TrainState`), one epoch (:func:`train_epoch`), validation and
+early stopping (:func:`validate`, :func:`keep_best`), the time budget (:class:`TimeBudget`)
+and the checkpoint written after every epoch. With a ``checkpoint`` path it resumes only when
+that is safe (:mod:`rnngen.resume`). Data order, dynamic binarization and model noise come
+from RNG streams restored at epoch boundaries, so a resumed run on CPU ends bit-identical to
+an uninterrupted one.
+
+Data parallelism lives in :mod:`rnngen.distributed` and the device in :mod:`rnngen.device`.
+Lightning Fabric could take that plumbing over, but it is not a dependency, it would delete
+about as much as it adds here, and the bit-identical resume rests on these RNG streams anyway.
 """
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-import hashlib
-import json
 import math
-import os
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -28,11 +29,17 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from rnngen import checkpoint as ckpt
-from rnngen.config import ConfigError, below
-from rnngen.data import binarize, split_digest, to_unit
+from rnngen.config import under_minimum
+from rnngen.data import binarize, to_unit
+from rnngen.device import autocast_enabled, resolve_device, tf32_under_amp
+from rnngen.distributed import Ranks, all_sum, any_rank, data_parallel, ranks
 from rnngen.errors import UserError
-from rnngen.files import source_digest
 from rnngen.models import GenerativeModel, kernels
+from rnngen.resume import ResumePoint, plan, warm_start_fingerprint, warm_start_identity
+
+#: imported from here by the tuner and the train stage
+__all__ = ["FitResult", "NonFiniteLossError", "TrainConfig", "fit", "make_optimizer", "resolve_device",
+           "warm_start_fingerprint", "warm_start_identity"]
 
 
 class NonFiniteLossError(UserError, RuntimeError):
@@ -77,7 +84,7 @@ class TrainConfig:
     weight_decay: float = 0.0
 
     def problems(self) -> list[str]:
-        out = below(self, epochs=1, batch_size=1, patience=1, grad_clip=0, augment_shift=0, augment_rotate=0,
+        out = under_minimum(self, epochs=1, batch_size=1, patience=1, grad_clip=0, augment_shift=0, augment_rotate=0,
                     kl_warmup_epochs=0, processes=1, weight_decay=0)
         if 1 <= self.batch_size < self.processes:
             out.append(f"batch_size: {self.batch_size} cannot be split across {self.processes} processes; "
@@ -105,104 +112,13 @@ class FitResult:
     #: True when fit stopped at ``until_epoch`` before the end: the checkpoint continues it
     paused: bool = False
 
+    @classmethod
+    def of(cls, state: ckpt.TrainState, resumed_from: int, reused: bool = False, paused: bool = False) -> FitResult:
+        return cls(state.history, state.best_epoch, state.best_val, state.best_weights, state.stopped_early,
+                   resumed_from, reused, paused)
+
 
 EpochHook = Callable[[int, dict[str, float]], None]
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU runs bfloat16 GEMMs natively (AVX512-BF16 or AMX-BF16), where bf16
-    autocast pays; elsewhere oneDNN emulates bf16 and it is slower than fp32."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:  # not Linux: trust oneDNN's own check
-        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def autocast_enabled(amp: bool, device: torch.device) -> bool:
-    """``train.amp`` on this device: always on CUDA, on CPU only with native bfloat16."""
-    if not amp:
-        return False
-    if device.type == "cpu" and not cpu_has_native_bf16():
-        print("train.amp: this CPU has no native bfloat16 (AVX512-BF16/AMX); training in fp32", flush=True)
-        return False
-    return True
-
-
-@dataclass(frozen=True)
-class Ranks:
-    """This process's place in a data-parallel job (rank 0 of 1 when there is none)."""
-
-    rank: int = 0
-    world: int = 1
-
-    @property
-    def main(self) -> bool:
-        """Rank 0: the one that prints, logs to MLflow and writes checkpoints and outputs."""
-        return self.rank == 0
-
-
-def ranks() -> Ranks:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return Ranks(dist.get_rank(), dist.get_world_size())
-    return Ranks()
-
-
-@contextlib.contextmanager
-def distributed(device: str = "auto") -> Iterator[Ranks]:
-    """Join the process group torchrun describes (``WORLD_SIZE`` > 1 in the environment) for
-    the ``with`` block: NCCL when this process trains on CUDA, gloo on CPU. Without torchrun,
-    one process of one."""
-    import torch.distributed as dist
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1 or dist.is_initialized():
-        yield ranks()
-        return
-    _exit_with_parent()
-    cuda = device != "cpu" and torch.cuda.is_available()
-    if cuda:  # each rank its own GPU: "cuda" below means cuda:LOCAL_RANK
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group("nccl" if cuda else "gloo")
-    try:
-        yield ranks()
-    finally:
-        dist.destroy_process_group()
-
-
-def _exit_with_parent(interval: float = 0.5) -> None:
-    """torchrun starts each worker in a session of its own, so a ``kill -9`` of the job (of
-    ``dvc repro``, of torchrun) would leave the workers training and rank 0 writing the
-    checkpoint under the next run. A worker whose parent is gone exits at once."""
-    import threading
-
-    parent = os.getppid()
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(interval)
-        os._exit(3)
-
-    threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
-
-
-def _all_sum(values: Tensor, r: Ranks) -> Tensor:
-    """Sum of ``values`` over the ranks (itself for one process)."""
-    if r.world > 1:
-        import torch.distributed as dist
-
-        dist.all_reduce(values)
-    return values
-
-
-def resolve_device(name: str, key: str = "train.device") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError([f"{key}: {name!r} but no CUDA device is available; use auto or cpu"])
-    return torch.device(name)
 
 
 def make_optimizer(model: GenerativeModel, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -269,116 +185,20 @@ def evaluate_nelbo(
             mine = torch.tensor_split(xb, r.world)[r.rank].to(device)
             if len(mine):
                 total += model(mine).nelbo.sum().double()
-    return float(_all_sum(total, r)) / len(x)
+    return float(all_sum(total, r)) / len(x)
 
 
-Phase = Literal["training", "trained", "registered"]
+@dataclass
+class TimeBudget:
+    """``train.time_budget_s`` from the start of training (0 = none), agreed across ranks."""
 
+    seconds: float
+    start: float = field(default_factory=time.perf_counter)
 
-def fingerprint(
-    model: GenerativeModel, cfg: TrainConfig, binarization: str, identity: Mapping[str, str] | None = None
-) -> dict[str, str]:
-    """What a checkpoint must match to be resumed, part by part: the model and train config
-    (the device and the number of processes aside), the binarization, and ``identity`` (the train stage passes the
-    split's digest as ``data`` and rnngen's source digest as ``code``)."""
-    train = dataclasses.asdict(cfg)
-    train.pop("device")
-    train.pop("processes")  # same global batch, same curve: a checkpoint resumes on any number
-
-    def digest(obj: Any) -> str:
-        return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-    return {"model": digest(ckpt.model_spec(model)), "train": digest(train), "binarization": binarization,
-            **dict(identity or {})}
-
-
-def warm_start_fingerprint(model: GenerativeModel, cfg: TrainConfig, binarization: str,
-                           identity: Mapping[str, str]) -> dict[str, str]:
-    """What a tune stage's halving trial records and the train stage checks before continuing
-    it: :func:`fingerprint` with the time budget aside (trials have none; the train stage's
-    counts from its own start) and ``identity`` = :func:`rnngen.tune.warm_start_identity`."""
-    return fingerprint(model, dataclasses.replace(cfg, time_budget_s=0.0), binarization, identity)
-
-
-def warm_start_identity(split_dir: str | Path, train_images: int = 0) -> dict[str, str]:
-    """The identity part of :func:`warm_start_fingerprint`: the split (and how many of its
-    training images a trial saw) and the training code (this module's import closure)."""
-    digest = split_digest(split_dir) + (f"[:{train_images}]" if train_images else "")
-    return {"data": digest, "code": source_digest(__name__)}
-
-
-def continue_warm_start(path: str | Path | None, checkpoint: str | Path, model: GenerativeModel, cfg: TrainConfig,
-                        binarization: str, split_dir: str | Path, expected: Mapping[str, str]) -> int:
-    """Seed ``checkpoint`` with the tune stage's winner (``path``, written with
-    ``tune.warm_start``) when it is the start of exactly this training: same model, train
-    config (time budget aside), binarization, split and training code. Returns the epoch it
-    continues after; 0 (and one line saying why) when there is none or it does not match."""
-    if path is None or not Path(path).is_file():
-        return 0
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if state.get("warm_start", True) is None:  # the placeholder: no warm start this time
-        return 0
-    want = warm_start_fingerprint(model, cfg, binarization, warm_start_identity(split_dir))
-    found = state.get("fingerprint") if isinstance(state.get("fingerprint"), dict) else {}
-    differs = sorted(k for k in {*want, *found} if want.get(k) != found.get(k))
-    if differs:
-        print(f"warm start {path} was trained with other {', '.join(differs)}: not continued, training "
-              "from epoch 1", flush=True)
-        return 0
-    ckpt.save(checkpoint, {**state, "fingerprint": dict(expected), "phase": "training"})
-    print(f"warm start: continuing the tune stage's winner after epoch {state['epoch']}", flush=True)
-    return int(state["epoch"])
-
-
-@dataclass(frozen=True)
-class ResumePoint:
-    """What :func:`fit` does with an existing checkpoint: continue ``state`` or start afresh."""
-
-    #: the checkpoint's state to continue from; None: train from epoch 1
-    state: dict[str, Any] | None
-    #: one line saying why, printed by fit and recorded by the train stage
-    reason: str
-
-    @property
-    def epoch(self) -> int:
-        return int(self.state["epoch"]) if self.state else 0
-
-    @property
-    def complete(self) -> bool:
-        """Training already finished for exactly this fingerprint (only the registry step
-        failed): reuse the result, do not retrain."""
-        return bool(self.state) and self.state.get("phase") == "trained"
-
-
-def resume_point(checkpoint: str | Path | None, expected: Mapping[str, str]) -> ResumePoint:
-    """Decide whether ``checkpoint`` may be resumed under fingerprint ``expected``.
-
-    Never resumed: a checkpoint of a run that finished (registered), and one written with any
-    other model, train config, binarization, data or code. Resumed: an interrupted run (phase
-    ``training``) and a finished training whose registration failed (phase ``trained``).
-    """
-    if checkpoint is None or not Path(checkpoint).is_file():
-        return ResumePoint(None, "no checkpoint: training from epoch 1")
-    state = ckpt.load(checkpoint)
-    where = f"checkpoint {checkpoint}"
-    if state.get("phase") == "registered":
-        return ResumePoint(None, f"{where} is of a finished, registered run: training afresh from epoch 1")
-    found = state.get("fingerprint")
-    found = found if isinstance(found, dict) else {}
-    differs = sorted(k for k in {*expected, *found} if found.get(k) != expected.get(k))
-    if differs:
-        return ResumePoint(None, f"{where} was written with other {', '.join(differs)}: training from epoch 1")
-    if state.get("phase") == "trained":
-        return ResumePoint(state, f"{where} holds this exact training, finished after epoch {state['epoch']} "
-                                  "but not registered: reusing it, no retraining")
-    return ResumePoint(state, f"resuming {where} after epoch {state['epoch']}")
-
-
-def mark_registered(checkpoint: str | Path, **record: Any) -> None:
-    """Mark the checkpoint's run finished (registered): it is never resumed again."""
-    if Path(checkpoint).is_file():
-        state = ckpt.load(checkpoint)
-        ckpt.save(checkpoint, {**state, "phase": "registered", **record})
+    def spent(self, r: Ranks, device: torch.device) -> bool:
+        over = self.seconds > 0 and time.perf_counter() - self.start > self.seconds
+        # clocks differ: all ranks stop when any is over, or they would deadlock
+        return any_rank(over, r, device)
 
 
 def fit(
@@ -390,6 +210,7 @@ def fit(
     *,
     checkpoint: str | Path | None = None,
     identity: Mapping[str, str] | None = None,
+    resume: ResumePoint | None = None,
     on_epoch: EpochHook | None = None,
     extra_state: dict[str, Any] | None = None,
     progress: bool = True,
@@ -398,177 +219,157 @@ def fit(
     """Train ``model`` on uint8 images; early-stop on validation negative ELBO.
 
     With ``checkpoint`` the full training state is saved after every epoch and resumed by the
-    rules of :func:`resume_point` (fingerprint: :func:`fingerprint` with ``identity``).
-    ``on_epoch(epoch, metrics)`` runs after each epoch (log, prune: it may raise), on rank 0 of
-    a data-parallel job (:func:`distributed`), which alone prints and writes the checkpoint.
+    rules of :func:`rnngen.resume.plan` (fingerprint with ``identity``), or from ``resume``
+    when the caller has already decided. ``on_epoch(epoch, metrics)`` runs after each epoch
+    (log, prune: it may raise), on rank 0 of a data-parallel job
+    (:func:`rnngen.distributed.distributed`), which alone prints and writes the checkpoint.
     ``extra_state`` is stored in the checkpoint (e.g. the MLflow run id). ``until_epoch`` pauses
     the run after that epoch, its checkpoint left resumable: a later call with the same
     arguments continues it exactly as if it had not stopped (the tune stage's successive
     halving trains its survivors that way, on the real schedule of ``cfg.epochs``).
     """
-    device = model.device
+    device, r = model.device, ranks()
+    path = Path(checkpoint) if checkpoint else None
     if device.type == "cpu":
         kernels.keep_freed_memory()
-    precision = torch.get_float32_matmul_precision()
-    if cfg.amp and device.type == "cuda":
-        torch.set_float32_matmul_precision("high")  # TF32 for the GEMMs autocast leaves in fp32
-    try:
-        return _fit(model, train_x, val_x, cfg, binarization, checkpoint, identity, on_epoch, extra_state,
-                    progress, until_epoch)
-    finally:
-        torch.set_float32_matmul_precision(precision)  # no process-wide TF32 left behind
+    with tf32_under_amp(cfg.amp, device):
+        state, net, point = _start(model, train_x, cfg, binarization, path, identity, resume, r)
+        if point.complete:
+            return FitResult.of(state, point.epoch, reused=True)
+        save = ckpt.StateWriter(path if r.main else None, point.fingerprint, extra_state or {})
+        budget, amp = TimeBudget(cfg.time_budget_s), autocast_enabled(cfg.amp, device)
+        for epoch in range(state.epoch + 1, cfg.epochs + 1):
+            if state.stopped_early:
+                break
+            if until_epoch is not None and epoch > until_epoch:
+                if path is None:
+                    raise ValueError("fit(until_epoch=...) needs a checkpoint to continue from")
+                return FitResult.of(state, point.epoch, paused=True)  # epoch until_epoch's checkpoint goes on
+            train, seconds = train_epoch(net, state, train_x, cfg, binarization, epoch, amp, r, progress)
+            metrics = {**train, "val_loss": validate(state.model, val_x, cfg, binarization, epoch),
+                       "epoch_seconds": seconds, "images_per_second": len(train_x) / seconds}
+            keep_best(state, epoch, metrics, cfg.patience)
+            over_budget = budget.spent(r, device)
+            if r.main:
+                _print_epoch(epoch, metrics, best=state.best_epoch == epoch)
+            # Hook first (log, prune), then checkpoint: a kill in between re-runs this epoch, which
+            # logs the same values again rather than leaving a hole in the curves.
+            if on_epoch is not None and r.main:
+                on_epoch(epoch, metrics)
+            save(state, "training")
+            if over_budget:
+                break
+        if not state.best_weights:
+            state.best_weights = ckpt.cpu_copy(model.state_dict())
+        save(state, "trained")
+        return FitResult.of(state, point.epoch)
 
 
-def _fit(
-    model: GenerativeModel, train_x: Tensor, val_x: Tensor, cfg: TrainConfig, binarization: str,
-    checkpoint: str | Path | None, identity: Mapping[str, str] | None, on_epoch: EpochHook | None,
-    extra_state: dict[str, Any] | None, progress: bool, until_epoch: int | None = None,
-) -> FitResult:
-    device = model.device
-    r = ranks()
+def _start(
+    model: GenerativeModel, train_x: Tensor, cfg: TrainConfig, binarization: str, checkpoint: Path | None,
+    identity: Mapping[str, str] | None, resume: ResumePoint | None, r: Ranks,
+) -> tuple[ckpt.TrainState, torch.nn.Module, ResumePoint]:
+    """The training state, fresh or resumed, and the module the batches run through."""
     torch.manual_seed(cfg.seed)  # model noise (reparameterisation) uses the global stream
     optimizer = make_optimizer(model, cfg)
-    scheduler = make_scheduler(optimizer, cfg, math.ceil(len(train_x) / cfg.batch_size))
-    # Data parallel: DDP averages the gradients over the ranks after each backward.
-    net: Any = model
-    if r.world > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    result = FitResult()
-    bad_epochs, start_epoch = 0, 1
-    expected = fingerprint(model, cfg, binarization, identity)
-    ckpt_path = Path(checkpoint) if checkpoint else None
-
-    def save(epoch: int, phase: Phase) -> None:
-        if ckpt_path is None or not r.main:  # one writer: rank 0
-            return
-        ckpt.save(ckpt_path, {
-            "model": ckpt.model_spec(model), "weights": model.state_dict(),
-            "optimizer": optimizer.state_dict(), "epoch": epoch, "fingerprint": expected, "phase": phase,
-            "scheduler": scheduler.state_dict() if scheduler is not None else None,
-            "history": result.history, "best_epoch": result.best_epoch,
-            "best_val": result.best_val, "best_weights": result.best_weights,
-            "bad_epochs": bad_epochs, "stopped_early": result.stopped_early,
-            "rng_cpu": torch.get_rng_state(),
-            **({"rng_cuda": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {}),
-            **(extra_state or {}),
-        })
-
-    point = resume_point(ckpt_path, expected) if ckpt_path is not None else ResumePoint(None, "")
-    if ckpt_path is not None and r.main:
+    state = ckpt.TrainState(model, optimizer, make_scheduler(optimizer, cfg, math.ceil(len(train_x) / cfg.batch_size)))
+    # Building DDP waits for every rank, so any warm start rank 0 wrote is on disk before the others read.
+    net = data_parallel(model, r)
+    point = resume if resume is not None else plan(checkpoint, model, cfg, binarization, identity)
+    if checkpoint is not None and r.main:
         print(point.reason, flush=True)
     if point.state is not None:
-        state = point.state
-        model.load_state_dict(state["weights"])
-        optimizer.load_state_dict(state["optimizer"])
-        if scheduler is not None:
-            scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng_cpu"])
-        if device.type == "cuda" and "rng_cuda" in state:
-            torch.cuda.set_rng_state(state["rng_cuda"], device)
-        result.history = list(state["history"])
-        result.best_epoch, result.best_val = state["best_epoch"], state["best_val"]
-        result.best_weights = state["best_weights"]
-        bad_epochs, start_epoch = state["bad_epochs"], state["epoch"] + 1
-        result.resumed_from = state["epoch"]
-        result.reused = point.complete
-        result.stopped_early = state.get("stopped_early", False)
-        if point.complete:
-            return result
+        state.restore(point.state)
     else:  # a fresh training: the model may take its start from the data (e.g. DRAW's canvas bias)
         mean = sum(chunk.double().sum(0) for chunk in train_x.split(4096)) / (255.0 * len(train_x))
-        model.init_from_data(mean.float().unsqueeze(0).to(device))
-    t_start = time.perf_counter()
-    amp = autocast_enabled(cfg.amp, device)
-    for epoch in range(start_epoch, cfg.epochs + 1):
-        if result.stopped_early:
-            break
-        if until_epoch is not None and epoch > until_epoch:
-            if ckpt_path is None:
-                raise ValueError("fit(until_epoch=...) needs a checkpoint to continue from")
-            result.paused = True
-            return result  # the checkpoint of epoch until_epoch stays resumable (phase "training")
-        model.train()
-        # Per-epoch RNG streams: data order and binarization depend only on (seed, epoch).
-        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
-        order = torch.randperm(len(train_x), generator=gen)
-        n_batches = math.ceil(len(train_x) / cfg.batch_size)
-        sums = {"loss": 0.0, "recon": 0.0, "kl": 0.0}
-        t0 = time.perf_counter()
-        # disable=None: bars on a terminal, none in CI logs (the epoch line below is always printed)
-        bar = tqdm(range(n_batches), desc=f"epoch {epoch}/{cfg.epochs}", leave=False,
-                   disable=None if progress and r.main else True, unit="batch")
-        for step in bar:
-            idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-            # Every rank draws the whole global batch (same generator, same draws as one
-            # process) and trains on its slice of it.
-            xb = prepare_batch(train_x[idx], binarization, cfg, gen)
-            xb = torch.tensor_split(xb, r.world)[r.rank].to(device)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                terms = net(xb)
-            beta = kl_weight(cfg.kl_warmup_epochs, epoch - 1 + step / n_batches)
-            # The slice's sum over the global batch size, times the ranks DDP averages over:
-            # the gradient of the global batch's mean, however the batch is split.
-            total = terms.nelbo.sum() if beta == 1.0 else terms.recon.sum() + beta * terms.kl.sum()
-            loss = total * (r.world / len(idx))
-            stats = _all_sum(torch.stack([terms.nelbo.sum(), terms.recon.sum(), terms.kl.sum()]).detach().double(), r)
-            if not torch.isfinite(stats).all():
-                raise NonFiniteLossError(
-                    f"non-finite loss ({stats[0].item() / len(idx)}) at epoch {epoch}, step {step + 1}; "
-                    "lower train.lr or set train.grad_clip; the last good checkpoint is kept"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            if scheduler is not None:
-                scheduler.step()
-            # the true negative ELBO, whatever the warm-up weight
-            for key, value in zip(("loss", "recon", "kl"), stats.tolist(), strict=True):
-                sums[key] += value
-            bar.set_postfix(loss=f"{stats[0].item() / len(idx):.1f}")
-        seconds = time.perf_counter() - t0
-        val = evaluate_nelbo(model, val_x, binarization, max(cfg.batch_size, 256), cfg.seed + 1)
-        metrics = {
-            "train_loss": sums["loss"] / len(train_x),
-            "train_recon": sums["recon"] / len(train_x),
-            "train_kl": sums["kl"] / len(train_x),
-            "val_loss": val,
-            "epoch_seconds": seconds,
-            "images_per_second": len(train_x) / seconds,
-        }
-        if not math.isfinite(val):
-            raise NonFiniteLossError(
-                f"non-finite validation loss at epoch {epoch}; the last good checkpoint is kept"
-            )
-        result.history.append({"epoch": epoch, **metrics})
-        if val < result.best_val:
-            result.best_val, result.best_epoch, bad_epochs = val, epoch, 0
-            result.best_weights = {k: v.detach().clone().cpu() for k, v in model.state_dict().items()}
-        else:
-            bad_epochs += 1
-        result.stopped_early = bad_epochs >= cfg.patience
-        over_budget = cfg.time_budget_s > 0 and time.perf_counter() - t_start > cfg.time_budget_s
-        if r.world > 1:  # clocks differ: all ranks stop when any is over, or they would deadlock
-            over_budget = bool(_all_sum(torch.tensor(float(over_budget), device=device), r) > 0)
-        if r.main:
-            print(
-                f"epoch {epoch:3d}  train {metrics['train_loss']:8.2f}  (recon {metrics['train_recon']:.2f}"
-                f" + kl {metrics['train_kl']:.2f})  val {val:8.2f}  {metrics['images_per_second']:.0f} img/s"
-                + ("  *" if result.best_epoch == epoch else ""),
-                flush=True,
-            )
-        # Hook first (log, prune), then checkpoint: a kill in between re-runs this epoch, which
-        # logs the same values again rather than leaving a hole in the curves.
-        if on_epoch is not None and r.main:
-            on_epoch(epoch, metrics)
-        save(epoch, "training")
-        if over_budget:
-            break
-    if not result.best_weights:
-        result.best_weights = {k: v.detach().clone().cpu() for k, v in model.state_dict().items()}
-    save(result.history[-1]["epoch"] if result.history else 0, "trained")
-    return result
+        model.init_from_data(mean.float().unsqueeze(0).to(model.device))
+    return state, net, point
 
+
+def train_epoch(
+    net: torch.nn.Module, state: ckpt.TrainState, train_x: Tensor, cfg: TrainConfig, binarization: str, epoch: int,
+    amp: bool, r: Ranks, progress: bool,
+) -> tuple[dict[str, float], float]:
+    """One pass over the training images: the loss terms' means per image, and the seconds it took."""
+    state.model.train()
+    # Per-epoch RNG stream: data order, augmentation and binarization depend only on (seed, epoch).
+    gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
+    order = torch.randperm(len(train_x), generator=gen)
+    n_batches = math.ceil(len(train_x) / cfg.batch_size)
+    sums = {"loss": 0.0, "recon": 0.0, "kl": 0.0}
+    t0 = time.perf_counter()
+    # disable=None: bars on a terminal, none in CI logs (the epoch line is always printed)
+    bar = tqdm(range(n_batches), desc=f"epoch {epoch}/{cfg.epochs}", leave=False,
+               disable=None if progress and r.main else True, unit="batch")
+    for step in bar:
+        idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+        # Every rank draws the whole global batch (same generator, same draws as one
+        # process) and trains on its slice of it.
+        xb = prepare_batch(train_x[idx], binarization, cfg, gen)
+        xb = torch.tensor_split(xb, r.world)[r.rank].to(state.model.device)
+        beta = kl_weight(cfg.kl_warmup_epochs, epoch - 1 + step / n_batches)
+        stats = _train_step(net, state, xb, len(idx), beta, amp, r, cfg.grad_clip, f"epoch {epoch}, step {step + 1}")
+        # the true negative ELBO, whatever the warm-up weight
+        for key, value in zip(("loss", "recon", "kl"), stats.tolist(), strict=True):
+            sums[key] += value
+        bar.set_postfix(loss=f"{stats[0].item() / len(idx):.1f}")
+    seconds = time.perf_counter() - t0
+    return {f"train_{key}": value / len(train_x) for key, value in sums.items()}, seconds
+
+
+def _train_step(
+    net: torch.nn.Module, state: ckpt.TrainState, xb: Tensor, batch_images: int, beta: float, amp: bool, r: Ranks,
+    grad_clip: float, where: str,
+) -> Tensor:
+    """One optimizer step on this rank's slice ``xb`` of a global batch of ``batch_images``;
+    returns the batch's summed (nelbo, recon, kl) over all ranks."""
+    with torch.autocast(xb.device.type, dtype=torch.bfloat16, enabled=amp):
+        terms = net(xb)
+    # The slice's sum over the global batch size, times the ranks DDP averages over:
+    # the gradient of the global batch's mean, however the batch is split.
+    total = terms.nelbo.sum() if beta == 1.0 else terms.recon.sum() + beta * terms.kl.sum()
+    loss = total * (r.world / batch_images)
+    stats = all_sum(torch.stack([terms.nelbo.sum(), terms.recon.sum(), terms.kl.sum()]).detach().double(), r)
+    if not torch.isfinite(stats).all():
+        raise NonFiniteLossError(
+            f"non-finite loss ({stats[0].item() / batch_images}) at {where}; "
+            "lower train.lr or set train.grad_clip; the last good checkpoint is kept"
+        )
+    state.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(state.model.parameters(), grad_clip)
+    state.optimizer.step()
+    if state.scheduler is not None:
+        state.scheduler.step()
+    return stats
+
+
+def validate(model: GenerativeModel, val_x: Tensor, cfg: TrainConfig, binarization: str, epoch: int) -> float:
+    """The validation negative ELBO (fixed binarization draws: comparable across epochs)."""
+    val = evaluate_nelbo(model, val_x, binarization, max(cfg.batch_size, 256), cfg.seed + 1)
+    if not math.isfinite(val):
+        raise NonFiniteLossError(f"non-finite validation loss at epoch {epoch}; the last good checkpoint is kept")
+    return val
+
+
+def keep_best(state: ckpt.TrainState, epoch: int, metrics: dict[str, float], patience: int) -> None:
+    """Record the epoch, keep the best weights; early stopping after ``patience`` epochs
+    without a better validation loss."""
+    state.history.append({"epoch": epoch, **metrics})
+    if metrics["val_loss"] < state.best_val:
+        state.best_val, state.best_epoch, state.bad_epochs = metrics["val_loss"], epoch, 0
+        state.best_weights = ckpt.cpu_copy(state.model.state_dict())
+    else:
+        state.bad_epochs += 1
+    state.stopped_early = state.bad_epochs >= patience
+    state.epoch = epoch
+
+
+def _print_epoch(epoch: int, metrics: Mapping[str, float], best: bool) -> None:
+    print(
+        f"epoch {epoch:3d}  train {metrics['train_loss']:8.2f}  (recon {metrics['train_recon']:.2f}"
+        f" + kl {metrics['train_kl']:.2f})  val {metrics['val_loss']:8.2f}  {metrics['images_per_second']:.0f} img/s"
+        + ("  *" if best else ""),
+        flush=True,
+    )
