@@ -7,6 +7,7 @@ import warnings
 
 import numpy as np
 import pytest
+import scipy.linalg
 import torch
 
 from rnngen import quality
@@ -14,8 +15,8 @@ from rnngen.classifier import (
     ClassifierConfig,
     DigitClassifier,
     accuracy,
+    as_judged,
     features,
-    judged,
     load_classifier,
     logits,
     probabilities,
@@ -93,6 +94,40 @@ def test_frechet_on_samples_uses_sample_mean_and_covariance() -> None:
     assert got == pytest.approx(_direct_frechet(MU1, S1, MU2, S2), rel=0.1)  # near the population value
 
 
+TINY_A = [[1.0, 0.5, 2.0], [0.0, 1.5, 1.0], [2.0, 0.0, 0.5], [1.5, 1.0, 1.5], [0.5, 2.0, 0.0], [1.0, 1.0, 1.0]]
+TINY_B = [[2.0, 1.0, 0.0], [1.0, 0.0, 1.5], [0.5, 1.5, 2.5], [2.5, 0.5, 1.0], [1.0, 2.0, 0.5], [0.0, 1.0, 2.0]]
+
+
+def _brute_force_frechet(rows_a: list[list[float]], rows_b: list[list[float]], eps: float = 0.0) -> float:
+    """Means and unbiased covariances by explicit sums, the root of their product by scipy's
+    ``sqrtm``, with ``eps`` added to both diagonals inside the root only."""
+
+    def moments(rows: list[list[float]]) -> tuple[np.ndarray, np.ndarray]:
+        n, d = len(rows), len(rows[0])
+        mean = [sum(r[j] for r in rows) / n for j in range(d)]
+        cov = [[sum((r[i] - mean[i]) * (r[j] - mean[j]) for r in rows) / (n - 1) for j in range(d)] for i in range(d)]
+        return np.array(mean), np.array(cov)
+
+    (mu1, s1), (mu2, s2) = moments(rows_a), moments(rows_b)
+    offset = eps * np.eye(len(s1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the singular case: the regularised product is the point
+        root = scipy.linalg.sqrtm((s1 + offset) @ (s2 + offset))
+    return float(np.sum((mu1 - mu2) ** 2) + np.trace(s1) + np.trace(s2) - 2 * np.trace(root).real)
+
+
+def test_frechet_distance_is_pinned_on_a_tiny_case() -> None:
+    """The number metrics.json reports, against brute force on 6 images of 3 features; with a
+    feature dead on both sides the product is singular and 1e-6 goes on the diagonals."""
+    expected = _brute_force_frechet(TINY_A, TINY_B)
+    assert frechet_distance(np.array(TINY_A), np.array(TINY_B)) == pytest.approx(expected, rel=1e-12)
+    assert expected == pytest.approx(0.4961748189214079, rel=1e-12)
+    dead_a, dead_b = ([[*r[:2], 0.0] for r in rows] for rows in (TINY_A, TINY_B))
+    singular = _brute_force_frechet(dead_a, dead_b, eps=1e-6)
+    assert frechet_distance(np.array(dead_a), np.array(dead_b)) == pytest.approx(singular, rel=1e-12)
+    assert singular != pytest.approx(_brute_force_frechet(dead_a, dead_b), rel=1e-9)  # the offset shows
+
+
 def test_frechet_with_singular_covariance_is_finite_and_quiet() -> None:
     rng = np.random.default_rng(2)
     fa, fb = np.maximum(rng.normal(size=(20, 32)), 0), np.maximum(rng.normal(size=(20, 32)), 0)
@@ -124,9 +159,9 @@ def test_classifier_config_problems() -> None:
 
 def test_tiny_classifier_beats_chance_and_round_trips(tiny_classifier, digits, tmp_path) -> None:
     x, y = digits
-    acc = accuracy(tiny_classifier, judged(tiny_classifier, x[1000:1500], 0), y[1000:1500])
+    acc = accuracy(tiny_classifier, as_judged(tiny_classifier, x[1000:1500], 0), y[1000:1500])
     assert acc > 0.3  # chance is 0.1
-    images = judged(tiny_classifier, x[:7], 0)
+    images = as_judged(tiny_classifier, x[:7], 0)
     assert features(tiny_classifier, images).shape == (7, 128)
     probs = probabilities(tiny_classifier, images)
     assert probs.shape == (7, 10) and torch.allclose(probs.sum(1), torch.ones(7))
@@ -163,12 +198,12 @@ def test_a_binary_judge_refuses_grey_levels_and_judged_binarizes(tiny_classifier
     assert tiny_classifier.binary
     with pytest.raises(ValueError, match="judges binary images"):
         features(tiny_classifier, x)
-    a, b = judged(tiny_classifier, x, 0), judged(tiny_classifier, x, 1)
-    assert ((a == 0) | (a == 1)).all() and torch.equal(a, judged(tiny_classifier, x, 0)) and not torch.equal(a, b)
-    assert torch.equal(judged(tiny_classifier, a, 5), a)  # binary images pass unchanged
+    a, b = as_judged(tiny_classifier, x, 0), as_judged(tiny_classifier, x, 1)
+    assert ((a == 0) | (a == 1)).all() and torch.equal(a, as_judged(tiny_classifier, x, 0)) and not torch.equal(a, b)
+    assert torch.equal(as_judged(tiny_classifier, a, 5), a)  # binary images pass unchanged
     # a draw, not a threshold: the mean of many draws is the grey level
     grey = torch.from_numpy(x[:1]).float() / 255
-    mean = torch.stack([judged(tiny_classifier, grey, s) for s in range(400)]).mean(0)
+    mean = torch.stack([as_judged(tiny_classifier, grey, s) for s in range(400)]).mean(0)
     assert (mean - grey).abs().max() < 0.2
 
 

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from rnngen.config import below
+from rnngen.config import under_minimum
 from rnngen.errors import MissingInputError, UserError
 
 FEATURES = 128
@@ -51,7 +51,7 @@ class ClassifierConfig:
     binarize: bool = True
 
     def problems(self) -> list[str]:
-        out = below(self, epochs=1, batch_size=1, augment_shift=0)
+        out = under_minimum(self, epochs=1, batch_size=1, augment_shift=0)
         if not self.lr > 0:
             out.append(f"lr: learning rate must be > 0, got {self.lr}")
         if not isinstance(self.binarize, bool):
@@ -96,7 +96,7 @@ def as_images(x: Tensor | np.ndarray) -> Tensor:
     return x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
 
 
-def judged(model: DigitClassifier, images: Tensor | np.ndarray, seed: int) -> Tensor:
+def as_judged(model: DigitClassifier, images: Tensor | np.ndarray, seed: int) -> Tensor:
     """``images`` as ``model`` judges them: for a binary judge one Bernoulli draw of the grey
     levels from a generator seeded with ``seed`` (binary images come back unchanged); grey
     levels in [0, 1] otherwise."""
@@ -108,7 +108,7 @@ def _check_kind(model: DigitClassifier, x: Tensor) -> None:
     if model.binary and x.numel() and not ((x == 0) | (x == 1)).all():
         raise ValueError(
             "this classifier judges binary images (classifier.binarize: true) but was given grey levels; "
-            "pass binary images (a model's sample_binary, or rnngen.classifier.judged for real ones)"
+            "pass binary images (a model's sample_binary, or rnngen.classifier.as_judged for real ones)"
         )
 
 
@@ -127,13 +127,13 @@ def _device(model: nn.Module) -> torch.device:
 
 @torch.no_grad()
 def _batched(
-    fn: Callable[[Tensor], Tensor], model: DigitClassifier, images: Tensor | np.ndarray, batch_size: int
+    apply: Callable[[Tensor], Tensor], model: DigitClassifier, images: Tensor | np.ndarray, batch_size: int
 ) -> Tensor:
     model.eval()
     x = as_images(images)
     _check_kind(model, x)
     device = _device(model)
-    parts = [fn(x[i : i + batch_size].to(device)).cpu() for i in range(0, len(x), batch_size)]
+    parts = [apply(x[i : i + batch_size].to(device)).cpu() for i in range(0, len(x), batch_size)]
     return torch.cat(parts) if parts else torch.zeros(0)
 
 
@@ -187,7 +187,7 @@ def train_classifier(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)  # weight init
         model = DigitClassifier(num_classes, cfg).to(device)
-        x_val = judged(model, x_val, cfg.seed)  # one fixed draw: comparable across epochs
+        x_val = as_judged(model, x_val, cfg.seed)  # one fixed draw: comparable across epochs
         order_gen = torch.Generator().manual_seed(cfg.seed)
         opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
         best_acc, best_epoch, best_state, loss_sum = -1.0, 0, model.state_dict(), 0.0
@@ -257,20 +257,20 @@ def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> Dig
 
 
 def fallback_classifier(
-    x: Tensor, y: Tensor | None, seed: int, epochs: int
+    images: Tensor, labels: Tensor | None, seed: int, epochs: int
 ) -> tuple[DigitClassifier, str]:
     """A judge trained on the user's own labelled images (10 % held out for validation), for
     when no classifier file is given; the string says so, for the record."""
-    if y is None or len(torch.unique(y)) < 2:
+    if labels is None or len(torch.unique(labels)) < 2:
         raise UserError(
             "--classifier: the Fréchet classifier distance and inpainting accuracy need a classifier; pass "
             f"--classifier (e.g. the classifier stage's classifier/{CLASSIFIER_FILE}) or give labelled images "
             "(IDX with a train pair, or one subfolder per class) to train one"
         )
-    n = len(x)
+    n = len(images)
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     val, train = perm[: max(1, n // 10)], perm[max(1, n // 10) :]
     cfg = ClassifierConfig(seed=seed, epochs=epochs)
-    model, metrics = train_classifier(x[train], y[train], x[val], y[val], cfg, progress=False)
+    model, metrics = train_classifier(images[train], labels[train], images[val], labels[val], cfg, progress=False)
     return model, (f"trained here on {len(train)} of the given images for {cfg.epochs} epochs (validation "
                    f"accuracy {metrics['val_accuracy']:.3f}); pass --classifier for numbers comparable across runs")

@@ -5,7 +5,8 @@
     rnngen evaluate  NLL bounds, Fréchet classifier distance, inpainting scores (test split or your images)
     rnngen promote   move the champion alias to the model dvc repro just made, if it wins
     rnngen info      which version is champion, and its metrics
-    rnngen server    a team's tracking server and tuning database (PostgreSQL + mlflow server)
+    rnngen server    a team's tracking server and tuning database (PostgreSQL + mlflow server), with
+                     passwords; add-user, passwd
 
 A model is models:/NAME@ALIAS, models:/NAME/VERSION (or just the version number), or a
 local checkpoint (models/model.pt, or the train stage's models/ folder). The MLflow store is
@@ -20,36 +21,30 @@ import dataclasses
 import json
 import math
 import os
-import shutil
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rnngen.errors import guard
 
+if TYPE_CHECKING:  # the commands import the library lazily: `rnngen --help` stays quick
+    from rnngen.evaluate import EvalConfig
+    from rnngen.promote import PromoteConfig
+    from rnngen.registry import LoadedModel
+
+#: rnngen.inpaint.MASKS, named here so that parsing the command line imports no torch
 MASK_KINDS = ("bottom_half", "centre_square", "random_pixels")
-
-
-# ------------------------------------------------------------------------------ inputs
-
-
-def _usage_error(message: str) -> Exception:
-    from rnngen.config import ConfigError
-
-    return ConfigError([message], "the command line")
-
 
 @dataclasses.dataclass(frozen=True)
 class Defaults:
     """What the commands take from params.yaml (flags override): the registry name and alias
-    behind the default model, and the evaluate stage's settings."""
+    behind the default model, and the evaluate and promote settings."""
 
     model_name: str
     alias: str
-    evaluate: Any  # rnngen.evaluate.EvalConfig
-    promote: Any  # rnngen.promote.PromoteConfig
+    evaluate: EvalConfig
+    promote: PromoteConfig
 
     @property
     def model_uri(self) -> str:
@@ -59,23 +54,23 @@ class Defaults:
 def defaults(path: Path) -> Defaults:
     """params.yaml's ``tracking.model_name``, ``promote.alias`` and ``evaluate.*`` (the code
     defaults when the file is absent, e.g. outside the project)."""
-    from rnngen.config import gather, load_params, section
+    from rnngen.config import build_sections, load_params, section
     from rnngen.evaluate import EvalConfig
     from rnngen.promote import PromoteConfig
     from rnngen.tracking import TrackingConfig
 
     params = load_params(path) if path.is_file() else {}
-    built = gather(tracking=lambda: section(TrackingConfig, params, "tracking"),
-                   promote=lambda: section(PromoteConfig, params, "promote"),
-                   evaluate=lambda: section(EvalConfig, params, "evaluate"))
+    built = build_sections(tracking=lambda: section(TrackingConfig, params, "tracking"),
+                           promote=lambda: section(PromoteConfig, params, "promote"),
+                           evaluate=lambda: section(EvalConfig, params, "evaluate"))
     return Defaults(built["tracking"].model_name, built["promote"].alias, built["evaluate"], built["promote"])
 
 
-def _load_model(args: argparse.Namespace) -> Any:
+def _load_model(args: argparse.Namespace) -> LoadedModel:
     from rnngen import registry
 
-    d = defaults(args.params)
-    return registry.load(args.model or d.model_uri, d.model_name)
+    settings = defaults(args.params)
+    return registry.load(args.model or settings.model_uri, settings.model_name)
 
 
 def _mask_arg(value: str) -> str:
@@ -93,82 +88,126 @@ def _png_out(value: str) -> Path:
     return Path(value)
 
 
-def _positive_int(value: str) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value!r}")
-    return n
+def _positive(convert: Callable[[str], float], expected: str) -> Callable[[str], Any]:
+    """An argparse ``type`` reading a finite number > 0 with ``convert`` (int or float)."""
+
+    def parse(value: str) -> Any:
+        try:
+            number = convert(value)
+        except ValueError:
+            number = math.nan
+        if not 0 < number < math.inf:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {value!r}")
+        return number
+
+    return parse
 
 
-def _positive_float(value: str) -> float:
-    try:
-        x = float(value)
-    except ValueError:
-        x = math.nan
-    if not x > 0 or not math.isfinite(x):
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {value!r}")
-    return x
+_positive_int = _positive(int, "a whole number >= 1")
+_positive_float = _positive(float, "a number > 0")
+
+
+def _with_flags(cfg: Any, **flags: Any) -> Any:
+    """``cfg`` (a params.yaml section) with the flags given on the command line (not None) replacing it."""
+    from rnngen.config import ConfigError
+
+    cfg = dataclasses.replace(cfg, **{k: v for k, v in flags.items() if v is not None})
+    if cfg.problems():
+        raise ConfigError(["; ".join(cfg.problems())], "the command line")
+    return cfg
 
 
 def _tolerance_arg(value: str) -> tuple[str, float]:
     metric, sep, number = value.partition("=")
     try:
-        tol = float(number)
+        tolerance = float(number)
     except ValueError:
-        tol = math.nan
-    if not sep or not metric or not tol >= 0:
+        tolerance = math.nan
+    if not sep or not metric or not tolerance >= 0:
         raise argparse.ArgumentTypeError(f"expected METRIC=VALUE, VALUE >= 0, e.g. test_nll_elbo=1.0; got {value!r}")
-    return metric, tol
+    return metric, tolerance
 
 
-# ------------------------------------------------------------------------------ sample
+def _add_command(sub: Any, name: str, help_text: str, examples: str, handler: Callable[[argparse.Namespace], None],
+                 *, model: bool = False, params: bool = True) -> argparse.ArgumentParser:
+    """A subcommand with its help, examples and handler, and the shared ``--params`` / ``--model``."""
+    command = sub.add_parser(
+        name, help=help_text, description=help_text, epilog="examples:\n" + examples,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    command.set_defaults(func=handler)
+    if params:
+        command.add_argument("--params", type=Path, default=Path("params.yaml"),
+                             help="where the defaults come from: tracking.model_name, promote.alias, evaluate.* "
+                                  "(default: %(default)s; code defaults when it is absent)")
+    if model:
+        command.add_argument("--model", default=None,
+                             help="models:/NAME@ALIAS, models:/NAME/VERSION, a version number, or a checkpoint "
+                                  "path (.pt file or the train stage's models/ folder); default: "
+                                  "models:/<tracking.model_name>@<promote.alias> from --params, i.e. "
+                                  "models:/rnngen@champion")
+    return command
 
 
-def cmd_sample(args: argparse.Namespace) -> None:
+def _add_sample(sub: Any) -> None:
+    command = _add_command(sub, "sample", "draw new images from a model and save them as one PNG grid", """\
+  rnngen sample --out samples.png
+  rnngen sample --model models:/rnngen/3 --n 16 --seed 1 --out v3.png
+  rnngen sample --model models/model.pt --n 100 --temperature 0.7 --out cool.png
+""", _sample, model=True)
+    option = command.add_argument
+    option("--n", type=_positive_int, default=64, help="number of images (default: %(default)s)")
+    option("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    option("--temperature", type=_positive_float, default=1.0,
+           help="< 1 gives cleaner, less varied images: the VAEs and DRAW scale their prior's "
+                "standard deviation by it, PixelRNN divides its logits by it (default: %(default)s)")
+    option("--nrow", type=_positive_int, default=None, help="images per row (default: square grid)")
+    option("--out", type=_png_out, default=Path("samples.png"), help="PNG to write (default: %(default)s)")
+
+
+def _sample(args: argparse.Namespace) -> None:
     import torch
 
-    from rnngen.files import atomic_file
-    from rnngen.pictures import save_grid
+    from rnngen import files, pictures
 
     loaded = _load_model(args)
-    gen = torch.Generator(device=loaded.model.device).manual_seed(args.seed)
+    generator = torch.Generator(device=loaded.model.device).manual_seed(args.seed)
     with torch.no_grad():
-        images = loaded.model.sample(args.n, generator=gen, temperature=args.temperature).cpu()
-    with atomic_file(args.out) as tmp:
-        save_grid(images, tmp, nrow=args.nrow or math.ceil(math.sqrt(args.n)))
+        images = loaded.model.sample(args.n, generator=generator, temperature=args.temperature).cpu()
+    with files.atomic_file(args.out) as tmp:
+        pictures.save_grid(images, tmp, nrow=args.nrow or math.ceil(math.sqrt(args.n)))
     print(f"{args.n} samples of {loaded.source} (seed {args.seed}, temperature {args.temperature:g}) -> {args.out}")
 
 
-# ----------------------------------------------------------------------------- inpaint
+def _add_inpaint(sub: Any) -> None:
+    command = _add_command(sub, "inpaint", "hide part of images and let the model complete it; writes a PNG "
+                           "with rows original | masked | completed", """\
+  rnngen inpaint --image digit.png --mask bottom_half --out panel.png
+  rnngen inpaint --test-index 0 1 2 3 --split data/split --mask centre_square --out panel.png
+  rnngen inpaint --model models:/rnngen/2 --image a.png b.png --mask my_mask.png --out panel.png
+""", _inpaint, model=True)
+    source = command.add_mutually_exclusive_group(required=True)
+    source.add_argument("--image", nargs="+", metavar="PNG", help="28x28 grayscale image file(s)")
+    source.add_argument("--test-index", nargs="+", type=int, metavar="I", help="index(es) into the test split")
+    option = command.add_argument
+    option("--split", type=Path, default=Path("data/split"),
+           help="split stage output, for --test-index (default: %(default)s)")
+    option("--mask", type=_mask_arg, required=True,
+           help=f"{' | '.join(MASK_KINDS)}, or a 28x28 grayscale PNG whose white pixels are hidden")
+    option("--iterations", type=_positive_int, default=20,
+           help="rounds of the pseudo-Gibbs sampler of the latent-variable models; PixelRNN "
+                "completes in one raster pass and ignores it (default: %(default)s)")
+    option("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    option("--out", type=_png_out, default=Path("inpainting.png"), help="PNG to write (default: %(default)s)")
 
 
-def load_mask(spec: str, n: int, seed: int) -> Any:
-    """Boolean "missing" mask ``(n, 1, 28, 28)``: a kind from rnngen.inpaint, or an image file
-    whose white pixels (>= 128) are hidden (read as every image is: grey, 28x28)."""
+def _inpaint(args: argparse.Namespace) -> None:
     import torch
 
-    from rnngen import data, inpaint
-
-    if spec in MASK_KINDS:
-        return inpaint.make_mask(spec, n, torch.Generator().manual_seed(seed))
-    mask = torch.from_numpy(data.read_image(spec)) >= 128  # (28, 28)
-    if not mask.any():
-        raise data.DataError(f"mask {spec} hides no pixel: white (>= 128) marks the pixels to complete")
-    return mask.view(1, 1, 28, 28).expand(n, 1, 28, 28).clone()
-
-
-def cmd_inpaint(args: argparse.Namespace) -> None:
-    import numpy as np
-    import torch
-
-    from rnngen import data, inpaint, pictures
-    from rnngen.files import atomic_file
+    from rnngen import data, files, inpaint, pictures
 
     if args.image:
-        x_u8 = torch.from_numpy(np.stack([data.read_image(p) for p in args.image]))
+        x_u8 = torch.stack([torch.from_numpy(data.read_image(path)) for path in args.image])
         what = ", ".join(args.image)
     else:
         x_test, _ = data.load_split(args.split, "test")
@@ -178,198 +217,19 @@ def cmd_inpaint(args: argparse.Namespace) -> None:
         x_u8 = x_test[args.test_index]
         what = f"test images {args.test_index} of {args.split}"
     original = data.to_unit(x_u8)  # (n, 1, 28, 28)
-    mask = load_mask(args.mask, len(original), args.seed)
+    mask = inpaint.load_mask(args.mask, len(original), args.seed)
     loaded = _load_model(args)
-    gen = torch.Generator(device=loaded.model.device).manual_seed(args.seed)
-    completed = inpaint.inpaint(loaded.model, original, mask, args.iterations, gen).cpu()
-    with atomic_file(args.out) as tmp:
+    generator = torch.Generator(device=loaded.model.device).manual_seed(args.seed)
+    completed = inpaint.inpaint(loaded.model, original, mask, args.iterations, generator).cpu()
+    with files.atomic_file(args.out) as tmp:
         pictures.inpainting_panel(original, mask, completed, tmp)
     print(f"inpainted {what} ({args.mask}, {args.iterations} iterations) with {loaded.source} -> {args.out}")
 
 
-# ---------------------------------------------------------------------------- evaluate
-
-
-def evaluate_config(args: argparse.Namespace, base: Any) -> Any:
-    """params.yaml's ``evaluate.*`` with the flags given on the command line replacing it."""
-    flags = {"seed": args.seed, "k": args.k, "batch_size": args.batch_size, "max_images": args.max_images,
-             "n_quality": args.n_quality, "inpaint_images": args.inpaint_images,
-             "inpaint_iterations": args.iterations}
-    cfg = dataclasses.replace(base, **{k: v for k, v in flags.items() if v is not None})
-    if cfg.problems():
-        raise _usage_error("; ".join(cfg.problems()))
-    return cfg
-
-
-def evaluate_images(args: argparse.Namespace) -> dict[str, Any]:
-    """The evaluate stage's metrics (rnngen.evaluate.report) on the test split (``--split``:
-    the same numbers as reports/metrics.json at the same settings) or on the user's images."""
-    import torch
-
-    from rnngen import classifier as clf
-    from rnngen import data
-    from rnngen.evaluate import report
-
-    d = defaults(args.params)
-    cfg = evaluate_config(args, d.evaluate)
-    if args.split is not None:
-        x, y = data.load_split(args.split, "test")
-        user = data.UserData(x, y, None, None, f"the test split of {args.split} ({len(x)} images)")
-    else:
-        user = data.load_user_data(args.data)
-    n = min(len(user.x), cfg.max_images or len(user.x))
-    if n < 2:
-        raise data.DataError(f"{user.description}: need at least 2 images (a covariance for the FCD)")
-    loaded = _load_model(args)  # a bad model name fails before a classifier is trained
-    classifier_path = args.classifier or (clf.PROJECT_CLASSIFIER if clf.PROJECT_CLASSIFIER.is_file() else None)
-    if classifier_path is not None:
-        judge, judge_note = clf.load_classifier(classifier_path), str(classifier_path)
-    else:
-        judge, judge_note = clf.fallback_classifier(user.x_train if user.x_train is not None else user.x,
-                                                    user.y_train, cfg.seed, args.classifier_epochs)
-    x = user.x[:n]
-    y = user.y[:n] if user.y is not None else torch.zeros(n, dtype=torch.long)
-    # the test split is binarized as the model was trained; a user's grey images once, seeded
-    binarization = loaded.binarization if args.split is not None or loaded.binarization == "none" else "dynamic"
-    with tempfile.TemporaryDirectory() as pictures:
-        metrics = report(loaded.model, x, y, judge, cfg, binarization, Path(pictures), progress=False)
-        if args.pictures:
-            shutil.copytree(pictures, args.pictures, dirs_exist_ok=True)
-    if user.y is None:  # no labels: accuracies against label 0 mean nothing
-        metrics = {k: v for k, v in metrics.items() if "accuracy" not in k}
-    return {
-        "model": loaded.source,
-        "data": user.description,
-        "labelled": user.y is not None,
-        "binarization": f"{binarization} (images binarized once with seed {cfg.seed})",
-        "classifier": judge_note,
-        **metrics,
-    }
-
-
-def cmd_evaluate(args: argparse.Namespace) -> None:
-    from rnngen.files import write_json
-
-    result = evaluate_images(args)
-    if args.out:
-        write_json(args.out, result)
-    print(json.dumps(result, indent=2))
-
-
-# ----------------------------------------------------------------------------- promote
-
-
-def cmd_promote(args: argparse.Namespace) -> None:
-    from rnngen import promote
-
-    d = defaults(args.params)
-    cfg = d.promote
-    changes: dict[str, Any] = {}
-    if args.margin is not None:
-        changes["margin"] = args.margin
-    if args.alias:
-        changes["alias"] = args.alias
-    if args.tolerance:
-        changes["tolerances"] = {**cfg.tolerances, **dict(args.tolerance)}
-    cfg = dataclasses.replace(cfg, **changes)
-    if cfg.problems():
-        raise _usage_error("; ".join(cfg.problems()))
-    rescore = None
-    if args.split.is_dir():  # re-scores a champion that was evaluated on another test set
-        rescore = promote.likelihood_rescorer(args.split, d.evaluate.batch_size)
-    decision = promote.promote(
-        cfg, args.report, run_json=args.run_json, metrics_json=args.metrics, version=args.version,
-        name=args.name or (None if args.version is None else d.model_name), rescore=rescore, force=args.force,
-        default_name=d.model_name,
-    )
-    print(args.report.read_text(), end="")
-    print(f"promotion: {decision.outcome} (report: {args.report})", file=sys.stderr)
-
-
-# -------------------------------------------------------------------------------- info
-
-
-def cmd_info(args: argparse.Namespace) -> None:
-    from rnngen import registry
-
-    d = defaults(args.params)
-    print(json.dumps(registry.model_info(args.name or d.model_name, args.alias or d.alias), indent=2))
-
-
-# ------------------------------------------------------------------------------ server
-
-
-def cmd_server(args: argparse.Namespace) -> None:
-    from rnngen import server
-
-    server.serve(args.dir, args.pg_port, args.port, args.host)
-
-
-# ------------------------------------------------------------------------------ parser
-
-
-def _command(sub: Any, name: str, help_text: str, examples: str, func: Callable[[argparse.Namespace], None]) -> Any:
-    p = sub.add_parser(
-        name, help=help_text, description=help_text, epilog="examples:\n" + examples,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.set_defaults(func=func)
-    p.add_argument("--params", type=Path, default=Path("params.yaml"),
-                   help="where the defaults come from: tracking.model_name, promote.alias, evaluate.* "
-                        "(default: %(default)s; code defaults when it is absent)")
-    return p
-
-
-def _model_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=None,
-                   help="models:/NAME@ALIAS, models:/NAME/VERSION, a version number, or a checkpoint "
-                        "path (.pt file or the train stage's models/ folder); default: "
-                        "models:/<tracking.model_name>@<promote.alias> from --params, i.e. models:/rnngen@champion")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="rnngen", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="run `rnngen COMMAND --help` for a command's options and examples",
-    )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    p = _command(sub, "sample", "draw new images from a model and save them as one PNG grid", """\
-  rnngen sample --out samples.png
-  rnngen sample --model models:/rnngen/3 --n 16 --seed 1 --out v3.png
-  rnngen sample --model models/model.pt --n 100 --temperature 0.7 --out cool.png
-""", cmd_sample)
-    _model_option(p)
-    p.add_argument("--n", type=_positive_int, default=64, help="number of images (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
-    p.add_argument("--temperature", type=_positive_float, default=1.0,
-                   help="< 1 gives cleaner, less varied images: the VAEs and DRAW scale their prior's "
-                        "standard deviation by it, PixelRNN divides its logits by it (default: %(default)s)")
-    p.add_argument("--nrow", type=_positive_int, default=None, help="images per row (default: square grid)")
-    p.add_argument("--out", type=_png_out, default=Path("samples.png"), help="PNG to write (default: %(default)s)")
-
-    p = _command(sub, "inpaint", "hide part of images and let the model complete it; writes a PNG with "
-                 "rows original | masked | completed", """\
-  rnngen inpaint --image digit.png --mask bottom_half --out panel.png
-  rnngen inpaint --test-index 0 1 2 3 --split data/split --mask centre_square --out panel.png
-  rnngen inpaint --model models:/rnngen/2 --image a.png b.png --mask my_mask.png --out panel.png
-""", cmd_inpaint)
-    _model_option(p)
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--image", nargs="+", metavar="PNG", help="28x28 grayscale image file(s)")
-    src.add_argument("--test-index", nargs="+", type=int, metavar="I", help="index(es) into the test split")
-    p.add_argument("--split", type=Path, default=Path("data/split"),
-                   help="split stage output, for --test-index (default: %(default)s)")
-    p.add_argument("--mask", type=_mask_arg, required=True,
-                   help=f"{' | '.join(MASK_KINDS)}, or a 28x28 grayscale PNG whose white pixels are hidden")
-    p.add_argument("--iterations", type=_positive_int, default=20,
-                   help="rounds of the pseudo-Gibbs sampler of the latent-variable models; PixelRNN "
-                        "completes in one raster pass and ignores it (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
-    p.add_argument("--out", type=_png_out, default=Path("inpainting.png"), help="PNG to write (default: %(default)s)")
-
-    p = _command(sub, "evaluate", "score a model on the test split or on images you bring; prints JSON: NLL "
-                 "bounds (nats/image, bits/dim), Fréchet classifier distance, inpainting errors and accuracy", """\
+def _add_evaluate(sub: Any) -> None:
+    command = _add_command(sub, "evaluate", "score a model on the test split or on images you bring; prints "
+                           "JSON: NLL bounds (nats/image, bits/dim), Fréchet classifier distance, inpainting "
+                           "errors and accuracy", """\
   rnngen evaluate --split data/split                # = reports/metrics.json for the champion
   rnngen evaluate --data /usr/share/datasets/fashion-mnist --model models:/rnngen@champion
   rnngen evaluate --data my_digits/ --classifier classifier.pt --k 10 --out scores.json
@@ -381,34 +241,56 @@ scored) or PNG/JPEG images (converted to grey 28x28), one subfolder per class (a
 unlabelled: no accuracies). The classifier behind FCD and accuracy is --classifier, else the
 project's classifier/classifier.pt, else one trained here on the labelled images given (the IDX
 train pair, or the image folders).
-""", cmd_evaluate)
-    _model_option(p)
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--split", type=Path, default=None, help="split stage output: score its test split")
-    src.add_argument("--data", type=Path, help="folder of IDX .gz files or of PNG/JPEG images")
-    p.add_argument("--k", type=_positive_int, default=None,
-                   help="importance samples for the IWAE bound (default: evaluate.k)")
-    p.add_argument("--classifier", type=Path, default=None,
-                   help="classifier file (rnngen.classifier.save_classifier) for FCD and accuracy")
-    p.add_argument("--classifier-epochs", type=_positive_int, default=3,
-                   help="epochs when a classifier is trained on the given data (default: %(default)s)")
-    p.add_argument("--n-quality", type=_positive_int, default=None,
-                   help="samples and real images for the FCD, at most the images given (default: evaluate.n_quality)")
-    p.add_argument("--inpaint-images", type=_positive_int, default=None,
-                   help="images completed under each mask (default: evaluate.inpaint_images)")
-    p.add_argument("--iterations", type=_positive_int, default=None,
-                   help="pseudo-Gibbs rounds per completion (default: evaluate.inpaint_iterations)")
-    p.add_argument("--max-images", type=int, default=None,
-                   help="score only the first N images, 0 = all (default: evaluate.max_images)")
-    p.add_argument("--batch-size", type=_positive_int, default=None,
-                   help="images per forward pass (default: evaluate.batch_size)")
-    p.add_argument("--seed", type=int, default=None, help="random seed (default: evaluate.seed)")
-    p.add_argument("--out", type=Path, default=None, help="also write the JSON to this file")
-    p.add_argument("--pictures", type=Path, default=None,
-                   help="also save the samples, reconstructions and inpainting panels in this folder")
+""", _evaluate, model=True)
+    source = command.add_mutually_exclusive_group(required=True)
+    source.add_argument("--split", type=Path, default=None, help="split stage output: score its test split")
+    source.add_argument("--data", type=Path, help="folder of IDX .gz files or of PNG/JPEG images")
+    option = command.add_argument
+    option("--k", type=_positive_int, default=None, help="importance samples for the IWAE bound (default: evaluate.k)")
+    option("--classifier", type=Path, default=None,
+           help="classifier file (rnngen.classifier.save_classifier) for FCD and accuracy")
+    option("--classifier-epochs", type=_positive_int, default=3,
+           help="epochs when a classifier is trained on the given data (default: %(default)s)")
+    option("--n-quality", type=_positive_int, default=None,
+           help="samples and real images for the FCD, at most the images given (default: evaluate.n_quality)")
+    option("--inpaint-images", type=_positive_int, default=None,
+           help="images completed under each mask (default: evaluate.inpaint_images)")
+    option("--iterations", type=_positive_int, default=None,
+           help="pseudo-Gibbs rounds per completion (default: evaluate.inpaint_iterations)")
+    option("--max-images", type=int, default=None,
+           help="score only the first N images, 0 = all (default: evaluate.max_images)")
+    option("--batch-size", type=_positive_int, default=None,
+           help="images per forward pass (default: evaluate.batch_size)")
+    option("--seed", type=int, default=None, help="random seed (default: evaluate.seed)")
+    option("--out", type=Path, default=None, help="also write the JSON to this file")
+    option("--pictures", type=Path, default=None,
+           help="also save the samples, reconstructions and inpainting panels in this folder")
 
-    p = _command(sub, "promote", "compare the model `dvc repro` just registered with the champion and move "
-                 "the alias only if it wins; writes a markdown report and tags the model version", """\
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from rnngen import classifier, data, evaluate, files
+
+    cfg = _with_flags(defaults(args.params).evaluate, seed=args.seed, k=args.k, batch_size=args.batch_size,
+                      max_images=args.max_images, n_quality=args.n_quality, inpaint_images=args.inpaint_images,
+                      inpaint_iterations=args.iterations)
+    if args.split is not None:
+        x, y = data.load_split(args.split, "test")
+        images = data.UserData(x, y, None, None, f"the test split of {args.split} ({len(x)} images)")
+    else:
+        images = data.load_user_data(args.data)
+    project_classifier = classifier.PROJECT_CLASSIFIER if classifier.PROJECT_CLASSIFIER.is_file() else None
+    result = evaluate.evaluate_images(
+        images, cfg, lambda: _load_model(args), classifier_file=args.classifier or project_classifier,
+        classifier_epochs=args.classifier_epochs, test_split=args.split is not None, pictures=args.pictures,
+    )
+    if args.out:
+        files.write_json(args.out, result)
+    print(json.dumps(result, indent=2))
+
+
+def _add_promote(sub: Any) -> None:
+    command = _add_command(sub, "promote", "compare the model `dvc repro` just registered with the champion and "
+                           "move the alias only if it wins; writes a markdown report and tags the model version", """\
   rnngen promote                                  # after dvc repro: models/run.json + reports/metrics.json
   rnngen promote --margin 1.0 --tolerance test_nll_elbo=0.5
   rnngen promote --version 3 --force              # roll back: make version 3 the champion
@@ -416,48 +298,118 @@ train pair, or the image folders).
 The rule (params.yaml `promote:`): the challenger's test_nll_iwae must be lower than the
 champion's by at least --margin nats, and no other listed metric may be worse by more than its
 tolerance. The first model becomes champion. This changes the registry, so it is not a DVC stage.
-""", cmd_promote)
-    p.add_argument("--run-json", type=Path, default=Path("models/run.json"),
-                   help="train stage record (default: %(default)s)")
-    p.add_argument("--metrics", type=Path, default=Path("reports/metrics.json"),
-                   help="evaluate stage metrics (default: %(default)s)")
-    p.add_argument("--report", type=Path, default=Path("reports/promotion.md"),
-                   help="markdown report to write (default: %(default)s)")
-    p.add_argument("--split", type=Path, default=Path("data/split"),
-                   help="test split for re-scoring a champion evaluated on other data (default: %(default)s)")
-    p.add_argument("--margin", type=float, default=None, help="nats the primary metric must improve by")
-    p.add_argument("--tolerance", type=_tolerance_arg, action="append", metavar="METRIC=VALUE",
-                   help="how much worse METRIC may get (repeatable)")
-    p.add_argument("--alias", default=None, help="alias to move (default: promote.alias)")
-    p.add_argument("--version", default=None, help="challenger version (default: the one in --run-json)")
-    p.add_argument("--name", default=None, help="registered model name, with --version (default: tracking.model_name)")
-    p.add_argument("--force", action="store_true", help="move the alias whatever the metrics say")
+""", _promote)
+    option = command.add_argument
+    option("--run-json", type=Path, default=Path("models/run.json"), help="train stage record (default: %(default)s)")
+    option("--metrics", type=Path, default=Path("reports/metrics.json"),
+           help="evaluate stage metrics (default: %(default)s)")
+    option("--report", type=Path, default=Path("reports/promotion.md"),
+           help="markdown report to write (default: %(default)s)")
+    option("--split", type=Path, default=Path("data/split"),
+           help="test split for re-scoring a champion evaluated on other data (default: %(default)s)")
+    option("--margin", type=float, default=None, help="nats the primary metric must improve by")
+    option("--tolerance", type=_tolerance_arg, action="append", metavar="METRIC=VALUE",
+           help="how much worse METRIC may get (repeatable)")
+    option("--alias", default=None, help="alias to move (default: promote.alias)")
+    option("--version", default=None, help="challenger version (default: the one in --run-json)")
+    option("--name", default=None, help="registered model name, with --version (default: tracking.model_name)")
+    option("--force", action="store_true", help="move the alias whatever the metrics say")
 
-    p = _command(sub, "info", "show which version holds the champion alias and its held-out metrics (JSON)", """\
+
+def _promote(args: argparse.Namespace) -> None:
+    from rnngen import promote
+
+    settings = defaults(args.params)
+    tolerances = {**settings.promote.tolerances, **dict(args.tolerance)} if args.tolerance else None
+    cfg = _with_flags(settings.promote, margin=args.margin, alias=args.alias or None, tolerances=tolerances)
+    rescore = None
+    if args.split.is_dir():  # re-scores a champion that was evaluated on another test set
+        rescore = promote.likelihood_rescorer(args.split, settings.evaluate.batch_size)
+    decision = promote.promote(
+        cfg, args.report, run_json=args.run_json, metrics_json=args.metrics, version=args.version,
+        name=args.name or (None if args.version is None else settings.model_name), rescore=rescore,
+        force=args.force, default_name=settings.model_name,
+    )
+    print(args.report.read_text(), end="")
+    print(f"promotion: {decision.outcome} (report: {args.report})", file=sys.stderr)
+
+
+def _add_info(sub: Any) -> None:
+    command = _add_command(sub, "info", "show which version holds the champion alias and its held-out metrics "
+                           "(JSON)", """\
   rnngen info
   rnngen info --name rnngen --alias champion
   MLFLOW_TRACKING_URI=http://mlflow:5000 rnngen info
-""", cmd_info)
-    p.add_argument("--name", default=None, help="registered model name (default: tracking.model_name)")
-    p.add_argument("--alias", default=None, help="alias to look up (default: promote.alias)")
+""", _info)
+    option = command.add_argument
+    option("--name", default=None, help="registered model name (default: tracking.model_name)")
+    option("--alias", default=None, help="alias to look up (default: promote.alias)")
 
-    text = "start a team's tracking server and tuning database: PostgreSQL + mlflow server (until Ctrl-C)"
-    p = sub.add_parser("server", help=text, description=text, formatter_class=argparse.RawDescriptionHelpFormatter,
-                       epilog="""examples:
-  rnngen server                                   # then, in the shell that runs the pipeline:
-  export MLFLOW_TRACKING_URI=http://127.0.0.1:5000
-  export RNNGEN_OPTUNA_STORAGE=postgresql+psycopg2://rnngen@127.0.0.1:5433/optuna
-  rnngen server --dir /srv/rnngen --port 5001 --pg-port 5434
 
-PostgreSQL listens on 127.0.0.1 only and trusts local connections; needs the PostgreSQL server
-(apt-get install postgresql) and the driver (pip install -e '.[server]').""")
-    p.set_defaults(func=cmd_server)
-    p.add_argument("--dir", type=Path, default=Path(".rnngen-server"),
-                   help="folder of the PostgreSQL cluster, the logs and the artifacts (default: %(default)s)")
-    p.add_argument("--port", type=int, default=5000, help="mlflow server port (default: %(default)s)")
-    p.add_argument("--pg-port", type=int, default=5433, help="PostgreSQL port (default: %(default)s)")
-    p.add_argument("--host", default="127.0.0.1",
-                   help="interface mlflow server listens on (default: %(default)s; 0.0.0.0 for a team)")
+def _info(args: argparse.Namespace) -> None:
+    from rnngen import registry
+
+    settings = defaults(args.params)
+    info = registry.model_info(args.name or settings.model_name, args.alias or settings.alias)
+    print(json.dumps(info, indent=2))
+
+
+def _add_server(sub: Any) -> None:
+    command = _add_command(sub, "server", "a team's tracking server and tuning database: PostgreSQL + mlflow "
+                           "server, both asking for passwords (until Ctrl-C); add a teammate; rotate a password", """\
+  rnngen server                                  # start; prints what the pipeline's shell exports
+  rnngen server add-user ana --role edit         # a teammate; prints the file that holds her password
+  rnngen server passwd ana                       # a new password: admin, a teammate, tuner or rnngen
+  rnngen server --dir /srv/rnngen --host 0.0.0.0 --allowed-hosts ml.example.org
+
+PostgreSQL asks every connection for a password (scram-sha-256), MLflow runs its basic-auth app;
+passwords are generated into 0600 files in DIR/secrets and never printed. Both listen on 127.0.0.1
+unless --host says otherwise. Needs the PostgreSQL server (apt-get install postgresql) and
+pip install -e '.[server]'.""", _server, params=False)
+    option = command.add_argument
+    option("--dir", type=Path, default=Path(".rnngen-server"),
+           help="folder of the PostgreSQL cluster, the logs, the artifacts and the secrets (default: %(default)s)")
+    option("--port", type=int, default=5000, help="mlflow server port (default: %(default)s)")
+    option("--pg-port", type=int, default=5433, help="PostgreSQL port (default: %(default)s)")
+    option("--host", default="127.0.0.1",
+           help="interface both servers listen on (default: %(default)s; another needs authentication on)")
+    option("--allowed-hosts", default="",
+           help="comma-separated names clients reach MLflow by, besides loopback (default with --host 0.0.0.0: "
+                "this machine's names)")
+    option("--no-auth", action="store_true", help="MLflow without its auth app: one person, loopback only")
+    actions = command.add_subparsers(dest="action", metavar="ACTION")
+    add = actions.add_parser("add-user", help="a teammate with READ or EDIT on the experiments and the model")
+    add.add_argument("name")
+    add.add_argument("--role", choices=("read", "edit"), required=True)
+    add.add_argument("--params", type=Path, default=Path("params.yaml"),
+                     help="tracking.experiment and tracking.model_name come from here (default: %(default)s)")
+    actions.add_parser("passwd", help="a new password for admin, a teammate, tuner or rnngen").add_argument("name")
+
+
+def _server(args: argparse.Namespace) -> None:
+    from rnngen import team
+
+    if args.action == "add-user":
+        from rnngen.config import load_params, section
+        from rnngen.tracking import TrackingConfig
+
+        tracking = section(TrackingConfig, load_params(args.params) if args.params.is_file() else {}, "tracking")
+        team.add_user(args.dir, args.name, args.role, tracking.experiment, tracking.model_name)
+    elif args.action == "passwd":
+        team.rotate_password(args.dir, args.name)
+    else:
+        team.serve(args.dir, args.pg_port, args.port, args.host, auth=not args.no_auth,
+                   names=[name for name in args.allowed_hosts.split(",") if name])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rnngen", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="run `rnngen COMMAND --help` for a command's options and examples",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add_command in (_add_sample, _add_inpaint, _add_evaluate, _add_promote, _add_info, _add_server):
+        add_command(sub)
     return parser
 
 

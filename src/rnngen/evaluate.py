@@ -1,24 +1,34 @@
 """Evaluation in the literature's units: negative log-likelihood bounds in nats per image
 (ELBO and the importance-weighted bound of Burda et al. 2016) and bits per dimension; sample
-quality (Fréchet classifier distance); inpainting scores; the pictures that go with them."""
+quality (Fréchet classifier distance); inpainting scores; the pictures that go with them. The
+same numbers for images a user brings (:func:`evaluate_images`) and for a champion re-scored on
+a challenger's test set (:func:`rescore_likelihood`)."""
 
 from __future__ import annotations
 
 import math
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from rnngen.classifier import DigitClassifier
-from rnngen.config import below
-from rnngen.data import PIXELS, binarized_test_set, to_unit
+from rnngen.classifier import DigitClassifier, fallback_classifier, load_classifier
+from rnngen.config import under_minimum
+from rnngen.data import PIXELS, DataError, UserData, binarized_test_set, load_split, test_set_digest, to_unit
 from rnngen.inpaint import MASKS, inpaint, inpainting_metrics, make_mask
 from rnngen.models import GenerativeModel
 from rnngen.pictures import canvas_gif, canvas_strip, inpainting_panel, save_grid
 from rnngen.quality import sample_quality
+from rnngen.tracking import TrackingError
+
+if TYPE_CHECKING:
+    from rnngen.registry import LoadedModel
 
 
 @dataclass(frozen=True)
@@ -42,8 +52,8 @@ class EvalConfig:
 
     def problems(self) -> list[str]:
         # n_quality >= 2: a covariance needs two images; max_images 0 means all
-        return below(self, k=1, batch_size=1, n_samples=1, max_images=0, n_quality=2, inpaint_images=1,
-                     inpaint_iterations=1)
+        return under_minimum(self, k=1, batch_size=1, n_samples=1, max_images=0, n_quality=2, inpaint_images=1,
+                             inpaint_iterations=1)
 
 
 def test_set_identity(
@@ -68,9 +78,9 @@ def log_weights_chunked(
     parts = []
     done = 0
     while done < k:
-        m = min(per_chunk, k - done)
-        parts.append(model.log_weights(x, m, generator=generator))
-        done += m
+        chunk = min(per_chunk, k - done)
+        parts.append(model.log_weights(x, chunk, generator=generator))
+        done += chunk
     return torch.cat(parts, 0)
 
 
@@ -137,25 +147,98 @@ def report(
     n_quality = min(cfg.n_quality, len(real))
     metrics |= {f"test_{k}": v for k, v in sample_quality(model, classifier, real, n_quality, cfg.seed).items()}
 
-    gen = torch.Generator(device=model.device).manual_seed(cfg.seed)
-    n = cfg.n_samples
+    generator = torch.Generator(device=model.device).manual_seed(cfg.seed)
+    n_pictures = cfg.n_samples
     with torch.no_grad():
-        samples = model.sample(n, generator=gen)
-        recon = model.reconstruct(x[: n // 2].to(model.device), generator=gen)
-        steps = model.sample_steps(min(n, 16), generator=gen)
-    save_grid(samples, pictures / "samples.png", nrow=max(1, int(math.sqrt(n))))
-    save_grid(torch.stack([x[: n // 2], recon.cpu()], 1).flatten(0, 1), pictures / "reconstructions.png", nrow=8)
+        samples = model.sample(n_pictures, generator=generator)
+        recon = model.reconstruct(x[: n_pictures // 2].to(model.device), generator=generator)
+        steps = model.sample_steps(min(n_pictures, 16), generator=generator)
+    save_grid(samples, pictures / "samples.png", nrow=max(1, int(math.sqrt(n_pictures))))
+    pairs = torch.stack([x[: n_pictures // 2], recon.cpu()], 1).flatten(0, 1)  # original, reconstruction, ...
+    save_grid(pairs, pictures / "reconstructions.png", nrow=8)
     if steps is not None:  # DRAW: the canvas being drawn, step by step
         canvas_gif(steps.cpu(), pictures / "canvas.gif", nrow=4)
         canvas_strip(steps.cpu(), pictures / "canvas_strip.png")
 
-    m, shown = min(cfg.inpaint_images, len(x)), min(16, len(x))
+    n_inpaint, n_shown = min(cfg.inpaint_images, len(x)), min(16, len(x))
     for kind in MASKS:
-        scores = inpainting_metrics(model, classifier, x[:m], y_test[:m], kind, cfg.inpaint_iterations, cfg.seed)
+        scores = inpainting_metrics(model, classifier, x[:n_inpaint], y_test[:n_inpaint], kind,
+                                    cfg.inpaint_iterations, cfg.seed)
         metrics |= {f"inpaint_{kind}_{k}": v for k, v in scores.items()}
-        mask = make_mask(kind, shown, torch.Generator().manual_seed(cfg.seed))
+        mask = make_mask(kind, n_shown, torch.Generator().manual_seed(cfg.seed))
         with torch.no_grad():
-            done = inpaint(model, x[:shown].to(model.device), mask.to(model.device), cfg.inpaint_iterations,
-                           torch.Generator(device=model.device).manual_seed(cfg.seed))
-        inpainting_panel(x[:shown], mask, done.cpu(), pictures / f"inpaint_{kind}.png")
+            completed = inpaint(model, x[:n_shown].to(model.device), mask.to(model.device), cfg.inpaint_iterations,
+                                torch.Generator(device=model.device).manual_seed(cfg.seed))
+        inpainting_panel(x[:n_shown], mask, completed.cpu(), pictures / f"inpaint_{kind}.png")
     return metrics
+
+
+# --------------------------------------------------------------- other images, other models
+
+
+def evaluate_images(
+    images: UserData,
+    cfg: EvalConfig,
+    load_model: Callable[[], LoadedModel],
+    *,
+    classifier_file: Path | None,
+    classifier_epochs: int,
+    test_split: bool,
+    pictures: Path | None = None,
+) -> dict[str, Any]:
+    """:func:`report` on a split's test images (``test_split``: the same numbers as the evaluate
+    stage's reports/metrics.json at the same settings) or on a user's images, with what was scored.
+
+    The judge is ``classifier_file``, else one trained on the labelled images given for
+    ``classifier_epochs``. ``load_model`` is called once the images are known to be enough, and
+    before a judge is trained: a bad model name fails early. Pictures are copied to ``pictures``.
+    """
+    n = min(len(images.x), cfg.max_images or len(images.x))
+    if n < 2:
+        raise DataError(f"{images.description}: need at least 2 images (a covariance for the FCD)")
+    loaded = load_model()
+    if classifier_file is not None:
+        judge, judge_note = load_classifier(classifier_file), str(classifier_file)
+    else:
+        train_x = images.x_train if images.x_train is not None else images.x
+        judge, judge_note = fallback_classifier(train_x, images.y_train, cfg.seed, classifier_epochs)
+    x = images.x[:n]
+    y = images.y[:n] if images.y is not None else torch.zeros(n, dtype=torch.long)
+    # the test split is binarized as the model was trained; a user's grey images once, seeded
+    binarization = loaded.binarization if test_split or loaded.binarization == "none" else "dynamic"
+    with tempfile.TemporaryDirectory() as folder:
+        metrics = report(loaded.model, x, y, judge, cfg, binarization, Path(folder), progress=False)
+        if pictures:
+            shutil.copytree(folder, pictures, dirs_exist_ok=True)
+    if images.y is None:  # no labels: accuracies against label 0 mean nothing
+        metrics = {k: v for k, v in metrics.items() if "accuracy" not in k}
+    return {
+        "model": loaded.source,
+        "data": images.description,
+        "labelled": images.y is not None,
+        "binarization": f"{binarization} (images binarized once with seed {cfg.seed})",
+        "classifier": judge_note,
+        **metrics,
+    }
+
+
+def rescore_likelihood(
+    test_set: Mapping[str, str], split_dir: str | Path, load_model: Callable[[], GenerativeModel], batch_size: int = 100
+) -> dict[str, float]:
+    """The ``test_*`` NLL bounds of a model (a champion) on the test set an evaluation's identity
+    names (:func:`test_set_identity`), computed as the evaluate stage computed them: that
+    binarization, seed, k and image count, on the test images of ``split_dir``, which must be that
+    test set (same ``data_sha256``). ``load_model`` is called once both are checked."""
+    missing = [k for k in ("binarization", "seed", "k", "n_test", "data_sha256") if k not in test_set]
+    if missing:
+        raise TrackingError(f"cannot re-score the champion: the challenger's evaluation lacks test_set "
+                            f"{', '.join(missing)}; run `dvc repro`")
+    if test_set_digest(split_dir) != test_set["data_sha256"]:
+        raise TrackingError(f"cannot re-score the champion: {split_dir} is not the challenger's test set "
+                            "(data digest differs); run `dvc repro` first")
+    x_test, _ = load_split(split_dir, "test")
+    model = load_model()
+    k, n, seed = int(test_set["k"]), int(test_set["n_test"]), int(test_set["seed"])
+    x = binarized_test_set(x_test[:n], test_set["binarization"], seed)
+    bounds = likelihood_bounds(model, x, k, batch_size, seed, progress=False)
+    return {f"test_{key}": v for key, v in bounds.items()}

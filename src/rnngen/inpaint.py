@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from rnngen.classifier import DigitClassifier, accuracy, as_images, judged
+from rnngen import data
+from rnngen.classifier import DigitClassifier, accuracy, as_images, as_judged
 from rnngen.models import GenerativeModel
 
 SIDE = 28
@@ -35,9 +36,9 @@ def bottom_half(n: int, generator: torch.Generator | None = None) -> Tensor:
 
 def centre_square(n: int, generator: torch.Generator | None = None) -> Tensor:
     """The central 14x14 square (rows and columns 7..20) missing."""
-    lo = (SIDE - CENTRE) // 2
+    top = (SIDE - CENTRE) // 2
     mask = torch.zeros(n, 1, SIDE, SIDE, dtype=torch.bool)
-    mask[:, :, lo : lo + CENTRE, lo : lo + CENTRE] = True
+    mask[:, :, top : top + CENTRE, top : top + CENTRE] = True
     return mask
 
 
@@ -60,6 +61,17 @@ def make_mask(kind: str, n: int, generator: torch.Generator | None = None) -> Te
     if kind not in MASKS:
         raise ValueError(f"unknown inpainting mask {kind!r}; choose one of {', '.join(MASKS)}")
     return MASKS[kind](n, generator)
+
+
+def load_mask(kind_or_file: str, n: int, seed: int) -> Tensor:
+    """Boolean "missing" mask ``(n, 1, 28, 28)``: a kind of :data:`MASKS` (seeded), or an image
+    file whose white pixels (>= 128) are hidden (read as every image is: grey, 28x28)."""
+    if kind_or_file in MASKS:
+        return make_mask(kind_or_file, n, torch.Generator().manual_seed(seed))
+    mask = torch.from_numpy(data.read_image(kind_or_file)) >= 128  # (28, 28)
+    if not mask.any():
+        raise data.DataError(f"mask {kind_or_file} hides no pixel: white (>= 128) marks the pixels to complete")
+    return mask.view(1, 1, SIDE, SIDE).expand(n, 1, SIDE, SIDE).clone()
 
 
 @torch.no_grad()
@@ -126,9 +138,9 @@ def inpainting_metrics(
     n_missing = mask.sum().clamp(min=1)
     sq_err = (completed - x).square()
     bce = F.binary_cross_entropy(completed, x, reduction="none")  # log clamped at -100 by torch
-    x_judged = judged(classifier, x, seed)
+    x_judged = as_judged(classifier, x, seed)
     # one seed, one draw per pixel: a grey x's observed pixels binarize alike in all three
-    completed_judged = judged(classifier, complete(binary=True), seed) if classifier.binary else completed
+    completed_judged = as_judged(classifier, complete(binary=True), seed) if classifier.binary else completed
     return {
         "mse_missing": (sq_err[mask].sum() / n_missing).item(),
         "bce_missing": (bce[mask].sum() / n_missing).item(),

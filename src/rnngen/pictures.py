@@ -20,12 +20,12 @@ MISSING_GREY = 0.5
 
 def save_grid(images: Tensor, path: str | Path, nrow: int = 8) -> Path:
     """Save ``(N, 1, 28, 28)`` images in [0, 1] as one PNG grid (torchvision's layout)."""
-    path = _ready(path)
+    path = _with_folder(path)
     save_image(images.float().clamp(0, 1).cpu(), path, nrow=nrow, padding=2, pad_value=0.5)
     return path
 
 
-def _ready(path: str | Path) -> Path:
+def _with_folder(path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     return path
@@ -48,7 +48,7 @@ def inpainting_panel(original: Tensor, mask: Tensor, completed: Tensor, path: st
             row = block[start : start + ncol]
             blank = torch.ones(ncol - len(row), *row.shape[1:])  # fills the last, short group
             rows.append(torch.cat([row, blank]))
-    path = _ready(path)
+    path = _with_folder(path)
     save_image(torch.cat(rows).clamp(0, 1), path, nrow=ncol, padding=PAD, pad_value=1.0)
     return path
 
@@ -73,7 +73,7 @@ def canvas_gif(frames: Tensor, path: str | Path, nrow: int = 8, *, frame_ms: int
     frames = _check_frames(frames)
     images = [Image.fromarray(_grid_uint8(f, nrow).numpy()) for f in frames]  # 2-D uint8: mode L
     durations = [frame_ms] * (len(images) - 1) + [hold_ms]
-    path = _ready(path)
+    path = _with_folder(path)
     images[0].save(path, save_all=True, append_images=images[1:], duration=durations, loop=0)
     return path
 
@@ -84,6 +84,6 @@ def canvas_strip(frames: Tensor, path: str | Path, n_frames: int = 8, *, n_sampl
     frames = _check_frames(frames)
     steps = torch.linspace(0, len(frames) - 1, max(1, n_frames)).round().long().unique()
     rows = frames[steps, :n_samples].transpose(0, 1)  # (samples, steps, 1, 28, 28)
-    path = _ready(path)
+    path = _with_folder(path)
     save_image(rows.flatten(0, 1), path, nrow=len(steps), padding=PAD, pad_value=MISSING_GREY)
     return path

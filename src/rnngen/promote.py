@@ -1,4 +1,5 @@
-"""Champion/challenger promotion in the MLflow model registry, and finding models in it.
+"""Champion/challenger promotion in the MLflow model registry (finding and loading the models
+there is :mod:`rnngen.registry`'s job).
 
 After ``dvc repro`` trained, registered and evaluated a new model version (the challenger),
 :func:`promote` compares its held-out metrics with those of the version holding the
@@ -29,9 +30,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from rnngen import checkpoint
+from rnngen.evaluate import rescore_likelihood
 from rnngen.files import atomic_write_text, read_json
+from rnngen.models import GenerativeModel
 from rnngen.registry import EVALUATION_TAG, TEST_SET_PREFIX, client, download_checkpoint, mlflow_errors, model_version
-from rnngen.tracking import TrackingError
+from rnngen.tracking import TrackingConfig, TrackingError
 
 #: folder of the challenger's run where each decision's report is logged (one file per decision)
 REPORT_FOLDER = "promotion"
@@ -74,9 +78,6 @@ def higher_is_better(metric: str) -> bool:
     return any(word in metric for word in HIGHER_IS_BETTER)
 
 
-# ---------------------------------------------------------------------------- deciding
-
-
 @dataclass(frozen=True)
 class Candidate:
     """One model version as promotion sees it."""
@@ -94,7 +95,9 @@ class Candidate:
 
 
 @dataclass(frozen=True)
-class Row:
+class MetricRow:
+    """One metric of the two versions, under the rule it is judged by."""
+
     metric: str
     champion: float | None
     challenger: float | None
@@ -110,7 +113,7 @@ class Decision:
     reason: str
     challenger: Candidate
     champion: Candidate | None
-    rows: tuple[Row, ...] = ()
+    rows: tuple[MetricRow, ...] = ()
     decided_at: str = field(default_factory=lambda: dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
 
     @property
@@ -118,38 +121,39 @@ class Decision:
         return self.outcome in ("first", "promoted", "forced")
 
 
-def candidate(mlflow_client: Any, mv: Any) -> Candidate:
-    """A model version with the metrics and test-set identity of its latest evaluation: the
-    evaluate stage's run (named by the version's ``evaluation_run_id`` tag), whose
-    ``test_set.*`` params are the structured identity. Not evaluated yet: no metrics."""
-    eval_id = mv.tags.get(EVALUATION_TAG)
+def candidate(mlflow_client: Any, registered: Any) -> Candidate:
+    """The registry's model version ``registered`` with the metrics and test-set identity of its
+    latest evaluation: the evaluate stage's run (named by the version's ``evaluation_run_id``
+    tag), whose ``test_set.*`` params are the structured identity. Not evaluated yet: no metrics."""
+    name, version, run_id = registered.name, str(registered.version), registered.run_id
+    eval_id = registered.tags.get(EVALUATION_TAG)
     if not eval_id:
-        return Candidate(mv.name, str(mv.version), mv.run_id, {}, {})
+        return Candidate(name, version, run_id, {}, {})
     try:
         run = mlflow_client.get_run(eval_id)
     except mlflow_errors() as exc:
-        raise TrackingError(f"model version {mv.version} names evaluation run {eval_id}, which is gone") from exc
+        raise TrackingError(f"model version {version} names evaluation run {eval_id}, which is gone") from exc
     test_set = {k.removeprefix(TEST_SET_PREFIX): v for k, v in run.data.params.items()
                 if k.startswith(TEST_SET_PREFIX)}
     metrics = {k: float(v) for k, v in run.data.metrics.items()}
-    return Candidate(mv.name, str(mv.version), mv.run_id, metrics, test_set, evaluation_run_id=eval_id)
+    return Candidate(name, version, run_id, metrics, test_set, evaluation_run_id=eval_id)
 
 
-def with_reported_metrics(c: Candidate, metrics: Mapping[str, Any], primary: str, source: str) -> Candidate:
-    """``c`` with the numbers of ``metrics`` (reports/metrics.json), after checking that they
-    are this version's: the evaluate stage logs the same numbers to the version's run."""
-    logged, reported = c.metrics.get(primary), metrics.get(primary)
+def with_reported_metrics(version: Candidate, metrics: Mapping[str, Any], primary: str, source: str) -> Candidate:
+    """``version`` with the numbers of ``metrics`` (reports/metrics.json), after checking that
+    they are its own: the evaluate stage logs the same numbers to the version's run."""
+    logged, reported = version.metrics.get(primary), metrics.get(primary)
     if logged is None or not _is_number(reported) or not math.isclose(logged, reported, rel_tol=1e-9, abs_tol=1e-9):
         raise TrackingError(
-            f"{source} ({primary} {reported}) does not match what run {c.run_id} of {c.name} v{c.version} "
-            f"logged ({logged}): the evaluation is stale or of another model; run `dvc repro`"
+            f"{source} ({primary} {reported}) does not match what run {version.run_id} of {version.name} "
+            f"v{version.version} logged ({logged}): the evaluation is stale or of another model; run `dvc repro`"
         )
     numbers = {k: float(v) for k, v in metrics.items() if _is_number(v)}
-    return dataclasses.replace(c, metrics={**c.metrics, **numbers})
+    return dataclasses.replace(version, metrics={**version.metrics, **numbers})
 
 
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def test_set_differences(a: Candidate, b: Candidate) -> list[str]:
@@ -206,29 +210,23 @@ def decide(challenger: Candidate, champion: Candidate | None, cfg: PromoteConfig
     return Decision("promoted", reason, challenger, champion, rows)
 
 
-def _rows(challenger: Candidate, champion: Candidate, cfg: PromoteConfig) -> tuple[Row, ...]:
-    def get(c: Candidate, m: str) -> float | None:
-        return c.metrics.get(m)
-
-    a, b = get(champion, cfg.primary), get(challenger, cfg.primary)
+def _rows(challenger: Candidate, champion: Candidate, cfg: PromoteConfig) -> tuple[MetricRow, ...]:
+    old, new = champion.metrics.get(cfg.primary), challenger.metrics.get(cfg.primary)
     rule = f"lower by >= {cfg.margin:g}"
-    primary = Row(cfg.primary, a, b, rule, None if a is None or b is None else b <= a - cfg.margin,
-                  "" if a is not None else "champion has none")
+    primary = MetricRow(cfg.primary, old, new, rule, None if old is None or new is None else new <= old - cfg.margin,
+                        "" if old is not None else "champion has none")
     rows = [primary]
     for metric, tol in cfg.tolerances.items():
-        a, b = get(champion, metric), get(challenger, metric)
+        old, new = champion.metrics.get(metric), challenger.metrics.get(metric)
         up = higher_is_better(metric)
         rule = f"no lower than -{tol:g}" if up else f"no higher than +{tol:g}"
-        if a is None or b is None:
-            who = " and ".join(w for w, v in (("champion", a), ("challenger", b)) if v is None)
-            note = f"{who} has none" + (" (re-scored: NLL bounds only)" if champion.rescored and a is None else "")
-            rows.append(Row(metric, a, b, rule, None, note))
+        if old is None or new is None:
+            who = " and ".join(side for side, v in (("champion", old), ("challenger", new)) if v is None)
+            note = f"{who} has none" + (" (re-scored: NLL bounds only)" if champion.rescored and old is None else "")
+            rows.append(MetricRow(metric, old, new, rule, None, note))
         else:
-            rows.append(Row(metric, a, b, rule, b >= a - tol if up else b <= a + tol))
+            rows.append(MetricRow(metric, old, new, rule, new >= old - tol if up else new <= old + tol))
     return tuple(rows)
-
-
-# ----------------------------------------------------------------------------- report
 
 
 def render_report(decision: Decision, cfg: PromoteConfig) -> str:
@@ -276,17 +274,13 @@ def render_report(decision: Decision, cfg: PromoteConfig) -> str:
     return "\n".join(lines)
 
 
-def _cell(v: float | None) -> str:
-    return "-" if v is None else f"{v:.3f}"
+def _cell(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
-def _describe_test_set(c: Candidate) -> str:
-    t = c.test_set
-    short = {k: (v[:12] if k == "data_sha256" else v) for k, v in sorted(t.items())}
+def _describe_test_set(version: Candidate) -> str:
+    short = {k: (v[:12] if k == "data_sha256" else v) for k, v in sorted(version.test_set.items())}
     return ", ".join(f"{k}={v}" for k, v in short.items()) or "unknown"
-
-
-# ------------------------------------------------------------------------------- acting
 
 
 def record(mlflow_client: Any, decision: Decision, cfg: PromoteConfig, report: str) -> None:
@@ -334,7 +328,7 @@ def promote(
     rescore: Rescorer | None = None,
     force: bool = False,
     uri: str | None = None,
-    default_name: str = "rnngen",
+    default_name: str = TrackingConfig.model_name,
 ) -> Decision:
     """Decide on the challenger and record the decision (registry tags, alias, report).
 
@@ -351,18 +345,18 @@ def promote(
     name = name or default_name
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or run_info.get("tracking_uri") or None
     mlflow_client = client(uri)
-    mv = model_version(mlflow_client, name, version)
-    if run_info and mv.run_id != run_info["run_id"]:
+    registered = model_version(mlflow_client, name, version)
+    if run_info and registered.run_id != run_info["run_id"]:
         raise TrackingError(
             f"{run_json} says {name} v{version} comes from run {run_info['run_id']}, but in "
-            f"{mlflow_client.tracking_uri} it comes from run {mv.run_id}: wrong tracking store?"
+            f"{mlflow_client.tracking_uri} it comes from run {registered.run_id}: wrong tracking store?"
         )
-    challenger = candidate(mlflow_client, mv)
+    challenger = candidate(mlflow_client, registered)
     if metrics is not None:
         challenger = with_reported_metrics(challenger, metrics, cfg.primary, str(metrics_json))
-    registered = mlflow_client.get_registered_model(name)
+    aliases = mlflow_client.get_registered_model(name).aliases
     champion = None
-    if cfg.alias in registered.aliases:
+    if cfg.alias in aliases:
         champion = candidate(mlflow_client, mlflow_client.get_model_version_by_alias(name, cfg.alias))
         needs = champion.version != challenger.version and (
             test_set_differences(challenger, champion) or cfg.primary not in champion.metrics
@@ -392,28 +386,15 @@ def _pipeline_outputs(run_json: Path, metrics_json: str | Path | None) -> tuple[
 
 def likelihood_rescorer(split_dir: str | Path, batch_size: int = 100) -> Rescorer:
     """Score the champion's NLL bounds on the challenger's test set exactly as the evaluate
-    stage scored the challenger: the identity's binarization, seed, k and image count, on the
-    test images of ``split_dir`` (which must be the challenger's: same ``data_sha256``)."""
+    stage scored the challenger (:func:`rnngen.evaluate.rescore_likelihood`), on the test
+    images of ``split_dir`` (which must be the challenger's: same ``data_sha256``)."""
 
     def rescore(mlflow_client: Any, challenger: Candidate, champion: Candidate) -> dict[str, float]:
-        from rnngen import checkpoint as ckpt
-        from rnngen import data
-        from rnngen.evaluate import likelihood_bounds
+        with tempfile.TemporaryDirectory() as folder:
+            def champion_model() -> GenerativeModel:
+                return checkpoint.load_model(download_checkpoint(mlflow_client, champion.name, champion.version,
+                                                                 folder))
 
-        t = challenger.test_set
-        missing = [k for k in ("binarization", "seed", "k", "n_test", "data_sha256") if k not in t]
-        if missing:
-            raise TrackingError(f"cannot re-score the champion: the challenger's evaluation lacks test_set "
-                                f"{', '.join(missing)}; run `dvc repro`")
-        if data.test_set_digest(split_dir) != t["data_sha256"]:
-            raise TrackingError(f"cannot re-score the champion: {split_dir} is not the challenger's test set "
-                                "(data digest differs); run `dvc repro` first")
-        x_test, _ = data.load_split(split_dir, "test")
-        with tempfile.TemporaryDirectory() as tmp:
-            model = ckpt.load_model(download_checkpoint(mlflow_client, champion.name, champion.version, tmp))
-        k, n, seed = int(t["k"]), int(t["n_test"]), int(t["seed"])
-        x = data.binarized_test_set(x_test[:n], t["binarization"], seed)
-        bounds = likelihood_bounds(model, x, k, batch_size, seed, progress=False)
-        return {f"test_{key}": v for key, v in bounds.items()}
+            return rescore_likelihood(challenger.test_set, split_dir, champion_model, batch_size)
 
     return rescore

@@ -193,34 +193,34 @@ def load(spec: str, default_name: str, device: str = "cpu") -> LoadedModel:
                            str(path))
     name, ref = parsed
     mlflow_client = client()
-    mv = model_version(mlflow_client, name, ref)
+    registered = model_version(mlflow_client, name, ref)
     with tempfile.TemporaryDirectory() as tmp:
-        path = download_checkpoint(mlflow_client, name, str(mv.version), tmp)
+        path = download_checkpoint(mlflow_client, name, str(registered.version), tmp)
         state = ckpt.load(path)
         model = ckpt.model_from_state(state, path, device)
     return LoadedModel(model, str(state.get("binarization", "dynamic")),
-                       f"{spec} (version {mv.version}, run {mv.run_id})")
+                       f"{spec} (version {registered.version}, run {registered.run_id})")
 
 
 def model_info(name: str, alias: str) -> dict[str, Any]:
     """Which version holds ``alias``, its run, held-out metrics and promotion record."""
     mlflow_client = client()
-    mv = model_version(mlflow_client, name, alias)
-    run = mlflow_client.get_run(mv.run_id)
+    held = model_version(mlflow_client, name, alias)
+    run = mlflow_client.get_run(held.run_id)
     registered = mlflow_client.get_registered_model(name)
     return {
         "name": name,
         "alias": alias,
-        "version": str(mv.version),
+        "version": str(held.version),
         "uri": f"models:/{name}@{alias}",
-        "run_id": mv.run_id,
+        "run_id": held.run_id,
         "run_name": run.info.run_name,
         "model": run.data.tags.get("model"),
-        "created": mv.creation_timestamp,
+        "created": held.creation_timestamp,
         "metrics": {k: v for k, v in sorted(run.data.metrics.items()) if k.startswith(("test_", "inpaint_"))},
-        "test_set": {k.removeprefix("test_set."): v for k, v in sorted(mv.tags.items())
+        "test_set": {k.removeprefix("test_set."): v for k, v in sorted(held.tags.items())
                      if k.startswith("test_set.")},
-        "promotion": {k.removeprefix("promotion."): v for k, v in sorted(mv.tags.items())
+        "promotion": {k.removeprefix("promotion."): v for k, v in sorted(held.tags.items())
                       if k.startswith("promotion.")},
         "aliases": {f"@{a}": v for a, v in sorted(registered.aliases.items())},
         "tracking_uri": mlflow_client.tracking_uri,

@@ -12,7 +12,7 @@ from rnngen.classifier import (
     METRICS_FILE,
     ClassifierConfig,
     accuracy,
-    judged,
+    as_judged,
     save_classifier,
     train_classifier,
 )
@@ -25,7 +25,7 @@ def run(params: Mapping[str, Any], split_dir: Path, out: Path) -> dict[str, Any]
     cfg = section(ClassifierConfig, params, "classifier")
     (x_tr, y_tr), (x_va, y_va), (x_te, y_te) = (data.load_split(split_dir, n) for n in ("train", "val", "test"))
     model, fit_metrics = train_classifier(x_tr, y_tr, x_va, y_va, cfg)
-    test_accuracy = accuracy(model, judged(model, x_te, cfg.seed), y_te)  # binary judge: binarized once
+    test_accuracy = accuracy(model, as_judged(model, x_te, cfg.seed), y_te)  # binary judge: binarized once
     metrics = {"val_accuracy": fit_metrics["val_accuracy"], "test_accuracy": test_accuracy,
                "best_epoch": fit_metrics["best_epoch"]}
     with atomic_file(out / CLASSIFIER_FILE) as tmp:  # two DVC outputs in one folder: each atomic
