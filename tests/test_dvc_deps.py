@@ -14,14 +14,14 @@ import pytest
 import yaml
 
 from conftest import ROOT
-from rnngen import files
+from rnngen import digests
 
 SRC = ROOT / "src"
 FIRST_PARTY = ("rnngen", "_common")
 
 
 def import_closure(script: Path, src: Path = SRC) -> set[Path]:
-    return files.import_closure(script, [script.parent, src], FIRST_PARTY)
+    return digests.import_closure(script, [script.parent, src], FIRST_PARTY)
 
 
 def stages() -> dict[str, dict]:
@@ -74,7 +74,7 @@ def test_the_closure_walk_catches_an_undeclared_lazy_import(tmp_path: Path) -> N
 
 def test_native_sources_beside_a_module_are_in_its_closure_and_the_code_digest(tmp_path: Path) -> None:
     """A C++ kernel a package compiles at run time is code that runs: it is in the closure (so in
-    the training fingerprint's code digest, files.source_digest), and changing it changes the digest."""
+    the training fingerprint's code digest, digests.source_digest), and changing it changes the digest."""
     pkg = tmp_path / "src" / "rnngen"
     (pkg / "csrc").mkdir(parents=True)
     (pkg / "__init__.py").write_text("")
@@ -83,10 +83,10 @@ def test_native_sources_beside_a_module_are_in_its_closure_and_the_code_digest(t
     script.write_text("import rnngen\n")
     found = import_closure(script, tmp_path / "src")
     assert pkg / "csrc" / "k.cpp" in found
-    before = files.tree_digest(found, tmp_path)
+    before = digests.tree_digest(found, tmp_path)
     (pkg / "csrc" / "k.cpp").write_text("int f() { return 2; }\n")
-    assert files.tree_digest(found, tmp_path) != before
-    real = files.import_closure(ROOT / "src/rnngen/stages/train.py", [SRC])
+    assert digests.tree_digest(found, tmp_path) != before
+    real = digests.import_closure(ROOT / "src/rnngen/stages/train.py", [SRC])
     assert ROOT / "src/rnngen/models/csrc/row_lstm.cpp" in real
 
 
@@ -100,4 +100,4 @@ def test_the_real_dvc_yaml_fails_when_a_dep_is_removed() -> None:
 def test_the_stages_package_imports_nothing() -> None:
     """rnngen/stages/__init__.py runs before every stage: importing a stage from it would put
     every stage's code in every stage's closure."""
-    assert files.imported_modules(SRC / "rnngen" / "stages" / "__init__.py", FIRST_PARTY) == set()
+    assert digests.imported_modules(SRC / "rnngen" / "stages" / "__init__.py", FIRST_PARTY) == set()

@@ -64,8 +64,8 @@ def section(cls: type[T], params: Mapping[str, Any], name: str) -> T:
     return from_dict(cls, params.get(name), name)
 
 
-def gather(**builders: Any) -> dict[str, Any]:
-    """``{name: builder()}`` for zero-argument builders; one ConfigError lists every problem
+def build_sections(**builders: Any) -> dict[str, Any]:
+    """``{name: builder()}`` for zero-argument section builders; one ConfigError lists every problem
     of every builder, so a user fixes all sections in one go."""
     problems: list[str] = []
     out: dict[str, Any] = {}
@@ -150,15 +150,15 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str, problems: list[str])
     return obj
 
 
-def below(obj: Any, **minimums: float) -> list[str]:
-    """Range problems for ``problems()``: ``below(self, epochs=1, grad_clip=0)`` reports each
+def under_minimum(obj: Any, **minimums: float) -> list[str]:
+    """Range problems for ``problems()``: ``under_minimum(self, epochs=1, grad_clip=0)`` reports each
     field under its minimum; a minimum of 0 is explained as "0 = off"."""
     out = []
-    for key, low in minimums.items():
+    for key, minimum in minimums.items():
         value = getattr(obj, key)
-        if value < low:
-            note = " (0 = off)" if low == 0 else ""
-            out.append(f"{key}: must be >= {low}{note}, got {value}")
+        if value < minimum:
+            note = " (0 = off)" if minimum == 0 else ""
+            out.append(f"{key}: must be >= {minimum}{note}, got {value}")
     return out
 
 

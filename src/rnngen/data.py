@@ -21,8 +21,9 @@ from torch import Tensor
 from torchvision import datasets as tv_datasets
 from torchvision.datasets.mnist import read_image_file, read_label_file
 
+from rnngen.digests import file_digest, folder_digest
 from rnngen.errors import UserError
-from rnngen.files import file_digest, folder_digest, read_json
+from rnngen.files import read_json
 
 #: what the download stage writes beside the arrays, and the split stage beside the splits
 MANIFEST = "manifest.json"

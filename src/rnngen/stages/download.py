@@ -9,7 +9,8 @@ from typing import Any
 
 from rnngen import data
 from rnngen.config import section
-from rnngen.files import atomic_dir, file_digest, write_json
+from rnngen.digests import file_digest
+from rnngen.files import atomic_dir, write_json
 
 
 def run(params: Mapping[str, Any], out: Path) -> dict[str, Any]:

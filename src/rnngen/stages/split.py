@@ -9,7 +9,8 @@ from typing import Any
 
 from rnngen import data
 from rnngen.config import section
-from rnngen.files import atomic_dir, file_digest, read_json, write_json
+from rnngen.digests import file_digest
+from rnngen.files import atomic_dir, read_json, write_json
 
 
 def run(params: Mapping[str, Any], raw_dir: Path, out: Path) -> dict[str, Any]:
