@@ -15,11 +15,12 @@ import tempfile
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
 from conftest import ROOT, copy_project, tiny_params
-from rnngen import server, tune
+from rnngen import server, tuning
 from test_pipeline import BIN, run
 
 pytestmark = pytest.mark.e2e
@@ -36,7 +37,9 @@ def team() -> Iterator[tuple[server.Postgres, server.MlflowServer, Path]]:
     folder.chmod(0o755)
     try:
         with server.team_servers(folder, server.free_port(), server.free_port()) as (pg, ml):
-            yield pg, ml, folder
+            # this process's MLflow and Optuna clients read the credentials from the environment
+            with mock.patch.dict(os.environ, {**pg.client_env(), **ml.client_env()}):
+                yield pg, ml, folder
         assert not (pg.data / "postmaster.pid").exists(), "PostgreSQL was not stopped"
         assert ml.process.poll() is not None, "mlflow server was not stopped"
     finally:
@@ -44,7 +47,7 @@ def team() -> Iterator[tuple[server.Postgres, server.MlflowServer, Path]]:
 
 
 def team_env(pg: server.Postgres, ml: server.MlflowServer) -> dict[str, str]:
-    return {"MLFLOW_TRACKING_URI": ml.url, "RNNGEN_OPTUNA_STORAGE": pg.url("optuna")}
+    return {**pg.client_env(), **ml.client_env(), "RNNGEN_OPTUNA_STORAGE": pg.url("optuna")}
 
 
 def study_trials(url: str) -> list:
@@ -180,7 +183,7 @@ def test_a_killed_workers_trial_is_failed_and_retried_by_optunas_heartbeat(
     (retry,) = [t for t in trials.values() if t.system_attrs.get("failed_trial") == killed.number]
     assert retry.state.name == "COMPLETE" and retry.params == trials[killed.number].params
     assert sum(t.state.name == "COMPLETE" for t in trials.values()) == 3
-    assert tune.budget_used(list(trials.values())) == (3, 0)  # the failed one's retry took its place
+    assert tuning.budget_used(list(trials.values())) == (3, 0)  # the failed one's retry took its place
 
 
 def test_rnngen_server_starts_both_and_stops_them_on_sigterm(tmp_path: Path) -> None:
@@ -208,7 +211,7 @@ def test_rnngen_server_starts_both_and_stops_them_on_sigterm(tmp_path: Path) -> 
                 break
         text = "".join(lines)
         assert f"export MLFLOW_TRACKING_URI=http://127.0.0.1:{port}" in text, text
-        assert f"export RNNGEN_OPTUNA_STORAGE=postgresql+psycopg2://rnngen@127.0.0.1:{pg_port}/optuna" in text
+        assert f"export RNNGEN_OPTUNA_STORAGE=postgresql+psycopg2://tuner@127.0.0.1:{pg_port}/optuna" in text
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as resp:
             assert resp.status == 200
         proc.send_signal(signal.SIGTERM)

@@ -1,22 +1,29 @@
-"""A team's tracking server and tuning database, started for real: a PostgreSQL server and an
-``mlflow server`` whose backend store is that PostgreSQL and which proxies artifacts
-(``--artifacts-destination``), so clients need no access to the artifact folder.
+"""A team's tracking server and tuning database, started for real and locked: a PostgreSQL server
+that asks every connection for a password (``scram-sha-256``) and an ``mlflow server`` with
+MLflow's basic-auth app, whose backend store and user store are that PostgreSQL and which
+proxies artifacts (``--artifacts-destination``), so clients need no access to the artifact folder.
 
-    rnngen server                  # both on this machine; prints the two exports; Ctrl-C stops both
+    rnngen server                  # both on this machine; prints the exports; Ctrl-C stops both
 
 Everything lives in one folder (``--dir``, default ``.rnngen-server``): the PostgreSQL cluster
-(``postgres/data``, created on first start, kept between starts), the server logs and the
-artifacts. PostgreSQL listens on the loopback interface only and trusts local connections: a
-server for one machine, or for a team behind an SSH tunnel; for a shared host give PostgreSQL
-passwords (``pg_hba.conf``) and put MLflow behind its auth or a proxy.
+(``postgres/data``, created on first start, kept between starts), the logs, the artifacts and
+``secrets/`` (0700; every password generated on first start into its own 0600 file). Two
+database roles: ``rnngen`` owns the cluster and only the servers use it; ``tuner`` owns the
+Optuna database and is what tune workers log in as, so a teammate who tunes cannot reach
+MLflow's tables behind its permissions. Both servers listen on the loopback interface unless
+``host`` asks for another; that needs authentication on.
 
-The tests start the same servers through :func:`start_postgres` and :func:`start_mlflow`.
+:mod:`rnngen.team` holds the commands (serve, add a teammate, rotate a password); the tests start
+the same servers through :func:`team_servers`.
 """
 
 from __future__ import annotations
 
+import base64
+import configparser
 import contextlib
 import glob
+import io
 import os
 import shutil
 import signal
@@ -26,15 +33,24 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from rnngen import credentials
 from rnngen.errors import UserError
+from rnngen.files import write_json
 
-#: the databases the server creates: MLflow's backend store and Optuna's studies
-DATABASES = ("mlflow", "optuna")
-USER = "rnngen"
+#: MLflow's backend store, MLflow's users and permissions, Optuna's studies
+DATABASES = ("mlflow", "mlflow_auth", "optuna")
+TUNING_DATABASE = "optuna"
+USER = "rnngen"  # the cluster's owner: the servers' own role
+TUNER = "tuner"  # owns TUNING_DATABASE: the role tune workers (teammates) log in as
+ADMIN = "admin"  # MLflow's admin user
+SECRETS = "secrets"
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+WILDCARDS = ("0.0.0.0", "::", "*")
 
 
 class ServerError(UserError, RuntimeError):
@@ -74,7 +90,7 @@ def _chown_to_server(path: Path) -> None:
         import pwd
 
         pw = pwd.getpwnam("postgres")  # created by Debian's postgresql package
-        for p in [path, *path.rglob("*")]:
+        for p in [path, *(path.rglob("*") if path.is_dir() else [])]:
             os.chown(p, pw.pw_uid, pw.pw_gid)
 
 
@@ -90,6 +106,7 @@ class Postgres:
 
     folder: Path
     port: int
+    secrets: Path
     user: str = USER
 
     @property
@@ -100,9 +117,35 @@ class Postgres:
     def log(self) -> Path:
         return self.folder / "server.log"
 
-    def url(self, database: str) -> str:
-        """SQLAlchemy URL of ``database`` (psycopg2 driver), as MLflow and Optuna take it."""
-        return f"postgresql+psycopg2://{self.user}@127.0.0.1:{self.port}/{database}"
+    @property
+    def passfile(self) -> Path:
+        """libpq password file with both roles: the servers' and this machine's admin's."""
+        return self.secrets / "server.pgpass"
+
+    @property
+    def team_passfile(self) -> Path:
+        """libpq password file with the ``tuner`` role only: what a teammate who tunes gets."""
+        return self.secrets / "team.pgpass"
+
+    def url(self, database: str, user: str | None = None) -> str:
+        """SQLAlchemy URL of ``database`` (psycopg2 driver), as MLflow and Optuna take it; no
+        password: libpq reads it from ``PGPASSFILE``."""
+        return f"postgresql+psycopg2://{user or self.user}@127.0.0.1:{self.port}/{database}"
+
+    def tuning_url(self) -> str:
+        return self.url(TUNING_DATABASE, TUNER)
+
+    def client_env(self) -> dict[str, str]:
+        return {"PGPASSFILE": str(credentials.check_private(self.passfile))}
+
+    def connect(self, database: str = "postgres", user: str | None = None) -> Any:
+        """A psycopg2 connection, the password from :attr:`passfile`."""
+        try:
+            import psycopg2
+        except ImportError as exc:
+            raise ServerError("the PostgreSQL driver is missing: pip install -e '.[server]'") from exc
+        return psycopg2.connect(host="127.0.0.1", port=self.port, user=user or self.user, dbname=database,
+                                passfile=str(credentials.check_private(self.passfile)), connect_timeout=10)
 
     def stop(self) -> None:
         pg_ctl = postgres_bin("pg_ctl")
@@ -111,39 +154,132 @@ class Postgres:
                            capture_output=True, text=True)
 
 
-def start_postgres(folder: Path, port: int, databases: tuple[str, ...] = DATABASES) -> Postgres:
-    """Start PostgreSQL on ``127.0.0.1:port`` with its cluster in ``folder/data`` (created by
-    ``initdb`` the first time) and create ``databases`` if missing."""
+def start_postgres(folder: Path, port: int, databases: tuple[str, ...] = DATABASES, host: str = "127.0.0.1",
+                   secrets: Path | None = None) -> Postgres:
+    """Start PostgreSQL on ``host:port`` (loopback by default) with its cluster in
+    ``folder/data``, created by ``initdb`` the first time with a generated password for
+    :data:`USER` (in ``secrets``, default ``folder/../secrets``), and create ``databases`` and
+    the :data:`TUNER` role if missing. A cluster from before passwords (``trust``) gets its
+    password over the trusted socket once, then the same lock."""
     initdb, pg_ctl = postgres_bin("initdb"), postgres_bin("pg_ctl")
     if initdb is None or pg_ctl is None:
         raise ServerError("PostgreSQL server programs (initdb, pg_ctl) not found; install them, e.g. "
                           "apt-get install postgresql (Debian/Ubuntu) or brew install postgresql")
     folder = Path(folder).resolve()
-    server = Postgres(folder, port)
+    server = Postgres(folder, port, Path(secrets or folder.parent / SECRETS).resolve())
     folder.mkdir(parents=True, exist_ok=True)
     _chown_to_server(folder)
+    password_file = server.secrets / f"{USER}.password"
     if not (server.data / "PG_VERSION").exists():
-        _run(_as_owner([initdb, "-D", str(server.data), "-U", USER, "--auth=trust", "-E", "UTF8",
-                        "--no-instructions"]), "initdb")
-    # Loopback TCP only; the unix socket in the cluster folder (no /var/run/postgresql needed).
-    options = f"-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={server.data}"
+        _initdb(initdb, server, credentials.ensure_secret(password_file))
+    elif not password_file.exists() and not _trusts(server.data):
+        raise ServerError(f"the cluster {server.data} asks for passwords but {password_file} is missing; "
+                          "restore that file, or start a new server folder (--dir)")
+    upgrade = _trusts(server.data)
+    credentials.ensure_secret(password_file)  # a trust cluster's first password
+    write_passfiles(server)
+    exposed = host not in LOOPBACK
+    if not upgrade:
+        _write_hba(server.data, exposed)
+    listen = host if host in WILDCARDS or not exposed else f"127.0.0.1,{host}"
+    options = f"-p {port} -c listen_addresses='{listen}' -c unix_socket_directories={server.data}"
     _run(_as_owner([pg_ctl, "-D", str(server.data), "-l", str(server.log), "-o", options, "-w", "-t", "60",
                     "start"]), f"pg_ctl start (log: {server.log})")
     try:
+        if upgrade:
+            set_role_password(server, USER, credentials.read_secret(password_file))
+            _write_hba(server.data, exposed)
+            _execute(server, "SELECT pg_reload_conf()")
         create_databases(server, databases)
+        set_role_password(server, TUNER, credentials.read_secret(server.secrets / f"{TUNER}.password"))
+        _give_tuner(server, databases, upgrade)
     except Exception:
         server.stop()
         raise
     return server
 
 
+def _initdb(initdb: str, server: Postgres, password: str) -> None:
+    # initdb runs as the server's account, which cannot read our secrets folder: a copy in the
+    # cluster's folder for the moment initdb reads it
+    pwfile = credentials.write_secret(server.folder / ".initdb-password", password + "\n")
+    _chown_to_server(pwfile)
+    try:
+        _run(_as_owner([initdb, "-D", str(server.data), "-U", USER, "--auth=scram-sha-256", f"--pwfile={pwfile}",
+                        "-E", "UTF8", "--no-instructions"]), "initdb")
+    finally:
+        pwfile.unlink(missing_ok=True)
+
+
+def _trusts(data: Path) -> bool:
+    """Whether ``pg_hba.conf`` lets any connection in without a password."""
+    lines = (data / "pg_hba.conf").read_text().splitlines()
+    return any("trust" in line.split("#")[0].split() for line in lines)
+
+
+def _write_hba(data: Path, exposed: bool) -> None:
+    """Password (SCRAM) authentication for every connection: the socket, loopback and, when
+    the server listens beyond loopback, any address."""
+    rules = ["local all all scram-sha-256", "host all all 127.0.0.1/32 scram-sha-256",
+             "host all all ::1/128 scram-sha-256"]
+    if exposed:
+        rules += ["host all all 0.0.0.0/0 scram-sha-256", "host all all ::/0 scram-sha-256"]
+    path = credentials.write_secret(data / "pg_hba.conf", "# written by rnngen server\n" + "\n".join(rules) + "\n")
+    _chown_to_server(path)
+
+
+def write_passfiles(server: Postgres) -> None:
+    """``server.pgpass`` (both roles) and ``team.pgpass`` (tuner only) from the password files,
+    the tuner's generated the first time."""
+    owner = credentials.read_secret(server.secrets / f"{USER}.password")
+    tuner = credentials.pgpass_line(TUNER, credentials.ensure_secret(server.secrets / f"{TUNER}.password"))
+    credentials.write_secret(server.passfile, credentials.pgpass_line(USER, owner) + tuner)
+    credentials.write_secret(server.team_passfile, tuner)
+
+
+def _execute(server: Postgres, *statements: str, database: str = "postgres") -> None:
+    conn = server.connect(database)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            for statement in statements:
+                cur.execute(statement)
+    finally:
+        conn.close()
+
+
+def set_role_password(server: Postgres, role: str, password: str) -> None:
+    """Give ``role`` (created as a login role if missing) ``password``. Only its SCRAM
+    verifier, computed here, reaches the server: no plain password in its logs."""
+    from psycopg2.extensions import encrypt_password
+
+    conn = server.connect()
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,))
+            verb = "ALTER" if cur.fetchone() else "CREATE"
+            verifier = encrypt_password(password, role, conn, "scram-sha-256")
+            cur.execute(f'{verb} ROLE "{role}" LOGIN PASSWORD %s', (verifier,))
+    finally:
+        conn.close()
+
+
+def _give_tuner(server: Postgres, databases: tuple[str, ...], upgrade: bool) -> None:
+    """The tuner owns the Optuna database and may connect to no other: MLflow's tables stay
+    behind MLflow's permissions."""
+    _execute(server, *(f'REVOKE CONNECT ON DATABASE "{name}" FROM PUBLIC' for name in databases
+                       if name != TUNING_DATABASE))
+    if TUNING_DATABASE in databases:
+        _execute(server, f'ALTER DATABASE "{TUNING_DATABASE}" OWNER TO "{TUNER}"')
+    if upgrade and TUNING_DATABASE in databases:  # tables an older server made as the owner role
+        _execute(server, f'GRANT ALL ON ALL TABLES IN SCHEMA public TO "{TUNER}"',
+                 f'GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO "{TUNER}"', database=TUNING_DATABASE)
+
+
 def create_databases(server: Postgres, databases: tuple[str, ...]) -> None:
     """Create each of ``databases`` on ``server`` that does not exist yet."""
-    try:
-        import psycopg2
-    except ImportError as exc:
-        raise ServerError("the PostgreSQL driver is missing: pip install -e '.[server]'") from exc
-    conn = psycopg2.connect(host="127.0.0.1", port=server.port, user=server.user, dbname="postgres")
+    conn = server.connect()
     conn.autocommit = True  # CREATE DATABASE cannot run inside a transaction
     try:
         with conn.cursor() as cur:
@@ -162,6 +298,17 @@ class MlflowServer:
     process: subprocess.Popen
     url: str
     log: Path
+    #: the admin's password file; None when authentication is off
+    password_file: Path | None = None
+
+    def client_env(self) -> dict[str, str]:
+        """What a client on this machine exports: the URL and, with authentication on, the
+        admin's credentials, which MLflow's clients read from the environment."""
+        env = {"MLFLOW_TRACKING_URI": self.url}
+        if self.password_file is not None:
+            env |= {"MLFLOW_TRACKING_USERNAME": ADMIN,
+                    "MLFLOW_TRACKING_PASSWORD": credentials.read_secret(self.password_file)}
+        return env
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -173,31 +320,91 @@ class MlflowServer:
                 self.process.wait()
 
 
+def write_auth_config(secrets: Path, database_uri: str) -> dict[str, str]:
+    """MLflow's basic-auth settings (``secrets/basic_auth.ini``, 0600): users and permissions
+    in ``database_uri``, READ on everything for every user unless granted more; returns the
+    server's environment for them: the config's path, the admin's password (generated the
+    first time; MLflow creates the admin with it before it takes a request, and ignores it once
+    the admin exists) and the static key of the auth app's CSRF protection."""
+    config = configparser.ConfigParser()
+    config["mlflow"] = {"default_permission": "READ", "database_uri": database_uri, "admin_username": ADMIN,
+                        "authorization_function": "mlflow.server.auth:authenticate_request_basic_auth"}
+    text = io.StringIO()
+    config.write(text)
+    return {"MLFLOW_AUTH_CONFIG_PATH": str(credentials.write_secret(secrets / "basic_auth.ini", text.getvalue())),
+            "MLFLOW_AUTH_ADMIN_PASSWORD": credentials.ensure_secret(secrets / "admin.password"),
+            "MLFLOW_FLASK_SERVER_SECRET_KEY": credentials.ensure_secret(secrets / "flask.key")}
+
+
+def allowed_hosts(host: str, port: int, names: Sequence[str] = ()) -> list[str]:
+    """The ``Host`` headers MLflow answers (its DNS-rebinding check): the loopback names, and
+    ``names`` (default when listening on every interface: this machine's names) and ``host``."""
+    extra = list(names)
+    if host in WILDCARDS:
+        extra = extra or [socket.gethostname(), socket.getfqdn()]
+    elif host not in LOOPBACK:
+        extra.append(host)
+    hosts = list(dict.fromkeys(["localhost", "127.0.0.1", *extra]))
+    return [f"{h}:{port}" for h in hosts] + hosts
+
+
 def start_mlflow(backend_uri: str, artifacts: Path, port: int, log: Path, host: str = "127.0.0.1",
-                 timeout: float = 120.0) -> MlflowServer:
+                 timeout: float = 120.0, *, auth: dict[str, str] | None = None, env: dict[str, str] | None = None,
+                 names: Sequence[str] = ()) -> MlflowServer:
     """Start ``mlflow server`` on ``host:port`` with ``backend_uri`` as its backend store and
-    ``artifacts`` behind its artifact proxy; return once ``/health`` answers."""
+    ``artifacts`` behind its artifact proxy, with the basic-auth app when ``auth`` (the
+    environment of :func:`write_auth_config`) is given; return once ``/health`` answers and
+    the admin's password is accepted."""
     Path(artifacts).mkdir(parents=True, exist_ok=True)
     log = Path(log)
     log.parent.mkdir(parents=True, exist_ok=True)
+    hosts = allowed_hosts(host, port, names)
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_uri,
            "--artifacts-destination", str(Path(artifacts).resolve()), "--host", host, "--port", str(port),
-           "--workers", "1"]
+           "--workers", "1", "--allowed-hosts", ",".join(hosts)]
+    origins = [f"http://{h}:{port}" for h in hosts if ":" not in h and h not in LOOPBACK]
+    cmd += ["--cors-allowed-origins", ",".join(origins)] if origins else []
+    cmd += ["--app-name", "basic-auth"] if auth else []
     with open(log, "ab") as out:
-        process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    server = MlflowServer(process, f"http://{host}:{port}", log)
+        process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                   env={**os.environ, **(env or {}), **(auth or {})})
+    password_file = Path(auth["MLFLOW_AUTH_CONFIG_PATH"]).parent / "admin.password" if auth else None
+    local = "127.0.0.1" if host in WILDCARDS else host
+    server = MlflowServer(process, f"http://{local}:{port}", log, password_file)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise ServerError(f"mlflow server exited ({process.returncode}); log {log}:\n{_tail(log)}")
-        with contextlib.suppress(urllib.error.URLError, OSError):
-            with urllib.request.urlopen(server.url + "/health", timeout=2) as resp:
-                if resp.status == 200:
-                    return server
+        if http_status(server.url + "/health") == 200:
+            if password_file is None:
+                return server
+            admin = http_status(f"{server.url}/api/2.0/mlflow/users/get?username={ADMIN}",
+                                (ADMIN, credentials.read_secret(password_file)), timeout=30)
+            if admin == 200:
+                return server
+            if admin in (401, 403):
+                server.stop()
+                raise ServerError(f"the MLflow admin's password in {password_file} is not the one its user store "
+                                  "holds; restore that file, or start a new server folder (--dir)")
         time.sleep(0.5)
     server.stop()
     raise ServerError(f"mlflow server did not answer on {server.url}/health within {timeout:.0f} s; log {log}:\n"
                       f"{_tail(log)}")
+
+
+def http_status(url: str, user: tuple[str, str] | None = None, timeout: float = 5.0) -> int | None:
+    """The status of a GET of ``url`` (with HTTP basic auth as ``user``), None if unreachable."""
+    request = urllib.request.Request(url)
+    if user is not None:
+        token = base64.b64encode(":".join(user).encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
+            return resp.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except (urllib.error.URLError, OSError):
+        return None
 
 
 def _tail(path: Path, lines: int = 20) -> str:
@@ -207,39 +414,32 @@ def _tail(path: Path, lines: int = 20) -> str:
         return "(no log)"
 
 
+def check_exposure(host: str, auth: bool) -> None:
+    """Listening beyond loopback only with authentication on."""
+    if host not in LOOPBACK and not auth:
+        raise ServerError(f"refusing to listen on {host} with authentication off: anyone who reaches it could "
+                          "rewrite the team's runs, models and studies; keep authentication on, or listen on "
+                          "127.0.0.1 (the default)")
+
+
 @contextlib.contextmanager
-def team_servers(folder: Path, pg_port: int, mlflow_port: int, host: str = "127.0.0.1"
-                 ) -> Iterator[tuple[Postgres, MlflowServer]]:
-    """Both servers for the ``with`` block; stopped (MLflow first) however it ends."""
+def team_servers(folder: Path, pg_port: int, mlflow_port: int, host: str = "127.0.0.1", *, auth: bool = True,
+                 names: Sequence[str] = ()) -> Iterator[tuple[Postgres, MlflowServer]]:
+    """Both servers for the ``with`` block; stopped (MLflow first) however it ends. Their
+    addresses go to ``folder/server.json`` for :func:`add_user` and :func:`rotate_password`."""
+    check_exposure(host, auth)
     folder = Path(folder).resolve()
-    pg = start_postgres(folder / "postgres", pg_port)
+    secrets = folder / SECRETS
+    pg = start_postgres(folder / "postgres", pg_port, host=host, secrets=secrets)
     try:
-        ml = start_mlflow(pg.url("mlflow"), folder / "artifacts", mlflow_port, folder / "mlflow.log", host)
+        ml = start_mlflow(pg.url("mlflow"), folder / "artifacts", mlflow_port, folder / "mlflow.log", host,
+                          auth=write_auth_config(secrets, pg.url("mlflow_auth")) if auth else None,
+                          env=pg.client_env(), names=names)
         try:
+            write_json(folder / "server.json", {"mlflow": ml.url, "postgres_port": pg.port, "auth": auth})
             yield pg, ml
         finally:
             ml.stop()
     finally:
         pg.stop()
 
-
-def serve(folder: Path, pg_port: int, mlflow_port: int, host: str = "127.0.0.1") -> None:
-    """``rnngen server``: start both, print what to export, wait for Ctrl-C (or SIGTERM)."""
-    def stop(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt  # SIGTERM (a service manager, kill) stops both like Ctrl-C
-
-    signal.signal(signal.SIGTERM, stop)
-    with team_servers(folder, pg_port, mlflow_port, host) as (pg, ml):
-        print(f"PostgreSQL  127.0.0.1:{pg.port}  (cluster {pg.data}, log {pg.log})")
-        print(f"MLflow      {ml.url}  (UI and API; artifacts in {Path(folder).resolve() / 'artifacts'}, "
-              f"log {ml.log})")
-        print("Point the pipeline at them (in the shell that runs dvc repro or the tune workers):")
-        print(f"  export MLFLOW_TRACKING_URI={ml.url}")
-        print(f"  export RNNGEN_OPTUNA_STORAGE={pg.url('optuna')}")
-        print("Ctrl-C stops both servers (the data stays in the folder for the next start).", flush=True)
-        try:
-            while ml.process.poll() is None:
-                time.sleep(1.0)
-            print(f"mlflow server exited ({ml.process.returncode}); see {ml.log}", file=sys.stderr)
-        except KeyboardInterrupt:
-            print("stopping the servers")

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rnngen.credentials import redact_url
 from rnngen.errors import UserError
 from rnngen.files import find_project_root
 
@@ -44,7 +45,13 @@ def default_uri(root: str | Path | None = None) -> str:
 
 
 def tracking_uri(root: str | Path | None = None) -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or default_uri(root)
+    """``MLFLOW_TRACKING_URI``, else the project's sqlite store. A URI with a password is refused:
+    run records and logs keep the URI."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or default_uri(root)
+    if redact_url(uri) != uri:
+        raise TrackingError(f"MLFLOW_TRACKING_URI {redact_url(uri)} carries a password, which run records and "
+                            "logs would keep; export MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD instead")
+    return uri
 
 
 def check_store(uri: str, timeout: float = 5.0) -> None:
@@ -140,6 +147,24 @@ def live_run(run_id: str | None) -> str | None:
     except mlflow.exceptions.MlflowException:
         return None
     return run_id if found.info.lifecycle_stage == "active" else None
+
+
+def mark_killed(run_id: str | None) -> bool:
+    """Mark a run whose process died or that will never be resumed KILLED, so it does not stay
+    RUNNING in the UI forever. True when a RUNNING run was marked; a run in another store (another
+    machine's) or one already ended is left alone."""
+    if not run_id:
+        return False
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    try:
+        if client.get_run(run_id).info.status != "RUNNING":
+            return False
+        client.set_terminated(run_id, status="KILLED")
+    except mlflow.exceptions.MlflowException:
+        return False
+    return True
 
 
 def git_state(cwd: str | Path | None = None) -> dict[str, str]:
