@@ -1,5 +1,5 @@
 """A child process that outlives its parent keeps training and writing where the next run will
-look: workers started by torchrun (each in a process session of its own) or by the tuning stage
+look: workers started by torchrun (each in a process group of its own) or by the tuning stage
 exit as soon as their parent is gone."""
 
 from __future__ import annotations

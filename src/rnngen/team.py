@@ -24,6 +24,7 @@ from pathlib import Path
 from rnngen import credentials, server
 from rnngen.errors import UserError
 from rnngen.server import ADMIN, SECRETS, TUNER, USER
+from rnngen.tracking import tuning_experiment
 
 
 def serve(folder: Path, pg_port: int, mlflow_port: int, host: str = "127.0.0.1", *, auth: bool = True,
@@ -117,7 +118,7 @@ def add_user(folder: Path, name: str, role: str, experiment: str = "rnngen", mod
         except MlflowException as exc:
             raise UserError(f"cannot create user {name}: {exc.message}") from None
         credentials.write_secret(path, password + "\n")
-        for exp_name in (experiment, f"{experiment}-tune"):
+        for exp_name in (experiment, tuning_experiment(experiment)):
             found = client.get_experiment_by_name(exp_name)
             exp_id = found.experiment_id if found else client.create_experiment(
                 exp_name, tags={tracking.EXPERIMENT_KIND_TAG: tracking.EXPERIMENT_KIND})
@@ -125,7 +126,7 @@ def add_user(folder: Path, name: str, role: str, experiment: str = "rnngen", mod
         if not client.search_registered_models(f"name = '{model}'"):
             client.create_registered_model(model)
         users.grant_user_permission(name, "registered_model", model, permission)
-    print(f"user {name}: {permission} on experiments {experiment}, {experiment}-tune and model {model}")
+    print(f"user {name}: {permission} on experiments {experiment}, {tuning_experiment(experiment)} and model {model}")
     print(f"password in {path} (mode 0600); hand it over privately. {name} exports:")
     print(f"  export MLFLOW_TRACKING_URI={url}\n  export MLFLOW_TRACKING_USERNAME={name}")
     print(f'  export MLFLOW_TRACKING_PASSWORD="$(cat {path.name})"')

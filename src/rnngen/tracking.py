@@ -25,6 +25,11 @@ EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
 
 
+def tuning_experiment(experiment: str) -> str:
+    """The experiment that holds a search's runs beside the training runs of ``experiment``."""
+    return f"{experiment}-tune"
+
+
 class TrackingError(UserError, RuntimeError):
     """The tracking store cannot be used; the message names the URI."""
 

@@ -45,7 +45,7 @@ def search(params: Mapping[str, Any], split_dir: Path, study_dir: Path, out: Pat
     storage, connection = open_storage(cfg, Path(study_dir))
     where = str(Path(study_dir) / JOURNAL_FILE) if storage.journal else storage.describe()
     name = study_name(cfg, base, choice.name, choice.config, hidden_fields(choice.name), split_info, fams)
-    experiment_id = tracking.setup(experiment_config(params).experiment + "-tune")  # fails fast
+    experiment_id = tracking.setup(tracking.tuning_experiment(experiment_config(params).experiment))  # fails fast
     study = optuna.create_study(study_name=name, storage=connection, direction="minimize", load_if_exists=True)
     halving_dir = Path(study_dir) / halving.HALVING_DIR / name
     halving_now = cfg.pruner == "halving" and not halving.finished(study, cfg, halving_dir)
