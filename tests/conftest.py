@@ -55,7 +55,7 @@ def tiny_params(**overrides: Any) -> dict[str, Any]:
         "evaluate.max_images": 100,
         "evaluate.n_quality": 50,
         "evaluate.inpaint_images": 20,
-        "evaluate.inpaint_iterations": 2,
+        "evaluate.inpaint_effort": 2,
         "classifier.epochs": 1,
         # a real but tiny search whose choices equal the tiny values above
         "tune.n_trials": 2, "tune.epochs": 1, "tune.train_images": 200,

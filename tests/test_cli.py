@@ -116,7 +116,7 @@ def test_inpaint_test_images_user_images_and_mask_file(env: dict[str, Any], tmp_
     for kind in KINDS:
         out = tmp_path / f"{kind}.png"
         code, _, err = run_main(["inpaint", "--test-index", "0", "1", "2", "--split", str(env["split"]),
-                                 "--mask", kind, "--iterations", "2", "--out", str(out)], capsys)
+                                 "--mask", kind, "--effort", "2", "--out", str(out)], capsys)
         assert code == 0, err
         assert png_size(out) == grid_size(3, 3, rows_per_group=3)  # original | masked | completed rows
     x, _ = np.load(env["split"] / "test_x.npy"), None
@@ -125,7 +125,7 @@ def test_inpaint_test_images_user_images_and_mask_file(env: dict[str, Any], tmp_
     mask_png = save_png(tmp_path / "mask.png", mask)
     out = tmp_path / "mine.png"
     code, _, err = run_main(["inpaint", "--model", "models:/rnngen@champion", "--image", *images,
-                             "--mask", str(mask_png), "--iterations", "2", "--out", str(out)], capsys)
+                             "--mask", str(mask_png), "--effort", "2", "--out", str(out)], capsys)
     assert code == 0, err
     assert png_size(out) == grid_size(2, 2, rows_per_group=3)
     with Image.open(out) as im:  # the masked row shows the hidden left columns grey (0.5)
@@ -149,7 +149,7 @@ def test_evaluate_on_user_folders(env: dict[str, Any], trained_model: dict[str, 
     x, y = np.load(env["split"] / "test_x.npy"), np.load(env["split"] / "test_y.npy")
     write_idx(tmp_path / "idx", "train", x[100:260], y[100:260])
     write_idx(tmp_path / "idx", "t10k", x[:30], y[:30])
-    fast = ["--k", "2", "--iterations", "1", "--inpaint-images", "10", "--classifier-epochs", "1"]
+    fast = ["--k", "2", "--effort", "1", "--inpaint-images", "10", "--classifier-epochs", "1"]
     code, out, err = run_main(["evaluate", "--data", str(tmp_path / "idx"), *fast,
                                "--out", str(tmp_path / "scores.json"), "--pictures", str(tmp_path / "pics")], capsys)
     assert code == 0, err
@@ -233,7 +233,7 @@ def test_images_of_any_size_and_mode_follow_the_data_policy(env: dict[str, Any],
     assert image.shape == (28, 28) and image.dtype == np.uint8 and image.max() > 100
     raw = data.acquire(data.DataConfig(dataset="custom", source="local", path=str(tmp_path / "in")), tmp_path)
     assert np.array_equal(raw.x_train[0], image)
-    code, _, err = run_main(["inpaint", "--image", str(path), "--mask", "bottom_half", "--iterations", "1",
+    code, _, err = run_main(["inpaint", "--image", str(path), "--mask", "bottom_half", "--effort", "1",
                              "--out", str(tmp_path / "p.png")], capsys)
     assert code == 0, err
 

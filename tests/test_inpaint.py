@@ -54,7 +54,9 @@ def test_unknown_mask_names_the_kinds() -> None:
 def test_inpaint_keeps_observed_pixels_exactly(name: str) -> None:
     x = images(6)
     mask = make_mask("random_pixels", 6, torch.Generator().manual_seed(0))
-    out = inpaint(tiny_model(name), x, mask, iterations=3, generator=torch.Generator().manual_seed(0))
+    done = inpaint(tiny_model(name), x, mask, effort=3, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(done.drawn[~mask], x[~mask])
+    out = done.means
     assert out.shape == x.shape
     assert torch.equal(out[~mask], x[~mask])
     assert out.min() >= 0 and out.max() <= 1
@@ -63,28 +65,28 @@ def test_inpaint_keeps_observed_pixels_exactly(name: str) -> None:
 
 def test_inpaint_is_deterministic_for_a_seed() -> None:
     model, x, mask = tiny_model(), images(4), make_mask("centre_square", 4)
-    a = inpaint(model, x, mask, 4, torch.Generator().manual_seed(7))
-    b = inpaint(model, x, mask, 4, torch.Generator().manual_seed(7))
-    c = inpaint(model, x, mask, 4, torch.Generator().manual_seed(8))
+    a = inpaint(model, x, mask, 4, torch.Generator().manual_seed(7)).means
+    b = inpaint(model, x, mask, 4, torch.Generator().manual_seed(7)).means
+    c = inpaint(model, x, mask, 4, torch.Generator().manual_seed(8)).means
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
 def test_inpaint_rejects_bad_arguments() -> None:
     model, x = tiny_model(), images(2)
-    with pytest.raises(ValueError, match="iterations"):
-        inpaint(model, x, make_mask("bottom_half", 2), iterations=0)
+    with pytest.raises(ValueError, match="effort"):
+        inpaint(model, x, make_mask("bottom_half", 2), effort=0)
     with pytest.raises(ValueError, match="mask"):
-        inpaint(model, x, make_mask("bottom_half", 3), iterations=1)
+        inpaint(model, x, make_mask("bottom_half", 3), effort=1)
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
-        inpaint(model, x * 255, make_mask("bottom_half", 2), iterations=1)
+        inpaint(model, x * 255, make_mask("bottom_half", 2), effort=1)
 
 
 def test_inpainting_metrics_are_deterministic_and_bounded() -> None:
     torch.manual_seed(0)
     classifier = DigitClassifier(10).eval()
     x, y = images(12), torch.arange(12) % 10
-    first = inpainting_metrics(tiny_model(), classifier, x, y, "bottom_half", iterations=2, seed=0)
-    assert first == inpainting_metrics(tiny_model(), classifier, x, y, "bottom_half", iterations=2, seed=0)
+    first = inpainting_metrics(tiny_model(), classifier, x, y, "bottom_half", effort=2, seed=0)
+    assert first == inpainting_metrics(tiny_model(), classifier, x, y, "bottom_half", effort=2, seed=0)
     assert set(first) == {"mse_missing", "bce_missing", "accuracy_completed", "accuracy_original", "accuracy_masked"}
     assert 0 < first["mse_missing"] <= 1 and first["bce_missing"] > 0
     assert all(0 <= first[k] <= 1 for k in first if k.startswith("accuracy"))
@@ -94,8 +96,7 @@ def test_inpainting_metrics_are_deterministic_and_bounded() -> None:
 def test_a_binary_completion_draws_from_the_same_chain(name: str) -> None:
     model, x = tiny_model(name), images(4)
     mask = make_mask("centre_square", 4)
-    means = inpaint(model, x, mask, iterations=3, generator=torch.Generator().manual_seed(0))
-    drawn = inpaint(model, x, mask, iterations=3, generator=torch.Generator().manual_seed(0), binary=True)
+    drawn, means = inpaint(model, x, mask, effort=3, generator=torch.Generator().manual_seed(0))
     assert torch.equal(drawn[~mask], x[~mask]) and ((drawn == 0) | (drawn == 1)).all()
     assert not ((means[mask] == 0) | (means[mask] == 1)).all()
     # the same chain: the drawn pixels follow the means (pixels near 0 or 1 are drawn so)
@@ -110,11 +111,11 @@ def test_inpainting_accuracy_feeds_the_judge_its_kind(monkeypatch) -> None:
                         lambda clf, imgs, y: seen.append(imgs) or judge_accuracy(clf, imgs, y))
     grey = torch.rand(6, 1, 28, 28)  # grey originals are binarized for a binary judge
     y = torch.arange(6)
-    inpainting_metrics(tiny_model(), DigitClassifier(10).eval(), grey, y, "bottom_half", iterations=2, seed=0)
+    inpainting_metrics(tiny_model(), DigitClassifier(10).eval(), grey, y, "bottom_half", effort=2, seed=0)
     assert len(seen) == 3 and all(((s == 0) | (s == 1)).all() for s in seen)
     seen.clear()
     grey_judge = DigitClassifier(10, ClassifierConfig(binarize=False)).eval()
-    inpainting_metrics(tiny_model(), grey_judge, grey, y, "bottom_half", iterations=2, seed=0)
+    inpainting_metrics(tiny_model(), grey_judge, grey, y, "bottom_half", effort=2, seed=0)
     assert len(seen) == 3 and not any(((s == 0) | (s == 1)).all() for s in seen)
 
 

@@ -45,7 +45,7 @@ def test_model_through_dvc_the_registry_and_the_cli(project: Path, name: str) ->
     sample = run([rnngen, "sample", "--model", uri, "--n", "4", "--out", f"{name}.png"], project)
     assert f"version {record['model_version']}" in sample.stdout and (project / f"{name}.png").stat().st_size
     run([rnngen, "inpaint", "--model", uri, "--test-index", "0", "1", "--mask", "centre_square",
-         "--iterations", "1", "--out", f"{name}-inpaint.png"], project)
+         "--effort", "1", "--out", f"{name}-inpaint.png"], project)
     scored = json.loads(run([rnngen, "evaluate", "--model", uri, "--split", "data/split"], project).stdout)
     # the CLI reads params.yaml's evaluate.* and the project's classifier: the stage's numbers
     for key in ("test_nll_iwae", "test_nll_elbo", "test_fcd", "inpaint_bottom_half_mse_missing"):

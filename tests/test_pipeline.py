@@ -74,7 +74,7 @@ def test_the_quick_start_ends_with_a_model_in_service(project: Path) -> None:
     rnngen = str(BIN / "rnngen")
     sample = run([rnngen, "sample", "--out", "s.png"], project)
     assert "models:/rnngen@champion (version 1" in sample.stdout and (project / "s.png").stat().st_size > 0
-    run([rnngen, "inpaint", "--test-index", "0", "1", "--mask", "bottom_half", "--iterations", "1",
+    run([rnngen, "inpaint", "--test-index", "0", "1", "--mask", "bottom_half", "--effort", "1",
          "--out", "p.png"], project)
     info = json.loads(run([rnngen, "info"], project).stdout)
     assert info["version"] == "1" and info["promotion"]["decision"] == "first"

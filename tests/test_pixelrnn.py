@@ -9,6 +9,7 @@ import itertools
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from rnngen.config import ConfigError
 from rnngen.models import build_model, kernels, model_config
@@ -149,9 +150,9 @@ def test_completion_keeps_observed_pixels_and_bottom_half_is_exact(variant: str)
     x = torch.bernoulli(torch.full((6, 1, 4, 5), 0.5, dtype=torch.float64))
     for mask in (torch.zeros_like(x, dtype=torch.bool).index_fill_(2, torch.tensor([2, 3]), True),
                  torch.rand(x.shape) < 0.5):
-        done = model.complete(x, mask, iterations=3, generator=torch.Generator().manual_seed(0))
-        assert torch.equal(done[~mask], x[~mask])
-        assert ((done >= 0) & (done <= 1)).all()
+        drawn, means = model.complete(x, mask, 3, generator=torch.Generator().manual_seed(0))
+        assert torch.equal(drawn[~mask], x[~mask]) and torch.equal(means[~mask], x[~mask])
+        assert ((drawn == 0) | (drawn == 1)).all() and ((means >= 0) & (means <= 1)).all()
     # bottom half: every observed pixel precedes every hidden one, so the completion is drawn
     # from p(hidden | observed) exactly: its conditionals are the model's along the drawn path
     mask = torch.zeros_like(x, dtype=torch.bool)
@@ -169,12 +170,11 @@ def test_binary_samples_and_completions_are_the_drawn_path(variant: str) -> None
     assert torch.equal(drawn, images) and ((drawn == 0) | (drawn == 1)).all()
     assert torch.equal(model.sample(5, torch.Generator().manual_seed(3)), probs)
     # one path: the probabilities complete() returns are the conditionals of the pixels
-    # complete(binary=True) drew, with the same generator state
+    # complete() drew
     x = torch.bernoulli(torch.full((5, 1, 28, 28), 0.5, dtype=torch.float64))
     mask = torch.zeros_like(x, dtype=torch.bool)
     mask[:, :, 20:] = True
-    p = model.complete(x, mask, 1, torch.Generator().manual_seed(4))
-    b = model.complete(x, mask, 1, torch.Generator().manual_seed(4), binary=True)
+    b, p = model.complete(x, mask, 1, torch.Generator().manual_seed(4))
     assert torch.equal(b[~mask], x[~mask]) and ((b == 0) | (b == 1)).all()
     assert torch.allclose(p[mask], torch.sigmoid(model.logits(b))[mask], atol=1e-9)
 
@@ -234,3 +234,35 @@ def test_dropout_acts_in_training_only() -> None:
     for bad in (-0.1, 1.0):
         with pytest.raises(ConfigError, match=r"dropout: must be in \[0, 1\)"):
             model_config("pixelrnn", {"dropout": bad})
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_particle_completion_draws_from_the_posterior(variant: str) -> None:
+    """Hidden pixels with observed ones after them: the particle filter's completions follow
+    p(hidden | observed), enumerated by brute force on a 2x3 image, where ancestral sampling
+    (one particle: p(hidden | the pixels before them)) does not."""
+    model, every = tiny(variant), all_images(2, 3)
+    mask = torch.tensor([0, 1, 1, 0, 0, 0], dtype=torch.bool)  # the first row's end; the second row observed
+    logits = model.logits(every).reshape(64, 6)
+    log_cond = torch.where(every.view(64, 6) > 0.5, F.logsigmoid(logits), F.logsigmoid(-logits))
+    log_p = log_cond.sum(1)
+
+    def exact(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(posterior, ancestral proposal) over the 64 images, for observed pixels as in x."""
+        impossible = torch.tensor(-torch.inf, dtype=torch.float64)
+        consistent = (every.view(64, 6)[:, ~mask] == x[~mask]).all(1)
+        posterior = torch.where(consistent, log_p, impossible).softmax(0)
+        return posterior, torch.where(consistent, (log_cond * mask).sum(1), impossible).exp()
+
+    def tv(p: torch.Tensor, q: torch.Tensor) -> float:
+        return 0.5 * (p - q).abs().sum().item()
+
+    x = max(every.view(64, 6), key=lambda x: tv(*exact(x)))  # where the two differ most
+    posterior, ancestral = exact(x)
+    assert tv(posterior, ancestral) > 0.1  # the test can tell them apart
+    n, weights = 10_000, 2 ** torch.arange(5, -1, -1, dtype=torch.float64)
+    for particles, expected in ((1, ancestral), (32, posterior)):
+        drawn, _ = model.complete(x.view(1, 1, 2, 3).expand(n, 1, 2, 3), mask.view(1, 1, 2, 3).expand(n, 1, 2, 3),
+                                  particles, torch.Generator().manual_seed(0))
+        freq = torch.bincount((drawn.view(n, 6) * weights).sum(1).long(), minlength=64).double() / n
+        assert tv(freq, expected) < 0.04, (particles, tv(freq, expected), tv(posterior, ancestral))

@@ -2,6 +2,7 @@
 
     rnngen sample    n new images as a PNG grid
     rnngen inpaint   complete the hidden part of images: original | masked | completed
+    rnngen score     how likely each image is: its negative log-likelihood in nats (JSON)
     rnngen evaluate  NLL bounds, Fréchet classifier distance, inpainting scores (test split or your images)
     rnngen promote   move the champion alias to the model dvc repro just made, if it wins
     rnngen info      which version is champion, and its metrics
@@ -166,14 +167,10 @@ def _add_sample(sub: Any) -> None:
 
 
 def _sample(args: argparse.Namespace) -> None:
-    import torch
-
-    from rnngen import files, pictures
+    from rnngen import files, pictures, service
 
     loaded = _load_model(args)
-    generator = torch.Generator(device=loaded.model.device).manual_seed(args.seed)
-    with torch.no_grad():
-        images = loaded.model.sample(args.n, generator=generator, temperature=args.temperature).cpu()
+    images = service.draw(loaded.model, args.n, args.seed, args.temperature)
     with files.atomic_file(args.out) as tmp:
         pictures.save_grid(images, tmp, nrow=args.nrow or math.ceil(math.sqrt(args.n)))
     print(f"{args.n} samples of {loaded.source} (seed {args.seed}, temperature {args.temperature:g}) -> {args.out}")
@@ -186,25 +183,31 @@ def _add_inpaint(sub: Any) -> None:
   rnngen inpaint --test-index 0 1 2 3 --split data/split --mask centre_square --out panel.png
   rnngen inpaint --model models:/rnngen/2 --image a.png b.png --mask my_mask.png --out panel.png
 """, _inpaint, model=True)
-    source = command.add_mutually_exclusive_group(required=True)
-    source.add_argument("--image", nargs="+", metavar="PNG", help="28x28 grayscale image file(s)")
-    source.add_argument("--test-index", nargs="+", type=int, metavar="I", help="index(es) into the test split")
+    _add_images(command)
     option = command.add_argument
-    option("--split", type=Path, default=Path("data/split"),
-           help="split stage output, for --test-index (default: %(default)s)")
     option("--mask", type=_mask_arg, required=True,
            help=f"{' | '.join(MASK_KINDS)}, or a 28x28 grayscale PNG whose white pixels are hidden")
-    option("--iterations", type=_positive_int, default=20,
-           help="rounds of the pseudo-Gibbs sampler of the latent-variable models; PixelRNN "
-                "completes in one raster pass and ignores it (default: %(default)s)")
+    option("--effort", type=_positive_int, default=32,
+           help="sampler work per image: pseudo-Gibbs rounds (latent-variable models), particles "
+                "(PixelRNN) (default: %(default)s)")
     option("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     option("--out", type=_png_out, default=Path("inpainting.png"), help="PNG to write (default: %(default)s)")
 
 
-def _inpaint(args: argparse.Namespace) -> None:
+def _add_images(command: argparse.ArgumentParser) -> None:
+    """--image or --test-index (with --split): the images a command works on."""
+    source = command.add_mutually_exclusive_group(required=True)
+    source.add_argument("--image", nargs="+", metavar="PNG", help="28x28 grayscale image file(s)")
+    source.add_argument("--test-index", nargs="+", type=int, metavar="I", help="index(es) into the test split")
+    command.add_argument("--split", type=Path, default=Path("data/split"),
+                         help="split stage output, for --test-index (default: %(default)s)")
+
+
+def _read_images(args: argparse.Namespace) -> tuple[Any, str]:
+    """The images of :func:`_add_images`' options in [0, 1], ``(n, 1, 28, 28)``, and what they are."""
     import torch
 
-    from rnngen import data, files, inpaint, pictures
+    from rnngen import data
 
     if args.image:
         x_u8 = torch.stack([torch.from_numpy(data.read_image(path)) for path in args.image])
@@ -216,14 +219,38 @@ def _inpaint(args: argparse.Namespace) -> None:
             raise data.DataError(f"--test-index {bad[0]}: the test split in {args.split} has {len(x_test)} images")
         x_u8 = x_test[args.test_index]
         what = f"test images {args.test_index} of {args.split}"
-    original = data.to_unit(x_u8)  # (n, 1, 28, 28)
+    return data.to_unit(x_u8), what
+
+
+def _add_score(sub: Any) -> None:
+    command = _add_command(sub, "score", "how likely each image is under a model: prints JSON with each image's "
+                           "negative log-likelihood in nats (what the served model's score task answers)", """\
+  rnngen score --image digit.png
+  rnngen score --test-index 0 1 2 --split data/split --model models:/rnngen/2
+""", _score, model=True)
+    _add_images(command)
+
+
+def _score(args: argparse.Namespace) -> None:
+    from rnngen import data, service
+
+    grey, what = _read_images(args)
+    loaded = _load_model(args)
+    nll = service.score(loaded.model, data.binarize(grey, "fixed"))  # the likelihood is of binary images
+    print(json.dumps({"model": loaded.source, "images": what, "binarized": "pixel > 0.5",
+                      "nll_nats": [float(v) for v in nll]}, indent=2))
+
+
+def _inpaint(args: argparse.Namespace) -> None:
+    from rnngen import files, inpaint, pictures, service
+
+    original, what = _read_images(args)  # (n, 1, 28, 28) in [0, 1]
     mask = inpaint.load_mask(args.mask, len(original), args.seed)
     loaded = _load_model(args)
-    generator = torch.Generator(device=loaded.model.device).manual_seed(args.seed)
-    completed = inpaint.inpaint(loaded.model, original, mask, args.iterations, generator).cpu()
+    completed = service.repair(loaded.model, original, mask, args.effort, args.seed)
     with files.atomic_file(args.out) as tmp:
         pictures.inpainting_panel(original, mask, completed, tmp)
-    print(f"inpainted {what} ({args.mask}, {args.iterations} iterations) with {loaded.source} -> {args.out}")
+    print(f"inpainted {what} ({args.mask}, effort {args.effort}) with {loaded.source} -> {args.out}")
 
 
 def _add_evaluate(sub: Any) -> None:
@@ -255,8 +282,8 @@ train pair, or the image folders).
            help="samples and real images for the FCD, at most the images given (default: evaluate.n_quality)")
     option("--inpaint-images", type=_positive_int, default=None,
            help="images completed under each mask (default: evaluate.inpaint_images)")
-    option("--iterations", type=_positive_int, default=None,
-           help="pseudo-Gibbs rounds per completion (default: evaluate.inpaint_iterations)")
+    option("--effort", type=_positive_int, default=None,
+           help="sampler work per completed image (default: evaluate.inpaint_effort)")
     option("--max-images", type=int, default=None,
            help="score only the first N images, 0 = all (default: evaluate.max_images)")
     option("--batch-size", type=_positive_int, default=None,
@@ -272,7 +299,7 @@ def _evaluate(args: argparse.Namespace) -> None:
 
     cfg = _with_flags(defaults(args.params).evaluate, seed=args.seed, k=args.k, batch_size=args.batch_size,
                       max_images=args.max_images, n_quality=args.n_quality, inpaint_images=args.inpaint_images,
-                      inpaint_iterations=args.iterations)
+                      inpaint_effort=args.effort)
     if args.split is not None:
         x, y = data.load_split(args.split, "test")
         images = data.UserData(x, y, None, None, f"the test split of {args.split} ({len(x)} images)")
@@ -408,7 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="run `rnngen COMMAND --help` for a command's options and examples",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add_command in (_add_sample, _add_inpaint, _add_evaluate, _add_promote, _add_info, _add_server):
+    for add_command in (_add_sample, _add_inpaint, _add_score, _add_evaluate, _add_promote, _add_info, _add_server):
         add_command(sub)
     return parser
 

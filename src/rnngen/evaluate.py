@@ -47,13 +47,13 @@ class EvalConfig:
     n_quality: int = 1000
     #: test images completed under each inpainting mask
     inpaint_images: int = 200
-    #: pseudo-Gibbs iterations per completion
-    inpaint_iterations: int = 20
+    #: sampler work per completed image: pseudo-Gibbs rounds (latent models), particles (PixelRNN)
+    inpaint_effort: int = 32
 
     def problems(self) -> list[str]:
         # n_quality >= 2: a covariance needs two images; max_images 0 means all
         return under_minimum(self, k=1, batch_size=1, n_samples=1, max_images=0, n_quality=2, inpaint_images=1,
-                             inpaint_iterations=1)
+                             inpaint_effort=1)
 
 
 def test_set_identity(
@@ -66,7 +66,7 @@ def test_set_identity(
     return {
         "data_sha256": data_sha256, "n_test": str(n_test), "binarization": binarization, "seed": str(cfg.seed),
         "k": str(cfg.k), "n_quality": str(min(cfg.n_quality, n_test)), "inpaint_images": str(cfg.inpaint_images),
-        "inpaint_iterations": str(cfg.inpaint_iterations), "judged_images": "binary" if judge.binary else "grey",
+        "inpaint_effort": str(cfg.inpaint_effort), "judged_images": "binary" if judge.binary else "grey",
     }
 
 
@@ -163,12 +163,11 @@ def report(
     n_inpaint, n_shown = min(cfg.inpaint_images, len(x)), min(16, len(x))
     for kind in MASKS:
         scores = inpainting_metrics(model, classifier, x[:n_inpaint], y_test[:n_inpaint], kind,
-                                    cfg.inpaint_iterations, cfg.seed)
+                                    cfg.inpaint_effort, cfg.seed)
         metrics |= {f"inpaint_{kind}_{k}": v for k, v in scores.items()}
         mask = make_mask(kind, n_shown, torch.Generator().manual_seed(cfg.seed))
-        with torch.no_grad():
-            completed = inpaint(model, x[:n_shown].to(model.device), mask.to(model.device), cfg.inpaint_iterations,
-                                torch.Generator(device=model.device).manual_seed(cfg.seed))
+        completed = inpaint(model, x[:n_shown], mask, cfg.inpaint_effort,
+                            torch.Generator(device=model.device).manual_seed(cfg.seed)).means
         inpainting_panel(x[:n_shown], mask, completed.cpu(), pictures / f"inpaint_{kind}.png")
     return metrics
 

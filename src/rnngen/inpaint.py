@@ -4,8 +4,9 @@ Completion is each model's ``complete`` method (see :class:`rnngen.models.Genera
 latent models run the pseudo-Gibbs sampler of Rezende et al. 2014 (fill the missing pixels
 with Bernoulli(0.5) noise, then repeatedly reconstruct and redraw only the missing pixels,
 the observed ones clamped; a Markov chain whose stationary distribution is p(missing |
-observed) when q(z|x) is exact); autoregressive models sample the missing pixels in raster
-order. This module validates the inputs and scores the result, the same way for every model.
+observed) when q(z|x) is exact); PixelRNN runs a particle filter in raster order in which
+every observed pixel, before or after a hidden one, weighs the candidate completions. This
+module validates the inputs and scores the result, the same way for every model.
 The classifier's accuracy is taken on images of the kind it was trained on: with a binary
 judge (the default) the completion's missing pixels are drawn, not left as probabilities.
 """
@@ -21,6 +22,7 @@ from torch import Tensor
 from rnngen import data
 from rnngen.classifier import DigitClassifier, accuracy, as_images, as_judged
 from rnngen.models import GenerativeModel
+from rnngen.models.base import Completion
 
 SIDE = 28
 #: side of the centre_square mask (half the image side)
@@ -79,20 +81,18 @@ def inpaint(
     model: GenerativeModel,
     x: Tensor,
     mask: Tensor,
-    iterations: int,
+    effort: int,
     generator: torch.Generator | None = None,
-    *,
-    binary: bool = False,
-) -> Tensor:
-    """Complete the pixels of ``x`` ``(B, 1, 28, 28)`` in [0, 1] where ``mask`` is True.
+) -> Completion:
+    """Complete the pixels of ``x`` ``(B, 1, 28, 28)`` in [0, 1] where ``mask`` is True, with
+    ``effort`` units of the model's sampler (rounds or particles) per image.
 
-    Returns ``x`` with the missing pixels replaced by the model's completion (``iterations``
-    rounds where the model's sampler has rounds): probabilities p(x_i = 1 | ...), or with
-    ``binary`` pixels drawn from them; observed pixels are returned exactly as given.
-    ``generator`` must live on the model's device.
+    Returns the completion on the model's device: ``drawn`` (hidden pixels drawn, binary) and
+    ``means`` (their probabilities p(x_i = 1 | ...)); observed pixels come back exactly as
+    given in both. ``generator`` must live on the model's device.
     """
-    if iterations < 1:
-        raise ValueError(f"inpainting iterations must be >= 1, got {iterations}")
+    if effort < 1:
+        raise ValueError(f"inpainting effort must be >= 1, got {effort}")
     if mask.shape != x.shape or mask.dtype != torch.bool:
         raise ValueError(
             f"mask must be bool with the images' shape {tuple(x.shape)}, got {mask.dtype} {tuple(mask.shape)}"
@@ -101,8 +101,9 @@ def inpaint(
         raise ValueError("inpainting needs images in [0, 1]")
     model.eval()
     x, mask = x.to(model.device), mask.to(model.device)
-    done = model.complete(x, mask, iterations, generator=generator, binary=binary)
-    return torch.where(mask, done, x)  # whatever the model returns, observed pixels stay as given
+    done = model.complete(x, mask, effort, generator=generator)
+    # whatever the model returns, observed pixels stay as given
+    return Completion(torch.where(mask, done.drawn, x), torch.where(mask, done.means, x))
 
 
 def inpainting_metrics(
@@ -111,7 +112,7 @@ def inpainting_metrics(
     x: Tensor,
     y: Tensor,
     kind: str,
-    iterations: int,
+    effort: int,
     seed: int,
     *,
     batch_size: int = 250,
@@ -122,25 +123,22 @@ def inpainting_metrics(
     probabilities; ``accuracy_*`` is the classifier's on the completed, the original and the
     masked images (missing pixels set to 0, the background), so completion can be judged
     against both ends, each in the classifier's kind: for a binary judge the completion's
-    pixels drawn (the same chain, from the same seed) and ``x`` binarized if it is grey.
+    pixels drawn (the draw that goes with the probabilities) and ``x`` binarized if it is grey.
     """
     x = as_images(x)
     mask = make_mask(kind, len(x), torch.Generator().manual_seed(seed))
 
-    def complete(binary: bool) -> Tensor:
-        gen = torch.Generator(device=model.device).manual_seed(seed)
-        return torch.cat([
-            inpaint(model, x[i : i + batch_size], mask[i : i + batch_size], iterations, gen, binary=binary).cpu()
-            for i in range(0, len(x), batch_size)
-        ])
-
-    completed = complete(binary=False)
+    gen = torch.Generator(device=model.device).manual_seed(seed)
+    parts = [inpaint(model, x[i : i + batch_size], mask[i : i + batch_size], effort, gen)
+             for i in range(0, len(x), batch_size)]
+    completed = torch.cat([p.means.cpu() for p in parts])
+    drawn = torch.cat([p.drawn.cpu() for p in parts])
     n_missing = mask.sum().clamp(min=1)
     sq_err = (completed - x).square()
     bce = F.binary_cross_entropy(completed, x, reduction="none")  # log clamped at -100 by torch
     x_judged = as_judged(classifier, x, seed)
     # one seed, one draw per pixel: a grey x's observed pixels binarize alike in all three
-    completed_judged = as_judged(classifier, complete(binary=True), seed) if classifier.binary else completed
+    completed_judged = as_judged(classifier, drawn, seed) if classifier.binary else completed
     return {
         "mse_missing": (sq_err[mask].sum() / n_missing).item(),
         "bce_missing": (bce[mask].sum() / n_missing).item(),

@@ -8,16 +8,13 @@ and breaks when a class moves. A weights-only checkpoint plus an importable load
 every model, and ``models:/NAME@ALIAS`` means one thing for MLflow and for the CLI: both read
 that same ``model.pt``.
 
-``mlflow.pyfunc.load_model("models:/rnngen@champion").predict(x)`` scores a batch: for
-images ``x`` of shape ``(B, 1, 28, 28)``, ``(B, 28, 28)`` or ``(B, 784)`` with binarized
-pixels in [0, 1], it returns each image's negative log-likelihood in nats (the
-importance-weighted bound with :data:`SCORE_K` samples, seeded; the exact value for
-exact-likelihood models). Loading needs rnngen installed.
+``mlflow.pyfunc.load_model("models:/rnngen@champion").predict(x, params={"task": ...})``
+scores, draws or repairs images (:mod:`rnngen.service`); without params it scores, each
+binarized image's negative log-likelihood in nats. Loading needs rnngen installed.
 """
 
 from __future__ import annotations
 
-import math
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -28,9 +25,8 @@ import numpy as np
 import torch
 
 from rnngen import checkpoint as ckpt
-from rnngen import tracking
+from rnngen import service, tracking
 from rnngen.checkpoint import CheckpointError
-from rnngen.data import SIDE
 from rnngen.models import GenerativeModel
 from rnngen.tracking import TrackingError
 
@@ -38,8 +34,6 @@ from rnngen.tracking import TrackingError
 CHECKPOINT_FILE = "model.pt"
 #: the train stage's record of the run and registered version, beside model.pt
 RUN_FILE = "run.json"
-#: importance samples per image behind the served score
-SCORE_K = 16
 #: model version tag naming the run of its latest evaluation (the evaluate stage's)
 EVALUATION_TAG = "evaluation_run_id"
 #: params of an evaluation run that identify its test set (see rnngen.evaluate.test_set_identity)
@@ -49,24 +43,11 @@ TEST_SET_PREFIX = "test_set."
 # ------------------------------------------------------------------------------ logging
 
 
-class Scorer:
-    """What ``mlflow.pyfunc`` serves: per-image negative log-likelihood (nats) of a batch."""
-
-    def __init__(self, model: GenerativeModel) -> None:
-        self.model = model.eval()
-
-    def predict(self, model_input: Any, params: dict[str, Any] | None = None) -> np.ndarray:
-        x = torch.as_tensor(np.asarray(model_input, dtype=np.float32)).reshape(-1, 1, SIDE, SIDE)
-        gen = torch.Generator(device=self.model.device).manual_seed(0)
-        with torch.no_grad():
-            logw = self.model.log_weights(x.to(self.model.device), SCORE_K, generator=gen).double()
-            nll = -(torch.logsumexp(logw, 0) - math.log(SCORE_K))
-        return nll.float().cpu().numpy()
-
-
-def _load_pyfunc(data_path: str) -> Scorer:
+def _load_pyfunc(data_path: str) -> Any:
     """MLflow's hook for ``loader_module``: ``data_path`` is the logged ``model.pt``."""
-    return Scorer(ckpt.load_model(data_path))
+    from rnngen.service import Service
+
+    return Service(ckpt.load_model(data_path))
 
 
 def log_model(checkpoint: Path, example: np.ndarray, registered_name: str) -> str:
@@ -78,6 +59,7 @@ def log_model(checkpoint: Path, example: np.ndarray, registered_name: str) -> st
         warnings.filterwarnings("ignore", message=".*(pip|requirement).*")
         info = mlflow.pyfunc.log_model(
             name="model", loader_module=__name__, data_path=str(checkpoint), input_example=example,
+            signature=service.signature(),
             registered_model_name=registered_name, await_registration_for=60,
             # explicit: inferring them would load the model once more in a subprocess
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "mlflow", "numpy", "rnngen"],

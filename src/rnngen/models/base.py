@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +30,15 @@ class LossTerms:
     @property
     def nelbo(self) -> Tensor:
         return self.recon + self.kl
+
+
+class Completion(NamedTuple):
+    """A completed batch, ``(B, 1, H, W)`` each, observed pixels exactly as given in both:
+    ``drawn`` has the hidden pixels drawn (binary), ``means`` their Bernoulli means (for
+    pictures and per-pixel errors); ``drawn`` is a draw from those means' path."""
+
+    drawn: Tensor
+    means: Tensor
 
 
 def bernoulli_nll(logits: Tensor, x: Tensor) -> Tensor:
@@ -68,7 +77,7 @@ class GenerativeModel(nn.Module, ABC):
 
     ``forward`` gives the training loss terms; ``log_likelihood`` the log-likelihood (a bound
     or exact, as ``exact_likelihood`` says); ``sample`` (grey pictures) and ``sample_binary``
-    (draws of p(x)); ``complete`` (inpainting);
+    (draws of p(x)); ``complete`` (inpainting, a :class:`Completion`);
     ``reconstruct``; ``sample_steps`` (the picture of generation over time).
     """
 
@@ -124,24 +133,19 @@ class GenerativeModel(nn.Module, ABC):
         return (torch.logsumexp(logw, 0) - math.log(k)).to(x.dtype)
 
     def complete(
-        self, x: Tensor, mask: Tensor, iterations: int, generator: torch.Generator | None = None,
-        *, binary: bool = False,
-    ) -> Tensor:
-        """Fill the pixels of ``x`` where ``mask`` is True by conditional sampling; observed
-        pixels come back exactly as given. Latent models: the pseudo-Gibbs sampler of Rezende
+        self, x: Tensor, mask: Tensor, effort: int, generator: torch.Generator | None = None,
+    ) -> Completion:
+        """Fill the pixels of ``x`` where ``mask`` is True by conditional sampling, ``effort``
+        being the sampler's work per image. Latent models: the pseudo-Gibbs sampler of Rezende
         et al. 2014 (sec. 5.2): start the missing pixels at Bernoulli(0.5) noise, then
-        ``iterations`` times reconstruct (z ~ q(z|x), then p(x|z)) and redraw only the missing
-        pixels; the last round keeps the Bernoulli means, or with ``binary`` draws them too.
-        The same ``generator`` state gives the same chain either way: the binary completion is
-        a draw from the means the other call returns."""
+        ``effort`` times reconstruct (z ~ q(z|x), then p(x|z)) and redraw only the missing
+        pixels; ``means`` are the last round's Bernoulli means, ``drawn`` a draw from them."""
         noise = torch.bernoulli(torch.full_like(x, 0.5), generator=generator)
         current = torch.where(mask, noise, x)
-        for step in range(iterations):
-            means = self.reconstruct(current, generator=generator)  # (B, 1, 28, 28)
-            last = step == iterations - 1
-            fill = means if last and not binary else torch.bernoulli(means, generator=generator)
-            current = torch.where(mask, fill, x)  # clamp the observed pixels
-        return current
+        for _ in range(effort):
+            means = torch.where(mask, self.reconstruct(current, generator=generator), x)  # (B, 1, 28, 28)
+            current = torch.where(mask, torch.bernoulli(means, generator=generator), x)  # clamp the observed pixels
+        return Completion(drawn=current, means=means)
 
     @abstractmethod
     def sample(self, n: int, generator: torch.Generator | None = None, temperature: float = 1.0) -> Tensor:

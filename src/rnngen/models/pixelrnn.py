@@ -46,10 +46,10 @@ from torch import Tensor, nn
 
 from rnngen.config import under_minimum
 from rnngen.models import kernels
-from rnngen.models.base import GenerativeModel, LossTerms, bernoulli_nll, bf16_autocast
+from rnngen.models.base import Completion, GenerativeModel, LossTerms, bernoulli_nll, bf16_autocast
 from rnngen.models.fast.row_lstm import RowLayerKernel, RowRecurrence
 from rnngen.models.lstm import lstm_cell
-from rnngen.models.pixelrnn_sampling import DiagonalSampler, RowSampler
+from rnngen.models.pixelrnn_sampling import DiagonalSampler, Particles, RowSampler
 
 SIZE = 28
 
@@ -309,19 +309,26 @@ class PixelRNN(GenerativeModel):
     def generate(
         self, n: int, generator: torch.Generator | None = None, temperature: float = 1.0, *,
         size: tuple[int, int] = (SIZE, SIZE), given: Tensor | None = None, mask: Tensor | None = None,
-        on_row: Any = None,
+        particles: int = 1, on_row: Any = None,
     ) -> tuple[Tensor, Tensor]:
         """Draw images pixel by pixel in raster order, each pixel computing one position (Row
         LSTM) or one diagonal step (Diagonal BiLSTM) per layer with the rows above cached (states
         and maps), never a full forward per pixel.
 
         With ``given`` and ``mask`` ``(n, 1, H, W)``, pixels where ``mask`` is False are taken
-        from ``given`` instead of sampled. Returns ``(images, probs)``: the binary images and
-        p(x_i = 1 | x_<i) at every pixel along the way. ``on_row(i, images)`` is called after
-        each row (the pictures of generation).
+        from ``given`` instead of sampled, and ``particles`` sequences per image are run as a
+        particle filter (:class:`~rnngen.models.pixelrnn_sampling.Particles`), one of them
+        returned. Returns ``(images, probs)``: the binary images and p(x_i = 1 | x_<i) at every
+        pixel along the way. ``on_row(i, images)`` is called after each row (the pictures of
+        generation).
         """
         device = self.input_conv.weight.device
         height, width = size
+        smc = None
+        if given is not None and mask is not None:
+            given, mask = given.repeat_interleave(particles, 0), mask.repeat_interleave(particles, 0)
+            smc = Particles(n, particles, device) if particles > 1 else None
+            n *= particles
         x = torch.zeros(n, 1, height, width, device=device, dtype=self.input_conv.weight.dtype)
         probs = torch.zeros_like(x)
         sampler = (RowSampler if self.config.variant == "row_lstm" else DiagonalSampler)(self, n, size)
@@ -331,12 +338,22 @@ class PixelRNN(GenerativeModel):
                 p = torch.sigmoid(logit / temperature)
                 drawn = torch.bernoulli(p, generator=generator)
                 if given is not None and mask is not None:
-                    drawn = torch.where(mask[:, 0, i, j], drawn, given[:, 0, i, j])
+                    observed, value = ~mask[:, 0, i, j], given[:, 0, i, j]
+                    drawn = torch.where(observed, value, drawn)
+                    if smc is not None:
+                        smc.observe(logit, value, observed)
                 x[:, 0, i, j] = drawn
                 probs[:, 0, i, j] = p
             sampler.end_row(x, i)
+            keep = smc.resample(generator) if smc is not None and i < height - 1 else None
+            if keep is not None:
+                x, probs = x[keep], probs[keep]
+                sampler.select(keep)
             if on_row is not None:
                 on_row(i, x)
+        if smc is not None:
+            chosen = smc.choose(generator)
+            x, probs = x[chosen], probs[chosen]
         return x, probs
 
     def sample(self, n: int, generator: torch.Generator | None = None, temperature: float = 1.0) -> Tensor:
@@ -351,20 +368,21 @@ class PixelRNN(GenerativeModel):
         return self.generate(n, generator)[0]
 
     def complete(
-        self, x: Tensor, mask: Tensor, iterations: int, generator: torch.Generator | None = None,
-        *, binary: bool = False,
-    ) -> Tensor:
-        """The hidden pixels drawn in raster order from p(x_i | x_<i), the observed ones kept
-        (returned as p(x_i = 1 | x_<i) at the hidden pixels). Exact ancestral sampling of
-        p(hidden | observed) when every observed pixel precedes every hidden one in raster order
-        (the bottom half); for other masks it conditions on the observed pixels above and to
-        the left only (pixels after a hidden one are not looked ahead to). One pass: there are
-        no rounds, so ``iterations`` is not used. With ``binary`` the drawn pixels come back
-        instead (the same path for the same ``generator`` state)."""
-        size = (x.shape[-2], x.shape[-1])
-        given = (x > 0.5).float()  # the likelihood's view of the observed pixels: binary
-        drawn, probs = self.generate(len(x), generator, size=size, given=given, mask=mask)
-        return torch.where(mask, drawn if binary else probs, x)
+        self, x: Tensor, mask: Tensor, effort: int, generator: torch.Generator | None = None,
+    ) -> Completion:
+        """The hidden pixels drawn from p(hidden | observed) by a particle filter in raster order
+        with ``effort`` particles per image (:class:`~rnngen.models.pixelrnn_sampling.Particles`):
+        every observed pixel, above or below a hidden one, weighs in. When every observed pixel
+        precedes every hidden one (the bottom half) ancestral sampling is already exact, and one
+        particle is run. ``means`` are p(x_i = 1 | x_<i) along the drawn path."""
+        flat = mask.flatten(1)
+        position = torch.arange(flat.shape[1], device=flat.device)
+        first_hidden = torch.where(flat, position, flat.shape[1]).min(1, keepdim=True).values
+        looks_ahead = bool((~flat & (position > first_hidden)).any())
+        given = (x > 0.5).to(x.dtype)  # the likelihood's view of the observed pixels: binary
+        drawn, probs = self.generate(len(x), generator, size=(x.shape[-2], x.shape[-1]), given=given, mask=mask,
+                                     particles=effort if looks_ahead else 1)
+        return Completion(drawn=torch.where(mask, drawn, x), means=torch.where(mask, probs, x))
 
     def sample_steps(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """``(28, n, 1, 28, 28)``: the image after each row is generated (rows not yet drawn grey)."""

@@ -1,7 +1,8 @@
 """PixelRNN generation, pixel by pixel in raster order (van den Oord et al. 2016, sec. 2): each
 pixel computes one position (Row LSTM) or one diagonal step (Diagonal BiLSTM) per layer with the
 rows above cached, never a full forward pass per pixel. :meth:`rnngen.models.pixelrnn.PixelRNN.generate`
-drives them: ``logit(x, i, j)`` for each pixel, ``end_row(x, i)`` after each row.
+drives them: ``logit(x, i, j)`` for each pixel, ``end_row(x, i)`` after each row, and
+``select(index)`` when :class:`Particles` resamples.
 """
 
 from __future__ import annotations
@@ -60,6 +61,12 @@ class RowSampler:
         self.h_above, self.h_row = self.h_row, self.h_above
         self.c_above, self.c_row = self.c_row, self.c_above
 
+    def select(self, index: Tensor) -> None:
+        """After ``end_row``: keep the sequences ``index`` (the next row's inputs and states
+        are written before they are read, so only the row above travels)."""
+        self.h_above = [h[index] for h in self.h_above]
+        self.c_above = [c[index] for c in self.c_above]
+
 
 class DiagonalSampler:
     """Diagonal BiLSTM generation, pixel by pixel. Left-to-right states at (i, j) come from
@@ -113,3 +120,49 @@ class DiagonalSampler:
             self.above_r[l_idx] = row_r
             self.rev_out[l_idx] = row_r
             self.above_f[l_idx] = self.row_f[l_idx].clone()
+
+    def select(self, index: Tensor) -> None:
+        """After ``end_row``: keep the sequences ``index`` (what the rows above left behind)."""
+        for states in (self.above_f, self.above_r, self.rev_out):
+            states[:] = [s[index] for s in states]
+
+
+class Particles:
+    """Sequential Monte Carlo in raster order (the bootstrap particle filter of Gordon, Salmond
+    and Smith 1993; Doucet, de Freitas and Gordon 2001, ch. 1) for p(hidden | observed):
+    ``k`` sequences per image are generated side by side, each hidden pixel drawn from the
+    model's p(x_i | x_<i) (the proposal), each observed pixel weighting its sequence by
+    p(x_i | x_<i) (the incremental weight of that proposal). After a row, the sequences of an
+    image whose effective sample size fell below ``k / 2`` are resampled (multinomial); at the
+    end one sequence per image is drawn by weight. As ``k`` grows this is a draw from
+    p(hidden | observed) whatever the mask; with no observed pixel after a hidden one every
+    weight is equal and one sequence is the exact ancestral draw.
+
+    Sequences are laid out image-major: rows ``b * k .. b * k + k - 1`` belong to image ``b``.
+    """
+
+    def __init__(self, n: int, k: int, device: torch.device) -> None:
+        self.n, self.k = n, k
+        self.log_w = torch.zeros(n, k, dtype=torch.float64, device=device)
+        self.first = (torch.arange(n, device=device) * k).unsqueeze(1)  # (n, 1)
+
+    def observe(self, logit: Tensor, value: Tensor, observed: Tensor) -> None:
+        """Weight every sequence by log p(x_i = value | x_<i) where pixel i is observed."""
+        log_p = torch.where(value > 0.5, F.logsigmoid(logit), F.logsigmoid(-logit))
+        self.log_w += torch.where(observed, log_p, torch.zeros_like(log_p)).double().view(self.n, self.k)
+
+    def resample(self, generator: torch.Generator | None) -> Tensor | None:
+        """Sequences to keep (an index over all ``n * k``), or None when no image needs it."""
+        w = torch.softmax(self.log_w, 1)
+        low = 1.0 / w.square().sum(1) < self.k / 2  # effective sample size (Kong et al. 1994)
+        if not low.any():
+            return None
+        drawn = torch.multinomial(w.float(), self.k, replacement=True, generator=generator)
+        keep = torch.where(low.unsqueeze(1), drawn, torch.arange(self.k, device=w.device))
+        self.log_w = torch.where(low.unsqueeze(1), torch.zeros_like(self.log_w), self.log_w)
+        return (self.first + keep).flatten()
+
+    def choose(self, generator: torch.Generator | None) -> Tensor:
+        """One sequence per image, drawn by weight: an index of ``n``."""
+        w = torch.softmax(self.log_w, 1).float()
+        return self.first[:, 0] + torch.multinomial(w, 1, generator=generator)[:, 0]

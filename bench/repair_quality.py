@@ -1,0 +1,51 @@
+"""Repair quality per second: for a trained model, each mask and each sampler effort, the judge's
+accuracy on the completed test images (and on the masked and original ones), the error on the
+hidden pixels and the seconds the sampler took, as the evaluate stage scores them.
+
+    python bench/repair_quality.py --model models --efforts 1,8,32
+    python bench/repair_quality.py --model models:/rnngen@champion --masks centre_square --efforts 32,64
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+
+from rnngen import registry
+from rnngen.classifier import load_classifier
+from rnngen.data import binarized_test_set, load_split
+from rnngen.inpaint import MASKS, inpainting_metrics
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="models", help="checkpoint, models/ folder or models:/ URI")
+    parser.add_argument("--split", type=Path, default=Path("data/split"))
+    parser.add_argument("--classifier", type=Path, default=Path("classifier/classifier.pt"))
+    parser.add_argument("--images", type=int, default=200, help="test images per mask (evaluate.inpaint_images)")
+    parser.add_argument("--masks", default=",".join(MASKS))
+    parser.add_argument("--efforts", default="1,8,32", help="sampler efforts to compare")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    loaded = registry.load(args.model, "rnngen")
+    judge = load_classifier(args.classifier)
+    x_test, y_test = load_split(args.split, "test")
+    x = binarized_test_set(x_test, loaded.binarization, args.seed)[: args.images]
+    y = y_test[: args.images]
+    print(f"{loaded.source}: {loaded.model.name}, {len(x)} test images, {torch.get_num_threads()} threads")
+    print("mask            effort  completed  masked  original  mse_missing  seconds")
+    for kind in args.masks.split(","):
+        for effort in (int(e) for e in args.efforts.split(",")):
+            start = time.perf_counter()
+            m = inpainting_metrics(loaded.model, judge, x, y, kind, effort, args.seed)
+            seconds = time.perf_counter() - start
+            print(f"{kind:15s} {effort:6d}  {m['accuracy_completed']:9.3f}  {m['accuracy_masked']:6.3f}  "
+                  f"{m['accuracy_original']:8.3f}  {m['mse_missing']:11.4f}  {seconds:7.1f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

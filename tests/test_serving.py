@@ -1,0 +1,166 @@
+"""The model in service: every model answers score, sample and inpaint through the pyfunc's
+``predict`` (in process), and a real ``mlflow models serve`` on a registered model answers
+them over HTTP, refuses bad requests with a 400 that says why, and keeps serving."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import requests
+import torch
+from PIL import Image
+
+from rnngen import pictures, service
+from rnngen.models import MODELS
+from rnngen.service import RequestError, answer
+from test_models import binary_batch, tiny
+
+BIN = Path(sys.executable).parent
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_every_model_scores_draws_and_repairs(name: str) -> None:
+    model = tiny(name).eval()
+    x = binary_batch(3)
+    nll = answer(model, x.numpy())  # the default task: score, as before
+    assert nll.shape == (3,) and np.isfinite(nll).all() and (nll > 0).all()
+    assert np.array_equal(nll, answer(model, x.view(3, 784).numpy(), {"task": "score"}))
+    drawn = answer(model, [], {"task": "sample", "n": 2, "seed": 5})
+    assert drawn.shape == (2, 28, 28)
+    assert np.array_equal(drawn, service.draw(model, 2, 5).view(2, 28, 28).numpy())  # rnngen sample's path
+    mask = np.zeros(784, dtype=np.int64)
+    mask[300:400] = 1
+    repaired = answer(model, x.numpy(), {"task": "inpaint", "mask_pixels": mask.tolist(), "effort": 2})
+    hidden = torch.from_numpy(mask.astype(bool)).view(28, 28)
+    assert np.array_equal(repaired[:, ~hidden], x[:, 0, ~hidden].numpy())  # observed pixels untouched
+    named = answer(model, x.numpy(), {"task": "inpaint", "mask": "bottom_half", "effort": 2, "format": "png"})
+    first = np.asarray(Image.open(io.BytesIO(base64.b64decode(named[0]))))
+    assert first.shape == (28, 28) and np.array_equal(first[:14] > 127, x[0, 0, :14].numpy() > 0.5)
+
+
+BAD_REQUESTS: list[tuple[Any, dict[str, Any], str]] = [
+    (np.zeros((2, 5)), {}, "28x28"),
+    (np.full((1, 28, 28), 0.5), {}, "binarized"),
+    (np.full((1, 28, 28), 2.0), {"task": "inpaint"}, r"[0, 1]"),
+    (np.zeros((1, 28, 28)), {"task": "draw"}, "unknown task 'draw'"),
+    (np.zeros((1, 28, 28)), {"task": "inpaint", "mask": "left_half"}, "unknown mask 'left_half'"),
+    (np.zeros((1, 28, 28)), {"task": "inpaint", "mask_pixels": [0] * 784}, "hides no pixel"),
+    (np.zeros((1, 28, 28)), {"task": "inpaint", "mask_pixels": [1] * 10}, "784"),
+    ([], {"task": "sample", "n": service.MAX_SAMPLES + 1}, f"n must be in [1, {service.MAX_SAMPLES}]"),
+    (np.zeros((service.MAX_IMAGES + 1, 784)), {}, f"at most {service.MAX_IMAGES} images"),
+    ([], {}, "needs images"),
+]
+
+
+@pytest.mark.parametrize(("inputs", "params", "says"), BAD_REQUESTS)
+def test_bad_requests_are_refused_with_a_sentence(inputs: Any, params: dict[str, Any], says: str) -> None:
+    with pytest.raises(RequestError) as refused:
+        answer(tiny("mlp_vae").eval(), inputs, params)
+    assert says in str(refused.value)
+
+
+# ------------------------------------------------------------------ over HTTP
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served(trained_model: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """``mlflow models serve`` on version 1 of the tiny pipeline's registered model."""
+    port, logs = free_port(), tmp_path_factory.mktemp("serve") / "serve.log"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": trained_model["uri"], "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    uri = "models:/rnngen/1"
+    with logs.open("w") as log:
+        proc = subprocess.Popen([str(BIN / "mlflow"), "models", "serve", "-m", uri, "--env-manager", "local",
+                                 "--host", "127.0.0.1", "--port", str(port)], env=env, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                if requests.get(f"{url}/ping", timeout=2).ok:
+                    break
+            except requests.ConnectionError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, logs.read_text()
+            time.sleep(1)
+        yield {"url": url, "uri": uri, "env": env, "split": trained_model["split"]}
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(timeout=30)
+
+
+def invoke(url: str, inputs: Any, **params: Any) -> requests.Response:
+    body = {"inputs": np.asarray(inputs).tolist(), "params": params}
+    return requests.post(f"{url}/invocations", json=body, timeout=120)
+
+
+def run(cmd: list[str], env: dict[str, str], cwd: Path) -> str:
+    done = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+@pytest.mark.e2e
+def test_the_served_model_scores_draws_and_repairs_over_http(served: dict[str, Any], tmp_path: Path) -> None:
+    url, env = served["url"], served["env"]
+    x = (np.load(served["split"] / "test_x.npy")[:4] > 127).astype(np.float32)  # (4, 28, 28)
+    scored = invoke(url, x)
+    assert scored.status_code == 200, scored.text
+    nll = np.asarray(scored.json()["predictions"])
+    # the same numbers as MLflow's loader in this process and as `rnngen score`
+    import mlflow.pyfunc
+
+    os.environ["MLFLOW_TRACKING_URI"] = env["MLFLOW_TRACKING_URI"]
+    try:
+        loaded = mlflow.pyfunc.load_model(served["uri"])
+    finally:
+        os.environ.pop("MLFLOW_TRACKING_URI")
+    assert np.allclose(nll, loaded.predict(x), rtol=1e-6)
+    cli = json.loads(run([str(BIN / "rnngen"), "score", "--model", served["uri"], "--test-index", "0", "1", "2", "3",
+                          "--split", str(served["split"])], env, tmp_path))
+    assert np.allclose(nll, cli["nll_nats"], rtol=1e-6)
+
+    drawn = invoke(url, [], task="sample", n=3, seed=7)
+    assert drawn.status_code == 200, drawn.text
+    images = torch.tensor(drawn.json()["predictions"]).view(3, 1, 28, 28)
+    run([str(BIN / "rnngen"), "sample", "--model", served["uri"], "--n", "3", "--seed", "7", "--out", "s.png"],
+        env, tmp_path)
+    pictures.save_grid(images, tmp_path / "served.png", nrow=2)  # the CLI's layout for n = 3
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "s.png")), np.asarray(Image.open(tmp_path / "served.png")))
+
+    repaired = invoke(url, x, task="inpaint", mask="centre_square", effort=2, seed=1)
+    assert repaired.status_code == 200, repaired.text
+    out = np.asarray(repaired.json()["predictions"])
+    hidden = np.zeros((28, 28), dtype=bool)
+    hidden[7:21, 7:21] = True
+    assert out.shape == (4, 28, 28) and np.array_equal(out[:, ~hidden], x[:, ~hidden])
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize(("inputs", "params", "says"), BAD_REQUESTS)
+def test_a_bad_request_gets_a_400_that_says_why_and_the_server_keeps_serving(
+    served: dict[str, Any], inputs: Any, params: dict[str, Any], says: str
+) -> None:
+    refused = invoke(served["url"], inputs, **params)
+    assert refused.status_code == 400, refused.text
+    assert says in refused.json()["message"] and "Traceback" not in refused.text
+    assert "stack_trace" not in refused.json()
+    assert invoke(served["url"], np.zeros((1, 28, 28))).status_code == 200
