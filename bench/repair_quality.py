@@ -4,6 +4,10 @@ hidden pixels and the seconds the sampler took, as the evaluate stage scores the
 
     python bench/repair_quality.py --model models --efforts 1,8,32
     python bench/repair_quality.py --model models:/rnngen@champion --masks centre_square --efforts 32,64
+    python bench/repair_quality.py --model models_vae --samplers complete,pseudo_gibbs,metropolis_within_gibbs
+
+``--samplers`` compares a latent model's ``complete`` (pseudo-Gibbs warm start, then
+Metropolis-within-Gibbs) with either sampler alone, each given all the rounds.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=200, help="test images per mask (evaluate.inpaint_images)")
     parser.add_argument("--masks", default=",".join(MASKS))
     parser.add_argument("--efforts", default="1,8,32", help="sampler efforts to compare")
+    parser.add_argument("--samplers", default="complete", help="model methods to compare (latent models)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
@@ -37,14 +42,18 @@ def main() -> None:
     x = binarized_test_set(x_test, loaded.binarization, args.seed)[: args.images]
     y = y_test[: args.images]
     print(f"{loaded.source}: {loaded.model.name}, {len(x)} test images, {torch.get_num_threads()} threads")
-    print("mask            effort  completed  masked  original  mse_missing  seconds")
-    for kind in args.masks.split(","):
-        for effort in (int(e) for e in args.efforts.split(",")):
-            start = time.perf_counter()
-            m = inpainting_metrics(loaded.model, judge, x, y, kind, effort, args.seed)
-            seconds = time.perf_counter() - start
-            print(f"{kind:15s} {effort:6d}  {m['accuracy_completed']:9.3f}  {m['accuracy_masked']:6.3f}  "
-                  f"{m['accuracy_original']:8.3f}  {m['mse_missing']:11.4f}  {seconds:7.1f}", flush=True)
+    print("sampler                  mask            effort  completed  masked  original  mse_missing  seconds")
+    model, complete = loaded.model, loaded.model.complete
+    for sampler in args.samplers.split(","):
+        model.complete = complete if sampler == "complete" else getattr(model, sampler)  # what inpaint() calls
+        for kind in args.masks.split(","):
+            for effort in (int(e) for e in args.efforts.split(",")):
+                start = time.perf_counter()
+                m = inpainting_metrics(model, judge, x, y, kind, effort, args.seed)
+                seconds = time.perf_counter() - start
+                print(f"{sampler:24s} {kind:15s} {effort:6d}  {m['accuracy_completed']:9.3f}  "
+                      f"{m['accuracy_masked']:6.3f}  {m['accuracy_original']:8.3f}  {m['mse_missing']:11.4f}  "
+                      f"{seconds:7.1f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Every model in the registry through every stage: `dvc exp run -S model.name=NAME` in a fresh
 git+DVC copy (tune -> train -> evaluate -> registry), then the registered version through the
-CLI (`sample`, `inpaint`, `evaluate`) and back through MLflow's own loader (`models:/` URI)."""
+CLI (`sample`, `inpaint`, `evaluate`) and back through MLflow's own loader (`models:/` URI), which
+scores, samples and inpaints as the served model does."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import copy_project, tiny_params
+from rnngen.inpaint import make_mask
 from rnngen.models import MODELS
 from test_pipeline import BIN, run, stages_run
 
@@ -23,7 +26,10 @@ import mlflow.pyfunc
 import numpy as np
 model = mlflow.pyfunc.load_model(sys.argv[1])
 x = (np.load(sys.argv[2])[:5] > 127).astype(np.float32).reshape(5, 1, 28, 28)
-print(json.dumps([np.asarray(model.predict(x)).tolist() for _ in range(2)]))
+scores = [np.asarray(model.predict(x)).tolist() for _ in range(2)]
+drawn = model.predict([], params={"task": "sample", "n": 3, "seed": 1})
+repaired = model.predict(x, params={"task": "inpaint", "mask": "random_pixels", "effort": 2})
+print(json.dumps({"scores": scores, "drawn": np.asarray(drawn).tolist(), "repaired": np.asarray(repaired).tolist()}))
 """
 
 
@@ -54,6 +60,13 @@ def test_model_through_dvc_the_registry_and_the_cli(project: Path, name: str) ->
     # MLflow's own loader, in a fresh process: only the models:/ URI and the store's address
     served = run([sys.executable, "-c", PYFUNC, uri, str(project / "data/split/test_x.npy")], project,
                  env={"MLFLOW_TRACKING_URI": f"sqlite:///{project.resolve() / 'mlflow.db'}"})
-    nll = np.asarray(json.loads(served.stdout.strip().splitlines()[-1]))
+    answers = json.loads(served.stdout.strip().splitlines()[-1])
+    nll = np.asarray(answers["scores"])
     assert nll.shape == (2, 5) and np.isfinite(nll).all() and (nll > 0).all() and (nll < 784 * np.log(2) * 2).all()
     assert np.array_equal(nll[0], nll[1])  # seeded: the same score twice
+    # the other two tasks of the served model, with params as a request carries them
+    drawn, repaired = np.asarray(answers["drawn"]), np.asarray(answers["repaired"])
+    assert drawn.shape == (3, 28, 28) and ((drawn >= 0) & (drawn <= 1)).all()
+    x = (np.load(project / "data/split/test_x.npy")[:5] > 127).astype(np.float32)
+    hidden = make_mask("random_pixels", 5, torch.Generator().manual_seed(0))[:, 0].numpy()
+    assert repaired.shape == (5, 28, 28) and np.array_equal(repaired[~hidden], x[~hidden])

@@ -188,7 +188,7 @@ def _add_inpaint(sub: Any) -> None:
     option("--mask", type=_mask_arg, required=True,
            help=f"{' | '.join(MASK_KINDS)}, or a 28x28 grayscale PNG whose white pixels are hidden")
     option("--effort", type=_positive_int, default=32,
-           help="sampler work per image: pseudo-Gibbs rounds (latent-variable models), particles "
+           help="sampler work per image: Gibbs rounds (latent-variable models), particles "
                 "(PixelRNN) (default: %(default)s)")
     option("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     option("--out", type=_png_out, default=Path("inpainting.png"), help="PNG to write (default: %(default)s)")

@@ -47,7 +47,7 @@ class EvalConfig:
     n_quality: int = 1000
     #: test images completed under each inpainting mask
     inpaint_images: int = 200
-    #: sampler work per completed image: pseudo-Gibbs rounds (latent models), particles (PixelRNN)
+    #: sampler work per completed image: Gibbs rounds (latent models), particles (PixelRNN)
     inpaint_effort: int = 32
 
     def problems(self) -> list[str]:

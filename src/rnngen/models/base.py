@@ -32,6 +32,15 @@ class LossTerms:
         return self.recon + self.kl
 
 
+class LatentPass(NamedTuple):
+    """One pass of a latent model over images x: z ~ q(z | x) (or a given z), the decoder's
+    Bernoulli logits of p(x | z) and log q(z | x) per image."""
+
+    z: Tensor
+    logits: Tensor
+    log_q: Tensor
+
+
 class Completion(NamedTuple):
     """A completed batch, ``(B, 1, H, W)`` each, observed pixels exactly as given in both:
     ``drawn`` has the hidden pixels drawn (binary), ``means`` their Bernoulli means (for
@@ -136,15 +145,61 @@ class GenerativeModel(nn.Module, ABC):
         self, x: Tensor, mask: Tensor, effort: int, generator: torch.Generator | None = None,
     ) -> Completion:
         """Fill the pixels of ``x`` where ``mask`` is True by conditional sampling, ``effort``
-        being the sampler's work per image. Latent models: the pseudo-Gibbs sampler of Rezende
-        et al. 2014 (sec. 5.2): start the missing pixels at Bernoulli(0.5) noise, then
-        ``effort`` times reconstruct (z ~ q(z|x), then p(x|z)) and redraw only the missing
-        pixels; ``means`` are the last round's Bernoulli means, ``drawn`` a draw from them."""
+        being the sampler's work per image; observed pixels come back exactly as given.
+        Latent models: ``effort // 2`` rounds of :meth:`pseudo_gibbs` bring the missing pixels
+        near the data, then the rest of :meth:`metropolis_within_gibbs`, whose chain targets
+        p(missing | observed) exactly. Measured on trained models (docs/results.md, "Repair"),
+        this beats either sampler alone at equal rounds; alone, Metropolis-within-Gibbs started
+        from noise rarely accepts and mixes slowly."""
+        warm = self.pseudo_gibbs(x, mask, max(1, effort // 2), generator)
+        if effort < 2:
+            return warm
+        return self.metropolis_within_gibbs(x, mask, effort - effort // 2, generator, start=warm.drawn)
+
+    def pseudo_gibbs(
+        self, x: Tensor, mask: Tensor, rounds: int, generator: torch.Generator | None = None,
+    ) -> Completion:
+        """The pseudo-Gibbs sampler of Rezende et al. 2014 (sec. 5.2): start the missing pixels
+        at Bernoulli(0.5) noise, then ``rounds`` times reconstruct (z ~ q(z|x), then p(x|z)) and
+        redraw only the missing pixels. Its stationary distribution is p(missing | observed)
+        only when q(z|x) is the exact posterior (Mattei and Frellsen 2018, sec. 3.1)."""
         noise = torch.bernoulli(torch.full_like(x, 0.5), generator=generator)
         current = torch.where(mask, noise, x)
-        for _ in range(effort):
+        for _ in range(rounds):
             means = torch.where(mask, self.reconstruct(current, generator=generator), x)  # (B, 1, 28, 28)
             current = torch.where(mask, torch.bernoulli(means, generator=generator), x)  # clamp the observed pixels
+        return Completion(drawn=current, means=means)
+
+    def latent_pass(self, x: Tensor, z: Tensor | None = None, generator: torch.Generator | None = None) -> LatentPass:
+        """Latent models: z ~ q(z | x) (or the ``z`` given), the decoder's logits of p(x | z) and
+        log q(z | x); what :meth:`metropolis_within_gibbs` needs. Autoregressive models have no latent."""
+        raise NotImplementedError(f"{self.name} has no latent variable")
+
+    def metropolis_within_gibbs(
+        self, x: Tensor, mask: Tensor, rounds: int, generator: torch.Generator | None = None,
+        start: Tensor | None = None,
+    ) -> Completion:
+        """Metropolis-within-Gibbs (Mattei and Frellsen 2018, sec. 3.2, Algorithm 1): a chain on
+        (z, missing) whose stationary distribution is p(z, missing | observed) even when
+        q(z | x) is poor, from the missing pixels of ``start`` (default Bernoulli(0.5) noise).
+        Each of ``rounds`` proposes z' ~ q(z | x) at the current
+        completion x, accepts it with probability min(1, p(x | z') p(z') q(z | x) /
+        (p(x | z) p(z) q(z' | x))), then redraws the missing pixels from p(x | z)."""
+        if start is None:
+            start = torch.bernoulli(torch.full_like(x, 0.5), generator=generator)
+        current = torch.where(mask, start, x)
+        z, logits = self.latent_pass(current, generator=generator)[:2]
+        for _ in range(rounds):
+            new = self.latent_pass(current, generator=generator)
+            old_log_q = self.latent_pass(current, z=z).log_q  # q(z | x) at the current completion
+            log_ratio = (bernoulli_nll(logits, current) - bernoulli_nll(new.logits, current)
+                         + log_normal(new.z.flatten(1)) - log_normal(z.flatten(1)) + old_log_q - new.log_q)
+            u = torch.rand(log_ratio.shape, generator=generator, device=x.device, dtype=log_ratio.dtype)
+            accept = u.log() < log_ratio  # (B,)
+            z = torch.where(accept.view(-1, *[1] * (z.dim() - 1)), new.z, z)
+            logits = torch.where(accept.view(-1, 1, 1, 1), new.logits, logits)
+            means = torch.where(mask, torch.sigmoid(logits), x)
+            current = torch.where(mask, torch.bernoulli(means, generator=generator), x)
         return Completion(drawn=current, means=means)
 
     @abstractmethod
@@ -206,3 +261,9 @@ class GaussianLatentVAE(GenerativeModel):
         mu, logvar = self.encode(x)
         z = mu + (0.5 * logvar).exp() * randn(mu.shape, mu, generator)
         return torch.sigmoid(self.decode(z))
+
+    def latent_pass(self, x: Tensor, z: Tensor | None = None, generator: torch.Generator | None = None) -> LatentPass:
+        mu, logvar = self.encode(x)
+        if z is None:
+            z = mu + (0.5 * logvar).exp() * randn(mu.shape, mu, generator)
+        return LatentPass(z, self.decode(z), log_normal(z, mu, logvar))

@@ -23,7 +23,16 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from rnngen.models.base import IMAGE_SHAPE, GenerativeModel, LossTerms, bernoulli_nll, gaussian_kl, randn
+from rnngen.models.base import (
+    IMAGE_SHAPE,
+    GenerativeModel,
+    LatentPass,
+    LossTerms,
+    bernoulli_nll,
+    gaussian_kl,
+    log_normal,
+    randn,
+)
 from rnngen.models.lstm import lstm_step
 
 SIZE = IMAGE_SHAPE[-1]  # A = B = 28: the images are square
@@ -262,21 +271,22 @@ class DRAW(GenerativeModel):
         n = self.config.write_n
         return write_patch(patch.view(-1, n, n), F, gamma).flatten(1)
 
-    def unroll(self, x: Tensor, eps: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def unroll(self, x: Tensor, eps: Tensor, z: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """eqs. (3)-(8) for T steps under autograd: images x (B, 1, 28, 28), noise eps (T, B, z)
-        -> canvas logits c_T (B, 784), mu and log sigma (T, B, z)."""
+        -> canvas logits c_T (B, 784), mu and log sigma (T, B, z). With latents ``z`` (T, B, z)
+        given, each z_t is that one instead of mu_t + sigma_t eps_t (q(z | x) evaluated at z)."""
         bsz, cfg = x.shape[0], self.config
         x = x.flatten(1)
         h_enc, c_enc = self.h_enc0.expand(bsz, -1), x.new_zeros(bsz, cfg.enc_hidden)
         h_dec, c_dec = self.h_dec0.expand(bsz, -1), x.new_zeros(bsz, cfg.dec_hidden)
         canvas = self.canvas0.expand(bsz, -1)
         mus, logsigs = [], []
-        for eps_t in eps:
+        for t, eps_t in enumerate(eps):
             x_hat = x - torch.sigmoid(canvas)  # eq. (3)
             r = self.read(x, x_hat, h_dec)  # eq. (4)
             h_enc, c_enc = self.encode(r, h_dec, h_enc, c_enc)  # eq. (5)
-            z, mu, logsig = self.sample_latent(h_enc, eps_t)  # eq. (6)
-            h_dec, c_dec = self.decode(z, h_dec, c_dec)  # eq. (7)
+            z_t, mu, logsig = self.sample_latent(h_enc, eps_t)  # eq. (6)
+            h_dec, c_dec = self.decode(z_t if z is None else z[t], h_dec, c_dec)  # eq. (7)
             canvas = canvas + self.written(h_dec)  # eq. (8)
             mus.append(mu)
             logsigs.append(logsig)
@@ -330,6 +340,15 @@ class DRAW(GenerativeModel):
     def sample_steps(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         eps = self._noise(n, self.canvas0, generator)
         return self._generate(eps, keep_steps=True).view(self.config.steps, n, *IMAGE_SHAPE)
+
+    def latent_pass(self, x: Tensor, z: Tensor | None = None, generator: torch.Generator | None = None) -> LatentPass:
+        """z = (z_1 .. z_T) as ``(B, T, z)``; log q(z | x) = sum_t log N(z_t; mu_t, sigma_t^2)."""
+        given = None if z is None else z.transpose(0, 1)
+        eps = self._noise(x.shape[0], x, generator) if given is None else torch.zeros_like(given)
+        canvas, mu, logsig = self.unroll(x, eps, given)
+        z_steps = mu + logsig.exp() * eps if given is None else given  # (T, B, z)
+        log_q = log_normal(z_steps, mu, 2 * logsig).sum(0)
+        return LatentPass(z_steps.transpose(0, 1), canvas.view(-1, *IMAGE_SHAPE), log_q)
 
     @torch.no_grad()
     def reconstruct(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
