@@ -60,6 +60,7 @@ BAD_REQUESTS: list[tuple[Any, dict[str, Any], str]] = [
     (np.zeros((1, 28, 28)), {"task": "inpaint", "mask_pixels": [1] * 10}, "784"),
     ([], {"task": "sample", "n": service.MAX_SAMPLES + 1}, f"n must be in [1, {service.MAX_SAMPLES}]"),
     (np.zeros((service.MAX_IMAGES + 1, 784)), {}, f"at most {service.MAX_IMAGES} images"),
+    (np.zeros((service.MAX_IMAGES, 784)), {"task": "inpaint", "effort": service.MAX_EFFORT}, "images x effort"),
     ([], {}, "needs images"),
 ]
 

@@ -161,7 +161,7 @@ def report(
         canvas_strip(steps.cpu(), pictures / "canvas_strip.png")
 
     n_inpaint, n_shown = min(cfg.inpaint_images, len(x)), min(16, len(x))
-    for kind in MASKS:
+    for kind in tqdm(MASKS, desc="repair", leave=False, disable=None if progress else True):
         scores = inpainting_metrics(model, classifier, x[:n_inpaint], y_test[:n_inpaint], kind,
                                     cfg.inpaint_effort, cfg.seed)
         metrics |= {f"inpaint_{kind}_{k}": v for k, v in scores.items()}

@@ -44,6 +44,9 @@ MAX_IMAGES = 256
 MAX_SAMPLES = 64
 #: sampler work per image per inpaint request
 MAX_EFFORT = 64
+#: images x effort per inpaint request: about 20 s for PixelRNN on 2 CPU cores, inside the
+#: scoring server's 60 s request timeout (MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT)
+MAX_WORK = 4096
 #: the params a request may carry, with their defaults (types as MLflow's ParamSpec names them)
 PARAMS: dict[str, tuple[str, Any]] = {
     "task": ("string", "score"),
@@ -166,6 +169,9 @@ def answer(model: GenerativeModel, model_input: Any, params: dict[str, Any] | No
                                "threshold grey images at 0.5 first")
         return score(model, x)
     effort = _bounded(p, "effort", 1, MAX_EFFORT)
+    if len(x) * effort > MAX_WORK:
+        raise RequestError(f"inpaint: images x effort must be at most {MAX_WORK}, got {len(x)} x {effort}; "
+                           "send fewer images per request or lower effort")
     return _pictures(repair(model, x, _mask(p, len(x)), int(effort), int(p["seed"])), fmt)
 
 
