@@ -127,13 +127,14 @@ def test_the_served_model_scores_draws_and_repairs_over_http(served: dict[str, A
     assert scored.status_code == 200, scored.text
     nll = np.asarray(scored.json()["predictions"])
     # the same numbers as MLflow's loader in this process and as `rnngen score`
-    import mlflow.pyfunc
+    import mlflow
 
-    os.environ["MLFLOW_TRACKING_URI"] = env["MLFLOW_TRACKING_URI"]
-    try:
-        loaded = mlflow.pyfunc.load_model(served["uri"])
-    finally:
-        os.environ.pop("MLFLOW_TRACKING_URI")
+    # the registered files, located by that store's registry (not through the process-wide URI
+    # other tests may have set), loaded by MLflow's own loader
+    store = mlflow.MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"], registry_uri=env["MLFLOW_TRACKING_URI"])
+    local = mlflow.artifacts.download_artifacts(artifact_uri=store.get_model_version_download_uri("rnngen", "1"),
+                                                dst_path=str(tmp_path / "model"), tracking_uri=store.tracking_uri)
+    loaded = mlflow.pyfunc.load_model(local)
     assert np.allclose(nll, loaded.predict(x), rtol=1e-6)
     cli = json.loads(run([str(BIN / "rnngen"), "score", "--model", served["uri"], "--test-index", "0", "1", "2", "3",
                           "--split", str(served["split"])], env, tmp_path))
@@ -165,3 +166,24 @@ def test_a_bad_request_gets_a_400_that_says_why_and_the_server_keeps_serving(
     assert says in refused.json()["message"] and "Traceback" not in refused.text
     assert "stack_trace" not in refused.json()
     assert invoke(served["url"], np.zeros((1, 28, 28))).status_code == 200
+
+
+def test_a_registered_model_comes_from_the_named_store_whatever_the_process_points_at(
+    trained_model: dict[str, Any], tmp_path: Path
+) -> None:
+    """The files of models:/rnngen/1 are located through the store asked for: with MLflow's
+    process-wide URI on another store (one with no such model) they are still found, never
+    looked up in the wrong store."""
+    import mlflow
+
+    from rnngen import checkpoint as ckpt
+    from rnngen import registry
+
+    before = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'other.db'}")
+    try:
+        client = registry.client(trained_model["uri"])
+        path = registry.download_checkpoint(client, "rnngen", "1", tmp_path / "download")
+    finally:
+        mlflow.set_tracking_uri(before)
+    assert ckpt.load(path)["model"]["name"] == "row_lstm_vae"

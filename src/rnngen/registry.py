@@ -120,9 +120,11 @@ def download_checkpoint(mlflow_client: Any, name: str, version: str, folder: str
     from mlflow.models import Model
 
     try:
+        # the client's own registry says where the files are: a models:/ URI would be resolved
+        # against the process-wide registry, which may be another store
+        source = mlflow_client.get_model_version_download_uri(name, version)
         local = Path(mlflow.artifacts.download_artifacts(
-            artifact_uri=f"models:/{name}/{version}", dst_path=str(folder),
-            tracking_uri=mlflow_client.tracking_uri))
+            artifact_uri=source, dst_path=str(folder), tracking_uri=mlflow_client.tracking_uri))
         data = Model.load(local).flavors["python_function"]["data"]
     except (*mlflow_errors(), OSError, KeyError) as exc:
         raise CheckpointError(

@@ -84,6 +84,7 @@ def check_store(uri: str, timeout: float = 5.0) -> None:
 def setup(experiment: str, uri: str | None = None) -> str:
     """Point MLflow at ``uri`` (checked) and the experiment; return the experiment id."""
     import mlflow
+    from mlflow.exceptions import MlflowException
 
     uri = uri or tracking_uri()
     check_store(uri)
@@ -92,13 +93,23 @@ def setup(experiment: str, uri: str | None = None) -> str:
         client = mlflow.MlflowClient()  # first use creates/migrates the sqlite schema
         exp = client.get_experiment_by_name(experiment)
         if exp is None:
-            exp_id = client.create_experiment(
-                experiment, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}, artifact_location=_artifact_root(uri)
-            )
-        else:
-            exp_id = exp.experiment_id
-            if exp.tags.get(EXPERIMENT_KIND_TAG) is None:
-                client.set_experiment_tag(exp_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+            try:
+                return _use(client.create_experiment(
+                    experiment, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}, artifact_location=_artifact_root(uri)))
+            except MlflowException as exc:
+                # another process (a tune worker, a teammate) created it since we looked: no
+                # lock spans processes on other hosts, so the server's uniqueness decides
+                if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                    raise
+                exp = client.get_experiment_by_name(experiment)
+        if exp.tags.get(EXPERIMENT_KIND_TAG) is None:
+            client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    return _use(exp.experiment_id)
+
+
+def _use(exp_id: str) -> str:
+    import mlflow
+
     mlflow.set_experiment(experiment_id=exp_id)
     return exp_id
 
