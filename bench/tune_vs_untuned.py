@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         split = ensure_split(args.split, scratch)
         for seed in range(args.seeds):
             untuned = set_dotted(base, {"tune.n_trials": 0, "train.seed": seed})
-            space = {"pruner": "halving", "n_trials": args.trials, "epochs": args.first_epochs,
+            space = {"pruner": "halving", "resource": "epochs", "n_trials": args.trials, "epochs": args.first_epochs,
                      "halving_rate": args.rate, "warm_start": True, "train_images": 0, "seed": seed,
                      "budget_s": args.total / 2, "lr": {"low": args.lr[0], "high": args.lr[1]},
                      "optimizer": ["adam"], "models": args.models, "startup_trials": args.trials,

@@ -74,6 +74,28 @@ def test_early_stopping(arrays) -> None:
     assert result.stopped_early and len(result.history) < 30
 
 
+def test_the_time_budget_is_spent_once_across_a_pause_and_a_resume(arrays, tmp_path: Path) -> None:
+    """train.time_budget_s counts the training's own clock (elapsed_s), carried over a pause at
+    some seconds (the tuner's rungs) and a resume: training stops at the first epoch end past
+    the budget, wherever it was started."""
+    slow = dataclasses.replace(CFG, epochs=500)
+    per_epoch = fit(small_model(), *arrays, dataclasses.replace(slow, epochs=2), "dynamic",
+                    progress=False).history[-1]["elapsed_s"] / 2
+    budget = 6 * per_epoch
+    cfg = dataclasses.replace(slow, time_budget_s=budget)
+    paused = fit(small_model(), *arrays, cfg, "dynamic", checkpoint=tmp_path / "t.pt", progress=False,
+                 until_seconds=budget / 3)
+    assert paused.paused and paused.history[-1]["elapsed_s"] >= budget / 3
+    assert len(paused.history) == 1 or paused.history[-2]["elapsed_s"] < budget / 3
+    done = fit(small_model(), *arrays, cfg, "dynamic", checkpoint=tmp_path / "t.pt", progress=False)
+    clock = [h["elapsed_s"] for h in done.history]
+    assert not done.paused and done.resumed_from == len(paused.history)
+    assert clock == sorted(clock) and clock[-1] >= budget and clock[-2] < budget  # one clock, one budget
+    assert len(clock) < 500
+    again = fit(small_model(), *arrays, cfg, "dynamic", checkpoint=tmp_path / "t.pt", progress=False)
+    assert again.reused and len(again.history) == len(clock)  # finished: nothing trained on a new clock
+
+
 @pytest.mark.parametrize("schedule", ["constant", "cosine"])
 def test_resume_is_bit_identical_to_an_uninterrupted_run(arrays, tmp_path: Path, schedule: str) -> None:
     cfg = dataclasses.replace(CFG, lr_schedule=schedule)  # cosine: the scheduler's state resumes too
@@ -92,7 +114,7 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(arrays, tmp_path: Path,
     torch.manual_seed(123)  # a new process would start from other RNG states
     resumed = fit(small_model(), *arrays, cfg, "dynamic", checkpoint=tmp_path / "b.pt", progress=False)
     assert resumed.resumed_from == 2
-    timing = {"epoch_seconds", "images_per_second"}
+    timing = {"epoch_seconds", "images_per_second", "elapsed_s"}
     strip = [[{k: v for k, v in h.items() if k not in timing} for h in r.history] for r in (full, resumed)]
     assert strip[0] == strip[1]
     for k, v in full.best_weights.items():

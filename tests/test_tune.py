@@ -126,14 +126,26 @@ def test_mlflow_parent_run_with_one_child_per_trial(shared_study: Any) -> None:
     assert len(table.strip().splitlines()) == 1 + 4
 
 
-def test_best_params_feed_the_train_stage(shared_study: Any) -> None:
+def test_trial_0_is_params_yaml_and_train_gets_only_a_winner_that_beats_it(shared_study: Any) -> None:
+    from optuna.trial import TrialState
+
+    trials = {t.number: t for t in shared_study["study"].get_trials()}
+    params, result = shared_study["params"], shared_study["result"]
+    assert trials[0].user_attrs["untuned"] is True
+    assert trials[0].params == {"lr": 0.003, "batch_size": 128, "hidden": 16, "optimizer": "adam"}  # params.yaml's
+    assert not any(t.user_attrs.get("untuned") for n, t in trials.items() if n)
+    best = min((t for t in trials.values() if t.state == TrialState.COMPLETE), key=lambda t: t.value)
     overrides = stages.train.read_hparams(shared_study["base"] / "best.json")
-    assert set(overrides) == {"model.name", "train.lr", "train.batch_size", "train.optimizer",
-                              "model.row_lstm_vae.hidden"}
-    cfgs = stages.train._configs(set_dotted(shared_study["params"], overrides))
-    assert cfgs["model"].config.hidden == overrides["model.row_lstm_vae.hidden"] in (8, 16)
-    assert cfgs["train"].batch_size in (64, 128)
-    assert 1e-4 <= cfgs["train"].lr <= 3e-3
+    assert result["untuned_value"] == trials[0].value
+    if best.number != 0 and best.value < trials[0].value:
+        assert result["chosen"] == "best trial"
+        assert set(overrides) == {"model.name", "train.lr", "train.batch_size", "train.optimizer",
+                                  "model.row_lstm_vae.hidden"}
+        cfgs = stages.train._configs(set_dotted(params, overrides))
+        assert cfgs["model"].config.hidden == overrides["model.row_lstm_vae.hidden"] in (8, 16)
+        assert cfgs["train"].batch_size in (64, 128)
+    else:  # must NOT hand over a winner no better than params.yaml's values
+        assert result["chosen"] == "params.yaml" and overrides == {}
 
 
 def test_resume_after_sigkill(tmp_path: Path, split_dir: Path, mlflow_uri: str) -> None:
@@ -179,7 +191,8 @@ def test_resume_after_sigkill(tmp_path: Path, split_dir: Path, mlflow_uri: str) 
         assert retry.params.items() >= before[n].params.items()
     assert tuning.budget_used(list(after.values())) == (3, 0)
     assert result["trials"] == {"complete": 3, "pruned": 0, "failed": 0, "retried": len(orphans)}
-    assert read_json(tmp_path / "best.json")["params"]
+    written = read_json(tmp_path / "best.json")
+    assert bool(written["params"]) == (written["chosen"] == "best trial")
 
     runs = runs_by_name("rnngen-tune")
     parents = [r for r in runs.values() if "mlflow.parentRunId" not in r.data.tags]
@@ -246,7 +259,10 @@ def test_n_trials_zero_keeps_params_yaml_values(tmp_path: Path) -> None:
     ({"tune.lr": {"low": 1e-2, "high": 1e-4}}, r"tune\.lr\.high: .*inverted"),
     ({"tune.lr": {"low": 1e-3, "high": 1e-3}}, r"tune\.lr\.high: .*empty"),
     ({"tune.lr": {"low": 0.0, "high": 1e-3}}, r"tune\.lr\.low: must be > 0"),
-    ({"tune.hidden": []}, r"tune\.hidden: empty"),
+    ({"tune.lr": {"span": 1.0}}, r"tune\.lr\.span: the factor each side of the centre must be > 1"),
+    ({"tune.resource": "seconds"}, r"tune\.resource: seconds gives trials rungs of train\.time_budget_s, which is 0"),
+    ({"tune.resource": "seconds", "tune.workers": 2, "train.time_budget_s": 60},
+     r"tune\.resource: seconds runs successive halving in time in one process"),
     ({"tune.batch_size": [32, 0]}, r"tune\.batch_size: choices must be integers >= 1"),
     ({"tune.optimizer": ["adam", "rmsprop"]}, r"tune\.optimizer: unknown \['rmsprop'\]"),
     ({"tune.pruner": "asha"}, r"tune\.pruner: expected median \| hyperband \| halving \| none"),
@@ -339,8 +355,9 @@ def test_a_trial_holds_its_values_from_the_moment_it_is_asked() -> None:
     import optuna
 
     params = tiny_params()
-    cfg = tuning.TuneConfig(models=("mlp_vae", "row_lstm_vae"), n_trials=2)
+    cfg = tuning.TuneConfig(models=["mlp_vae"], n_trials=2)
     fams = tuning.families(cfg, params)
+    cfg = tuning.resolve(cfg, tuning.inherited_train_config(params), fams)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     first = tuning.ask(study, cfg, fams)
     assert set(first.params) == {"model", "lr", "batch_size", "hidden", "optimizer"}
@@ -396,15 +413,22 @@ def test_halving_ranks_on_the_real_schedule_and_train_continues_the_winner(
     result = tuning.search(params, split_dir, tmp_path / "study", tmp_path / "best.json", tmp_path / "warm.pt")
     trials = {t.number: t for t in load_study(tmp_path / "study" / tuning.JOURNAL_FILE).get_trials()}
     curves = {n: sorted(t.intermediate_values) for n, t in trials.items()}
-    # rung 0: four trials, 1 epoch each; rung 1: the best two on to epoch 2; then one is left
-    assert sorted(len(c) for c in curves.values()) == [1, 1, 2, 2]
-    (winner,) = [t for t in trials.values() if t.state == TrialState.COMPLETE]
-    assert curves[winner.number] == [1, 2] and result["best_trial"] == winner.number
+    # rung 0: four trials, 1 epoch each; rung 1: the best two, and trial 0 (params.yaml's values)
+    # whatever its rank, on to epoch 2; then one is left, and trial 0
     rung0 = {n: trials[n].intermediate_values[1] for n in trials}
-    survivors = sorted(rung0, key=rung0.get)[:2]
-    assert sorted(n for n, c in curves.items() if len(c) == 2) == sorted(survivors)  # the best two went on
+    rung1 = sorted({*sorted(rung0, key=rung0.get)[:2], 0})
+    assert sorted(n for n, c in curves.items() if c == [1, 2]) == rung1
+    assert all(c == [1] for n, c in curves.items() if n not in rung1)
+    best_so_far = {n: min(trials[n].intermediate_values.values()) for n in rung1}
+    top = min((n for n in rung1 if n), key=best_so_far.get) if best_so_far[0] > min(best_so_far.values()) else 0
+    complete = sorted(n for n, t in trials.items() if t.state == TrialState.COMPLETE)
+    assert complete == sorted({top, 0})
+    winner = trials[result["chosen_trial"]]
+    assert winner.number == min(complete, key=lambda n: (best_so_far[n], n != 0))
+    assert result["params"] == ({} if winner.number == 0 else result["params"])
     assert result["warm_start"] == {"trial": winner.number, "epochs": 2}
-    assert [p.name for p in (tmp_path / "study" / tuning.HALVING_DIR).rglob("*.pt")] == [f"trial-{winner.number}.pt"]
+    kept = sorted(p.name for p in (tmp_path / "study" / tuning.HALVING_DIR).rglob("*.pt"))
+    assert kept == sorted({f"trial-{winner.number}.pt", "trial-0.pt"})  # the winner's, and the untuned one's
 
     # the train stage continues the winner after epoch 2 instead of starting afresh
     tuned = set_dotted(params, result["params"])
@@ -455,6 +479,87 @@ def test_halving_finished_stands_cut_off_starts_over_and_no_warm_start_writes_a_
     assert len(trials) == 2 and all(t.state.is_finished() for t in trials)  # never pieced together
 
 
+def test_seconds_trials_train_in_rungs_of_the_real_budget_and_train_continues_the_chosen_one(
+    tmp_path: Path, split_dir: Path, mlflow_uri: str, capsys: Any
+) -> None:
+    """Under train.time_budget_s a trial's resource is seconds of the real training: rungs of
+    budget / 3 and the whole budget, each stopping at the first epoch end past its seconds and
+    continuing from its checkpoint; trial 0 goes on to the end; the chosen trial has trained
+    exactly what the train stage would, so train continues it and trains nothing more."""
+    import mlflow
+    import pandas as pd
+    from optuna.trial import TrialState
+
+    budget = 4.0
+    params = tune_params(**{"train.time_budget_s": budget, "train.epochs": 50, "tune.n_trials": 3,
+                            "tune.warm_start": True, "tune.hidden": [16], "tune.batch_size": [128],
+                            "tune.lr": {"low": 1e-3, "high": 1e-2}})
+    result = tuning.search(params, split_dir, tmp_path / "study", tmp_path / "best.json", tmp_path / "warm.pt")
+    out = capsys.readouterr().out
+    assert result["resource"] == "seconds" and "rungs of 1.33333, 4s" in out
+    trials = {t.number: t for t in load_study(tmp_path / "study" / tuning.JOURNAL_FILE).get_trials()}
+    client = mlflow.MlflowClient()
+    clock = {n: [m.value for m in sorted(client.get_metric_history(t.user_attrs["mlflow_run_id"], "elapsed_s"),
+                                         key=lambda m: m.step)] for n, t in trials.items()}
+    final = sorted(n for n, t in trials.items() if t.state == TrialState.COMPLETE)
+    assert 0 in final and len(final) == 2 and len(trials) == 3  # the best of rung 0, and trial 0
+    for n, seconds in clock.items():
+        stop = budget if n in final else budget / 3
+        assert seconds[-1] >= stop and (len(seconds) == 1 or seconds[-2] < stop), (n, seconds)
+        assert seconds == sorted(seconds)  # one clock across the rungs: continued, not restarted
+        assert len(seconds) == len(trials[n].intermediate_values)
+    for n in final:
+        assert f"trial-{n}.pt after epoch" in out  # the second rung resumed the first's checkpoint
+    chosen = result["chosen_trial"]
+    assert result["images_per_second"]["untuned"] == trials[0].user_attrs["images_per_second"] > 0
+
+    tuned = set_dotted(params, result["params"])
+    summary = stages.train.run(tuned, split_dir, tmp_path / "best.json", tmp_path / "models", tmp_path / "ck.pt",
+                               tmp_path / "h.csv", tmp_path / "warm.pt")
+    epochs = len(clock[chosen])
+    assert summary["resumed_from_epoch"] == epochs == summary["epochs_run"]  # its budget was spent in the trial
+    history = pd.read_csv(tmp_path / "h.csv")
+    assert list(history.val_loss) == pytest.approx([trials[chosen].intermediate_values[e] for e in history.epoch])
+
+
+def test_a_winner_is_handed_over_only_when_it_beats_trial_0_at_equal_resource() -> None:
+    from optuna.trial import TrialState, create_trial
+
+    from rnngen.tuning.search import beats_untuned
+
+    def trial(number: int, state: Any, value: float | None = None, curve: dict[int, float] | None = None) -> Any:
+        t = create_trial(state=state, value=value, intermediate_values=curve or {}, params={"lr": 1e-3},
+                         distributions={"lr": __import__("optuna").distributions.FloatDistribution(1e-4, 1e-2)})
+        t.number = number
+        return t
+
+    t0 = trial(0, TrialState.COMPLETE, 100.0)
+    assert beats_untuned(trial(3, TrialState.COMPLETE, 99.0), t0)[0]
+    assert not beats_untuned(trial(3, TrialState.COMPLETE, 100.0), t0)[0]  # a tie is no reason to change
+    assert not beats_untuned(t0, t0)[0]
+    pruned = trial(0, TrialState.PRUNED, curve={1: 120.0, 2: 110.0})
+    later = trial(3, TrialState.COMPLETE, 90.0, {1: 125.0, 2: 112.0, 3: 90.0})
+    ok, why = beats_untuned(later, pruned)  # must NOT compare its epoch 3 with trial 0's epoch 2
+    assert not ok and "at epoch 2, where trial 0 stopped: val 112.00 >= 110.00" in why
+    assert beats_untuned(trial(3, TrialState.COMPLETE, 90.0, {1: 105.0, 2: 108.0, 3: 90.0}), pruned)[0]
+    ok, why = beats_untuned(later, trial(0, TrialState.FAIL))
+    assert ok and "ended FAIL" in why
+
+
+def test_trial_0_handicapped_loses_and_train_gets_the_winner(tmp_path: Path, split_dir: Path,
+                                                             mlflow_uri: str, capsys: Any) -> None:
+    params = tune_params(**{"train.lr": 1e-5, "tune.lr": {"low": 3e-3, "high": 1e-2}, "tune.n_trials": 3,
+                            "tune.pruner": "none", "tune.epochs": 1, "tune.hidden": [16], "tune.batch_size": [128]})
+    result = tuning.search(params, split_dir, tmp_path / "study", tmp_path / "best.json")
+    assert result["chosen"] == "best trial" and result["best_value"] < result["untuned_value"]
+    said = f"trial {result['best_trial']} beats trial 0 (params.yaml's values) at equal resource"
+    assert said in capsys.readouterr().out
+    overrides = stages.train.read_hparams(tmp_path / "best.json")
+    assert overrides["train.lr"] == result["params"]["train.lr"] > 1e-5
+    settings = stages.train._settings(params, tmp_path / "best.json")
+    assert settings.train.lr == overrides["train.lr"] and "train.lr" in settings.replaced
+
+
 def test_budget_spent_before_any_trial_is_a_clear_error(tmp_path: Path, split_dir: Path, mlflow_uri: str) -> None:
     with pytest.raises(tuning.TuneError, match=r"tune\.budget_s \(0\.001 s\) was spent before any trial completed"):
         tuning.search(tune_params(**{"tune.budget_s": 0.001}), split_dir, tmp_path / "study", tmp_path / "best.json")
@@ -465,10 +570,12 @@ def test_model_family_is_a_search_choice(tmp_path: Path, split_dir: Path, mlflow
                             "tune.pruner": "none", "tune.epochs": 1, "tune.hidden": [16]})
     result = tuning.search(params, split_dir, tmp_path / "study", tmp_path / "best.json")
     trials = load_study(tmp_path / "study" / tuning.JOURNAL_FILE).get_trials()
-    assert {t.params["model"] for t in trials} == {"mlp_vae", "draw"}  # both families were tried
-    best = result["params"]
+    # model.name's family is trial 0's, and both searched families were tried
+    assert trials[0].params["model"] == "row_lstm_vae" and trials[0].user_attrs["untuned"]
+    assert {t.params["model"] for t in trials} == {"row_lstm_vae", "mlp_vae", "draw"}
+    best = result["params"] or {"model.name": "row_lstm_vae", "model.row_lstm_vae.hidden": 16}
     family = best["model.name"]
-    hidden = {"mlp_vae": ["hidden"], "draw": ["enc_hidden", "dec_hidden"]}[family]
+    hidden = {"row_lstm_vae": ["hidden"], "mlp_vae": ["hidden"], "draw": ["enc_hidden", "dec_hidden"]}[family]
     assert {k for k in best if k.startswith("model.")} == {"model.name", *(f"model.{family}.{f}" for f in hidden)}
     tuned = set_dotted(params, best)
     summary = stages.train.run(tuned, split_dir, tmp_path / "best.json", tmp_path / "models", tmp_path / "ck.pt",
@@ -477,3 +584,20 @@ def test_model_family_is_a_search_choice(tmp_path: Path, split_dir: Path, mlflow
 
     assert checkpoint.load(tmp_path / "models" / registry.CHECKPOINT_FILE)["model"]["name"] == family
     assert summary["epochs_run"] == 2
+
+
+def test_train_names_a_speed_far_from_the_untuned_one(tmp_path: Path) -> None:
+    """Under a time budget speed buys epochs: train prints its images/s beside trial 0's when
+    they differ by more than 2x, and nothing otherwise (or without a search in seconds)."""
+    import json
+
+    history = [{"images_per_second": v} for v in (60.0, 58.0, 61.0)]
+    result = tmp_path / "best.json"
+    result.write_text(json.dumps({"params": {}, "images_per_second": {"best": 60.0, "untuned": 530.0}}))
+    line = stages.train.compare_speed(history, result)
+    assert line is not None and "60 images/s against 530 for params.yaml's values" in line and "0.1x" in line
+    result.write_text(json.dumps({"params": {}, "images_per_second": {"best": 60.0, "untuned": 100.0}}))
+    assert stages.train.compare_speed(history, result) is None  # within 2x
+    result.write_text(json.dumps({"params": {}}))  # a search in epochs records no speed
+    assert stages.train.compare_speed(history, result) is None
+    assert stages.train.compare_speed(history, None) is None

@@ -43,9 +43,10 @@ def fingerprint(
 
 def warm_start_fingerprint(model: GenerativeModel, cfg: TrainConfig, binarization: str,
                            identity: Mapping[str, str]) -> dict[str, str]:
-    """What a tune stage's halving trial records and the train stage checks before continuing
-    it: :func:`fingerprint` with the time budget aside (trials have none; the train stage's
-    counts from its own start) and ``identity`` = :func:`warm_start_identity`."""
+    """What a tune stage's halving trial in epochs records and the train stage checks before
+    continuing it: :func:`fingerprint` with the time budget aside (those trials have none) and
+    ``identity`` = :func:`warm_start_identity`. A trial in seconds records the fingerprint with
+    the real budget itself."""
     return fingerprint(model, dataclasses.replace(cfg, time_budget_s=0.0), binarization, identity)
 
 
@@ -147,8 +148,11 @@ def _continue_warm_start(point: ResumePoint, path: str | Path, checkpoint: str |
     state = torch.load(path, map_location="cpu", weights_only=True)
     if state.get("warm_start", True) is None:  # the placeholder: no warm start this time
         return point
-    differs = _differs(warm_start_fingerprint(model, cfg, binarization, warm_start_identity(split_dir)),
-                       state.get("fingerprint"))
+    identity = warm_start_identity(split_dir)
+    # a trial in epochs had no time budget; one in seconds had this very budget
+    differs = min((_differs(want, state.get("fingerprint")) for want in (
+        warm_start_fingerprint(model, cfg, binarization, identity), fingerprint(model, cfg, binarization, identity))),
+        key=len)
     if differs:
         print(f"warm start {path} was trained with other {', '.join(differs)}: not continued, training "
               "from epoch 1", flush=True)

@@ -3,7 +3,7 @@
 ``fit`` returns the history and best weights; tracking (MLflow) and tuning (Optuna) hook in
 through ``on_epoch``. :func:`fit` reads top to bottom: the training state
 (:class:`rnngen.checkpoint.TrainState`), one epoch (:func:`train_epoch`), validation and
-early stopping (:func:`validate`, :func:`keep_best`), the time budget (:class:`TimeBudget`)
+early stopping (:func:`validate`, :func:`keep_best`), the time budget (:func:`elapsed`)
 and the checkpoint written after every epoch. With a ``checkpoint`` path it resumes only when
 that is safe (:mod:`rnngen.resume`). Data order, dynamic binarization and model noise come
 from RNG streams restored at epoch boundaries, so a resumed run on CPU ends bit-identical to
@@ -188,17 +188,21 @@ def evaluate_nelbo(
     return float(all_sum(total, r)) / len(x)
 
 
-@dataclass
-class TimeBudget:
-    """``train.time_budget_s`` from the start of training (0 = none), agreed across ranks."""
+def elapsed(state: ckpt.TrainState) -> float:
+    """Seconds this training has run (its epochs' training and validation), over every resume:
+    the clock of ``train.time_budget_s``, so a resumed or warm-started training spends what is
+    left of its budget, not a new one."""
+    if not state.history:
+        return 0.0
+    last = state.history[-1]
+    return float(last["elapsed_s"]) if "elapsed_s" in last else sum(h["epoch_seconds"] for h in state.history)
 
-    seconds: float
-    start: float = field(default_factory=time.perf_counter)
 
-    def spent(self, r: Ranks, device: torch.device) -> bool:
-        over = self.seconds > 0 and time.perf_counter() - self.start > self.seconds
-        # clocks differ: all ranks stop when any is over, or they would deadlock
-        return any_rank(over, r, device)
+def reached(state: ckpt.TrainState, seconds: float | None, r: Ranks, device: torch.device) -> bool:
+    """The training has run ``seconds`` (None or 0: never), agreed across ranks."""
+    over = bool(seconds) and elapsed(state) >= seconds
+    # clocks differ: all ranks stop when any is over, or they would deadlock
+    return any_rank(over, r, device)
 
 
 def fit(
@@ -215,6 +219,7 @@ def fit(
     extra_state: dict[str, Any] | None = None,
     progress: bool = True,
     until_epoch: int | None = None,
+    until_seconds: float | None = None,
 ) -> FitResult:
     """Train ``model`` on uint8 images; early-stop on validation negative ELBO.
 
@@ -226,7 +231,9 @@ def fit(
     ``extra_state`` is stored in the checkpoint (e.g. the MLflow run id). ``until_epoch`` pauses
     the run after that epoch, its checkpoint left resumable: a later call with the same
     arguments continues it exactly as if it had not stopped (the tune stage's successive
-    halving trains its survivors that way, on the real schedule of ``cfg.epochs``).
+    halving trains its survivors that way, on the real schedule of ``cfg.epochs``);
+    ``until_seconds`` pauses at the first epoch end past that many seconds of training (its
+    rungs in time). ``cfg.time_budget_s`` is checked the same way and ends the training.
     """
     device, r = model.device, ranks()
     path = Path(checkpoint) if checkpoint else None
@@ -237,19 +244,20 @@ def fit(
         if point.complete:
             return FitResult.of(state, point.epoch, reused=True)
         save = ckpt.StateWriter(path if r.main else None, point.fingerprint, extra_state or {})
-        budget, amp = TimeBudget(cfg.time_budget_s), autocast_enabled(cfg.amp, device)
+        amp = autocast_enabled(cfg.amp, device)
         for epoch in range(state.epoch + 1, cfg.epochs + 1):
-            if state.stopped_early:
+            if state.stopped_early or reached(state, cfg.time_budget_s, r, device):
                 break
-            if until_epoch is not None and epoch > until_epoch:
+            if (until_epoch is not None and epoch > until_epoch) or reached(state, until_seconds, r, device):
                 if path is None:
-                    raise ValueError("fit(until_epoch=...) needs a checkpoint to continue from")
-                return FitResult.of(state, point.epoch, paused=True)  # epoch until_epoch's checkpoint goes on
+                    raise ValueError("fit(until_epoch=... or until_seconds=...) needs a checkpoint to continue from")
+                return FitResult.of(state, point.epoch, paused=True)  # the last epoch's checkpoint goes on
+            t0 = time.perf_counter()
             train, seconds = train_epoch(net, state, train_x, cfg, binarization, epoch, amp, r, progress)
             metrics = {**train, "val_loss": validate(state.model, val_x, cfg, binarization, epoch),
                        "epoch_seconds": seconds, "images_per_second": len(train_x) / seconds}
+            metrics["elapsed_s"] = elapsed(state) + time.perf_counter() - t0
             keep_best(state, epoch, metrics, cfg.patience)
-            over_budget = budget.spent(r, device)
             if r.main:
                 _print_epoch(epoch, metrics, best=state.best_epoch == epoch)
             # Hook first (log, prune), then checkpoint: a kill in between re-runs this epoch, which
@@ -257,8 +265,6 @@ def fit(
             if on_epoch is not None and r.main:
                 on_epoch(epoch, metrics)
             save(state, "training")
-            if over_budget:
-                break
         if not state.best_weights:
             state.best_weights = ckpt.cpu_copy(model.state_dict())
         save(state, "trained")

@@ -34,9 +34,25 @@ from rnngen.train import FitResult, TrainConfig, fit
 
 def read_hparams(path: Path | None) -> dict[str, Any]:
     """The tuner's chosen overrides ``{"train.lr": ...}`` ({} when there is no file)."""
-    if path is None or not Path(path).is_file():
-        return {}
-    return dict(read_json(path).get("params", {}))
+    return dict(_tune_result(path).get("params", {}))
+
+
+def _tune_result(path: Path | None) -> dict[str, Any]:
+    return read_json(path) if path is not None and Path(path).is_file() else {}
+
+
+def compare_speed(history: list[dict[str, float]], hparams: Path | None) -> str | None:
+    """A line when this training's speed differs from the untuned configuration's (trial 0 of
+    a search in seconds) by more than 2x: under a time budget, speed buys or costs epochs."""
+    untuned = (_tune_result(hparams).get("images_per_second") or {}).get("untuned")
+    speeds = sorted(h["images_per_second"] for h in history)
+    if not untuned or not speeds:
+        return None
+    mine = speeds[len(speeds) // 2]
+    if 0.5 <= mine / untuned <= 2:
+        return None
+    return (f"train: {mine:.0f} images/s against {untuned:.0f} for params.yaml's values (trial 0 of the search): "
+            f"{mine / untuned:.1f}x, within train.time_budget_s ({len(history)} epochs)")
 
 
 def _configs(params: Mapping[str, Any]) -> dict[str, Any]:
@@ -134,6 +150,10 @@ def _run(
             extra_state={"mlflow_run_id": active.info.run_id},
         )
         summary = _summary(result)
+        line = compare_speed(result.history, hparams)
+        if line:
+            print(line)
+            mlflow.set_tag("speed_vs_untuned", line)
         model.load_state_dict(result.best_weights)
         version = _publish(model, result, summary, s, info, x_val, out, history_csv, active)
     mark_registered(checkpoint, mlflow_run_id=active.info.run_id, model_version=version)

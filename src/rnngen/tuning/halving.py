@@ -1,13 +1,18 @@
 """Synchronous successive halving (Jamieson and Talwalkar 2016; the inner loop of Li et al.'s
 Hyperband, 2018) on the real schedule, in one process.
 
-Every trial is the first epochs of the training the train stage would run with its values
+Every trial is the start of the training the train stage would run with its values
 (train.seed, train.epochs as the schedule's length, train.patience), so ranks are taken where
-the real training is, not after a short run of its own. Rung 0 trains tune.n_trials
-configurations tune.epochs epochs each; the best 1 / halving_rate continue from their
-checkpoints to halving_rate times as many epochs, and so on until one is left (or train.epochs
-is reached, or tune.budget_s is spent). Eliminated trials are PRUNED; the winner is COMPLETE,
-and its checkpoint is what ``tune.warm_start`` hands to the train stage.
+the real training is, not after a short run of its own. The resource is epochs or seconds
+(:func:`rungs`). In epochs, rung 0 trains tune.n_trials configurations tune.epochs epochs each;
+the best 1 / halving_rate continue from their checkpoints to halving_rate times as many
+epochs, and so on until one is left (or train.epochs is reached). In seconds, the rungs are
+fractions of train.time_budget_s, 1 / halving_rate apart, the last the whole budget: a
+configuration too slow for the budget loses on its own merits, and the winner has trained
+exactly as the train stage would. Trial 0 (params.yaml's values) goes on to every rung, so the
+winner is always compared with it at equal resource. tune.budget_s may cut it all short.
+Eliminated trials are PRUNED; the final ones COMPLETE, and the winner's checkpoint is what
+``tune.warm_start`` hands to the train stage.
 
 Optuna's ``SuccessiveHalvingPruner`` is the asynchronous variant (ASHA), which promotes a trial
 as soon as it beats the others seen so far at its rung: not these whole-rung rankings.
@@ -15,6 +20,7 @@ as soon as it beats the others seen so far at its rung: not these whole-rung ran
 
 from __future__ import annotations
 
+import math
 import shutil
 import time
 import traceback
@@ -22,10 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rnngen.train import fit
+from rnngen.train import TrainConfig, fit
 from rnngen.tuning import mlflow_log
 from rnngen.tuning.space import TuneConfig, TuneError, ask, suggest
-from rnngen.tuning.trials import SearchContext, describe, trial_model
+from rnngen.tuning.trials import SearchContext, describe, is_untuned, speed, trial_model
 
 #: the folder in the study folder that holds successive halving's trial checkpoints
 HALVING_DIR = "halving"
@@ -33,8 +39,8 @@ HALVING_DIR = "halving"
 
 @dataclass
 class _Rungs:
-    """Per trial number: its values, best validation loss so far, epochs trained, and whether its
-    training ended (early stop or train.epochs)."""
+    """Per trial number: its values, best validation loss so far, the index of the last rung it
+    trained to, and whether its training ended (early stop, train.epochs or the time budget)."""
 
     hps: dict[int, dict[str, Any]]
     value: dict[int, float] = field(default_factory=dict)
@@ -73,50 +79,69 @@ def start_over(study: Any, storage: Any, halving_dir: Path) -> Any:
     return study
 
 
+def rungs(cfg: TuneConfig, train: TrainConfig) -> list[float]:
+    """What each rung trains its trials to: epochs (tune.epochs, x halving_rate, ... up to
+    train.epochs) or seconds (train.time_budget_s / rate^K, ..., / rate, x 1, with K the
+    halvings that leave one of tune.n_trials)."""
+    rate = cfg.halving_rate
+    if cfg.resource == "seconds":
+        k = math.ceil(math.log(cfg.n_trials, rate) - 1e-9) if cfg.n_trials > 1 else 0
+        return [train.time_budget_s / rate ** (k - i) for i in range(k + 1)]
+    out = [min(cfg.epochs, train.epochs)]
+    while out[-1] < train.epochs:
+        out.append(min(out[-1] * rate, train.epochs))
+    return out
+
+
 def run_halving(ctx: SearchContext, study: Any) -> None:
-    """Train the rungs, cut each to its best 1 / halving_rate, tell the result."""
+    """Train the rungs, cut each to its best 1 / halving_rate (and trial 0), tell the result."""
     import optuna
 
-    cfg, horizon = ctx.cfg, ctx.train.epochs
+    cfg, ladder = ctx.cfg, rungs(ctx.cfg, ctx.train)
     study.sampler = optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=cfg.startup_trials,
                                                constant_liar=True)
     images = ctx.training_images()
     Path(ctx.halving_dir).mkdir(parents=True, exist_ok=True)
     alive = [ask(study, cfg, ctx.families) for _ in range(cfg.n_trials)]
-    rungs = _Rungs(hps={t.number: suggest(t, cfg, ctx.families) for t in alive})
-    rungs.reached, rungs.done = dict.fromkeys(rungs.hps, 0), dict.fromkeys(rungs.hps, False)
-    rung, out_of_time = min(cfg.epochs, horizon), False
-    while True:
-        out_of_time = _train_rung(study, alive, rungs, rung, ctx, images)
-        if out_of_time or len(alive) <= 1 or rung >= horizon:
+    board = _Rungs(hps={t.number: suggest(t, cfg, ctx.families) for t in alive})
+    board.reached, board.done = dict.fromkeys(board.hps, -1), dict.fromkeys(board.hps, False)
+    unit = "s" if cfg.resource == "seconds" else " epochs"
+    print(f"tune: successive halving of {cfg.n_trials} trials, rungs of {', '.join(f'{r:g}' for r in ladder)}{unit}",
+          flush=True)
+    out_of_time = False
+    for i, rung in enumerate(ladder):
+        out_of_time = _train_rung(study, alive, board, i, rung, ctx, images)
+        if out_of_time or i == len(ladder) - 1:
             break
-        ranked = sorted(alive, key=lambda t: rungs.value[t.number])
-        keep = max(1, len(ranked) // cfg.halving_rate)
-        for t in ranked[keep:]:
-            _eliminate(study, t, ctx, f"rung of {rung} epochs: not in the best {keep} of {len(ranked)}")
-        alive = ranked[:keep]
-        if len(alive) == 1:
+        ranked = sorted(alive, key=lambda t: board.value[t.number])
+        top = ranked[: max(1, len(ranked) // cfg.halving_rate)]
+        keep = top + [t for t in ranked[len(top):] if is_untuned(t)]  # trial 0 goes on: the comparison
+        for t in ranked:
+            if t not in keep:
+                _eliminate(study, t, ctx, f"rung of {rung:g}{unit}: not in the best {len(top)} of {len(ranked)}")
+        alive = keep
+        if cfg.resource == "epochs" and len(top) == 1:  # one is left (in seconds: on to the whole budget)
             break
-        rung = min(rung * cfg.halving_rate, horizon)
     if out_of_time:
-        print(f"tune: tune.budget_s ({cfg.budget_s:g} s) spent during the rung of {rung} epochs", flush=True)
-    _tell_final(study, alive, rungs, ctx)
+        print(f"tune: tune.budget_s ({cfg.budget_s:g} s) spent during the rung of {rung:g}{unit}", flush=True)
+    _tell_final(study, alive, board, ctx)
 
 
-def _train_rung(study: Any, alive: list[Any], rungs: _Rungs, rung: int, ctx: SearchContext,
+def _train_rung(study: Any, alive: list[Any], board: _Rungs, index: int, rung: float, ctx: SearchContext,
                 images: tuple[Any, Any]) -> bool:
-    """Train every trial in ``alive`` on to epoch ``rung``; a failing one is told FAIL and taken
-    out of ``alive``. True when tune.budget_s ran out first."""
+    """Train every trial in ``alive`` on to ``rung`` (rung ``index``); a failing one is told
+    FAIL and taken out of ``alive``. True when tune.budget_s ran out first."""
     from optuna.trial import TrialState
 
     for t in list(alive):
         n = t.number
-        if rungs.done[n] or rungs.reached[n] >= rung:
+        if board.done[n] or board.reached[n] >= index:
             continue
         if ctx.over_budget():
             return True
         try:
-            rungs.value[n], rungs.reached[n], rungs.done[n] = train_to_epoch(t, rungs.hps[n], ctx, *images, rung)
+            board.value[n], board.done[n] = train_to(t, board.hps[n], ctx, *images, rung)
+            board.reached[n] = index
         except Exception as exc:  # a failing configuration must not end the search
             t.set_user_attr("error", f"{type(exc).__name__}: {exc}"[:1000])
             print(f"trial {n} failed:\n{traceback.format_exc()}", flush=True)
@@ -125,25 +150,26 @@ def _train_rung(study: Any, alive: list[Any], rungs: _Rungs, rung: int, ctx: Sea
     return False
 
 
-def _tell_final(study: Any, alive: list[Any], rungs: _Rungs, ctx: SearchContext) -> None:
+def _tell_final(study: Any, alive: list[Any], state: _Rungs, ctx: SearchContext) -> None:
     """COMPLETE for the trials trained equally far (or finished), PRUNED for the rest; only the
-    winner keeps its checkpoint."""
-    scored = [t for t in alive if t.number in rungs.value]
-    depth = max((rungs.reached[t.number] for t in scored), default=0)
+    winner and trial 0 keep their checkpoints."""
+    scored = [t for t in alive if t.number in state.value]
+    depth = max((state.reached[t.number] for t in scored), default=0)
     # only results trained equally far (or finished) compete: a shorter curve is not comparable
-    final = [t for t in scored if rungs.reached[t.number] == depth or rungs.done[t.number]]
+    final = [t for t in scored if state.reached[t.number] == depth or state.done[t.number]]
     for t in alive:
         if t in final:
-            study.tell(t, rungs.value[t.number])
+            study.tell(t, state.value[t.number])
         else:
             _eliminate(study, t, ctx, "tune.budget_s spent before it reached the last rung")
     if not final:
         cfg = ctx.cfg
         raise TuneError(f"tune.budget_s ({cfg.budget_s:g} s) ran out before any trial finished its first rung "
-                        f"of {min(cfg.epochs, ctx.train.epochs)} epochs; raise tune.budget_s or lower tune.epochs")
-    winner = min(final, key=lambda t: rungs.value[t.number])
-    for t in final:
-        if t is not winner:
+                        f"of {rungs(cfg, ctx.train)[0]:g} {'s' if cfg.resource == 'seconds' else 'epochs'}; "
+                        "raise tune.budget_s, or lower tune.epochs or tune.n_trials")
+    winner = min(final, key=lambda t: (state.value[t.number], not is_untuned(t)))  # a tie: trial 0
+    for t in final:  # trial 0's stays too: the untuned model, for a comparison on the test split
+        if t is not winner and not is_untuned(t):
             Path(ctx.halving_dir, f"trial-{t.number}.pt").unlink(missing_ok=True)
 
 
@@ -156,14 +182,16 @@ def _eliminate(study: Any, trial: Any, ctx: SearchContext, why: str) -> None:
     print(f"trial {trial.number} PRUNED ({why})", flush=True)
 
 
-def train_to_epoch(trial: Any, hp: dict[str, Any], ctx: SearchContext, x_train: Any, x_val: Any,
-                   until: int) -> tuple[float, int, bool]:
-    """Train a halving trial on to epoch ``until`` from its checkpoint, logging to its MLflow run
-    (reopened); ``(best validation loss, epochs trained, finished)``."""
+def train_to(trial: Any, hp: dict[str, Any], ctx: SearchContext, x_train: Any, x_val: Any,
+             until: float) -> tuple[float, bool]:
+    """Train a halving trial on to ``until`` (epochs or seconds, :attr:`TuneConfig.resource`)
+    from its checkpoint, logging to its MLflow run (reopened); ``(best validation loss,
+    finished)``."""
     import mlflow
 
     t0 = time.perf_counter()
-    model, train_cfg = trial_model(hp, ctx)
+    model, train_cfg = trial_model(hp, ctx, untuned=is_untuned(trial))
+    seconds = ctx.cfg.resource == "seconds"
     with mlflow_log.trial_run(trial, ctx, hp, reopen=True):
 
         def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
@@ -172,8 +200,11 @@ def train_to_epoch(trial: Any, hp: dict[str, Any], ctx: SearchContext, x_train: 
 
         result = fit(model, x_train, x_val, train_cfg, ctx.binarization, on_epoch=on_epoch, progress=False,
                      checkpoint=Path(ctx.halving_dir) / f"trial-{trial.number}.pt", identity=ctx.identity,
-                     until_epoch=until)
+                     until_epoch=None if seconds else int(until), until_seconds=until if seconds else None)
         mlflow.log_metric("best_val_loss", result.best_val)
-    print(f"trial {trial.number} epoch {len(result.history)}/{train_cfg.epochs}: best val {result.best_val:.2f}  "
-          f"{describe(hp)}  ({time.perf_counter() - t0:.0f} s)", flush=True)
-    return result.best_val, len(result.history), not result.paused
+    trial.set_user_attr("images_per_second", speed(result.history))
+    done = f"{result.history[-1]['elapsed_s']:.0f} s" if seconds else f"epoch {len(result.history)}/{train_cfg.epochs}"
+    print(f"trial {trial.number} {done}: best val {result.best_val:.2f}  {describe(hp)}  "
+          f"({time.perf_counter() - t0:.0f} s)", flush=True)
+    return result.best_val, not result.paused
+

@@ -72,8 +72,11 @@ def log_result(study: Any, result: Mapping[str, Any]) -> None:
     import mlflow
 
     mlflow.log_params({f"best.{k}": v for k, v in result["params"].items()})
+    untuned = {} if result["untuned_value"] is None else {"untuned_val_loss": result["untuned_value"]}
+    speed = {f"{k}_images_per_second": v for k, v in (result.get("images_per_second") or {}).items() if v}
     mlflow.log_metrics({"best_val_loss": result["best_value"], "epochs_trained": result["epochs_trained"],
-                        **{f"trials_{k}": v for k, v in result["trials"].items()}})
+                        **untuned, **speed, **{f"trials_{k}": v for k, v in result["trials"].items()}})
+    mlflow.set_tags({"tune.chosen": result["chosen"], "tune.why": result["why"][:5000]})
     mlflow.log_dict(dict(result), "best_params.json")
     mlflow.log_text(study.trials_dataframe().to_csv(index=False), "trials.csv")
     if result["trials"]["complete"] < 2:

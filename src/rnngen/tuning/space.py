@@ -25,12 +25,14 @@ OPTIMIZERS = ("adam", "sgd")
 RUNTIME_KEYS = ("workers", "threads", "device", "storage", "heartbeat_s", "stale_after_s")
 _NOT_SEARCH = ("n_trials", "budget_s", *RUNTIME_KEYS)
 
-#: the ``train.*`` keys every trial inherits from params.yaml (declared as params of the tune
-#: stage in dvc.yaml); the search sets lr, batch_size and optimizer, and tune.* sets the seed,
-#: device, epochs and patience of a trial
-INHERITED_TRAIN_KEYS = ("momentum", "grad_clip", "augment_shift", "augment_rotate", "amp", "kl_warmup_epochs",
-                        "lr_schedule", "weight_decay", "seed", "epochs", "patience")
-#: of those, the ones only successive halving reads (its trials are the real training's start);
+#: the ``train.*`` keys the tune stage reads (declared as params of the tune stage in dvc.yaml):
+#: lr, batch_size and optimizer are trial 0's values and the centre of the space, time_budget_s
+#: the seconds a trial may reach; the rest every trial inherits (tune.* sets the seed, epochs
+#: and patience of a trial that is not on the real schedule)
+INHERITED_TRAIN_KEYS = ("lr", "batch_size", "optimizer", "time_budget_s", "momentum", "grad_clip", "augment_shift",
+                        "augment_rotate", "amp", "kl_warmup_epochs", "lr_schedule", "weight_decay", "seed", "epochs",
+                        "patience")
+#: of those, the ones only trials on the real schedule read (successive halving, or seconds);
 #: the median and Hyperband trials take tune.seed, tune.epochs and tune.patience instead
 HALVING_TRAIN_KEYS = ("seed", "epochs", "patience")
 
@@ -41,18 +43,28 @@ class TuneError(UserError, RuntimeError):
 
 @dataclass(frozen=True)
 class LogRange:
-    """A positive float range searched on a log scale."""
+    """A positive float range searched on a log scale; a bound left null is ``centre / span``
+    (low) or ``centre * span`` (high), the centre being params.yaml's value (train.lr)."""
 
-    low: float = 1e-4
-    high: float = 3e-3
+    low: float | None = None
+    high: float | None = None
+    span: float = 10.0
 
     def problems(self) -> list[str]:
         out = []
-        if not self.low > 0:
+        if not self.span > 1:
+            out.append(f"span: the factor each side of the centre must be > 1, got {self.span}")
+        if self.low is not None and not self.low > 0:
             out.append(f"low: must be > 0 (log scale), got {self.low}")
-        if not self.high > self.low:
+        if self.low is not None and self.high is not None and not self.high > self.low:
             out.append(f"high: [{self.low}, {self.high}] is an empty or inverted range; need low < high")
         return out
+
+    def around(self, centre: float) -> LogRange:
+        """Both bounds set, the centre inside: params.yaml's value is always searchable (trial 0)."""
+        low = self.low if self.low is not None else centre / self.span
+        high = self.high if self.high is not None else centre * self.span
+        return LogRange(min(low, centre), max(high, centre), self.span)
 
 
 @dataclass(frozen=True)
@@ -80,15 +92,23 @@ class TuneConfig:
     #: wall-clock seconds for the whole stage: no trial starts after it and running ones stop
     #: at their next epoch (pruned); 0 = no limit
     budget_s: float = 0.0
-    #: model families searched (model.name's ``hidden`` set applies to each); empty = model.name
+    #: what a trial is given: seconds of training on the train stage's data (rungs of successive
+    #: halving in time, the last the real train.time_budget_s), or epochs (tune.epochs on
+    #: tune.train_images); auto = seconds when train.time_budget_s is set and tune.workers is 1
+    resource: Literal["auto", "epochs", "seconds"] = "auto"
+    #: model families searched besides model.name (which trial 0 uses); empty = model.name alone
     models: list[str] = field(default_factory=list)
     #: median pruner: completed trials before it prunes anything
     prune_startup: int = 2
+    #: centred on train.lr unless both bounds are given
     lr: LogRange = LogRange()
-    batch_size: list[int] = field(default_factory=lambda: [32, 64])
-    #: sets every hidden-size field of the model (``hidden_fields``, e.g. DRAW's enc/dec)
-    hidden: list[int] = field(default_factory=lambda: [32, 64, 128])
-    optimizer: list[str] = field(default_factory=lambda: list(OPTIMIZERS))
+    #: empty = train.batch_size / 2, x 1, x 2; params.yaml's value is always a choice (trial 0)
+    batch_size: list[int] = field(default_factory=list)
+    #: sets every hidden-size field of the model (``hidden_fields``, e.g. DRAW's enc/dec);
+    #: empty = the model's hidden size / 2, x 1, x 2
+    hidden: list[int] = field(default_factory=list)
+    #: empty = train.optimizer alone
+    optimizer: list[str] = field(default_factory=list)
     #: training epochs per trial (the pruner's steps)
     epochs: int = 3
     patience: int = 2
@@ -113,9 +133,7 @@ class TuneConfig:
                 out.append(f"{key}: must be >= 1, got {getattr(self, key)}")
         for key in ("batch_size", "hidden"):
             values = list(getattr(self, key))
-            if not values:
-                out.append(f"{key}: empty list of choices; give at least one")
-            elif any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values):
+            if any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values):
                 out.append(f"{key}: choices must be integers >= 1, got {values}")
         if self.halving_rate < 2:
             out.append(f"halving_rate: must be >= 2 (keep 1 / rate of the trials per rung), got {self.halving_rate}")
@@ -124,17 +142,18 @@ class TuneConfig:
         if self.pruner == "halving" and self.workers != 1:
             out.append(f"workers: successive halving runs its rungs in one process; got {self.workers} "
                        "(set tune.workers: 1, or tune.pruner: hyperband for parallel workers)")
-        if self.warm_start and self.pruner != "halving":
+        if self.resource == "seconds" and self.workers != 1:
+            out.append(f"resource: seconds runs successive halving in time in one process; got workers "
+                       f"{self.workers} (set tune.workers: 1, or tune.resource: epochs)")
+        if self.warm_start and self.pruner != "halving" and self.resource == "epochs":
             out.append(f"warm_start: only successive halving trains on the real schedule; got pruner "
                        f"{self.pruner!r} (set tune.pruner: halving, or warm_start: false)")
-        if self.warm_start and self.train_images:
+        if self.warm_start and self.train_images and self.resource == "epochs":
             out.append(f"warm_start: the train stage trains on every image, the trials on the first "
                        f"{self.train_images}; set tune.train_images: 0 to continue the winner")
         unknown_models = [m for m in self.models if m not in MODELS]
         if unknown_models:
             out.append(f"models: unknown {unknown_models}; choose from {', '.join(MODELS)}")
-        if not list(self.optimizer):
-            out.append("optimizer: empty list of choices; give at least one of adam, sgd")
         unknown = [o for o in self.optimizer if o not in OPTIMIZERS]
         if unknown:
             out.append(f"optimizer: unknown {unknown}; choose from {', '.join(OPTIMIZERS)}")
@@ -167,13 +186,45 @@ def experiment_config(params: Mapping[str, Any]) -> tracking.TrackingConfig:
     return from_dict(tracking.TrackingConfig, {"experiment": experiment}, "tracking")
 
 
+def real_schedule(cfg: TuneConfig) -> bool:
+    """Trials are the start of the very training the train stage would run with their values
+    (successive halving, in epochs or in seconds)."""
+    return cfg.pruner == "halving" or cfg.resource == "seconds"
+
+
 def trial_train_config(cfg: TuneConfig, base: TrainConfig, hp: Mapping[str, Any]) -> TrainConfig:
     """A trial's training settings: ``base`` (the inherited train.* keys), tune.* and the
-    sampled values. Successive halving keeps train.seed, epochs and patience: its trials are
-    the first epochs of the training the train stage would run with the same values."""
-    own = {} if cfg.pruner == "halving" else {"seed": cfg.seed, "epochs": cfg.epochs, "patience": cfg.patience}
+    sampled values. On the real schedule a trial keeps train.seed, epochs and patience (and,
+    in seconds, train.time_budget_s): it is the start of the training the train stage would
+    run with the same values."""
+    own = {} if real_schedule(cfg) else {"seed": cfg.seed, "epochs": cfg.epochs, "patience": cfg.patience}
+    budget = base.time_budget_s if cfg.resource == "seconds" else 0.0
     return dataclasses.replace(base, device=cfg.device, lr=hp["lr"], batch_size=hp["batch_size"],
-                               optimizer=hp["optimizer"], time_budget_s=0.0, **own)
+                               optimizer=hp["optimizer"], time_budget_s=budget, **own)
+
+
+def resolve(cfg: TuneConfig, base: TrainConfig, fams: tuple[Family, ...]) -> TuneConfig:
+    """``cfg`` with its resource decided and its space made concrete around params.yaml's values
+    (:func:`untuned`): lr within train.lr / span .. x span, batch size and hidden size halved
+    and doubled, the optimizer as is, unless tune.* gives them; the untuned values are always
+    in the space, so trial 0 is a point of it."""
+    t0 = untuned(base, fams)
+    resource = cfg.resource
+    if resource == "auto":
+        resource = "seconds" if base.time_budget_s > 0 and cfg.workers == 1 else "epochs"
+    hidden = list(cfg.hidden) or sorted({h for f in fams for h in _around(_hidden_of(f))})
+    return dataclasses.replace(
+        cfg, resource=resource, lr=cfg.lr.around(base.lr),
+        batch_size=_with(list(cfg.batch_size) or _around(base.batch_size), base.batch_size),
+        hidden=_with(hidden, t0["hidden"]), optimizer=_with(list(cfg.optimizer), base.optimizer))
+
+
+def _around(value: int) -> list[int]:
+    return sorted({max(1, value // 2), value, 2 * value})
+
+
+def _with(choices: list[Any], value: Any) -> list[Any]:
+    return choices if value in choices else [*choices, value]
 
 
 # ------------------------------------------------------------------------- model families
@@ -192,10 +243,22 @@ def hidden_fields(model_name: str) -> tuple[str, ...]:
     return tuple(model_class(model_name).hidden_fields)
 
 
+def _hidden_of(fam: Family) -> int:
+    return int(fam.section[fam.hidden_fields[0]])
+
+
+def untuned(base: TrainConfig, fams: tuple[Family, ...]) -> dict[str, Any]:
+    """Trial 0: params.yaml's own values, as a point of the search space (model.name's family)."""
+    values = {"model": fams[0].name} if len(fams) > 1 else {}
+    return {**values, "lr": base.lr, "batch_size": base.batch_size, "hidden": _hidden_of(fams[0]),
+            "optimizer": base.optimizer}
+
+
 def families(cfg: TuneConfig, params: Mapping[str, Any]) -> tuple[Family, ...]:
-    """tune.models (or model.name alone), each with its section of params.yaml's ``model:``."""
+    """model.name first (trial 0's family), then the others of tune.models, each with its
+    section of params.yaml's ``model:``."""
     models = params.get("model") or {}
-    names = list(dict.fromkeys(cfg.models)) or [model_choice(params).name]
+    names = list(dict.fromkeys([model_choice(params).name, *cfg.models]))
     return tuple(Family(n, dataclasses.asdict(model_config(n, models.get(n))), hidden_fields(n)) for n in names)
 
 
@@ -205,8 +268,9 @@ def family_of(hp: Mapping[str, Any], fams: tuple[Family, ...]) -> Family:
 
 
 def validate(params: Mapping[str, Any]) -> tuple[TuneConfig, Any, TrainConfig, tuple[Family, ...]]:
-    """``(tune config, model choice, inherited train config, families)``; every problem with
-    tune.*, model.*, the inherited train.* keys and tracking.* at once, before any data or compute."""
+    """``(tune config made concrete by :func:`resolve`, model choice, inherited train config,
+    families)``; every problem with tune.*, model.*, the inherited train.* keys and tracking.*
+    at once, before any data or compute."""
     problems: list[str] = []
     cfg = choice = base = None
     fams: tuple[Family, ...] = ()
@@ -222,15 +286,22 @@ def validate(params: Mapping[str, Any]) -> tuple[TuneConfig, Any, TrainConfig, t
             fams = families(cfg, params)
         except ConfigError as exc:
             problems += exc.problems
-        for fam in fams:
-            for h in cfg.hidden:  # the model's own checks, for every hidden size the search may pick
-                try:
-                    model_config(fam.name, {**fam.section, **dict.fromkeys(fam.hidden_fields, h)})
-                except ConfigError as exc:
-                    problems += [f"tune.hidden={h}: {p}" for p in exc.problems]
     if cfg is not None and cfg.device.startswith("cuda") and not torch.cuda.is_available():
         problems.append(f"tune.device: {cfg.device!r} but no CUDA device is available; use auto or cpu")
     if problems or cfg is None or choice is None or base is None:
+        raise ConfigError(problems)
+    cfg = resolve(cfg, base, fams)
+    problems = [f"tune.{p}" for p in cfg.problems()]
+    if cfg.resource == "seconds" and not base.time_budget_s > 0:
+        problems.append("tune.resource: seconds gives trials rungs of train.time_budget_s, which is 0; set "
+                        "train.time_budget_s, or tune.resource: epochs")
+    for fam in fams:
+        for h in cfg.hidden:  # the model's own checks, for every hidden size the search may pick
+            try:
+                model_config(fam.name, {**fam.section, **dict.fromkeys(fam.hidden_fields, h)})
+            except ConfigError as exc:
+                problems += [f"tune.hidden={h}: {p}" for p in exc.problems]
+    if problems:
         raise ConfigError(problems)
     return cfg, choice, base, fams
 
@@ -296,7 +367,7 @@ def study_name(cfg: TuneConfig, base: TrainConfig, model_name: str, model_cfg: A
     """
     search = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _NOT_SEARCH}
     model = {k: v for k, v in dataclasses.asdict(model_cfg).items() if k not in fields}
-    keys = INHERITED_TRAIN_KEYS if cfg.pruner == "halving" else set(INHERITED_TRAIN_KEYS) - set(HALVING_TRAIN_KEYS)
+    keys = INHERITED_TRAIN_KEYS if real_schedule(cfg) else set(INHERITED_TRAIN_KEYS) - set(HALVING_TRAIN_KEYS)
     inherited = {k: getattr(base, k) for k in sorted(keys)}
     spec = {"tune": search, "train": inherited, "model": [model_name, model], "split": split_info}
     if len(fams) > 1 or (fams and fams[0].name != model_name):  # tune.models: each family's config

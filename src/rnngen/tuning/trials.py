@@ -55,10 +55,11 @@ class SearchContext:
 
     def training_images(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(train, val)`` uint8 images: the first tune.train_images of the (shuffled) train
-        split, and the whole validation split. The test split is never read."""
+        split (in seconds: all of it, the train stage's data), and the whole validation split.
+        The test split is never read."""
         x_train, _ = data.load_split(self.split_dir, "train")
         x_val, _ = data.load_split(self.split_dir, "val")
-        if self.cfg.train_images:
+        if self.cfg.train_images and self.cfg.resource == "epochs":
             x_train = x_train[: self.cfg.train_images]
         return x_train, x_val
 
@@ -72,14 +73,23 @@ def describe(hp: Mapping[str, Any]) -> str:
     return " ".join(f"{k}={v:.2e}" if isinstance(v, float) else f"{k}={v}" for k, v in hp.items())
 
 
-def trial_model(hp: Mapping[str, Any], ctx: SearchContext) -> tuple[Any, TrainConfig]:
+UNTUNED_ATTR = "untuned"
+
+
+def is_untuned(trial: Any) -> bool:
+    """Trial 0: params.yaml's own values (a retry of it too), the one every winner must beat."""
+    return bool(trial.user_attrs.get(UNTUNED_ATTR))
+
+
+def trial_model(hp: Mapping[str, Any], ctx: SearchContext, untuned: bool = False) -> tuple[Any, TrainConfig]:
     """The model (initial weights seeded like the train stage's) and the training settings of
-    a trial."""
+    a trial; ``untuned``: trial 0, whose model is params.yaml's section as it is."""
     fam = family_of(hp, ctx.families)
     train_cfg = trial_train_config(ctx.cfg, ctx.train, hp)
     # same initial weights for every trial: only the hyperparameters differ
     torch.manual_seed(train_cfg.seed)
-    section = {**fam.section, **dict.fromkeys(fam.hidden_fields, hp["hidden"])}
+    hidden = {} if untuned else dict.fromkeys(fam.hidden_fields, hp["hidden"])
+    section = {**fam.section, **hidden}
     model = build_model(fam.name, model_config(fam.name, section))
     return model.to(resolve_device(ctx.cfg.device)), train_cfg
 
@@ -123,7 +133,7 @@ def _train(trial: Any, hp: dict[str, Any], ctx: SearchContext, x_train: torch.Te
     import optuna
 
     cfg = ctx.cfg
-    model, train_cfg = trial_model(hp, ctx)
+    model, train_cfg = trial_model(hp, ctx, untuned=is_untuned(trial))
     fail = str(trial.number) in os.environ.get(FAIL_TRIAL_ENV, "").split(",")
 
     def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
@@ -139,4 +149,11 @@ def _train(trial: Any, hp: dict[str, Any], ctx: SearchContext, x_train: torch.Te
             raise optuna.TrialPruned(f"tune.budget_s ({cfg.budget_s:g} s) spent after epoch {epoch}")
 
     result = fit(model, x_train, x_val, train_cfg, ctx.binarization, on_epoch=on_epoch, progress=False)
+    trial.set_user_attr("images_per_second", speed(result.history))
     return result.best_val
+
+
+def speed(history: list[dict[str, float]]) -> float:
+    """Training images per second, the median over a trial's epochs."""
+    speeds = sorted(h["images_per_second"] for h in history)
+    return round(speeds[len(speeds) // 2], 1) if speeds else 0.0

@@ -32,7 +32,7 @@ import torch
 from rnngen import tracking
 from rnngen.parent_watch import exit_when_parent_dies
 from rnngen.tuning.storage import MAX_RETRIES
-from rnngen.tuning.trials import SearchContext, describe, objective
+from rnngen.tuning.trials import UNTUNED_ATTR, SearchContext, describe, objective
 
 
 def run_workers(ctx: SearchContext, study: Any) -> None:
@@ -250,7 +250,8 @@ def requeue(study: Any, trial: Any, why: str) -> None:
     retries = int(trial.user_attrs.get("retries", 0))
     again = retries < MAX_RETRIES and trial.number not in retried(study.get_trials(deepcopy=False))
     if again:
-        study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number, "retries": retries + 1})
+        keep = {k: v for k, v in trial.user_attrs.items() if k == UNTUNED_ATTR}  # a retried trial 0 is trial 0
+        study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number, "retries": retries + 1, **keep})
     print(f"trial {trial.number}: its worker ({trial.user_attrs.get('worker', '?')}) {why}; "
           + ("queued again" if again else "counted as failed"), flush=True)
 
