@@ -601,3 +601,30 @@ def test_train_names_a_speed_far_from_the_untuned_one(tmp_path: Path) -> None:
     result.write_text(json.dumps({"params": {}}))  # a search in epochs records no speed
     assert stages.train.compare_speed(history, result) is None
     assert stages.train.compare_speed(history, None) is None
+
+
+def test_the_space_is_centred_on_params_yaml_and_the_rungs_end_at_the_real_budget() -> None:
+    params = tiny_params(**{"train.lr": 2e-3, "train.batch_size": 32, "model.row_lstm_vae.hidden": 64,
+                            "train.time_budget_s": 300, "train.epochs": 28})
+    cfg = tuning.TuneConfig(n_trials=8)
+    base = tuning.inherited_train_config(params)
+    fams = tuning.families(cfg, params)
+    space = tuning.resolve(cfg, base, fams)
+    assert space.resource == "seconds"  # auto: a time budget and one worker
+    assert (space.lr.low, space.lr.high) == pytest.approx((2e-4, 2e-2))
+    assert (space.batch_size, space.hidden, space.optimizer) == ([16, 32, 64], [32, 64, 128], ["adam"])
+    assert tuning.untuned(base, fams) == {"lr": 2e-3, "batch_size": 32, "hidden": 64, "optimizer": "adam"}
+    # explicit choices stand, and params.yaml's values are added: trial 0 is always in the space
+    own = tuning.resolve(tuning.TuneConfig(lr=tuning.LogRange(1e-2, 3e-2), hidden=[8], workers=2), base, fams)
+    assert (own.lr.low, own.lr.high, own.hidden, own.resource) == (2e-3, 3e-2, [8, 64], "epochs")
+
+    from rnngen.tuning.halving import rungs
+
+    def ladder(**kw: Any) -> list[float]:
+        return rungs(dataclasses.replace(space, **kw), base)
+
+    assert ladder() == pytest.approx([300 / 9, 100, 300])  # 8 trials, rate 3: 8 -> 2 -> 1
+    assert ladder(n_trials=9) == pytest.approx([300 / 9, 100, 300])
+    assert ladder(n_trials=10) == pytest.approx([300 / 27, 300 / 9, 100, 300])
+    assert ladder(n_trials=1) == [300] and ladder(n_trials=2, halving_rate=2) == [150, 300]
+    assert ladder(resource="epochs", epochs=3) == [3, 9, 27, 28]
