@@ -279,11 +279,16 @@ def test_bad_param_fails_before_compute_and_leaves_no_output(project: Path) -> N
     params["train"]["batch_size"] = 0
     params["train"]["lr"] = -1
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    record = project / "models" / "run.json"
+    before = record.read_bytes() if record.is_file() else None
     failed = run([str(BIN / "dvc"), "repro"], project, check=False)
     assert failed.returncode != 0
     assert "train.batch_size: must be >= 1" in failed.stderr and "train.lr" in failed.stderr
     assert "Traceback" not in failed.stderr
-    assert not (project / "models").exists()  # DVC removed it; we wrote nothing new
+    # the tune stage (which reads train.lr and batch_size) refuses first: DVC removed its outputs,
+    # nothing new was written, and the model already there was not touched
+    assert not (project / "tune" / "best_params.json").exists()
+    assert not record.exists() or record.read_bytes() == before
 
 
 def test_stage_help_is_helpful() -> None:
