@@ -611,7 +611,7 @@ def test_the_space_is_centred_on_params_yaml_and_the_rungs_end_at_the_real_budge
     fams = tuning.families(cfg, params)
     space = tuning.resolve(cfg, base, fams)
     assert space.resource == "seconds"  # auto: a time budget and one worker
-    assert (space.lr.low, space.lr.high) == pytest.approx((2e-4, 2e-2))
+    assert (space.lr.low, space.lr.high) == pytest.approx((2e-3 / 30, 6e-2))
     assert (space.batch_size, space.hidden, space.optimizer) == ([16, 32, 64], [32, 64, 128], ["adam"])
     assert tuning.untuned(base, fams) == {"lr": 2e-3, "batch_size": 32, "hidden": 64, "optimizer": "adam"}
     # explicit choices stand, and params.yaml's values are added: trial 0 is always in the space

@@ -48,7 +48,7 @@ class LogRange:
 
     low: float | None = None
     high: float | None = None
-    span: float = 10.0
+    span: float = 30.0
 
     def problems(self) -> list[str]:
         out = []
@@ -205,7 +205,8 @@ def trial_train_config(cfg: TuneConfig, base: TrainConfig, hp: Mapping[str, Any]
 
 def resolve(cfg: TuneConfig, base: TrainConfig, fams: tuple[Family, ...]) -> TuneConfig:
     """``cfg`` with its resource decided and its space made concrete around params.yaml's values
-    (:func:`untuned`): lr within train.lr / span .. x span, batch size and hidden size halved
+    (:func:`untuned`): lr within train.lr / span .. x span (30: a poor
+    train.lr 20x off, e.g. 1e-4 for 2e-3, is still inside), batch size and hidden size halved
     and doubled, the optimizer as is, unless tune.* gives them; the untuned values are always
     in the space, so trial 0 is a point of it."""
     t0 = untuned(base, fams)
