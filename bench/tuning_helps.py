@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from rnngen import checkpoint, data, registry
-from rnngen.config import load_params, set_dotted
+from rnngen.config import load_params, load_yaml, set_dotted
 from rnngen.evaluate import likelihood_bounds
 from rnngen.models import build_model, model_choice
 from rnngen.stages import train as train_stage
@@ -60,16 +60,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def overrides(pairs: list[str]) -> dict[str, Any]:
-    """KEY=VALUE pairs, values read as YAML, with 1e-4 a number (YAML 1.1 would read a string)."""
-    import yaml
-
-    def value(text: str) -> Any:
-        try:
-            return float(text) if any(c in text for c in ".eE") else int(text)
-        except ValueError:
-            return yaml.safe_load(text)
-
-    return {k: value(v) for k, v in (pair.split("=", 1) for pair in pairs)}
+    """KEY=VALUE pairs, each value read as params.yaml reads it (1e-4 a number)."""
+    return {k: load_yaml(v) for k, v in (pair.split("=", 1) for pair in pairs)}
 
 
 def test_nll(model: Any, split: Path, k: int) -> float:

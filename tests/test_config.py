@@ -82,3 +82,11 @@ def test_params_yaml_lists_every_knob_of_every_model() -> None:
         assert model_config(name, sections[name]) == cls.config_cls(), name
     paper = model_config("pixelrnn", {**sections["pixelrnn"], "preset": "paper"})
     assert (paper.variant, paper.layers, paper.hidden) == ("diagonal_bilstm", 7, 16)
+
+
+def test_a_float_without_a_dot_is_a_number_as_dvc_reads_it(tmp_path) -> None:
+    # YAML 1.1 (PyYAML) reads 1e-4 as a string; DVC's YAML 1.2 reader and users read a number
+    (tmp_path / "params.yaml").write_text("train:\n  lr: 1e-4\n  momentum: -2.5E-1\n  epochs: 3\n  device: 1e\n")
+    train = load_params(tmp_path / "params.yaml")["train"]
+    assert train == {"lr": 1e-4, "momentum": -0.25, "epochs": 3, "device": "1e"}
+    assert section(TrainConfig, {"train": {"lr": train["lr"]}}, "train").lr == 1e-4

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -31,13 +32,29 @@ class ConfigError(UserError, ValueError):
         super().__init__(f"invalid parameters in {source}:\n{lines}")
 
 
+class ParamsLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2's floats: ``1e-4`` is a number, as DVC (ruamel.yaml)
+    reads it, not the string YAML 1.1 makes of a float without a dot."""
+
+
+ParamsLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)[eE][-+]?[0-9]+$"),
+    list("-+.0123456789"))
+
+
+def load_yaml(text: str) -> Any:
+    """One YAML document or value, read as params.yaml is (:class:`ParamsLoader`)."""
+    return yaml.load(text, Loader=ParamsLoader)  # safe: a SafeLoader subclass
+
+
 def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
     """Read ``params.yaml``; a missing or malformed file is a :class:`ConfigError`."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError([f"{path} not found; run from the project root"], str(path))
     try:
-        params = yaml.safe_load(path.read_text()) or {}
+        params = load_yaml(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError([f"not valid YAML: {exc}"], str(path)) from exc
     if not isinstance(params, dict):
