@@ -404,6 +404,24 @@ HALVING = {"tune.pruner": "halving", "tune.n_trials": 4, "tune.halving_rate": 2,
            "tune.lr": {"low": 1e-3, "high": 1e-2}, "train.epochs": 3, "train.lr_schedule": "cosine"}
 
 
+def test_halving_lays_its_configurations_out_as_a_latin_hypercube() -> None:
+    import math
+
+    cfg = tuning.TuneConfig(n_trials=8, lr=tuning.LogRange(1e-4, 1e-1), batch_size=[16, 32, 64],
+                            hidden=[8, 16, 32], optimizer=["adam", "sgd"], seed=2)
+    fams = tuning.families(cfg, tiny_params())
+    points = tuning.design(cfg, fams, 7)
+    assert points == tuning.design(cfg, fams, 7)  # seeded
+    assert points != tuning.design(dataclasses.replace(cfg, seed=3), fams, 7)
+    # each seventh of lr's log range holds exactly one point: none is left out by chance
+    strata = sorted(int(7 * math.log(p["lr"] / 1e-4) / math.log(1e3)) for p in points)
+    assert strata == list(range(7))
+    for name, choices in (("batch_size", [16, 32, 64]), ("hidden", [8, 16, 32]), ("optimizer", ["adam", "sgd"])):
+        counts = [sum(p[name] == c for p in points) for c in choices]
+        assert sum(counts) == 7 and min(counts) >= 7 // len(choices), (name, counts)
+    assert tuning.design(cfg, fams, 0) == []
+
+
 def test_halving_ranks_on_the_real_schedule_and_train_continues_the_winner(
     tmp_path: Path, split_dir: Path, mlflow_uri: str, capsys: Any
 ) -> None:
@@ -412,6 +430,10 @@ def test_halving_ranks_on_the_real_schedule_and_train_continues_the_winner(
     params = tune_params(**HALVING)
     result = tuning.search(params, split_dir, tmp_path / "study", tmp_path / "best.json", tmp_path / "warm.pt")
     trials = {t.number: t for t in load_study(tmp_path / "study" / tuning.JOURNAL_FILE).get_trials()}
+    cfg = tuning.resolve(tuning.tune_config(params), tuning.inherited_train_config(params),
+                         tuning.families(tuning.tune_config(params), params))
+    drawn = [{k: trials[n].params[k] for k in ("lr", "batch_size", "hidden", "optimizer")} for n in (1, 2, 3)]
+    assert drawn == tuning.design(cfg, tuning.families(cfg, params), 3)  # trial 0, then the design
     curves = {n: sorted(t.intermediate_values) for n, t in trials.items()}
     # rung 0: four trials, 1 epoch each; rung 1: the best two, and trial 0 (params.yaml's values)
     # whatever its rank, on to epoch 2; then one is left, and trial 0

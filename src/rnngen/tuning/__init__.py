@@ -34,6 +34,7 @@ from rnngen.tuning.space import (
     TuneConfig,
     TuneError,
     ask,
+    design,
     families,
     inherited_train_config,
     resolve,
@@ -49,6 +50,6 @@ from rnngen.tuning.workers import budget_used
 
 __all__ = [
     "FAIL_TRIAL_ENV", "HALVING_DIR", "INHERITED_TRAIN_KEYS", "JOURNAL_FILE", "STORAGE_ENV", "LogRange", "TuneConfig",
-    "TuneError", "ask", "budget_used", "families", "inherited_train_config", "resolve", "search", "study_name",
-    "suggest", "trial_train_config", "tune_config", "untuned",
+    "TuneError", "ask", "budget_used", "design", "families", "inherited_train_config", "resolve", "search",
+    "study_name", "suggest", "trial_train_config", "tune_config", "untuned",
 ]

@@ -30,7 +30,7 @@ from typing import Any
 
 from rnngen.train import TrainConfig, fit
 from rnngen.tuning import mlflow_log
-from rnngen.tuning.space import TuneConfig, TuneError, ask, suggest
+from rnngen.tuning.space import TuneConfig, TuneError, ask, design, suggest
 from rnngen.tuning.trials import SearchContext, describe, is_untuned, speed, trial_model
 
 #: the folder in the study folder that holds successive halving's trial checkpoints
@@ -95,11 +95,12 @@ def rungs(cfg: TuneConfig, train: TrainConfig) -> list[float]:
 
 def run_halving(ctx: SearchContext, study: Any) -> None:
     """Train the rungs, cut each to its best 1 / halving_rate (and trial 0), tell the result."""
-    import optuna
+    from optuna.trial import TrialState
 
     cfg, ladder = ctx.cfg, rungs(ctx.cfg, ctx.train)
-    study.sampler = optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=cfg.startup_trials,
-                                               constant_liar=True)
+    waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))  # trial 0, queued
+    for values in design(cfg, ctx.families, cfg.n_trials - len(waiting)):
+        study.enqueue_trial(values)
     images = ctx.training_images()
     Path(ctx.halving_dir).mkdir(parents=True, exist_ok=True)
     alive = [ask(study, cfg, ctx.families) for _ in range(cfg.n_trials)]

@@ -7,6 +7,7 @@ Everything here is read from params.yaml and validated at once, before any data 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
@@ -35,6 +36,8 @@ INHERITED_TRAIN_KEYS = ("lr", "batch_size", "optimizer", "time_budget_s", "momen
 #: of those, the ones only trials on the real schedule read (successive halving, or seconds);
 #: the median and Hyperband trials take tune.seed, tune.epochs and tune.patience instead
 HALVING_TRAIN_KEYS = ("seed", "epochs", "patience")
+#: how successive halving draws its configurations (:func:`design`); part of the study's name
+HALVING_DESIGN = "latin-hypercube"
 
 
 class TuneError(UserError, RuntimeError):
@@ -325,6 +328,34 @@ def search_space(cfg: TuneConfig, fams: tuple[Family, ...]) -> dict[str, Any]:
     return space
 
 
+def design(cfg: TuneConfig, fams: tuple[Family, ...], n: int) -> list[dict[str, Any]]:
+    """n points of the search space as a Latin hypercube (McKay et al. 1979; seeded by tune.seed):
+    each parameter's range is cut into n equal strata (the log range for lr) and each stratum
+    holds one point, so no part of a range is left unsampled by chance. Successive halving draws
+    all of its configurations before any result exists, where a model-based sampler such as TPE
+    can only draw at random."""
+    from optuna.distributions import CategoricalDistribution
+    from scipy.stats import qmc
+
+    space = search_space(cfg, fams)
+    if n <= 0:
+        return []
+    cube = qmc.LatinHypercube(d=len(space), optimization="random-cd" if len(space) > 1 else None,
+                              rng=cfg.seed).random(n)
+    points = []
+    for row in cube:
+        point: dict[str, Any] = {}
+        for u, (name, dist) in zip(row, space.items(), strict=True):
+            if isinstance(dist, CategoricalDistribution):
+                point[name] = dist.choices[min(int(u * len(dist.choices)), len(dist.choices) - 1)]
+            elif dist.log:
+                point[name] = math.exp(math.log(dist.low) + u * (math.log(dist.high) - math.log(dist.low)))
+            else:
+                point[name] = dist.low + u * (dist.high - dist.low)
+        points.append(point)
+    return points
+
+
 def ask(study: Any, cfg: TuneConfig, fams: tuple[Family, ...]) -> Any:
     """A new trial (or a queued retry) with every value of the search space already sampled."""
     return study.ask(fixed_distributions=search_space(cfg, fams))
@@ -371,6 +402,8 @@ def study_name(cfg: TuneConfig, base: TrainConfig, model_name: str, model_cfg: A
     keys = INHERITED_TRAIN_KEYS if real_schedule(cfg) else set(INHERITED_TRAIN_KEYS) - set(HALVING_TRAIN_KEYS)
     inherited = {k: getattr(base, k) for k in sorted(keys)}
     spec = {"tune": search, "train": inherited, "model": [model_name, model], "split": split_info}
+    if real_schedule(cfg):  # how the configurations are drawn: another design is another search
+        spec["design"] = HALVING_DESIGN
     if len(fams) > 1 or (fams and fams[0].name != model_name):  # tune.models: each family's config
         spec["model"] = {f.name: {k: v for k, v in f.section.items() if k not in f.hidden_fields} for f in fams}
         model_name = "+".join(f.name for f in fams)
