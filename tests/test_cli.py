@@ -79,7 +79,7 @@ def save_png(path: Path, pixels: np.ndarray, mode: str = "L") -> Path:
 def test_help_on_every_command(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run_main(["--help"], capsys)
     assert code == 0 and all(c in out for c in ("sample", "inpaint", "evaluate", "promote", "info"))
-    for command in ("sample", "inpaint", "evaluate", "promote", "info"):
+    for command in ("sample", "inpaint", "interpolate", "evaluate", "promote", "info"):
         code, out, _ = run_main([command, "--help"], capsys)
         assert code == 0
         assert "examples:" in out and f"rnngen {command}" in out.split("examples:")[1]

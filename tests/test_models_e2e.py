@@ -52,6 +52,15 @@ def test_model_through_dvc_the_registry_and_the_cli(project: Path, name: str) ->
     assert f"version {record['model_version']}" in sample.stdout and (project / f"{name}.png").stat().st_size
     run([rnngen, "inpaint", "--model", uri, "--test-index", "0", "1", "--mask", "centre_square",
          "--effort", "1", "--out", f"{name}-inpaint.png"], project)
+    walked = run([rnngen, "interpolate", "--model", uri, "--test-index", "0", "1", "--steps", "3",
+                  "--out", f"{name}-walk.png"], project, check=False)
+    if MODELS[name].has_latent:  # the walk, and the evaluate stage's picture of four
+        assert walked.returncode == 0, walked.stderr
+        assert (project / "reports/pictures/interpolation.png").stat().st_size
+    else:
+        assert walked.returncode == 2 and "has no latent variable" in walked.stderr
+        assert not (project / f"{name}-walk.png").exists()
+        assert not (project / "reports/pictures/interpolation.png").exists()
     scored = json.loads(run([rnngen, "evaluate", "--model", uri, "--split", "data/split"], project).stdout)
     # the CLI reads params.yaml's evaluate.* and the project's classifier: the stage's numbers
     for key in ("test_nll_iwae", "test_nll_elbo", "test_fcd", "inpaint_bottom_half_mse_missing"):

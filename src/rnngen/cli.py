@@ -3,6 +3,7 @@
     rnngen sample    n new images as a PNG grid
     rnngen inpaint   complete the hidden part of images: original | masked | completed
     rnngen score     how likely each image is: its negative log-likelihood in nats (JSON)
+    rnngen interpolate  walk a latent-variable model's latent space from one image to another
     rnngen evaluate  NLL bounds, Fréchet classifier distance, inpainting scores (test split or your images)
     rnngen promote   move the champion alias to the model dvc repro just made, if it wins
     rnngen info      which version is champion, and its metrics
@@ -253,6 +254,64 @@ def _inpaint(args: argparse.Namespace) -> None:
     print(f"inpainted {what} ({args.mask}, effort {args.effort}) with {loaded.source} -> {args.out}")
 
 
+def _add_interpolate(sub: Any) -> None:
+    command = _add_command(sub, "interpolate", "encode pairs of images, walk the latent path between each pair "
+                           "(spherical interpolation) and decode it: a PNG strip with one row per pair, and a GIF "
+                           "with --gif; latent-variable models only (the VAEs and DRAW)", """\
+  rnngen interpolate --a three.png --b eight.png --out walk.png --gif walk.gif
+  rnngen interpolate --test-index 0 1 2 3 --split data/split --steps 12 --model models:/rnngen/2
+
+The ends of each row are the model's decodings of the two images' latent means (DRAW: all T
+latents at once); PixelRNN, which has no latent, is refused.
+""", _interpolate, model=True)
+    option = command.add_argument
+    source = command.add_mutually_exclusive_group(required=True)
+    source.add_argument("--a", nargs="+", metavar="PNG", help="the images the walks start from (28x28 grayscale)")
+    source.add_argument("--test-index", nargs="+", type=int, metavar="I",
+                        help="or indexes into the test split, in pairs: 0 1 2 3 walks 0 to 1 and 2 to 3")
+    option("--b", nargs="+", metavar="PNG", help="with --a: the images the walks end at, as many as --a")
+    option("--split", type=Path, default=Path("data/split"),
+           help="split stage output, for --test-index (default: %(default)s)")
+    option("--steps", type=_positive_int, default=10,
+           help="images along each path, ends included (default: %(default)s)")
+    option("--out", type=_png_out, default=Path("interpolation.png"), help="PNG strip to write (default: %(default)s)")
+    option("--gif", type=Path, default=None, help="also write the walks there and back as an animated GIF")
+
+
+def _interpolate(args: argparse.Namespace) -> None:
+    from rnngen import data, files, walk
+
+    if args.a is not None and len(args.a) != len(args.b or []):
+        raise data.DataError(f"--a gives {len(args.a)} image(s) and --b {len(args.b or [])}: give each walk's end "
+                             "in --b, as many as --a")
+    if args.test_index is not None and len(args.test_index) % 2:
+        raise data.DataError(f"--test-index takes pairs (start end ...), got {len(args.test_index)} indexes")
+    if args.gif is not None and args.gif.suffix.lower() != ".gif":
+        raise data.DataError(f"--gif {args.gif}: must be a .gif file")
+    if args.steps < 2:
+        raise data.DataError("--steps must be at least 2: the two ends")
+    if args.a is not None:
+        starts, ends = args.a, args.b
+    else:
+        starts, ends = args.test_index[0::2], args.test_index[1::2]
+    key = "image" if args.a is not None else "test_index"
+    (a, what_a), (b, what_b) = (_read_images(argparse.Namespace(**{"image": None, "test_index": None,
+                                                                   "split": args.split, key: side}))
+                                for side in (starts, ends))
+    loaded = _load_model(args)
+    walk.check_latent(loaded.model)  # before any compute
+    # binarized as the encoder saw its training images
+    frames = walk.walk(loaded.model, data.binarize(a, "fixed"), data.binarize(b, "fixed"), args.steps)
+    with files.atomic_file(args.out) as strip:
+        if args.gif is None:
+            walk.save(frames, strip)
+        else:
+            with files.atomic_file(args.gif) as gif:
+                walk.save(frames, strip, gif)
+    print(f"{args.steps} steps from {what_a} to {what_b} through the latent space of {loaded.source} -> "
+          f"{args.out}" + (f", {args.gif}" if args.gif else ""))
+
+
 def _add_evaluate(sub: Any) -> None:
     command = _add_command(sub, "evaluate", "score a model on the test split or on images you bring; prints "
                            "JSON: NLL bounds (nats/image, bits/dim), Fréchet classifier distance, inpainting "
@@ -435,7 +494,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="run `rnngen COMMAND --help` for a command's options and examples",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add_command in (_add_sample, _add_inpaint, _add_score, _add_evaluate, _add_promote, _add_info, _add_server):
+    for add_command in (_add_sample, _add_inpaint, _add_score, _add_interpolate, _add_evaluate, _add_promote,
+                        _add_info, _add_server):
         add_command(sub)
     return parser
 

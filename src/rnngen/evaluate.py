@@ -26,9 +26,14 @@ from rnngen.models import GenerativeModel
 from rnngen.pictures import canvas_gif, canvas_strip, inpainting_panel, save_grid
 from rnngen.quality import sample_quality
 from rnngen.tracking import TrackingError
+from rnngen.walk import save as save_walk
+from rnngen.walk import walk
 
 if TYPE_CHECKING:
     from rnngen.registry import LoadedModel
+
+#: latent models' walk picture: test images 0..3 to 4..7, in this many steps
+WALK_PAIRS, WALK_STEPS = 4, 10
 
 
 @dataclass(frozen=True)
@@ -159,6 +164,9 @@ def report(
     if steps is not None:  # DRAW: the canvas being drawn, step by step
         canvas_gif(steps.cpu(), pictures / "canvas.gif", nrow=4)
         canvas_strip(steps.cpu(), pictures / "canvas_strip.png")
+    if model.has_latent and len(x) >= 2 * WALK_PAIRS:  # test images 0-3 walked to 4-7
+        frames = walk(model, x[:WALK_PAIRS], x[WALK_PAIRS : 2 * WALK_PAIRS], WALK_STEPS)
+        save_walk(frames, pictures / "interpolation.png", pictures / "interpolation.gif")
 
     n_inpaint, n_shown = min(cfg.inpaint_images, len(x)), min(16, len(x))
     for kind in tqdm(MASKS, desc="repair", leave=False, disable=None if progress else True):

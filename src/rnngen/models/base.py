@@ -98,6 +98,8 @@ class GenerativeModel(nn.Module, ABC):
     hidden_fields: ClassVar[tuple[str, ...]] = ("hidden",)
     #: True when ``log_likelihood`` is exact (autoregressive models); False: a k-sample bound
     exact_likelihood: ClassVar[bool] = False
+    #: True for latent-variable models: :meth:`latent_mean` and :meth:`decode_latent` answer
+    has_latent: ClassVar[bool] = False
     #: ``model.<name>.preset`` values -> the config keys each sets
     presets: ClassVar[dict[str, dict[str, Any]]] = {}
 
@@ -175,6 +177,16 @@ class GenerativeModel(nn.Module, ABC):
         log q(z | x); what :meth:`metropolis_within_gibbs` needs. Autoregressive models have no latent."""
         raise NotImplementedError(f"{self.name} has no latent variable")
 
+    def latent_mean(self, x: Tensor) -> Tensor:
+        """Latent models: the mean of q(z | x) per image, ``(B, ...)`` (DRAW: its T latents along
+        the path of posterior means); where a latent walk starts and ends."""
+        raise NotImplementedError(f"{self.name} has no latent variable")
+
+    def decode_latent(self, z: Tensor) -> Tensor:
+        """Latent models: the Bernoulli means of p(x | z), ``(B, 1, 28, 28)``, for latents shaped
+        as :meth:`latent_mean` gives them."""
+        raise NotImplementedError(f"{self.name} has no latent variable")
+
     def metropolis_within_gibbs(
         self, x: Tensor, mask: Tensor, rounds: int, generator: torch.Generator | None = None,
         start: Tensor | None = None,
@@ -229,6 +241,7 @@ class GenerativeModel(nn.Module, ABC):
 class GaussianLatentVAE(GenerativeModel):
     """A VAE with one Gaussian latent vector: subclasses give ``encode`` and ``decode``."""
 
+    has_latent = True
     z_dim: int
 
     @abstractmethod
@@ -260,6 +273,12 @@ class GaussianLatentVAE(GenerativeModel):
     def reconstruct(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         mu, logvar = self.encode(x)
         z = mu + (0.5 * logvar).exp() * randn(mu.shape, mu, generator)
+        return torch.sigmoid(self.decode(z))
+
+    def latent_mean(self, x: Tensor) -> Tensor:
+        return self.encode(x)[0]
+
+    def decode_latent(self, z: Tensor) -> Tensor:
         return torch.sigmoid(self.decode(z))
 
     def latent_pass(self, x: Tensor, z: Tensor | None = None, generator: torch.Generator | None = None) -> LatentPass:

@@ -201,6 +201,7 @@ class DRAW(GenerativeModel):
     config_cls = DRAWConfig
     presets = PRESETS
     hidden_fields = ("enc_hidden", "dec_hidden")
+    has_latent = True
 
     def __init__(self, config: DRAWConfig) -> None:
         super().__init__(config)
@@ -340,6 +341,13 @@ class DRAW(GenerativeModel):
     def sample_steps(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         eps = self._noise(n, self.canvas0, generator)
         return self._generate(eps, keep_steps=True).view(self.config.steps, n, *IMAGE_SHAPE)
+
+    def latent_mean(self, x: Tensor) -> Tensor:
+        """(B, T, z): z_t = mu_t, the mean of q(z_t | x, z_<t) with the earlier latents at their means."""
+        return self.unroll(x, x.new_zeros(self.config.steps, x.shape[0], self.config.z_dim))[1].transpose(0, 1)
+
+    def decode_latent(self, z: Tensor) -> Tensor:
+        return self._generate(z.transpose(0, 1), keep_steps=False).view(-1, *IMAGE_SHAPE)
 
     def latent_pass(self, x: Tensor, z: Tensor | None = None, generator: torch.Generator | None = None) -> LatentPass:
         """z = (z_1 .. z_T) as ``(B, T, z)``; log q(z | x) = sum_t log N(z_t; mu_t, sigma_t^2)."""
