@@ -49,13 +49,10 @@ def gemm_plan(model: torch.nn.Module, batch: int) -> list[tuple[int, int, int]]:
     return per_step * spec.steps + weight_grads
 
 
-def gemm_iteration(model: torch.nn.Module, batch: int, dtype: torch.dtype = torch.float32
-                   ) -> tuple[Callable[[], None], list[tuple[int, int, int]]]:
-    """A call that runs exactly the GEMMs of one training iteration of DRAW ``model`` at
-    ``batch`` with operands in ``dtype`` on random data, and its plan (:func:`gemm_plan`)."""
-    plan = gemm_plan(model, batch)
-    # the weights (right operands) are the same matrices at every step, as in training, so they
-    # stay in cache as they do there; the activations are fresh per step
+def plan_iteration(plan: list[tuple[int, int, int]], dtype: torch.dtype = torch.float32) -> Callable[[], None]:
+    """A call that runs the products of ``plan`` ((m, k, n) each) with operands in ``dtype`` on
+    random data. Right operands of one shape are one matrix, as the weights are in training (they
+    stay in cache as they do there); the left operands are fresh per product."""
     weights: dict[tuple[int, int], torch.Tensor] = {}
     operands = [(torch.randn(m, k).to(dtype), weights.setdefault((k, n), torch.randn(k, n).to(dtype)))
                 for m, k, n in plan]
@@ -64,16 +61,24 @@ def gemm_iteration(model: torch.nn.Module, batch: int, dtype: torch.dtype = torc
         for a, b in operands:
             torch.mm(a, b)
 
-    return iteration, plan
+    return iteration
 
 
-def gemm_bound(model: torch.nn.Module, batch: int, dtype: torch.dtype = torch.float32, repeats: int = 5,
-               iters: int = 3) -> dict[str, float]:
-    """Time :func:`gemm_iteration` on the CPU: best of ``repeats`` windows of ``iters``
+def gemm_iteration(model: torch.nn.Module, batch: int, dtype: torch.dtype = torch.float32
+                   ) -> tuple[Callable[[], None], list[tuple[int, int, int]]]:
+    """A call that runs exactly the GEMMs of one training iteration of DRAW ``model`` at
+    ``batch`` with operands in ``dtype`` on random data, and its plan (:func:`gemm_plan`)."""
+    plan = gemm_plan(model, batch)
+    return plan_iteration(plan, dtype), plan
+
+
+def time_plan(plan: list[tuple[int, int, int]], batch: int, dtype: torch.dtype = torch.float32, repeats: int = 5,
+              iters: int = 3) -> dict[str, float]:
+    """Time :func:`plan_iteration` on the CPU: best of ``repeats`` windows of ``iters``
     iterations, after 2 warm-up ones. Returns seconds per iteration (best and median window), the
     images/s that allows (``images_per_s``: from the best window), GFLOP/s, MFLOP per image and
     the number of GEMMs."""
-    iteration, plan = gemm_iteration(model, batch, dtype)
+    iteration = plan_iteration(plan, dtype)
     flops = sum(2 * m * k * n for m, k, n in plan)
     for _ in range(2):
         iteration()
@@ -86,6 +91,12 @@ def gemm_bound(model: torch.nn.Module, batch: int, dtype: torch.dtype = torch.fl
     best = min(times)
     return {"seconds": best, "seconds_median": statistics.median(times), "images_per_s": batch / best,
             "gflops": flops / best / 1e9, "mflop_per_image": flops / batch / 1e6, "gemms": len(plan)}
+
+
+def gemm_bound(model: torch.nn.Module, batch: int, dtype: torch.dtype = torch.float32, repeats: int = 5,
+               iters: int = 3) -> dict[str, float]:
+    """:func:`time_plan` of DRAW ``model``'s training iteration (:func:`gemm_plan`)."""
+    return time_plan(gemm_plan(model, batch), batch, dtype, repeats, iters)
 
 
 def main() -> None:

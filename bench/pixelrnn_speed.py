@@ -9,6 +9,9 @@ same loop in PyTorch ops (RNNGEN_KERNELS=0; the Diagonal BiLSTM has only that on
 For each variant: training images/s (forward + backward + Adam on a random binary batch) of
 the fast and the plain code, fp32 and under bf16 autocast, best and median of ``--repeats``
 alternating windows, the fast/plain ratio, and the seconds to sample 64 images (28 x 28).
+For the Row LSTM also "bound": the images/s that the matrix products of one training iteration
+alone allow (:func:`row_lstm_plan`, timed in the same alternating windows with operands in the
+step's precision), and the fast code's share of it.
 State the machine load (``uptime``) with the figures: windows alternate so that load hits both.
 """
 
@@ -17,15 +20,45 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from unittest import mock
 
 import torch
 
 from rnngen.models import build_model, kernels, model_config
 from rnngen.models.base import bernoulli_nll
+from rnngen.models.pixelrnn import PixelRNNConfig
 from rnngen.models.reference import pixelrnn as reference
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ is not a package
+from draw_gemm_bound import plan_iteration
+
+SIDE = 28
+
+
+def row_lstm_plan(config: PixelRNNConfig, batch: int) -> list[tuple[int, int, int]]:
+    """(m, k, n) of every matrix product of one Row LSTM training iteration, as
+    rnngen/models/csrc/row_lstm.cpp and the model around it run them: n = batch x 28 positions
+    per row, the 7x7 mask-A convolution as its im2col product (forward and weight gradient; the
+    image needs no gradient), per layer one product per row for both convolutions (input taps
+    and the previous row's states against [w_is; w_ss]) and one per row back into the states,
+    the weight and input gradients over all rows at once, the residual 1x1, and the two 1x1
+    output layers with their gradients."""
+    h, c, o = config.hidden, 2 * config.hidden, config.out_hidden
+    n = batch * SIDE
+    every = SIDE * n  # every position of a map
+    kx, kh, g4 = (config.kernel // 2 + 1) * c, config.kernel * h, 4 * h
+    plan = [(every, 49, c), (49, every, c)]
+    for _ in range(config.layers):
+        plan += [(n, kx + kh, g4)] * SIDE  # the row loop, forward
+        plan += [(every, h, c), (every, c, h), (h, every, c)]  # residual 1x1: forward, d hs, d w_up
+        plan += [(n, g4, kh)] * SIDE  # the row loop, backward: into the previous row's states
+        plan += [(kx + kh, every, g4), (every, g4, kx)]  # d [w_is; w_ss] over all rows, d input taps
+    plan += [(every, c, o), (every, o, 1), (every, 1, o), (o, every, 1), (every, o, c), (c, every, o)]
+    return plan
 
 
 def window(step: Callable[[], None], iters: int, batch: int) -> float:
@@ -77,6 +110,8 @@ def main() -> None:
                      "plain": training_step(model, optimizer, x, plain=True, amp=amp)}
             if variant == "row_lstm":
                 steps["ops"] = training_step(model, optimizer, x, plain=False, amp=amp, kernel=False)
+                steps["bound"] = plan_iteration(row_lstm_plan(model.config, args.batch),
+                                                torch.bfloat16 if amp else torch.float32)
             for step in steps.values():
                 step()  # warm-up
             rates: dict[str, list[float]] = {k: [] for k in steps}
@@ -86,8 +121,9 @@ def main() -> None:
             best = {k: max(v) for k, v in rates.items()}
             med = {k: statistics.median(v) for k, v in rates.items()}
             cols = " | ".join(f"{k} best {best[k]:6.0f} median {med[k]:6.0f}" for k in steps)
+            share = f" | fast/bound best {best['fast'] / best['bound']:.0%}" if "bound" in best else ""
             print(f"{variant:16s} {'bf16' if amp else 'fp32'}  train img/s  {cols} | fast/plain best "
-                  f"{best['fast'] / best['plain']:.2f} median {med['fast'] / med['plain']:.2f}", flush=True)
+                  f"{best['fast'] / best['plain']:.2f} median {med['fast'] / med['plain']:.2f}{share}", flush=True)
         model.eval()
         start = time.perf_counter()
         model.sample(64, generator=torch.Generator().manual_seed(0))
