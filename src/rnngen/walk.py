@@ -27,7 +27,7 @@ class NoLatentError(UserError, ValueError):
 def slerp(a: Tensor, b: Tensor, t: Tensor) -> Tensor:
     """Rows of ``a`` to rows of ``b`` (``(n, D)`` each) at fractions ``t`` (``(S,)``) along the
     great circle, scaled linearly between the two norms: ``(S, n, D)``. Where ``a`` and ``b``
-    are parallel (no plane to turn in) the path is the straight line."""
+    are parallel or opposite (no single plane to turn in) the path is the straight line."""
     t = t.to(a).view(-1, 1, 1)
     na, nb = a.norm(dim=1, keepdim=True), b.norm(dim=1, keepdim=True)  # (n, 1)
     ua, ub = a / na.clamp_min(1e-12), b / nb.clamp_min(1e-12)
@@ -46,7 +46,7 @@ def slerp(a: Tensor, b: Tensor, t: Tensor) -> Tensor:
 def check_latent(model: GenerativeModel) -> None:
     if not model.has_latent:
         able = ", ".join(name for name, cls in MODELS.items() if cls.has_latent)
-        raise NoLatentError(f"{model.name} has no latent variable to walk through (it models pixels one by one); "
+        raise NoLatentError(f"{model.name} has no latent variable to walk through; "
                             f"latent walks need a latent-variable model: {able}")
 
 
