@@ -1,7 +1,8 @@
 """DVC stage `evaluate`: test-set NLL bounds (ELBO, IWAE with `evaluate.k` samples) and
 bits/dim, Fréchet classifier distance and classifier scores of samples, inpainting scores
-(bottom half, centre square, random pixels); samples, reconstructions, inpainting panels and,
-for DRAW, the canvas over time. Everything is added to the training run in MLflow.
+(bottom half, centre square, random pixels); samples, reconstructions, inpainting panels, the
+image being generated over time (DRAW's canvas, PixelRNN's rows) and, for latent models, a latent
+walk. The evaluation is an MLflow run nested under the training run, which gets its metrics.
 
 Writes METRICS (JSON, for `dvc metrics`) and PLOTS/*.png|gif (for `dvc plots`).
 """

@@ -434,6 +434,9 @@ def test_halving_ranks_on_the_real_schedule_and_train_continues_the_winner(
                          tuning.families(tuning.tune_config(params), params))
     drawn = [{k: trials[n].params[k] for k in ("lr", "batch_size", "hidden", "optimizer")} for n in (1, 2, 3)]
     assert drawn == tuning.design(cfg, tuning.families(cfg, params), 3)  # trial 0, then the design
+    tagged = {int(r.data.tags["optuna.trial_number"]): r.data.tags.get("optuna.state")
+              for r in runs_by_name("rnngen-tune").values() if "optuna.trial_number" in r.data.tags}
+    assert tagged == {n: t.state.name for n, t in trials.items()}  # the MLflow UI shows what ranking decided
     curves = {n: sorted(t.intermediate_values) for n, t in trials.items()}
     # rung 0: four trials, 1 epoch each; rung 1: the best two, and trial 0 (params.yaml's values)
     # whatever its rank, on to epoch 2; then one is left, and trial 0

@@ -300,7 +300,7 @@ def _interpolate(args: argparse.Namespace) -> None:
                                 for side in (starts, ends))
     loaded = _load_model(args)
     walk.check_latent(loaded.model)  # before any compute
-    # binarized as the encoder saw its training images
+    # binarized at 0.5, as `rnngen score` does: the encoder was trained on binary images
     frames = walk.walk(loaded.model, data.binarize(a, "fixed"), data.binarize(b, "fixed"), args.steps)
     with files.atomic_file(args.out) as strip:
         if args.gif is None:
@@ -350,7 +350,8 @@ train pair, or the image folders).
     option("--seed", type=int, default=None, help="random seed (default: evaluate.seed)")
     option("--out", type=Path, default=None, help="also write the JSON to this file")
     option("--pictures", type=Path, default=None,
-           help="also save the samples, reconstructions and inpainting panels in this folder")
+           help="also save the pictures in this folder: samples, reconstructions, inpainting panels, generation "
+                "over time and, for latent models, a latent walk")
 
 
 def _evaluate(args: argparse.Namespace) -> None:

@@ -67,8 +67,8 @@ class DRAWConfig:
     attention: bool = True
     #: c_0 at the start of training: mean (the logits of the training images' mean, so the first
     #: epochs need not spend z on the mean image and the KL term does not dip) or zero (logits 0,
-    #: p = 1/2 everywhere). Measured: mean is 8 nats better for attention at equal epochs
-    #: (README, "DRAW with attention")
+    #: p = 1/2 everywhere). Measured: with attention, mean is 8.1 nats of validation NELBO better at
+    #: equal epochs (docs/results.md, "DRAW's canvas and attention window")
     canvas_init: str = "mean"
 
     def problems(self) -> list[str]:

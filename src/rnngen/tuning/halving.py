@@ -161,6 +161,7 @@ def _tell_final(study: Any, alive: list[Any], state: _Rungs, ctx: SearchContext)
     for t in alive:
         if t in final:
             study.tell(t, state.value[t.number])
+            mlflow_log.tag_state(t, "COMPLETE")
         else:
             _eliminate(study, t, ctx, "tune.budget_s spent before it reached the last rung")
     if not final:
@@ -179,6 +180,7 @@ def _eliminate(study: Any, trial: Any, ctx: SearchContext, why: str) -> None:
 
     trial.set_user_attr("pruned", why)
     study.tell(trial, state=TrialState.PRUNED)
+    mlflow_log.tag_state(trial, "PRUNED")
     Path(ctx.halving_dir, f"trial-{trial.number}.pt").unlink(missing_ok=True)
     print(f"trial {trial.number} PRUNED ({why})", flush=True)
 

@@ -67,6 +67,16 @@ def trial_run(trial: Any, ctx: SearchContext, hp: Mapping[str, Any], *, reopen: 
         yield run
 
 
+def tag_state(trial: Any, state: str) -> None:
+    """The ``optuna.state`` tag on a halving trial's run, set when the rung ranking decides it
+    (epoch trials tag their own run as it ends)."""
+    import mlflow
+
+    run_id = trial.user_attrs.get("mlflow_run_id")
+    if run_id:
+        mlflow.MlflowClient().set_tag(run_id, "optuna.state", state)
+
+
 def log_result(study: Any, result: Mapping[str, Any]) -> None:
     """Best params, the trials table and the standard Optuna plots on the (active) parent run."""
     import mlflow

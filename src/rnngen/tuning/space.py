@@ -80,7 +80,8 @@ class TuneConfig:
     #: 1 by default: these small models gain little from more, and on a busy CPU OpenMP
     #: threads that wait on each other slow training down several times
     threads: int = 1
-    #: sampler seed; also the training seed of every trial
+    #: sampler seed (TPE; halving: its Latin hypercube), and the training seed of every trial
+    #: off the real schedule (on it, trials train with train.seed)
     seed: int = 0
     #: random trials before TPE models the results
     startup_trials: int = 3
