@@ -533,8 +533,9 @@ def test_seconds_trials_train_in_rungs_of_the_real_budget_and_train_continues_th
         assert seconds[-1] >= stop and (len(seconds) == 1 or seconds[-2] < stop), (n, seconds)
         assert seconds == sorted(seconds)  # one clock across the rungs: continued, not restarted
         assert len(seconds) == len(trials[n].intermediate_values)
-    for n in final:
-        assert f"trial-{n}.pt after epoch" in out  # the second rung resumed the first's checkpoint
+    for n in final:  # the second rung resumed the first's checkpoint (unless, on a slow machine, the
+        # first epoch already ran past the whole budget)
+        assert f"trial-{n}.pt after epoch" in out or clock[n][0] >= budget, (n, clock[n])
     chosen = result["chosen_trial"]
     assert result["images_per_second"]["untuned"] == trials[0].user_attrs["images_per_second"] > 0
 
