@@ -16,8 +16,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from rnngen.errors import UserError
+
 IMAGE_SHAPE = (1, 28, 28)
 LOG_2PI = math.log(2 * math.pi)
+
+
+class LabelError(UserError, ValueError):
+    """Labels a model cannot take: a class asked of an unconditional model, none given to a
+    conditional one, or a class it was not trained on."""
 
 
 @dataclass
@@ -122,6 +129,30 @@ class GenerativeModel(nn.Module, ABC):
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
+
+    @property
+    def conditional(self) -> bool:
+        """True for a model of p(x | y), trained on labels (``model.<name>.conditional``)."""
+        return bool(getattr(self.config, "conditional", False))
+
+    def labels(self, y: Tensor | None, n: int | None = None) -> Tensor | None:
+        """``y`` as this model takes it: ``(B,)`` class indices on its device for a conditional
+        model, None for an unconditional one; anything else is a :class:`LabelError`."""
+        if not self.conditional:
+            if y is not None:
+                raise LabelError(f"this {self.name} model was trained without labels: it cannot be asked for a "
+                                 f"class (train one with model.{self.name}.conditional: true)")
+            return None
+        classes = self.config.classes
+        if y is None:
+            raise LabelError(f"this {self.name} model is conditional: give each image a label, 0 to {classes - 1}")
+        y = torch.as_tensor(y, device=self.device).long().reshape(-1)
+        if n is not None and len(y) != n:
+            raise LabelError(f"{len(y)} labels for {n} images: give one label per image")
+        bad = y[(y < 0) | (y >= classes)]
+        if len(bad):
+            raise LabelError(f"label {int(bad[0])}: this model was trained on classes 0 to {classes - 1}")
+        return y
 
     def init_from_data(self, mean: Tensor) -> None:
         """Called once by :func:`rnngen.train.fit` before a fresh training (never on a resume)

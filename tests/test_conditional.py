@@ -1,0 +1,112 @@
+"""Class-conditional PixelRNN, p(x | y), against brute force on tiny images: the label truly
+conditions, zeroed class biases give the unconditional model, causality holds, the likelihood
+sums to one for every label, the C++ row loop equals the op loop with per-image biases, the
+samplers use the label, and bad labels are refused."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rnngen.models import build_model, kernels, model_config
+from rnngen.models.base import LabelError
+from rnngen.models.pixelrnn import PixelRNN
+from test_pixelrnn import VARIANTS, all_images
+
+
+def tiny(variant: str, conditional: bool = True, seed: int = 0, layers: int = 2) -> PixelRNN:
+    torch.manual_seed(seed)
+    model = build_model("pixelrnn", model_config("pixelrnn", {"variant": variant, "layers": layers, "hidden": 4,
+                                                               "out_hidden": 8, "conditional": conditional,
+                                                               "classes": 3}))
+    with torch.no_grad():  # larger than the init (the class biases start at 0): every path carries signal
+        for p in model.parameters():
+            p.normal_(0, 0.5)
+    return model.double()
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_the_label_conditions_and_zeroed_class_biases_are_the_unconditional_model(variant: str) -> None:
+    model = tiny(variant)
+    x = torch.bernoulli(torch.full((3, 1, 4, 5), 0.4, dtype=torch.float64))
+    by_label = [model.logits(x, torch.full((3,), k)) for k in range(3)]
+    assert not torch.allclose(by_label[0], by_label[1]) and not torch.allclose(by_label[1], by_label[2])
+    mixed = model.logits(x, torch.tensor([2, 0, 1]))  # each image its own label
+    assert torch.allclose(mixed, torch.stack([by_label[2][0], by_label[0][1], by_label[1][2]]))
+    plain = tiny(variant, conditional=False)
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("class_gates")})
+    with torch.no_grad():
+        for table in model.class_gates:
+            table.weight.zero_()
+    assert torch.allclose(model.logits(x, torch.tensor([2, 0, 1])), plain.logits(x), atol=1e-12)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_causality_by_gradients_with_a_label(variant: str) -> None:
+    model = tiny(variant, layers=3)
+    with torch.no_grad():
+        model.out1.bias.fill_(3.0)  # the head's ReLUs pass gradient
+    height, width = 4, 5
+    x = torch.rand(3, 1, height, width, dtype=torch.float64, requires_grad=True)
+    logits = model.logits(x, torch.tensor([0, 1, 2])).flatten(1)
+    for p in range(height * width):
+        (grad,) = torch.autograd.grad(logits[:, p].sum(), x, retain_graph=True)
+        flat = grad[:, 0].flatten(1)
+        assert torch.all(flat[:, p:] == 0), (variant, p)
+        if p % width:
+            assert (flat[:, p - 1] != 0).any(), (variant, p)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_exact_likelihood_sums_to_one_for_every_label(variant: str) -> None:
+    model = tiny(variant, seed=1)
+    every = all_images(3, 3)  # 512 images
+    for k in range(3):
+        log_p = model.log_likelihood(every, y=torch.full((len(every),), k))
+        assert torch.logsumexp(log_p, 0).exp().item() == pytest.approx(1.0, abs=1e-9), k
+
+
+def test_the_row_loops_agree_with_per_image_biases(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The C++ layer takes a (batch, 4h) bias; its values and every gradient (the class tables'
+    too) equal the op loop's, where the bias is a broadcast sum."""
+    assert kernels.row_lstm(torch.zeros(1)) is not None, "the C++ row loop did not build (g++, ninja?)"
+    model = tiny("row_lstm")
+    x = torch.bernoulli(torch.full((3, 1, 5, 6), 0.4, dtype=torch.float64))
+    y = torch.tensor([1, 0, 1])
+    weights = torch.randn(3, 1, 5, 6, dtype=torch.float64)
+    results = []
+    for switch in ("1", "0"):  # the C++ loop, then the op loop
+        monkeypatch.setenv("RNNGEN_KERNELS", switch)
+        out = model.logits(x, y)
+        results.append((out, torch.autograd.grad((out * weights).sum(), list(model.parameters()))))
+    (a, ga), (b, gb) = results
+    assert torch.allclose(a, b, atol=1e-12)
+    for (name, _), u, v in zip(model.named_parameters(), ga, gb, strict=True):
+        assert torch.allclose(u, v, atol=1e-10), name
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_the_samplers_draw_from_the_asked_class(variant: str) -> None:
+    model = tiny(variant, seed=2)
+    y = torch.tensor([0, 1, 2] * 4)
+    images, probs = model.generate(12, torch.Generator().manual_seed(0), size=(3, 4), y=y)
+    # the sampler's conditionals are the forward pass's for each image's own label
+    assert torch.allclose(probs, torch.sigmoid(model.logits(images, y)), atol=1e-9)
+    mask = torch.zeros(12, 1, 3, 4, dtype=torch.bool)
+    mask[:, :, :, 1::2] = True  # hidden pixels with observed ones after them: the particle filter
+    done = model.complete(images, mask, effort=4, generator=torch.Generator().manual_seed(1), y=y)
+    assert torch.equal(done.drawn[~mask], images[~mask])
+    assert torch.allclose(done.means[mask], torch.sigmoid(model.logits(done.drawn, y))[mask], atol=1e-9)
+
+
+def test_bad_labels_are_refused() -> None:
+    x = torch.zeros(2, 1, 3, 3, dtype=torch.float64)
+    with pytest.raises(LabelError, match="trained without labels"):
+        tiny("row_lstm", conditional=False).logits(x, torch.tensor([0, 1]))
+    model = tiny("row_lstm")
+    with pytest.raises(LabelError, match="is conditional: give each image a label, 0 to 2"):
+        model.logits(x)
+    with pytest.raises(LabelError, match="label 3: this model was trained on classes 0 to 2"):
+        model.logits(x, torch.tensor([0, 3]))
+    with pytest.raises(LabelError, match="1 labels for 2 images"):
+        model.sample(2, y=torch.tensor([1]))
