@@ -305,10 +305,13 @@ class DRAW(GenerativeModel):
     def _noise(self, n: int, like: Tensor, generator: torch.Generator | None) -> Tensor:
         return randn((self.config.steps, n, self.config.z_dim), like, generator)  # (T, n, z)
 
-    def forward(self, x: Tensor) -> LossTerms:
+    def forward(self, x: Tensor, y: Tensor | None = None) -> LossTerms:
+        self.labels(y)  # DRAW models p(x) alone: a label is refused
         return loss_terms(x, *self._recurrence(x, self._noise(x.shape[0], x, None)))
 
-    def log_weights(self, x: Tensor, k: int, generator: torch.Generator | None = None) -> Tensor:
+    def log_weights(self, x: Tensor, k: int, generator: torch.Generator | None = None,
+                    y: Tensor | None = None) -> Tensor:
+        self.labels(y)
         bsz = x.shape[0]
         xk = x.repeat(k, 1, 1, 1)  # (k B, 1, 28, 28): row i B + b is sample i of image b
         eps = self._noise(k * bsz, xk, generator)
@@ -333,24 +336,31 @@ class DRAW(GenerativeModel):
         return torch.stack(frames) if keep_steps else torch.sigmoid(canvas)
 
     @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None, temperature: float = 1.0) -> Tensor:
+    def sample(self, n: int, generator: torch.Generator | None = None, temperature: float = 1.0,
+               y: Tensor | None = None) -> Tensor:
+        self.labels(y)
         eps = temperature * self._noise(n, self.canvas0, generator)  # z_t ~ N(0, temperature^2 I)
         return self._generate(eps, keep_steps=False).view(n, *IMAGE_SHAPE)
 
     @torch.no_grad()
-    def sample_steps(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+    def sample_steps(self, n: int, generator: torch.Generator | None = None, y: Tensor | None = None) -> Tensor:
+        self.labels(y)
         eps = self._noise(n, self.canvas0, generator)
         return self._generate(eps, keep_steps=True).view(self.config.steps, n, *IMAGE_SHAPE)
 
-    def latent_mean(self, x: Tensor) -> Tensor:
+    def latent_mean(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """(B, T, z): z_t = mu_t, the mean of q(z_t | x, z_<t) with the earlier latents at their means."""
+        self.labels(y)
         return self.unroll(x, x.new_zeros(self.config.steps, x.shape[0], self.config.z_dim))[1].transpose(0, 1)
 
-    def decode_latent(self, z: Tensor) -> Tensor:
+    def decode_latent(self, z: Tensor, y: Tensor | None = None) -> Tensor:
+        self.labels(y)
         return self._generate(z.transpose(0, 1), keep_steps=False).view(-1, *IMAGE_SHAPE)
 
-    def latent_pass(self, x: Tensor, z: Tensor | None = None, generator: torch.Generator | None = None) -> LatentPass:
+    def latent_pass(self, x: Tensor, z: Tensor | None = None, generator: torch.Generator | None = None,
+                    y: Tensor | None = None) -> LatentPass:
         """z = (z_1 .. z_T) as ``(B, T, z)``; log q(z | x) = sum_t log N(z_t; mu_t, sigma_t^2)."""
+        self.labels(y)
         given = None if z is None else z.transpose(0, 1)
         eps = self._noise(x.shape[0], x, generator) if given is None else torch.zeros_like(given)
         canvas, mu, logsig = self.unroll(x, eps, given)
@@ -359,6 +369,7 @@ class DRAW(GenerativeModel):
         return LatentPass(z_steps.transpose(0, 1), canvas.view(-1, *IMAGE_SHAPE), log_q)
 
     @torch.no_grad()
-    def reconstruct(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def reconstruct(self, x: Tensor, generator: torch.Generator | None = None, y: Tensor | None = None) -> Tensor:
+        self.labels(y)
         canvas, _, _ = self._recurrence(x, self._noise(x.shape[0], x, generator))
         return torch.sigmoid(canvas).view(-1, *IMAGE_SHAPE)
