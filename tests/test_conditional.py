@@ -5,9 +5,16 @@ samplers use the label, and bad labels are refused."""
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
+from conftest import tiny_params
 from rnngen.models import build_model, kernels, model_config
 from rnngen.models.base import LabelError
 from rnngen.models.pixelrnn import PixelRNN
@@ -110,3 +117,49 @@ def test_bad_labels_are_refused() -> None:
         model.logits(x, torch.tensor([0, 3]))
     with pytest.raises(LabelError, match="1 labels for 2 images"):
         model.sample(2, y=torch.tensor([1]))
+
+
+def test_a_conditional_model_through_train_evaluate_registry_and_service(
+    tmp_path: Path, split_dir: Path, mlflow_uri: str, trained_model: dict[str, Any],
+) -> None:
+    """The train stage trains p(x | y) on the split's labels, evaluate scores it with the test
+    labels and asks the judge about samples of each class, and the registered model serves
+    samples of a class (labels param) and refuses a request without labels."""
+    from rnngen import registry, service, stages
+    from rnngen.files import read_json
+
+    params = tiny_params(**{"model.name": "pixelrnn", "model.pixelrnn.conditional": True})
+    stages.train.run(params, split_dir, None, tmp_path / "models", tmp_path / "ck.pt", tmp_path / "h.csv")
+    result = stages.evaluate.run(params, tmp_path / "models", split_dir, trained_model["classifier"],
+                                 tmp_path / "metrics.json", tmp_path / "pictures")
+    assert result["test_set"]["conditional"] == "true"
+    assert 0 <= result["test_asked_accuracy"] <= 1 and "test_asked_accuracy_7" in result
+    with Image.open(tmp_path / "pictures" / "samples.png") as im:  # a row per class: 16 // 10 = 1 a row
+        assert im.size == (1 * 30 + 2, 10 * 30 + 2)
+    record = read_json(tmp_path / "models" / "run.json")
+    model = registry.load(f"models:/rnngen/{record['model_version']}", "rnngen").model
+    drawn = service.answer(model, [], {"task": "sample", "n": 2, "labels": [3], "seed": 1})
+    again = service.draw(model, 2, 1, y=torch.tensor([3, 3]))
+    assert np.array_equal(drawn, again.view(-1, 28, 28).numpy())
+    with pytest.raises(service.RequestError, match="is conditional: send labels"):
+        service.answer(model, [], {"task": "sample", "n": 2})
+    with pytest.raises(service.RequestError, match="label 12"):
+        service.answer(model, [], {"task": "sample", "n": 1, "labels": [12]})
+
+
+def test_unlabelled_data_is_refused_before_training(tmp_path: Path, split_dir: Path, mlflow_uri: str) -> None:
+    from rnngen import stages
+    from rnngen.errors import UserError
+
+    flat = tmp_path / "split"
+    shutil.copytree(split_dir, flat)
+    for name in ("train", "val", "test"):  # a flat image folder: one label for every image
+        np.save(flat / f"{name}_y.npy", np.zeros_like(np.load(flat / f"{name}_y.npy")))
+    params = tiny_params(**{"model.name": "mlp_vae", "model.mlp_vae.conditional": True})
+    with pytest.raises(UserError, match="model.mlp_vae.conditional is true but the training images are not "
+                                        "labelled"):
+        stages.train.run(params, flat, None, tmp_path / "models", tmp_path / "ck.pt", tmp_path / "h.csv")
+    assert not (tmp_path / "models").exists() and not (tmp_path / "ck.pt").exists()
+    few = tiny_params(**{"model.name": "mlp_vae", "model.mlp_vae.conditional": True, "model.mlp_vae.classes": 5})
+    with pytest.raises(UserError, match="model.mlp_vae.classes is 5: set it to 10"):
+        stages.train.run(few, split_dir, None, tmp_path / "models", tmp_path / "ck.pt", tmp_path / "h.csv")
