@@ -163,3 +163,32 @@ def test_unlabelled_data_is_refused_before_training(tmp_path: Path, split_dir: P
     few = tiny_params(**{"model.name": "mlp_vae", "model.mlp_vae.conditional": True, "model.mlp_vae.classes": 5})
     with pytest.raises(UserError, match="model.mlp_vae.classes is 5: set it to 10"):
         stages.train.run(few, split_dir, None, tmp_path / "models", tmp_path / "ck.pt", tmp_path / "h.csv")
+
+
+@pytest.mark.parametrize("attention", [True, False])
+def test_draws_fast_recurrence_equals_its_equations_with_labels(attention: bool) -> None:
+    """The hand-written BPTT with per-image class biases against the paper's recurrence under
+    autograd: values and every gradient, the class tables' included; the label conditions."""
+    torch.manual_seed(0)
+    model = build_model("draw", model_config("draw", {"steps": 3, "enc_hidden": 8, "dec_hidden": 8, "z_dim": 3,
+                                                      "attention": attention, "conditional": True,
+                                                      "classes": 4})).double()
+    with torch.no_grad():
+        for p in (model.canvas0, model.h_enc0, model.h_dec0, model.class_dec.weight, model.class_enc.weight):
+            p.normal_(0, 0.3)
+    x = torch.bernoulli(torch.full((3, 1, 28, 28), 0.3, dtype=torch.float64))
+    eps = torch.randn(3, 3, 3, dtype=torch.float64)
+    y = torch.tensor([1, 3, 1])
+    outs, refs = model._recurrence(x, eps, y), model.unroll(x, eps, y=y)
+    for out, ref in zip(outs, refs, strict=True):
+        assert torch.allclose(out, ref, atol=1e-10)
+    weights = [torch.randn_like(r) for r in refs]
+    params = [p for _, p in model.named_parameters()]
+    fast = torch.autograd.grad(sum((o * w).sum() for o, w in zip(outs, weights, strict=True)), params)
+    slow = torch.autograd.grad(sum((r * w).sum() for r, w in zip(refs, weights, strict=True)), params,
+                               allow_unused=True)
+    for (name, _), f, s in zip(model.named_parameters(), fast, slow, strict=True):
+        assert torch.allclose(f, torch.zeros_like(f) if s is None else s, atol=1e-9), name
+    other = model._recurrence(x, eps, torch.tensor([0, 2, 1]))
+    assert not torch.allclose(other[0][0], outs[0][0]) and torch.allclose(other[0][2], outs[0][2])
+    assert model.sample(2, y=torch.tensor([0, 3])).shape == (2, 1, 28, 28)
