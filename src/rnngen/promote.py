@@ -162,9 +162,16 @@ def conditioning(c: Candidate) -> str:
     return "p(x | y)" if c.test_set.get("conditional") == "true" else "p(x)"
 
 
+#: identity keys added later, with the value an evaluation that predates them had
+_IMPLIED = {"conditional": "false"}
+
+
 def test_set_differences(a: Candidate, b: Candidate) -> list[str]:
     """Keys of the test-set identity on which the two versions disagree (or one lacks)."""
-    return sorted(k for k in set(a.test_set) | set(b.test_set) if a.test_set.get(k) != b.test_set.get(k))
+    def value(c: Candidate, k: str) -> str | None:
+        return c.test_set.get(k, _IMPLIED.get(k))
+
+    return sorted(k for k in set(a.test_set) | set(b.test_set) if value(a, k) != value(b, k))
 
 
 def decide(challenger: Candidate, champion: Candidate | None, cfg: PromoteConfig, force: bool = False) -> Decision:
