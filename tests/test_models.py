@@ -94,11 +94,11 @@ class ToyVAE(GaussianLatentVAE):
         self.a = nn.Parameter(torch.tensor([2.0, -1.5, 0.5, 3.0], dtype=torch.float64))
         self.b = nn.Parameter(torch.tensor([0.3, -0.2, 1.0, -1.0], dtype=torch.float64))
 
-    def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def encode(self, x: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor]:
         mu = 0.8 * x.flatten(1).sum(1, keepdim=True) - 1.0
         return mu, torch.full_like(mu, math.log(0.6))
 
-    def decode(self, z: Tensor) -> Tensor:
+    def decode(self, z: Tensor, y: Tensor | None = None) -> Tensor:
         return (z * self.a + self.b).view(-1, 1, 2, 2)
 
 

@@ -79,3 +79,53 @@ def test_model_through_dvc_the_registry_and_the_cli(project: Path, name: str) ->
     x = (np.load(project / "data/split/test_x.npy")[:5] > 127).astype(np.float32)
     hidden = make_mask("random_pixels", 5, torch.Generator().manual_seed(0))[:, 0].numpy()
     assert repaired.shape == (5, 28, 28) and np.array_equal(repaired[~hidden], x[~hidden])
+
+
+CONDITIONAL = """
+import json, sys
+import mlflow.pyfunc
+import numpy as np
+model = mlflow.pyfunc.load_model(sys.argv[1])
+x = (np.load(sys.argv[2])[:3] > 127).astype(np.float32).reshape(3, 1, 28, 28)
+labels = np.load(sys.argv[3])[:3].tolist()
+scores = np.asarray(model.predict(x, params={"labels": labels})).tolist()
+drawn = np.asarray(model.predict([], params={"task": "sample", "n": 2, "seed": 1, "labels": [7]})).tolist()
+try:
+    model.predict([], params={"task": "sample", "n": 2})
+    refused = ""
+except Exception as exc:
+    refused = str(exc)
+print(json.dumps({"scores": scores, "drawn": drawn, "refused": refused}))
+"""
+
+
+@pytest.fixture(scope="module")
+def conditional_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return copy_project(tmp_path_factory.mktemp("conditional"), tiny_params())
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_conditional_model_through_dvc_the_registry_and_the_cli(conditional_project: Path, name: str) -> None:
+    """`dvc exp run -S model.NAME.conditional=true`: p(x | y) trained on the split's labels,
+    scored with the test labels, samples asked of each class; the CLI and the registered model
+    (through its models:/ URI) draw a requested class and refuse a request without one."""
+    project = conditional_project
+    out = run([str(BIN / "dvc"), "exp", "run", "-S", f"model.name={name}", "-S", f"model.{name}.conditional=true"],
+              project)
+    assert {"tune", "train", "evaluate"} <= set(stages_run(out.stdout)), out.stdout
+    metrics = json.loads((project / "reports/metrics.json").read_text())
+    assert metrics["model"] == name and metrics["test_set"]["conditional"] == "true"
+    assert 0 <= metrics["test_asked_accuracy"] <= 1
+    uri = f"models:/rnngen/{json.loads((project / 'models/run.json').read_text())['model_version']}"
+    rnngen = str(BIN / "rnngen")
+    run([rnngen, "sample", "--model", uri, "--label", "all", "--n", "2", "--out", f"{name}-classes.png"], project)
+    assert (project / f"{name}-classes.png").stat().st_size
+    refused = run([rnngen, "sample", "--model", uri, "--out", f"{name}-none.png"], project, check=False)
+    assert refused.returncode == 2 and "is conditional" in refused.stderr
+    assert not (project / f"{name}-none.png").exists()
+    served = run([sys.executable, "-c", CONDITIONAL, uri, str(project / "data/split/test_x.npy"),
+                  str(project / "data/split/test_y.npy")], project,
+                 env={"MLFLOW_TRACKING_URI": f"sqlite:///{project.resolve() / 'mlflow.db'}"})
+    answers = json.loads(served.stdout.strip().splitlines()[-1])
+    assert np.isfinite(answers["scores"]).all() and np.asarray(answers["drawn"]).shape == (2, 28, 28)
+    assert "is conditional: send labels" in answers["refused"]

@@ -60,6 +60,22 @@ def test_rule_first_margin_tolerance_and_test_set() -> None:
         decide(cand("9", test_nll_elbo=80.0), champ, cfg)
 
 
+def test_a_conditional_likelihood_is_never_ranked_against_an_unconditional_one() -> None:
+    cfg = PromoteConfig()
+    champ = cand("1", test_nll_iwae=90.0)  # evaluated before "conditional" was recorded: p(x)
+    conditional = cand("2", {**SAME_TEST_SET, "conditional": "true"}, test_nll_iwae=70.0)
+    kept = decide(conditional, champ, cfg)
+    assert (kept.outcome, kept.moves_alias) == ("kept", False)
+    assert "p(x | y)" in kept.reason and "p(x)" in kept.reason
+    assert decide(conditional, champ, cfg, force=True).outcome == "forced"
+    # and the other way round; an explicit "false" equals a missing one
+    back = decide(cand("3", {**SAME_TEST_SET, "conditional": "false"}, test_nll_iwae=60.0),
+                  cand("2", {**SAME_TEST_SET, "conditional": "true"}, test_nll_iwae=70.0), cfg)
+    assert back.outcome == "kept" and "p(x | y)" in back.reason
+    plain = decide(cand("4", {**SAME_TEST_SET, "conditional": "false"}, test_nll_iwae=80.0), champ, cfg)
+    assert plain.outcome == "promoted"
+
+
 def test_config_problems() -> None:
     from rnngen.config import ConfigError, from_dict
 

@@ -164,17 +164,39 @@ def _add_sample(sub: Any) -> None:
            help="< 1 gives cleaner, less varied images: the VAEs and DRAW scale their prior's "
                 "standard deviation by it, PixelRNN divides its logits by it (default: %(default)s)")
     option("--nrow", type=_positive_int, default=None, help="images per row (default: square grid)")
+    option("--label", type=_label_arg, default=None,
+           help="a conditional model's class to draw, or 'all': --n of every class, a row each")
     option("--out", type=_png_out, default=Path("samples.png"), help="PNG to write (default: %(default)s)")
 
 
+def _label_arg(value: str) -> int | str:
+    if value == "all":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a class number or 'all', got {value!r}") from None
+
+
 def _sample(args: argparse.Namespace) -> None:
+    import torch
+
     from rnngen import files, pictures, service
 
     loaded = _load_model(args)
-    images = service.draw(loaded.model, args.n, args.seed, args.temperature)
+    n, nrow, y = args.n, args.nrow or math.ceil(math.sqrt(args.n)), None
+    if args.label == "all":
+        if not loaded.model.conditional:
+            loaded.model.labels(torch.zeros(1))  # refused, with the reason
+        y = torch.arange(loaded.model.config.classes).repeat_interleave(args.n)
+        n, nrow = len(y), args.n
+    elif args.label is not None:
+        y = torch.full((n,), args.label)
+    images = service.draw(loaded.model, n, args.seed, args.temperature, y)
     with files.atomic_file(args.out) as tmp:
-        pictures.save_grid(images, tmp, nrow=args.nrow or math.ceil(math.sqrt(args.n)))
-    print(f"{args.n} samples of {loaded.source} (seed {args.seed}, temperature {args.temperature:g}) -> {args.out}")
+        pictures.save_grid(images, tmp, nrow=nrow)
+    which = "" if args.label is None else f", class {args.label}"
+    print(f"{n} samples of {loaded.source} (seed {args.seed}, temperature {args.temperature:g}{which}) -> {args.out}")
 
 
 def _add_inpaint(sub: Any) -> None:
@@ -196,12 +218,32 @@ def _add_inpaint(sub: Any) -> None:
 
 
 def _add_images(command: argparse.ArgumentParser) -> None:
-    """--image or --test-index (with --split): the images a command works on."""
+    """--image or --test-index (with --split): the images a command works on; --label for a
+    conditional model."""
     source = command.add_mutually_exclusive_group(required=True)
     source.add_argument("--image", nargs="+", metavar="PNG", help="28x28 grayscale image file(s)")
     source.add_argument("--test-index", nargs="+", type=int, metavar="I", help="index(es) into the test split")
     command.add_argument("--split", type=Path, default=Path("data/split"),
                          help="split stage output, for --test-index (default: %(default)s)")
+    command.add_argument("--label", type=int, default=None,
+                         help="a conditional model's class for every image (default with --test-index: "
+                              "the test labels)")
+
+
+def _labels(args: argparse.Namespace, model: Any, n: int) -> Any:
+    """The labels a conditional model takes for the images: --label for all, else the test
+    split's for --test-index; None for an unconditional model (which refuses --label)."""
+    import torch
+
+    from rnngen import data
+
+    if args.label is not None:
+        return torch.full((n,), args.label)
+    if not model.conditional:
+        return None
+    if args.test_index is None:
+        raise data.DataError(f"{model.name} is conditional: give the images' class with --label")
+    return data.load_split(args.split, "test")[1][args.test_index]
 
 
 def _read_images(args: argparse.Namespace) -> tuple[Any, str]:
@@ -237,7 +279,8 @@ def _score(args: argparse.Namespace) -> None:
 
     grey, what = _read_images(args)
     loaded = _load_model(args)
-    nll = service.score(loaded.model, data.binarize(grey, "fixed"))  # the likelihood is of binary images
+    # the likelihood is of binary images
+    nll = service.score(loaded.model, data.binarize(grey, "fixed"), _labels(args, loaded.model, len(grey)))
     print(json.dumps({"model": loaded.source, "images": what, "binarized": "pixel > 0.5",
                       "nll_nats": [float(v) for v in nll]}, indent=2))
 
@@ -248,7 +291,8 @@ def _inpaint(args: argparse.Namespace) -> None:
     original, what = _read_images(args)  # (n, 1, 28, 28) in [0, 1]
     mask = inpaint.load_mask(args.mask, len(original), args.seed)
     loaded = _load_model(args)
-    completed = service.repair(loaded.model, original, mask, args.effort, args.seed)
+    completed = service.repair(loaded.model, original, mask, args.effort, args.seed,
+                               _labels(args, loaded.model, len(original)))
     with files.atomic_file(args.out) as tmp:
         pictures.inpainting_panel(original, mask, completed, tmp)
     print(f"inpainted {what} ({args.mask}, effort {args.effort}) with {loaded.source} -> {args.out}")

@@ -62,13 +62,15 @@ class EvalConfig:
 
 
 def test_set_identity(
-    cfg: EvalConfig, binarization: str, n_test: int, data_sha256: str, judge: DigitClassifier
+    cfg: EvalConfig, binarization: str, n_test: int, data_sha256: str, judge: DigitClassifier,
+    conditional: bool = False,
 ) -> dict[str, str]:
     """What makes two evaluations comparable, as flat strings (logged as ``test_set.*``
     params): the test images (their digest and count), how they were binarized (mode and
     seed), k, and the sample-quality and inpainting settings, with the kind of image the
-    classifier judges (an FCD of binary images does not compare with one of grey levels)."""
-    return {
+    classifier judges (an FCD of binary images does not compare with one of grey levels), and
+    whether the likelihood is of p(x | y) (a conditional model's) or of p(x)."""
+    return {"conditional": "true" if conditional else "false",
         "data_sha256": data_sha256, "n_test": str(n_test), "binarization": binarization, "seed": str(cfg.seed),
         "k": str(cfg.k), "n_quality": str(min(cfg.n_quality, n_test)), "inpaint_images": str(cfg.inpaint_images),
         "inpaint_effort": str(cfg.inpaint_effort), "judged_images": "binary" if judge.binary else "grey",
@@ -76,7 +78,8 @@ def test_set_identity(
 
 
 def log_weights_chunked(
-    model: GenerativeModel, x: Tensor, k: int, generator: torch.Generator, max_rows: int = 4096
+    model: GenerativeModel, x: Tensor, k: int, generator: torch.Generator, max_rows: int = 4096,
+    y: Tensor | None = None,
 ) -> Tensor:
     """``(k, B)`` log-weights, drawing samples in chunks so ``k * B`` rows fit in memory."""
     per_chunk = max(1, max_rows // max(1, x.shape[0]))
@@ -84,16 +87,18 @@ def log_weights_chunked(
     done = 0
     while done < k:
         chunk = min(per_chunk, k - done)
-        parts.append(model.log_weights(x, chunk, generator=generator))
+        parts.append(model.log_weights(x, chunk, generator=generator, y=y))
         done += chunk
     return torch.cat(parts, 0)
 
 
 @torch.no_grad()
 def likelihood_bounds(
-    model: GenerativeModel, x: Tensor, k: int, batch_size: int, seed: int, progress: bool = True
+    model: GenerativeModel, x: Tensor, k: int, batch_size: int, seed: int, progress: bool = True,
+    y: Tensor | None = None,
 ) -> dict[str, float]:
-    """NLL on float images ``x`` ``(N, 1, 28, 28)``, in nats/image and bits/dim.
+    """NLL on float images ``x`` ``(N, 1, 28, 28)``, in nats/image and bits/dim (of p(x | y),
+    labels ``y``, for a conditional model).
 
     Latent models: both bounds come from the same k samples per image, the ELBO as the mean of
     the log-weights, the IWAE bound as log of their mean, so iwae <= elbo holds per image.
@@ -107,11 +112,12 @@ def likelihood_bounds(
     for start in tqdm(range(0, len(x), batch_size), desc="likelihood", leave=False,
                       disable=None if progress else True):
         xb = x[start : start + batch_size].to(device)
+        yb = None if y is None else y[start : start + batch_size].to(device)
         if model.exact_likelihood:
-            ll = model.log_likelihood(xb).double().sum().item()
+            ll = model.log_likelihood(xb, y=yb).double().sum().item()
             elbo_sum, iw_sum = elbo_sum + ll, iw_sum + ll
             continue
-        logw = log_weights_chunked(model, xb, k, gen).double()  # (k, B)
+        logw = log_weights_chunked(model, xb, k, gen, y=yb).double()  # (k, B)
         elbo_sum += logw.mean(0).sum().item()
         iw_sum += (torch.logsumexp(logw, 0) - math.log(k)).sum().item()
     n = len(x)
@@ -139,32 +145,43 @@ def report(
 ) -> dict[str, float]:
     """Every test metric and picture for one model: likelihood bounds, sample quality,
     inpainting under each mask. ``x_test`` are uint8 test images; pictures go to ``pictures``.
+    A conditional model is scored on p(x | y) with the test labels, draws its samples of the
+    test images' classes (``asked_accuracy``) and its sample grid one class a row.
     """
     torch.manual_seed(cfg.seed)
     x = binarized_test_set(x_test, binarization, cfg.seed)
-    metrics: dict[str, float] = {
-        f"test_{k}": v for k, v in likelihood_bounds(model, x, cfg.k, cfg.batch_size, cfg.seed, progress).items()
-    }
+    y = y_test.long() if model.conditional else None
+    bounds = likelihood_bounds(model, x, cfg.k, cfg.batch_size, cfg.seed, progress, y=y)
+    metrics: dict[str, float] = {f"test_{k}": v for k, v in bounds.items()}
     metrics |= {"k": cfg.k, "n_test": len(x)}
 
     # a binary judge compares binary samples with the test images as the likelihood saw them
     real = x if classifier.binary else to_unit(x_test)
     n_quality = min(cfg.n_quality, len(real))
-    metrics |= {f"test_{k}": v for k, v in sample_quality(model, classifier, real, n_quality, cfg.seed).items()}
+    metrics |= {f"test_{k}": v for k, v in sample_quality(model, classifier, real, n_quality, cfg.seed,
+                                                          labels=y).items()}
 
     generator = torch.Generator(device=model.device).manual_seed(cfg.seed)
-    n_pictures = cfg.n_samples
+    n_pictures, per_row = cfg.n_samples, max(1, int(math.sqrt(cfg.n_samples)))
+    grid_labels = steps_labels = None
+    if model.conditional:  # one row per class
+        per_row = max(1, n_pictures // model.config.classes)
+        grid_labels = torch.arange(model.config.classes).repeat_interleave(per_row)
+        n_pictures = len(grid_labels)
+        steps_labels = grid_labels[:: per_row][: min(n_pictures, 16)]
     with torch.no_grad():
-        samples = model.sample(n_pictures, generator=generator)
-        recon = model.reconstruct(x[: n_pictures // 2].to(model.device), generator=generator)
-        steps = model.sample_steps(min(n_pictures, 16), generator=generator)
-    save_grid(samples, pictures / "samples.png", nrow=max(1, int(math.sqrt(n_pictures))))
+        samples = model.sample(n_pictures, generator=generator, y=grid_labels)
+        recon = model.reconstruct(x[: n_pictures // 2].to(model.device), generator=generator,
+                                  y=None if y is None else y[: n_pictures // 2])
+        steps = model.sample_steps(min(n_pictures, 16) if steps_labels is None else len(steps_labels),
+                                   generator=generator, y=steps_labels)
+    save_grid(samples, pictures / "samples.png", nrow=per_row)
     pairs = torch.stack([x[: n_pictures // 2], recon.cpu()], 1).flatten(0, 1)  # original, reconstruction, ...
     save_grid(pairs, pictures / "reconstructions.png", nrow=8)
     if steps is not None:  # DRAW: the canvas being drawn, step by step
         canvas_gif(steps.cpu(), pictures / "canvas.gif", nrow=4)
         canvas_strip(steps.cpu(), pictures / "canvas_strip.png")
-    if model.has_latent and len(x) >= 2 * WALK_PAIRS:  # test images 0-3 walked to 4-7
+    if model.has_latent and not model.conditional and len(x) >= 2 * WALK_PAIRS:  # test images 0-3 to 4-7
         frames = walk(model, x[:WALK_PAIRS], x[WALK_PAIRS : 2 * WALK_PAIRS], WALK_STEPS)
         save_walk(frames, pictures / "interpolation.png", pictures / "interpolation.gif")
 
@@ -175,7 +192,8 @@ def report(
         metrics |= {f"inpaint_{kind}_{k}": v for k, v in scores.items()}
         mask = make_mask(kind, n_shown, torch.Generator().manual_seed(cfg.seed))
         completed = inpaint(model, x[:n_shown], mask, cfg.inpaint_effort,
-                            torch.Generator(device=model.device).manual_seed(cfg.seed)).means
+                            torch.Generator(device=model.device).manual_seed(cfg.seed),
+                            None if y is None else y[:n_shown]).means
         inpainting_panel(x[:n_shown], mask, completed.cpu(), pictures / f"inpaint_{kind}.png")
     return metrics
 
@@ -204,6 +222,9 @@ def evaluate_images(
     if n < 2:
         raise DataError(f"{images.description}: need at least 2 images (a covariance for the FCD)")
     loaded = load_model()
+    if loaded.model.conditional and images.y is None:
+        raise DataError(f"{loaded.source} is conditional (it scores p(x | y)): evaluate it on labelled images "
+                        "(IDX files with their labels, or one subfolder per class)")
     if classifier_file is not None:
         judge, judge_note = load_classifier(classifier_file), str(classifier_file)
     else:
@@ -243,9 +264,10 @@ def rescore_likelihood(
     if test_set_digest(split_dir) != test_set["data_sha256"]:
         raise TrackingError(f"cannot re-score the champion: {split_dir} is not the challenger's test set "
                             "(data digest differs); run `dvc repro` first")
-    x_test, _ = load_split(split_dir, "test")
+    x_test, y_test = load_split(split_dir, "test")
     model = load_model()
     k, n, seed = int(test_set["k"]), int(test_set["n_test"]), int(test_set["seed"])
     x = binarized_test_set(x_test[:n], test_set["binarization"], seed)
-    bounds = likelihood_bounds(model, x, k, batch_size, seed, progress=False)
+    bounds = likelihood_bounds(model, x, k, batch_size, seed, progress=False,
+                               y=y_test[:n].long() if model.conditional else None)
     return {f"test_{key}": v for key, v in bounds.items()}

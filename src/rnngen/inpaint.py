@@ -83,9 +83,11 @@ def inpaint(
     mask: Tensor,
     effort: int,
     generator: torch.Generator | None = None,
+    y: Tensor | None = None,
 ) -> Completion:
     """Complete the pixels of ``x`` ``(B, 1, 28, 28)`` in [0, 1] where ``mask`` is True, with
-    ``effort`` units of the model's sampler (rounds or particles) per image.
+    ``effort`` units of the model's sampler (rounds or particles) per image; a conditional
+    model completes each image as one of its class ``y``.
 
     Returns the completion on the model's device: ``drawn`` (hidden pixels drawn, binary) and
     ``means`` (their probabilities p(x_i = 1 | ...)); observed pixels come back exactly as
@@ -101,7 +103,7 @@ def inpaint(
         raise ValueError("inpainting needs images in [0, 1]")
     model.eval()
     x, mask = x.to(model.device), mask.to(model.device)
-    done = model.complete(x, mask, effort, generator=generator)
+    done = model.complete(x, mask, effort, generator=generator, y=y)
     # whatever the model returns, observed pixels stay as given
     return Completion(torch.where(mask, done.drawn, x), torch.where(mask, done.means, x))
 
@@ -129,7 +131,9 @@ def inpainting_metrics(
     mask = make_mask(kind, len(x), torch.Generator().manual_seed(seed))
 
     gen = torch.Generator(device=model.device).manual_seed(seed)
-    parts = [inpaint(model, x[i : i + batch_size], mask[i : i + batch_size], effort, gen)
+    given = y if model.conditional else None  # a conditional model completes an image of its true class
+    parts = [inpaint(model, x[i : i + batch_size], mask[i : i + batch_size], effort, gen,
+                     None if given is None else given[i : i + batch_size])
              for i in range(0, len(x), batch_size)]
     completed = torch.cat([p.means.cpu() for p in parts])
     drawn = torch.cat([p.drawn.cpu() for p in parts])

@@ -156,9 +156,22 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def conditioning(c: Candidate) -> str:
+    """What a version's likelihood is of: ``p(x | y)`` (a conditional model) or ``p(x)`` (also
+    for evaluations from before the distinction was recorded)."""
+    return "p(x | y)" if c.test_set.get("conditional") == "true" else "p(x)"
+
+
+#: identity keys added later, with the value an evaluation that predates them had
+_IMPLIED = {"conditional": "false"}
+
+
 def test_set_differences(a: Candidate, b: Candidate) -> list[str]:
     """Keys of the test-set identity on which the two versions disagree (or one lacks)."""
-    return sorted(k for k in set(a.test_set) | set(b.test_set) if a.test_set.get(k) != b.test_set.get(k))
+    def value(c: Candidate, k: str) -> str | None:
+        return c.test_set.get(k, _IMPLIED.get(k))
+
+    return sorted(k for k in set(a.test_set) | set(b.test_set) if value(a, k) != value(b, k))
 
 
 def decide(challenger: Candidate, champion: Candidate | None, cfg: PromoteConfig, force: bool = False) -> Decision:
@@ -177,6 +190,13 @@ def decide(challenger: Candidate, champion: Candidate | None, cfg: PromoteConfig
     rows = _rows(challenger, champion, cfg)
     if force:
         return Decision("forced", f"forced by the user over champion v{champion.version}", challenger, champion, rows)
+    if conditioning(challenger) != conditioning(champion):  # no re-scoring makes these comparable
+        reason = (
+            f"not comparable: the challenger's likelihood is of {conditioning(challenger)} and champion "
+            f"v{champion.version}'s of {conditioning(champion)} (a conditional model is scored with the labels "
+            f"given); champion v{champion.version} stays (--force moves the alias anyway)"
+        )
+        return Decision("kept", reason, challenger, champion, rows)
     differs = [] if champion.rescored else test_set_differences(challenger, champion)
     if differs:
         reason = (
@@ -358,7 +378,7 @@ def promote(
     champion = None
     if cfg.alias in aliases:
         champion = candidate(mlflow_client, mlflow_client.get_model_version_by_alias(name, cfg.alias))
-        needs = champion.version != challenger.version and (
+        needs = champion.version != challenger.version and conditioning(champion) == conditioning(challenger) and (
             test_set_differences(challenger, champion) or cfg.primary not in champion.metrics
         )
         if needs and rescore is not None and not force:

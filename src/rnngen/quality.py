@@ -87,13 +87,16 @@ def classifier_score(probs: Tensor | np.ndarray) -> float:
 
 
 @torch.no_grad()
-def draw_samples(model: GenerativeModel, n: int, seed: int, batch_size: int = 250, *, binary: bool = False) -> Tensor:
+def draw_samples(model: GenerativeModel, n: int, seed: int, batch_size: int = 250, *, binary: bool = False,
+                 y: Tensor | None = None) -> Tensor:
     """``n`` samples ``(n, 1, 28, 28)`` on the CPU from a generator seeded on the model's device:
-    grey pictures (``sample``), or with ``binary`` draws of p(x) (``sample_binary``)."""
+    grey pictures (``sample``), or with ``binary`` draws of p(x) (``sample_binary``); of
+    classes ``y`` ``(n,)`` for a conditional model."""
     model.eval()
     gen = torch.Generator(device=model.device).manual_seed(seed)
     draw = model.sample_binary if binary else model.sample
-    parts = [draw(min(batch_size, n - i), generator=gen).cpu() for i in range(0, n, batch_size)]
+    parts = [draw(min(batch_size, n - i), generator=gen, y=None if y is None else y[i : i + batch_size]).cpu()
+             for i in range(0, n, batch_size)]
     return torch.cat(parts)
 
 
@@ -105,8 +108,13 @@ def sample_quality(
     seed: int,
     *,
     batch_size: int = 250,
+    labels: Tensor | None = None,
 ) -> dict[str, float]:
     """FCD, classifier scores and mean confidences of ``n`` samples against ``n`` real images.
+    With the real images' ``labels`` (a conditional model) each sample is drawn of the class of
+    its real counterpart, so both sides hold the same classes, and ``asked_accuracy`` is the
+    share of samples the classifier takes for the class asked (overall, and per class as
+    ``asked_accuracy_<class>``).
 
     ``real_images`` are grey levels (or binary images); a seeded random subset of ``n`` is
     taken and put in the classifier's kind (:func:`rnngen.classifier.as_judged`), and the samples
@@ -117,9 +125,11 @@ def sample_quality(
         raise ValueError(f"sample quality: n must be between 2 and the {len(real)} real images given, got {n}")
     pick = torch.randperm(len(real), generator=torch.Generator().manual_seed(seed))[:n]
     real = as_judged(classifier, real[pick], seed)
-    fake = draw_samples(model, n, seed, batch_size, binary=classifier.binary)
+    asked = None if labels is None else torch.as_tensor(labels)[pick].long()
+    fake = draw_samples(model, n, seed, batch_size, binary=classifier.binary, y=asked)
     p_fake, p_real = probabilities(classifier, fake), probabilities(classifier, real)
-    return {
+    out = {} if asked is None else asked_accuracy(p_fake, asked)
+    return out | {
         "fcd": frechet_distance(features(classifier, fake), features(classifier, real)),
         "classifier_score_samples": classifier_score(p_fake),
         "classifier_score_real": classifier_score(p_real),
@@ -127,3 +137,12 @@ def sample_quality(
         "confidence_real": p_real.max(1).values.mean().item(),
         "n_quality": float(n),
     }
+
+
+def asked_accuracy(p: Tensor, asked: Tensor) -> dict[str, float]:
+    """The share of samples whose most probable class (``p`` ``(n, classes)``) is the one asked
+    for, overall and per asked class."""
+    hit = (p.argmax(1) == asked).float()
+    out = {"asked_accuracy": hit.mean().item()}
+    out |= {f"asked_accuracy_{int(c)}": hit[asked == c].mean().item() for c in torch.unique(asked)}
+    return out

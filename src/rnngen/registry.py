@@ -50,15 +50,18 @@ def _load_pyfunc(data_path: str) -> Any:
     return Service(ckpt.load_model(data_path))
 
 
-def log_model(checkpoint: Path, example: np.ndarray, registered_name: str) -> str:
+def log_model(checkpoint: Path, example: np.ndarray, registered_name: str,
+              example_params: dict[str, Any] | None = None) -> str:
     """Log ``checkpoint`` (a :func:`rnngen.checkpoint.save_model` file) as the active run's
-    ``model`` and register it under ``registered_name``; returns the new version number."""
+    ``model`` and register it under ``registered_name``; returns the new version number. The
+    input example goes with ``example_params`` (a conditional model's labels)."""
     import mlflow
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*(pip|requirement).*")
         info = mlflow.pyfunc.log_model(
-            name="model", loader_module=__name__, data_path=str(checkpoint), input_example=example,
+            name="model", loader_module=__name__, data_path=str(checkpoint),
+            input_example=(example, example_params) if example_params else example,
             signature=service.signature(),
             registered_model_name=registered_name, await_registration_for=60,
             # explicit: inferring them would load the model once more in a subprocess

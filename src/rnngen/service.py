@@ -14,6 +14,9 @@ body ``{"inputs": ..., "params": {"task": ...}}``:
   784 x B zeros and ones, 1 = hidden; ``effort`` and ``seed`` as ``rnngen inpaint``. The
   answer is the completed images, observed pixels exactly as sent.
 
+A conditional model (``model.<name>.conditional``) needs ``labels``: one class for every image
+of the request, or one per image (``sample``: per drawn image); an unconditional one refuses them.
+
 ``sample`` and ``inpaint`` answer ``(B, 28, 28)`` arrays, or with ``"format": "png"`` one
 base64 PNG per image. A request the service cannot answer raises an MLflow
 ``INVALID_PARAMETER_VALUE`` error, which the scoring server turns into a 400 whose message says
@@ -34,6 +37,7 @@ from torch import Tensor
 from rnngen import inpaint
 from rnngen.data import PIXELS, SIDE
 from rnngen.models import GenerativeModel
+from rnngen.models.base import LabelError
 
 TASKS = ("score", "sample", "inpaint")
 #: importance samples per image behind the served score
@@ -57,6 +61,7 @@ PARAMS: dict[str, tuple[str, Any]] = {
     "mask_pixels": ("long", []),
     "effort": ("long", 32),
     "format": ("string", "array"),
+    "labels": ("long", []),
 }
 
 
@@ -67,24 +72,26 @@ class RequestError(ValueError):
 # ------------------------------------------------------------------ the three uses
 
 
-def draw(model: GenerativeModel, n: int, seed: int, temperature: float = 1.0) -> Tensor:
-    """``n`` new images (Bernoulli means, ``(n, 1, 28, 28)``, CPU), seeded."""
+def draw(model: GenerativeModel, n: int, seed: int, temperature: float = 1.0, y: Tensor | None = None) -> Tensor:
+    """``n`` new images (Bernoulli means, ``(n, 1, 28, 28)``, CPU), seeded; of classes ``y``
+    for a conditional model."""
     generator = torch.Generator(device=model.device).manual_seed(seed)
     with torch.no_grad():
-        return model.eval().sample(n, generator=generator, temperature=temperature).cpu()
+        return model.eval().sample(n, generator=generator, temperature=temperature, y=y).cpu()
 
 
-def repair(model: GenerativeModel, x: Tensor, mask: Tensor, effort: int, seed: int) -> Tensor:
+def repair(model: GenerativeModel, x: Tensor, mask: Tensor, effort: int, seed: int, y: Tensor | None = None) -> Tensor:
     """``x`` with its pixels under ``mask`` completed (Bernoulli means, observed pixels as given)."""
     generator = torch.Generator(device=model.device).manual_seed(seed)
-    return inpaint.inpaint(model, x, mask, effort, generator).means.cpu()
+    return inpaint.inpaint(model, x, mask, effort, generator, y=y).means.cpu()
 
 
-def score(model: GenerativeModel, x: Tensor) -> np.ndarray:
-    """Each binarized image's negative log-likelihood in nats, ``(B,)``, seeded."""
+def score(model: GenerativeModel, x: Tensor, y: Tensor | None = None) -> np.ndarray:
+    """Each binarized image's negative log-likelihood in nats, ``(B,)``, seeded (of p(x | y)
+    for a conditional model)."""
     gen = torch.Generator(device=model.device).manual_seed(0)
     with torch.no_grad():
-        logw = model.eval().log_weights(x.to(model.device), SCORE_K, generator=gen).double()
+        logw = model.eval().log_weights(x.to(model.device), SCORE_K, generator=gen, y=y).double()
         nll = -(torch.logsumexp(logw, 0) - math.log(SCORE_K))
     return nll.float().cpu().numpy()
 
@@ -150,8 +157,27 @@ def _pictures(images: Tensor, fmt: str) -> Any:
     return out
 
 
+def _labels(params: dict[str, Any], n: int) -> Tensor | None:
+    """The request's ``labels`` for ``n`` images: None when there are none, one repeated for
+    all, or one per image."""
+    labels = np.asarray(params["labels"]).reshape(-1)
+    if not labels.size:
+        return None
+    if labels.size not in (1, n) or not np.issubdtype(labels.dtype, np.integer):
+        raise RequestError(f"labels must hold whole numbers, one for all {n} images or one per image; "
+                           f"got {labels.size} values")
+    return torch.from_numpy(labels.astype(np.int64)).expand(n).clone()
+
+
 def answer(model: GenerativeModel, model_input: Any, params: dict[str, Any] | None = None) -> Any:
     """One request: ``params`` over :data:`PARAMS`' defaults; raises :class:`RequestError`."""
+    try:
+        return _answer(model, model_input, params)
+    except LabelError as exc:  # a label the model cannot take: the caller's to fix
+        raise RequestError(str(exc).replace("give each image a label", "send labels")) from None
+
+
+def _answer(model: GenerativeModel, model_input: Any, params: dict[str, Any] | None) -> Any:
     p = {name: default for name, (_, default) in PARAMS.items()} | (params or {})
     task, fmt = p["task"], p["format"]
     if task not in TASKS:
@@ -161,18 +187,18 @@ def answer(model: GenerativeModel, model_input: Any, params: dict[str, Any] | No
     if task == "sample":
         n = _bounded(p, "n", 1, MAX_SAMPLES)
         temperature = _bounded(p, "temperature", 1e-3, 10.0)
-        return _pictures(draw(model, int(n), int(p["seed"]), float(temperature)), fmt)
+        return _pictures(draw(model, int(n), int(p["seed"]), float(temperature), _labels(p, int(n))), fmt)
     x = _images(model_input, task)
     if task == "score":
         if not ((x == 0) | (x == 1)).all():
             raise RequestError("task 'score' needs binarized pixels (0 or 1): the likelihood is of binary images; "
                                "threshold grey images at 0.5 first")
-        return score(model, x)
+        return score(model, x, _labels(p, len(x)))
     effort = _bounded(p, "effort", 1, MAX_EFFORT)
     if len(x) * effort > MAX_WORK:
         raise RequestError(f"inpaint: images x effort must be at most {MAX_WORK}, got {len(x)} x {effort}; "
                            "send fewer images per request or lower effort")
-    return _pictures(repair(model, x, _mask(p, len(x)), int(effort), int(p["seed"])), fmt)
+    return _pictures(repair(model, x, _mask(p, len(x)), int(effort), int(p["seed"]), _labels(p, len(x))), fmt)
 
 
 class Service:

@@ -170,10 +170,11 @@ def kl_weight(warmup_epochs: float, progress_epochs: float) -> float:
 
 
 def evaluate_nelbo(
-    model: GenerativeModel, x: Tensor, binarization: str, batch_size: int, seed: int
+    model: GenerativeModel, x: Tensor, binarization: str, batch_size: int, seed: int, y: Tensor | None = None,
 ) -> float:
-    """Mean negative ELBO (nats/image) over uint8 images ``x``, with a fixed binarization seed.
-    In a data-parallel job each rank scores its share of every batch and the sums are added."""
+    """Mean negative ELBO (nats/image) over uint8 images ``x`` (of p(x | y) with labels ``y``
+    for a conditional model), with a fixed binarization seed. In a data-parallel job each rank
+    scores its share of every batch and the sums are added."""
     gen = torch.Generator().manual_seed(seed)
     device = model.device
     r = ranks()
@@ -183,8 +184,9 @@ def evaluate_nelbo(
         for start in range(0, len(x), batch_size):
             xb = prepare_batch(x[start : start + batch_size], binarization, None, gen)  # all of it: same draws
             mine = torch.tensor_split(xb, r.world)[r.rank].to(device)
+            labels = None if y is None else torch.tensor_split(y[start : start + batch_size], r.world)[r.rank]
             if len(mine):
-                total += model(mine).nelbo.sum().double()
+                total += model(mine, labels).nelbo.sum().double()
     return float(all_sum(total, r)) / len(x)
 
 
@@ -220,8 +222,12 @@ def fit(
     progress: bool = True,
     until_epoch: int | None = None,
     until_seconds: float | None = None,
+    train_y: Tensor | None = None,
+    val_y: Tensor | None = None,
 ) -> FitResult:
-    """Train ``model`` on uint8 images; early-stop on validation negative ELBO.
+    """Train ``model`` on uint8 images; early-stop on validation negative ELBO. A conditional
+    model trains p(x | y) on the labels ``train_y`` and ``val_y`` (an unconditional one ignores
+    them).
 
     With ``checkpoint`` the full training state is saved after every epoch and resumed by the
     rules of :func:`rnngen.resume.plan` (fingerprint with ``identity``), or from ``resume``
@@ -237,6 +243,7 @@ def fit(
     """
     device, r = model.device, ranks()
     path = Path(checkpoint) if checkpoint else None
+    train_y, val_y = _labels_of(model, train_y, "training"), _labels_of(model, val_y, "validation")
     if device.type == "cpu":
         kernels.keep_freed_memory()
     with tf32_under_amp(cfg.amp, device):
@@ -253,8 +260,8 @@ def fit(
                     raise ValueError("fit(until_epoch=... or until_seconds=...) needs a checkpoint to continue from")
                 return FitResult.of(state, point.epoch, paused=True)  # the last epoch's checkpoint goes on
             t0 = time.perf_counter()
-            train, seconds = train_epoch(net, state, train_x, cfg, binarization, epoch, amp, r, progress)
-            metrics = {**train, "val_loss": validate(state.model, val_x, cfg, binarization, epoch),
+            train, seconds = train_epoch(net, state, train_x, cfg, binarization, epoch, amp, r, progress, train_y)
+            metrics = {**train, "val_loss": validate(state.model, val_x, cfg, binarization, epoch, val_y),
                        "epoch_seconds": seconds, "images_per_second": len(train_x) / seconds}
             metrics["elapsed_s"] = elapsed(state) + time.perf_counter() - t0
             keep_best(state, epoch, metrics, cfg.patience)
@@ -269,6 +276,22 @@ def fit(
             state.best_weights = ckpt.cpu_copy(model.state_dict())
         save(state, "trained")
         return FitResult.of(state, point.epoch)
+
+
+def _labels_of(model: GenerativeModel, y: Tensor | None, split: str) -> Tensor | None:
+    """The labels a conditional model trains on (checked, before any compute), None for an
+    unconditional one."""
+    if not model.conditional:
+        return None
+    key = f"model.{model.name}"
+    if y is None or len(torch.unique(y)) < 2:
+        raise UserError(f"{key}.conditional is true but the {split} images are not labelled (a flat image folder "
+                        "gives every image one label): use a labelled dataset (IDX files, or one subfolder per "
+                        f"class) or set {key}.conditional: false")
+    if int(y.min()) < 0 or int(y.max()) >= model.config.classes:
+        raise UserError(f"the {split} labels run from {int(y.min())} to {int(y.max())} but {key}.classes is "
+                        f"{model.config.classes}: set it to {int(y.max()) + 1}")
+    return y.long().cpu()
 
 
 def _start(
@@ -294,7 +317,7 @@ def _start(
 
 def train_epoch(
     net: torch.nn.Module, state: ckpt.TrainState, train_x: Tensor, cfg: TrainConfig, binarization: str, epoch: int,
-    amp: bool, r: Ranks, progress: bool,
+    amp: bool, r: Ranks, progress: bool, train_y: Tensor | None = None,
 ) -> tuple[dict[str, float], float]:
     """One pass over the training images: the loss terms' means per image, and the seconds it took."""
     state.model.train()
@@ -313,8 +336,10 @@ def train_epoch(
         # process) and trains on its slice of it.
         xb = prepare_batch(train_x[idx], binarization, cfg, gen)
         xb = torch.tensor_split(xb, r.world)[r.rank].to(state.model.device)
+        yb = None if train_y is None else torch.tensor_split(train_y[idx], r.world)[r.rank].to(state.model.device)
         beta = kl_weight(cfg.kl_warmup_epochs, epoch - 1 + step / n_batches)
-        stats = _train_step(net, state, xb, len(idx), beta, amp, r, cfg.grad_clip, f"epoch {epoch}, step {step + 1}")
+        stats = _train_step(net, state, xb, yb, len(idx), beta, amp, r, cfg.grad_clip,
+                            f"epoch {epoch}, step {step + 1}")
         # the true negative ELBO, whatever the warm-up weight
         for key, value in zip(("loss", "recon", "kl"), stats.tolist(), strict=True):
             sums[key] += value
@@ -324,13 +349,13 @@ def train_epoch(
 
 
 def _train_step(
-    net: torch.nn.Module, state: ckpt.TrainState, xb: Tensor, batch_images: int, beta: float, amp: bool, r: Ranks,
-    grad_clip: float, where: str,
+    net: torch.nn.Module, state: ckpt.TrainState, xb: Tensor, yb: Tensor | None, batch_images: int, beta: float,
+    amp: bool, r: Ranks, grad_clip: float, where: str,
 ) -> Tensor:
-    """One optimizer step on this rank's slice ``xb`` of a global batch of ``batch_images``;
-    returns the batch's summed (nelbo, recon, kl) over all ranks."""
+    """One optimizer step on this rank's slice ``xb`` (labels ``yb``) of a global batch of
+    ``batch_images``; returns the batch's summed (nelbo, recon, kl) over all ranks."""
     with torch.autocast(xb.device.type, dtype=torch.bfloat16, enabled=amp):
-        terms = net(xb)
+        terms = net(xb, yb)
     # The slice's sum over the global batch size, times the ranks DDP averages over:
     # the gradient of the global batch's mean, however the batch is split.
     total = terms.nelbo.sum() if beta == 1.0 else terms.recon.sum() + beta * terms.kl.sum()
@@ -351,9 +376,10 @@ def _train_step(
     return stats
 
 
-def validate(model: GenerativeModel, val_x: Tensor, cfg: TrainConfig, binarization: str, epoch: int) -> float:
+def validate(model: GenerativeModel, val_x: Tensor, cfg: TrainConfig, binarization: str, epoch: int,
+             val_y: Tensor | None = None) -> float:
     """The validation negative ELBO (fixed binarization draws: comparable across epochs)."""
-    val = evaluate_nelbo(model, val_x, binarization, max(cfg.batch_size, 256), cfg.seed + 1)
+    val = evaluate_nelbo(model, val_x, binarization, max(cfg.batch_size, 256), cfg.seed + 1, val_y)
     if not math.isfinite(val):
         raise NonFiniteLossError(f"non-finite validation loss at epoch {epoch}; the last good checkpoint is kept")
     return val

@@ -44,6 +44,9 @@ def slerp(a: Tensor, b: Tensor, t: Tensor) -> Tensor:
 
 
 def check_latent(model: GenerativeModel) -> None:
+    if model.conditional:
+        raise NoLatentError(f"this {model.name} model is conditional: a walk would have to hold one class along "
+                            "the way, which rnngen interpolate does not do yet; walk an unconditional model")
     if not model.has_latent:
         able = ", ".join(name for name, cls in MODELS.items() if cls.has_latent)
         raise NoLatentError(f"{model.name} has no latent variable to walk through; "

@@ -16,8 +16,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from rnngen.errors import UserError
+
 IMAGE_SHAPE = (1, 28, 28)
 LOG_2PI = math.log(2 * math.pi)
+
+
+class LabelError(UserError, ValueError):
+    """Labels a model cannot take: a class asked of an unconditional model, none given to a
+    conditional one, or a class it was not trained on."""
 
 
 @dataclass
@@ -123,28 +130,56 @@ class GenerativeModel(nn.Module, ABC):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
+    @property
+    def conditional(self) -> bool:
+        """True for a model of p(x | y), trained on labels (``model.<name>.conditional``)."""
+        return bool(getattr(self.config, "conditional", False))
+
+    def labels(self, y: Tensor | None, n: int | None = None) -> Tensor | None:
+        """``y`` as this model takes it: ``(B,)`` class indices on its device for a conditional
+        model, None for an unconditional one; anything else is a :class:`LabelError`."""
+        if not self.conditional:
+            if y is not None:
+                raise LabelError(f"this {self.name} model was trained without labels: it cannot be asked for a "
+                                 f"class (train one with model.{self.name}.conditional: true)")
+            return None
+        classes = self.config.classes
+        if y is None:
+            raise LabelError(f"this {self.name} model is conditional: give each image a label, 0 to {classes - 1}")
+        y = torch.as_tensor(y, device=self.device).long().reshape(-1)
+        if n is not None and len(y) != n:
+            raise LabelError(f"{len(y)} labels for {n} images: give one label per image")
+        bad = y[(y < 0) | (y >= classes)]
+        if len(bad):
+            raise LabelError(f"label {int(bad[0])}: this model was trained on classes 0 to {classes - 1}")
+        return y
+
     def init_from_data(self, mean: Tensor) -> None:
         """Called once by :func:`rnngen.train.fit` before a fresh training (never on a resume)
         with the training images' mean grey level ``(1, 28, 28)``; by default nothing."""
 
     @abstractmethod
-    def forward(self, x: Tensor) -> LossTerms:
+    def forward(self, x: Tensor, y: Tensor | None = None) -> LossTerms:
         """Per-image training loss terms: for latent models a single-sample estimate of the
-        negative ELBO (``recon`` + ``kl``), for exact models ``recon`` = -log p(x), ``kl`` = 0."""
+        negative ELBO (``recon`` + ``kl``), for exact models ``recon`` = -log p(x), ``kl`` = 0.
+        Every method takes labels ``y`` ``(B,)``: a conditional model needs them (it models
+        p(x | y)), an unconditional one refuses them (:meth:`labels`)."""
 
     @abstractmethod
-    def log_weights(self, x: Tensor, k: int, generator: torch.Generator | None = None) -> Tensor:
+    def log_weights(self, x: Tensor, k: int, generator: torch.Generator | None = None,
+                    y: Tensor | None = None) -> Tensor:
         """``(k, B)`` importance log-weights ``log p(x, z_i) - log q(z_i | x)``, z_i ~ q(z|x);
         for an exact model every row is ``log p(x)`` (the bounds are then exact)."""
 
-    def log_likelihood(self, x: Tensor, k: int = 1, generator: torch.Generator | None = None) -> Tensor:
+    def log_likelihood(self, x: Tensor, k: int = 1, generator: torch.Generator | None = None,
+                       y: Tensor | None = None) -> Tensor:
         """``(B,)`` log p(x): exact when ``exact_likelihood``, else the importance-weighted
         lower bound with ``k`` samples (Burda et al. 2016, eq. 8)."""
-        logw = self.log_weights(x, k, generator=generator).double()
+        logw = self.log_weights(x, k, generator=generator, y=y).double()
         return (torch.logsumexp(logw, 0) - math.log(k)).to(x.dtype)
 
     def complete(
-        self, x: Tensor, mask: Tensor, effort: int, generator: torch.Generator | None = None,
+        self, x: Tensor, mask: Tensor, effort: int, generator: torch.Generator | None = None, y: Tensor | None = None,
     ) -> Completion:
         """Fill the pixels of ``x`` where ``mask`` is True by conditional sampling, ``effort``
         being the sampler's work per image; observed pixels come back exactly as given.
@@ -153,13 +188,13 @@ class GenerativeModel(nn.Module, ABC):
         p(missing | observed) exactly. Measured on trained models (docs/results.md, "Repair"),
         this beats either sampler alone at equal rounds; alone, Metropolis-within-Gibbs started
         from noise rarely accepts and mixes slowly."""
-        warm = self.pseudo_gibbs(x, mask, max(1, effort // 2), generator)
+        warm = self.pseudo_gibbs(x, mask, max(1, effort // 2), generator, y=y)
         if effort < 2:
             return warm
-        return self.metropolis_within_gibbs(x, mask, effort - effort // 2, generator, start=warm.drawn)
+        return self.metropolis_within_gibbs(x, mask, effort - effort // 2, generator, start=warm.drawn, y=y)
 
     def pseudo_gibbs(
-        self, x: Tensor, mask: Tensor, rounds: int, generator: torch.Generator | None = None,
+        self, x: Tensor, mask: Tensor, rounds: int, generator: torch.Generator | None = None, y: Tensor | None = None,
     ) -> Completion:
         """The pseudo-Gibbs sampler of Rezende et al. 2014 (sec. 5.2): start the missing pixels
         at Bernoulli(0.5) noise, then ``rounds`` times reconstruct (z ~ q(z|x), then p(x|z)) and
@@ -168,28 +203,29 @@ class GenerativeModel(nn.Module, ABC):
         noise = torch.bernoulli(torch.full_like(x, 0.5), generator=generator)
         current = torch.where(mask, noise, x)
         for _ in range(rounds):
-            means = torch.where(mask, self.reconstruct(current, generator=generator), x)  # (B, 1, 28, 28)
+            means = torch.where(mask, self.reconstruct(current, generator=generator, y=y), x)  # (B, 1, 28, 28)
             current = torch.where(mask, torch.bernoulli(means, generator=generator), x)  # clamp the observed pixels
         return Completion(drawn=current, means=means)
 
-    def latent_pass(self, x: Tensor, z: Tensor | None = None, generator: torch.Generator | None = None) -> LatentPass:
+    def latent_pass(self, x: Tensor, z: Tensor | None = None, generator: torch.Generator | None = None,
+                    y: Tensor | None = None) -> LatentPass:
         """Latent models: z ~ q(z | x) (or the ``z`` given), the decoder's logits of p(x | z) and
         log q(z | x); what :meth:`metropolis_within_gibbs` needs. Autoregressive models have no latent."""
         raise NotImplementedError(f"{self.name} has no latent variable")
 
-    def latent_mean(self, x: Tensor) -> Tensor:
+    def latent_mean(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """Latent models: the mean of q(z | x) per image, ``(B, ...)`` (DRAW: its T latents along
         the path of posterior means); where a latent walk starts and ends."""
         raise NotImplementedError(f"{self.name} has no latent variable")
 
-    def decode_latent(self, z: Tensor) -> Tensor:
+    def decode_latent(self, z: Tensor, y: Tensor | None = None) -> Tensor:
         """Latent models: the Bernoulli means of p(x | z), ``(B, 1, 28, 28)``, for latents shaped
         as :meth:`latent_mean` gives them."""
         raise NotImplementedError(f"{self.name} has no latent variable")
 
     def metropolis_within_gibbs(
         self, x: Tensor, mask: Tensor, rounds: int, generator: torch.Generator | None = None,
-        start: Tensor | None = None,
+        start: Tensor | None = None, y: Tensor | None = None,
     ) -> Completion:
         """Metropolis-within-Gibbs (Mattei and Frellsen 2018, sec. 3.2, Algorithm 1): a chain on
         (z, missing) whose stationary distribution is p(z, missing | observed) even when
@@ -200,10 +236,10 @@ class GenerativeModel(nn.Module, ABC):
         if start is None:
             start = torch.bernoulli(torch.full_like(x, 0.5), generator=generator)
         current = torch.where(mask, start, x)
-        z, logits = self.latent_pass(current, generator=generator)[:2]
+        z, logits = self.latent_pass(current, generator=generator, y=y)[:2]
         for _ in range(rounds):
-            new = self.latent_pass(current, generator=generator)
-            old_log_q = self.latent_pass(current, z=z).log_q  # q(z | x) at the current completion
+            new = self.latent_pass(current, generator=generator, y=y)
+            old_log_q = self.latent_pass(current, z=z, y=y).log_q  # q(z | x) at the current completion
             log_ratio = (bernoulli_nll(logits, current) - bernoulli_nll(new.logits, current)
                          + log_normal(new.z.flatten(1)) - log_normal(z.flatten(1)) + old_log_q - new.log_q)
             u = torch.rand(log_ratio.shape, generator=generator, device=x.device, dtype=log_ratio.dtype)
@@ -215,74 +251,87 @@ class GenerativeModel(nn.Module, ABC):
         return Completion(drawn=current, means=means)
 
     @abstractmethod
-    def sample(self, n: int, generator: torch.Generator | None = None, temperature: float = 1.0) -> Tensor:
+    def sample(self, n: int, generator: torch.Generator | None = None, temperature: float = 1.0,
+               y: Tensor | None = None) -> Tensor:
         """``n`` new images as Bernoulli means, ``(n, 1, 28, 28)``; fresh latents each call.
 
         ``temperature`` scales the prior's standard deviation (< 1: typical, cleaner samples).
         """
 
-    def sample_binary(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+    def sample_binary(self, n: int, generator: torch.Generator | None = None, y: Tensor | None = None) -> Tensor:
         """``n`` binary images x ~ p(x), ``(n, 1, 28, 28)``: the kind of image the likelihood is
         of, and what sample quality compares with binarized real images. Latent models draw
         every pixel from the Bernoulli means :meth:`sample` gives (exact: p(x | z) factorises
         over pixels); autoregressive models return the pixels they drew."""
-        means = self.sample(n, generator=generator)
+        means = self.sample(n, generator=generator, y=y)
         return torch.bernoulli(means, generator=generator)
 
     @abstractmethod
-    def reconstruct(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def reconstruct(self, x: Tensor, generator: torch.Generator | None = None, y: Tensor | None = None) -> Tensor:
         """Bernoulli means of p(x | z) with z ~ q(z | x): the building block of inpainting."""
 
-    def sample_steps(self, n: int, generator: torch.Generator | None = None) -> Tensor | None:
+    def sample_steps(self, n: int, generator: torch.Generator | None = None, y: Tensor | None = None) -> Tensor | None:
         """For step-wise models, ``(T, n, 1, 28, 28)`` canvases over time; else None."""
         return None
 
 
 class GaussianLatentVAE(GenerativeModel):
-    """A VAE with one Gaussian latent vector: subclasses give ``encode`` and ``decode``."""
+    """A VAE with one Gaussian latent vector: subclasses give ``encode`` and ``decode``. A
+    conditional one is the conditional VAE of Sohn et al. 2015 (sec. 4): the label goes to the
+    encoder, q(z | x, y), and to the decoder, p(x | z, y), under the prior N(0, I)."""
 
     has_latent = True
     z_dim: int
 
     @abstractmethod
-    def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """q(z | x) as ``(mu, logvar)``, each ``(B, z_dim)``."""
+    def encode(self, x: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """q(z | x) (q(z | x, y)) as ``(mu, logvar)``, each ``(B, z_dim)``."""
 
     @abstractmethod
-    def decode(self, z: Tensor) -> Tensor:
-        """Bernoulli logits of p(x | z), ``(B, 1, 28, 28)``."""
+    def decode(self, z: Tensor, y: Tensor | None = None) -> Tensor:
+        """Bernoulli logits of p(x | z) (p(x | z, y)), ``(B, 1, 28, 28)``."""
 
-    def forward(self, x: Tensor) -> LossTerms:
-        mu, logvar = self.encode(x)
+    def with_label(self, v: Tensor, y: Tensor | None) -> Tensor:
+        """``v`` ``(B, d)`` with the labels :meth:`labels` accepts beside it, one-hot: ``(B, d +
+        classes)``; ``v`` itself for an unconditional model."""
+        labels = self.labels(y, len(v))
+        return v if labels is None else torch.cat([v, F.one_hot(labels, self.config.classes).to(v.dtype)], -1)
+
+    def forward(self, x: Tensor, y: Tensor | None = None) -> LossTerms:
+        mu, logvar = self.encode(x, y)
         z = mu + (0.5 * logvar).exp() * torch.randn_like(mu)  # reparameterisation
-        return LossTerms(recon=bernoulli_nll(self.decode(z), x), kl=gaussian_kl(mu, logvar))
+        return LossTerms(recon=bernoulli_nll(self.decode(z, y), x), kl=gaussian_kl(mu, logvar))
 
-    def log_weights(self, x: Tensor, k: int, generator: torch.Generator | None = None) -> Tensor:
-        mu, logvar = self.encode(x)  # (B, z)
+    def log_weights(self, x: Tensor, k: int, generator: torch.Generator | None = None,
+                    y: Tensor | None = None) -> Tensor:
+        mu, logvar = self.encode(x, y)  # (B, z)
         eps = randn((k, *mu.shape), mu, generator)
         z = mu + (0.5 * logvar).exp() * eps  # (k, B, z)
-        logits = self.decode(z.flatten(0, 1)).unflatten(0, (k, x.shape[0]))
+        yk = None if y is None else torch.as_tensor(y).reshape(-1).repeat(k)  # row i B + b: image b
+        logits = self.decode(z.flatten(0, 1), yk).unflatten(0, (k, x.shape[0]))
         log_px_z = -bernoulli_nll(logits.flatten(0, 1), x.repeat(k, 1, 1, 1)).view(k, -1)
         return log_px_z + log_normal(z) - log_normal(z, mu, logvar)
 
-    def sample(self, n: int, generator: torch.Generator | None = None, temperature: float = 1.0) -> Tensor:
+    def sample(self, n: int, generator: torch.Generator | None = None, temperature: float = 1.0,
+               y: Tensor | None = None) -> Tensor:
         any_param = next(self.parameters())
         z = temperature * randn((n, self.z_dim), any_param, generator)
-        return torch.sigmoid(self.decode(z))
+        return torch.sigmoid(self.decode(z, y))
 
-    def reconstruct(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        mu, logvar = self.encode(x)
+    def reconstruct(self, x: Tensor, generator: torch.Generator | None = None, y: Tensor | None = None) -> Tensor:
+        mu, logvar = self.encode(x, y)
         z = mu + (0.5 * logvar).exp() * randn(mu.shape, mu, generator)
-        return torch.sigmoid(self.decode(z))
+        return torch.sigmoid(self.decode(z, y))
 
-    def latent_mean(self, x: Tensor) -> Tensor:
-        return self.encode(x)[0]
+    def latent_mean(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        return self.encode(x, y)[0]
 
-    def decode_latent(self, z: Tensor) -> Tensor:
-        return torch.sigmoid(self.decode(z))
+    def decode_latent(self, z: Tensor, y: Tensor | None = None) -> Tensor:
+        return torch.sigmoid(self.decode(z, y))
 
-    def latent_pass(self, x: Tensor, z: Tensor | None = None, generator: torch.Generator | None = None) -> LatentPass:
-        mu, logvar = self.encode(x)
+    def latent_pass(self, x: Tensor, z: Tensor | None = None, generator: torch.Generator | None = None,
+                    y: Tensor | None = None) -> LatentPass:
+        mu, logvar = self.encode(x, y)
         if z is None:
             z = mu + (0.5 * logvar).exp() * randn(mu.shape, mu, generator)
-        return LatentPass(z, self.decode(z), log_normal(z, mu, logvar))
+        return LatentPass(z, self.decode(z, y), log_normal(z, mu, logvar))

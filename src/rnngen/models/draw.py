@@ -70,9 +70,16 @@ class DRAWConfig:
     #: p = 1/2 everywhere). Measured: with attention, mean is 8.1 nats of validation NELBO better at
     #: equal epochs (docs/results.md, "DRAW's canvas and attention window")
     canvas_init: str = "mean"
+    #: p(x | y): the label beside the decoder's input at every step and beside the encoder's
+    #: (a per-class bias on each LSTM's gates: one-hot inputs through a linear layer), zero at first
+    conditional: bool = False
+    #: labels 0 .. classes - 1 (conditional only)
+    classes: int = 10
 
     def problems(self) -> list[str]:
         out = []
+        if self.classes < 1:
+            out.append(f"classes: must be >= 1, got {self.classes}")
         if self.canvas_init not in ("zero", "mean"):
             out.append(f"canvas_init: expected zero or mean, got {self.canvas_init!r}")
         if self.preset and self.preset not in PRESETS:
@@ -224,6 +231,19 @@ class DRAW(GenerativeModel):
         offsets[0, : cfg.read_n] = centre_offsets(cfg.read_n, SIZE)
         offsets[1, : cfg.write_n] = centre_offsets(cfg.write_n, SIZE)
         self.register_buffer("offsets", offsets, persistent=False)  # (2, N)
+        if cfg.conditional:  # W_y onehot(y) for the decoder's and the encoder's gates
+            self.class_dec = nn.Embedding(cfg.classes, 4 * hd)
+            self.class_enc = nn.Embedding(cfg.classes, 4 * he)
+            nn.init.zeros_(self.class_dec.weight)
+            nn.init.zeros_(self.class_enc.weight)
+
+    def class_biases(self, y: Tensor | None, n: int) -> tuple[Tensor | None, Tensor | None]:
+        """The decoder's and the encoder's gate bias for each image's class, ``(n, 4 Hd)`` and
+        ``(n, 4 He)``; Nones for an unconditional model (which refuses labels)."""
+        labels = self.labels(y, n)
+        if labels is None:
+            return None, None
+        return self.class_dec(labels), self.class_enc(labels)
 
     @torch.no_grad()
     def init_from_data(self, mean: Tensor) -> None:
@@ -248,9 +268,11 @@ class DRAW(GenerativeModel):
         images = torch.stack([x, x_hat], 1).view(-1, 2, SIZE, SIZE)
         return read_glimpse(images, F, gamma).flatten(1)
 
-    def encode(self, r: Tensor, h_dec: Tensor, h_enc: Tensor, c_enc: Tensor) -> tuple[Tensor, Tensor]:
-        """eq. (5): h_enc_t = RNN_enc(h_enc_{t-1}, [r_t, h_dec_{t-1}]), (B, He)."""
-        return lstm_step(self.enc, torch.cat([r, h_dec], 1), h_enc, c_enc)
+    def encode(self, r: Tensor, h_dec: Tensor, h_enc: Tensor, c_enc: Tensor,
+               bias: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """eq. (5): h_enc_t = RNN_enc(h_enc_{t-1}, [r_t, h_dec_{t-1}]), (B, He); ``bias`` the
+        class's gate bias."""
+        return lstm_step(self.enc, torch.cat([r, h_dec], 1), h_enc, c_enc, bias)
 
     def sample_latent(self, h_enc: Tensor, eps: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """eq. (6): z_t ~ Q(Z_t | h_enc_t) = N(mu_t, sigma_t^2) (eqs. 1-2), reparameterised with
@@ -258,9 +280,9 @@ class DRAW(GenerativeModel):
         mu, logsig = self.q(h_enc).chunk(2, 1)
         return mu + logsig.exp() * eps, mu, logsig
 
-    def decode(self, z: Tensor, h_dec: Tensor, c_dec: Tensor) -> tuple[Tensor, Tensor]:
-        """eq. (7): h_dec_t = RNN_dec(h_dec_{t-1}, z_t), (B, Hd)."""
-        return lstm_step(self.dec, z, h_dec, c_dec)
+    def decode(self, z: Tensor, h_dec: Tensor, c_dec: Tensor, bias: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """eq. (7): h_dec_t = RNN_dec(h_dec_{t-1}, z_t), (B, Hd); ``bias`` the class's gate bias."""
+        return lstm_step(self.dec, z, h_dec, c_dec, bias)
 
     def written(self, h_dec: Tensor) -> Tensor:
         """write(h_dec_t) of eq. (8), (B, 784): with attention the patch w_t (eq. 28) through the
@@ -272,11 +294,13 @@ class DRAW(GenerativeModel):
         n = self.config.write_n
         return write_patch(patch.view(-1, n, n), F, gamma).flatten(1)
 
-    def unroll(self, x: Tensor, eps: Tensor, z: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    def unroll(self, x: Tensor, eps: Tensor, z: Tensor | None = None,
+               y: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """eqs. (3)-(8) for T steps under autograd: images x (B, 1, 28, 28), noise eps (T, B, z)
         -> canvas logits c_T (B, 784), mu and log sigma (T, B, z). With latents ``z`` (T, B, z)
         given, each z_t is that one instead of mu_t + sigma_t eps_t (q(z | x) evaluated at z)."""
         bsz, cfg = x.shape[0], self.config
+        dec_bias, enc_bias = self.class_biases(y, bsz)
         x = x.flatten(1)
         h_enc, c_enc = self.h_enc0.expand(bsz, -1), x.new_zeros(bsz, cfg.enc_hidden)
         h_dec, c_dec = self.h_dec0.expand(bsz, -1), x.new_zeros(bsz, cfg.dec_hidden)
@@ -285,9 +309,9 @@ class DRAW(GenerativeModel):
         for t, eps_t in enumerate(eps):
             x_hat = x - torch.sigmoid(canvas)  # eq. (3)
             r = self.read(x, x_hat, h_dec)  # eq. (4)
-            h_enc, c_enc = self.encode(r, h_dec, h_enc, c_enc)  # eq. (5)
+            h_enc, c_enc = self.encode(r, h_dec, h_enc, c_enc, enc_bias)  # eq. (5)
             z_t, mu, logsig = self.sample_latent(h_enc, eps_t)  # eq. (6)
-            h_dec, c_dec = self.decode(z_t if z is None else z[t], h_dec, c_dec)  # eq. (7)
+            h_dec, c_dec = self.decode(z_t if z is None else z[t], h_dec, c_dec, dec_bias)  # eq. (7)
             canvas = canvas + self.written(h_dec)  # eq. (8)
             mus.append(mu)
             logsigs.append(logsig)
@@ -295,70 +319,76 @@ class DRAW(GenerativeModel):
 
     # ------------------------------------------------------------------- the interface
 
-    def _recurrence(self, x: Tensor, eps: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def _recurrence(self, x: Tensor, eps: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """What :meth:`unroll` computes, through the fast path (hand-written BPTT), in the
         weights' dtype (float32 under autocast too)."""
         from rnngen.models.fast import draw_bptt  # imported here: it builds on this module
 
-        return draw_bptt.recurrence(self, x, eps)
+        return draw_bptt.recurrence(self, x, eps, y)
 
     def _noise(self, n: int, like: Tensor, generator: torch.Generator | None) -> Tensor:
         return randn((self.config.steps, n, self.config.z_dim), like, generator)  # (T, n, z)
 
-    def forward(self, x: Tensor) -> LossTerms:
-        return loss_terms(x, *self._recurrence(x, self._noise(x.shape[0], x, None)))
+    def forward(self, x: Tensor, y: Tensor | None = None) -> LossTerms:
+        return loss_terms(x, *self._recurrence(x, self._noise(x.shape[0], x, None), y))
 
-    def log_weights(self, x: Tensor, k: int, generator: torch.Generator | None = None) -> Tensor:
+    def log_weights(self, x: Tensor, k: int, generator: torch.Generator | None = None,
+                    y: Tensor | None = None) -> Tensor:
         bsz = x.shape[0]
         xk = x.repeat(k, 1, 1, 1)  # (k B, 1, 28, 28): row i B + b is sample i of image b
+        yk = None if y is None else self.labels(y, bsz).repeat(k)
         eps = self._noise(k * bsz, xk, generator)
-        canvas, mu, logsig = self._recurrence(xk, eps)
+        canvas, mu, logsig = self._recurrence(xk, eps, yk)
         z = mu + logsig.exp() * eps
         # sum_t log N(z_t; 0, I) - log N(z_t; mu_t, sigma_t^2); the log 2 pi terms cancel
         log_p_minus_q = (0.5 * (eps.square() - z.square()) + logsig).sum((0, 2))
         return (log_p_minus_q - bernoulli_nll(canvas, xk.flatten(1))).view(k, bsz)
 
-    def _generate(self, eps: Tensor, keep_steps: bool) -> Tensor:
+    def _generate(self, eps: Tensor, keep_steps: bool, y: Tensor | None = None) -> Tensor:
         """The decoder alone, z_t = eps_t ~ N(0, I) fresh at every step (eqs. 13-15): sigmoid
         canvases (T, n, 784) when ``keep_steps``, else the last one (n, 784)."""
         n = eps.shape[1]
+        dec_bias = self.class_biases(y, n)[0]
         h_dec, c_dec = self.h_dec0.expand(n, -1), eps.new_zeros(n, self.config.dec_hidden)
         canvas = self.canvas0.expand(n, -1)
         frames = []
         for z in eps:
-            h_dec, c_dec = self.decode(z, h_dec, c_dec)  # eq. (14)
+            h_dec, c_dec = self.decode(z, h_dec, c_dec, dec_bias)  # eq. (14)
             canvas = canvas + self.written(h_dec)  # eq. (15)
             if keep_steps:
                 frames.append(torch.sigmoid(canvas))
         return torch.stack(frames) if keep_steps else torch.sigmoid(canvas)
 
     @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None, temperature: float = 1.0) -> Tensor:
+    def sample(self, n: int, generator: torch.Generator | None = None, temperature: float = 1.0,
+               y: Tensor | None = None) -> Tensor:
         eps = temperature * self._noise(n, self.canvas0, generator)  # z_t ~ N(0, temperature^2 I)
-        return self._generate(eps, keep_steps=False).view(n, *IMAGE_SHAPE)
+        return self._generate(eps, keep_steps=False, y=y).view(n, *IMAGE_SHAPE)
 
     @torch.no_grad()
-    def sample_steps(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+    def sample_steps(self, n: int, generator: torch.Generator | None = None, y: Tensor | None = None) -> Tensor:
         eps = self._noise(n, self.canvas0, generator)
-        return self._generate(eps, keep_steps=True).view(self.config.steps, n, *IMAGE_SHAPE)
+        return self._generate(eps, keep_steps=True, y=y).view(self.config.steps, n, *IMAGE_SHAPE)
 
-    def latent_mean(self, x: Tensor) -> Tensor:
+    def latent_mean(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """(B, T, z): z_t = mu_t, the mean of q(z_t | x, z_<t) with the earlier latents at their means."""
-        return self.unroll(x, x.new_zeros(self.config.steps, x.shape[0], self.config.z_dim))[1].transpose(0, 1)
+        zeros = x.new_zeros(self.config.steps, x.shape[0], self.config.z_dim)
+        return self.unroll(x, zeros, y=y)[1].transpose(0, 1)
 
-    def decode_latent(self, z: Tensor) -> Tensor:
-        return self._generate(z.transpose(0, 1), keep_steps=False).view(-1, *IMAGE_SHAPE)
+    def decode_latent(self, z: Tensor, y: Tensor | None = None) -> Tensor:
+        return self._generate(z.transpose(0, 1), keep_steps=False, y=y).view(-1, *IMAGE_SHAPE)
 
-    def latent_pass(self, x: Tensor, z: Tensor | None = None, generator: torch.Generator | None = None) -> LatentPass:
+    def latent_pass(self, x: Tensor, z: Tensor | None = None, generator: torch.Generator | None = None,
+                    y: Tensor | None = None) -> LatentPass:
         """z = (z_1 .. z_T) as ``(B, T, z)``; log q(z | x) = sum_t log N(z_t; mu_t, sigma_t^2)."""
         given = None if z is None else z.transpose(0, 1)
         eps = self._noise(x.shape[0], x, generator) if given is None else torch.zeros_like(given)
-        canvas, mu, logsig = self.unroll(x, eps, given)
+        canvas, mu, logsig = self.unroll(x, eps, given, y)
         z_steps = mu + logsig.exp() * eps if given is None else given  # (T, B, z)
         log_q = log_normal(z_steps, mu, 2 * logsig).sum(0)
         return LatentPass(z_steps.transpose(0, 1), canvas.view(-1, *IMAGE_SHAPE), log_q)
 
     @torch.no_grad()
-    def reconstruct(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        canvas, _, _ = self._recurrence(x, self._noise(x.shape[0], x, generator))
+    def reconstruct(self, x: Tensor, generator: torch.Generator | None = None, y: Tensor | None = None) -> Tensor:
+        canvas, _, _ = self._recurrence(x, self._noise(x.shape[0], x, generator), y)
         return torch.sigmoid(canvas).view(-1, *IMAGE_SHAPE)

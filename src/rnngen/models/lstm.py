@@ -47,10 +47,12 @@ def lstm_cell(gates: Tensor, c_prev: Tensor) -> tuple[Tensor, Tensor]:
     return h, c
 
 
-def lstm_step(layer: nn.LSTMCell, inputs: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
-    """One step of ``layer``'s LSTM (its own weights) with :func:`lstm_cell`: the new (h, c)."""
+def lstm_step(layer: nn.LSTMCell, inputs: Tensor, h: Tensor, c: Tensor,
+              bias: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """One step of ``layer``'s LSTM (its own weights) with :func:`lstm_cell`: the new (h, c);
+    ``bias`` ``(B, 4h)`` is added to the gates (a class's)."""
     gates = F.linear(inputs, layer.weight_ih, layer.bias_ih) + F.linear(h, layer.weight_hh, layer.bias_hh)
-    return lstm_cell(gates, c)
+    return lstm_cell(gates if bias is None else gates + bias, c)
 
 
 def _fused(gates: Tensor, c_prev: Tensor) -> object | None:

@@ -75,9 +75,14 @@ class PixelRNNConfig:
     #: dropout on each recurrent layer's output (the maps between layers and into the output
     #: layer), training only; 0 = off
     dropout: float = 0.0
+    #: p(x | y): a learned per-class bias on every recurrent layer's gates (Conditional PixelCNN,
+    #: van den Oord et al. 2016, eq. 4), zero at the start
+    conditional: bool = False
+    #: labels 0 .. classes - 1 (conditional only)
+    classes: int = 10
 
     def problems(self) -> list[str]:
-        out = under_minimum(self, layers=1, hidden=1, kernel=1, out_hidden=1)
+        out = under_minimum(self, layers=1, hidden=1, kernel=1, out_hidden=1, classes=1)
         if not 0 <= self.dropout < 1:
             out.append(f"dropout: must be in [0, 1), got {self.dropout}")
         if self.preset and self.preset not in PRESETS:
@@ -153,19 +158,23 @@ class RowLSTMLayer(nn.Module):
         """The state-to-state kernel as a ``(k h, 4h)`` matrix, tap-major."""
         return self.w_ss[:, :, 0, :].permute(2, 1, 0).reshape(self.kernel * self.hidden, 4 * self.hidden)
 
-    def forward(self, m: Tensor) -> Tensor:
-        """Maps ``(H, B, W, C)`` -> the layer's output ``(H, B, W, C)``, the residual included."""
+    def forward(self, m: Tensor, gate_bias: Tensor | None = None) -> Tensor:
+        """Maps ``(H, B, W, C)`` -> the layer's output ``(H, B, W, C)``, the residual included;
+        ``gate_bias`` ``(B, 4h)`` is added to every position's gates (a class's bias)."""
         low_precision = bf16_autocast(m)
         ops = kernels.row_lstm(m)
         if ops is not None:  # the C++ layer: bfloat16 in and out under autocast, fp32 cells inside
             dtype = torch.bfloat16 if low_precision else m.dtype
             with torch.autocast(m.device.type, enabled=False):
                 w_all = torch.cat([self.input_matrix(), self.state_matrix()]).to(dtype)
-                return RowLayerKernel.apply(m.to(dtype).contiguous(), w_all, self.bias, self.h0, self.c0,
+                bias = self.bias if gate_bias is None else self.bias + gate_bias.float()  # (4h) or (B, 4h)
+                return RowLayerKernel.apply(m.to(dtype).contiguous(), w_all, bias, self.h0, self.c0,
                                              self.up.weight.t().to(dtype), self.up.bias.to(dtype), self.kernel, ops)
         gates_in = self.input_to_state(m)
         if low_precision:
             gates_in = gates_in.float()  # autocast gave bfloat16; the cell runs in fp32
+        if gate_bias is not None:
+            gates_in = gates_in + gate_bias.to(gates_in.dtype)[None, :, None, :]
         with torch.autocast(m.device.type, enabled=False):  # the loop casts its own GEMM operands
             w_ss = self.state_matrix().to(gates_in.dtype)
             hs = RowRecurrence.apply(gates_in, w_ss, self.h0, self.c0, self.kernel, low_precision)
@@ -189,9 +198,10 @@ class DiagonalBiLSTMLayer(nn.Module):
         self.c0 = nn.Parameter(torch.zeros(2, hidden))
         self.up = nn.Linear(hidden, channels)
 
-    def directions(self, m: Tensor) -> Tensor:
+    def directions(self, m: Tensor, gate_bias: Tensor | None = None) -> Tensor:
         """Maps ``(H, B, W, C)`` -> each direction's hidden states ``(2, H, B, W, h)`` in the
-        image's own orientation (the right-to-left one not yet shifted).
+        image's own orientation (the right-to-left one not yet shifted); ``gate_bias``
+        ``(B, 2, 4h)``, per image and direction, is added to every position's gates.
 
         Layout: direction, row, column, then batch and features, so that skewing (over row and
         column) and taking one skewed column are views, and their backward copies no strided
@@ -202,6 +212,8 @@ class DiagonalBiLSTMLayer(nn.Module):
         w = self.w_is.permute(1, 0, 2).reshape(channels, 8 * hid)  # (C, [dir, 4h])
         gates_in = (m.permute(0, 2, 1, 3) @ w).view(height, width, b, 2, 4 * hid).permute(3, 0, 1, 2, 4)
         gates_in = torch.stack([gates_in[0], gates_in[1].flip(1)]) + self.bias[:, None, None, None]  # (2, H, W, B, 4h)
+        if gate_bias is not None:
+            gates_in = gates_in + gate_bias.transpose(0, 1)[:, None, None]
         skewed = skew(gates_in.reshape(2, height, width, b * 4 * hid)).unbind(2)  # T x (2, H, B 4h)
         steps = len(skewed)
         # column t holds pixel (i, t - i); the state left of column 0 is the initial state
@@ -231,9 +243,9 @@ class DiagonalBiLSTMLayer(nn.Module):
         out = out.view(2, height, width, b, hid).permute(0, 1, 3, 2, 4)  # (2, H, B, W, h)
         return torch.stack([out[0], out[1].flip(2)])
 
-    def forward(self, m: Tensor) -> Tensor:
+    def forward(self, m: Tensor, gate_bias: Tensor | None = None) -> Tensor:
         """Maps ``(H, B, W, C)`` -> the layer's output ``(H, B, W, C)``, the residual included."""
-        fwd, rev = self.directions(m)
+        fwd, rev = self.directions(m, gate_bias)
         rev = F.pad(rev, (0, 0, 0, 0, 0, 0, 1, 0))[:-1]  # shifted down one row: rows above only
         return m + self.up(fwd + rev)  # residual (sec. 3.3)
 
@@ -261,6 +273,22 @@ class PixelRNN(GenerativeModel):
         self.layers = nn.ModuleList(layers)
         self.out1 = nn.Linear(channels, config.out_hidden)  # the 1x1 output convolutions
         self.out2 = nn.Linear(config.out_hidden, 1)
+        if config.conditional:  # per layer, a gate bias per class (and direction): V^T y of eq. 4
+            dirs = 1 if config.variant == "row_lstm" else 2
+            self.class_gates = nn.ModuleList(nn.Embedding(config.classes, dirs * 4 * config.hidden)
+                                             for _ in range(config.layers))
+            for table in self.class_gates:
+                nn.init.zeros_(table.weight)  # starts as the unconditional model
+
+    def gate_biases(self, y: Tensor | None) -> list[Tensor | None]:
+        """Per layer, the gate bias of each image's class: ``(B, 4h)`` (Row LSTM) or
+        ``(B, 2, 4h)`` (Diagonal BiLSTM); Nones for an unconditional model."""
+        labels = self.labels(y)
+        if labels is None:
+            return [None] * len(self.layers)
+        dirs = 1 if self.config.variant == "row_lstm" else 2
+        shape = (-1, 4 * self.config.hidden) if dirs == 1 else (-1, 2, 4 * self.config.hidden)
+        return [table(labels).view(shape) for table in self.class_gates]
 
     # ------------------------------------------------------------------- likelihood
 
@@ -279,29 +307,32 @@ class PixelRNN(GenerativeModel):
         """Output layers (sec. 3.4) on channels-last maps: ReLU, 1x1, ReLU, 1x1 -> one logit."""
         return self.out2(F.relu(self.out1(F.relu(m))))
 
-    def logits(self, x: Tensor) -> Tensor:
-        """Bernoulli logits of p(x_i = 1 | x_<i) for every pixel, ``(B, 1, H, W)``."""
+    def logits(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        """Bernoulli logits of p(x_i = 1 | x_<i) (of p(x_i = 1 | x_<i, y) for a conditional
+        model, labels ``y`` ``(B,)``) for every pixel, ``(B, 1, H, W)``."""
         m = self.first_layer(x).permute(2, 0, 3, 1)  # row-major, channels last from here: (H, B, W, 2h)
-        for layer in self.layers:
-            m = layer(m)  # residual inside (sec. 3.3)
+        for layer, bias in zip(self.layers, self.gate_biases(y), strict=True):
+            m = layer(m, bias)  # residual inside (sec. 3.3)
             if self.training and self.config.dropout:
                 m = F.dropout(m, self.config.dropout)
         return self.head(m).permute(1, 3, 0, 2)
 
-    def forward(self, x: Tensor) -> LossTerms:
-        nll = bernoulli_nll(self.logits(x), x)
+    def forward(self, x: Tensor, y: Tensor | None = None) -> LossTerms:
+        nll = bernoulli_nll(self.logits(x, y), x)
         return LossTerms(recon=nll, kl=torch.zeros_like(nll))
 
-    def log_weights(self, x: Tensor, k: int, generator: torch.Generator | None = None) -> Tensor:
-        return (-bernoulli_nll(self.logits(x), x)).expand(k, -1)
+    def log_weights(self, x: Tensor, k: int, generator: torch.Generator | None = None,
+                    y: Tensor | None = None) -> Tensor:
+        return (-bernoulli_nll(self.logits(x, y), x)).expand(k, -1)
 
-    def log_likelihood(self, x: Tensor, k: int = 1, generator: torch.Generator | None = None) -> Tensor:
-        return -bernoulli_nll(self.logits(x), x)
+    def log_likelihood(self, x: Tensor, k: int = 1, generator: torch.Generator | None = None,
+                       y: Tensor | None = None) -> Tensor:
+        return -bernoulli_nll(self.logits(x, y), x)
 
-    def reconstruct(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def reconstruct(self, x: Tensor, generator: torch.Generator | None = None, y: Tensor | None = None) -> Tensor:
         """p(x_i = 1 | the true x_<i) for every pixel: the model's prediction of each pixel
         from the ones before it (teacher forcing)."""
-        return torch.sigmoid(self.logits(x))
+        return torch.sigmoid(self.logits(x, y))
 
     # -------------------------------------------------------------------- sampling
 
@@ -309,7 +340,7 @@ class PixelRNN(GenerativeModel):
     def generate(
         self, n: int, generator: torch.Generator | None = None, temperature: float = 1.0, *,
         size: tuple[int, int] = (SIZE, SIZE), given: Tensor | None = None, mask: Tensor | None = None,
-        particles: int = 1, on_row: Any = None,
+        particles: int = 1, on_row: Any = None, y: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Draw images pixel by pixel in raster order, each pixel computing one position (Row
         LSTM) or one diagonal step (Diagonal BiLSTM) per layer with the rows above cached (states
@@ -320,18 +351,21 @@ class PixelRNN(GenerativeModel):
         particle filter (:class:`~rnngen.models.pixelrnn_sampling.Particles`), one of them
         returned. Returns ``(images, probs)``: the binary images and p(x_i = 1 | x_<i) at every
         pixel along the way. ``on_row(i, images)`` is called after each row (the pictures of
-        generation).
+        generation). A conditional model draws image b of class ``y[b]``.
         """
         device = self.input_conv.weight.device
         height, width = size
+        labels = self.labels(y, n)
         smc = None
         if given is not None and mask is not None:
             given, mask = given.repeat_interleave(particles, 0), mask.repeat_interleave(particles, 0)
+            labels = None if labels is None else labels.repeat_interleave(particles, 0)
             smc = Particles(n, particles, device) if particles > 1 else None
             n *= particles
         x = torch.zeros(n, 1, height, width, device=device, dtype=self.input_conv.weight.dtype)
         probs = torch.zeros_like(x)
-        sampler = (RowSampler if self.config.variant == "row_lstm" else DiagonalSampler)(self, n, size)
+        sampler_cls = RowSampler if self.config.variant == "row_lstm" else DiagonalSampler
+        sampler = sampler_cls(self, n, size, self.gate_biases(labels))
         for i in range(height):
             for j in range(width):
                 logit = sampler.logit(x, i, j)  # (n,)
@@ -356,19 +390,21 @@ class PixelRNN(GenerativeModel):
             x, probs = x[chosen], probs[chosen]
         return x, probs
 
-    def sample(self, n: int, generator: torch.Generator | None = None, temperature: float = 1.0) -> Tensor:
+    def sample(self, n: int, generator: torch.Generator | None = None, temperature: float = 1.0,
+               y: Tensor | None = None) -> Tensor:
         """New images: each pixel drawn from p(x_i | x_<i) (logits divided by ``temperature``),
         returned as the Bernoulli probabilities along the drawn path (grey levels, like the
         other models' Bernoulli means)."""
-        return self.generate(n, generator, temperature)[1]
+        return self.generate(n, generator, temperature, y=y)[1]
 
-    def sample_binary(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+    def sample_binary(self, n: int, generator: torch.Generator | None = None, y: Tensor | None = None) -> Tensor:
         """The drawn pixels themselves: an exact sample of p(x) (redrawing each pixel from the
         probabilities :meth:`sample` returns would not be one)."""
-        return self.generate(n, generator)[0]
+        return self.generate(n, generator, y=y)[0]
 
     def complete(
         self, x: Tensor, mask: Tensor, effort: int, generator: torch.Generator | None = None,
+        y: Tensor | None = None,
     ) -> Completion:
         """The hidden pixels drawn from p(hidden | observed) by a particle filter in raster order
         with ``effort`` particles per image (:class:`~rnngen.models.pixelrnn_sampling.Particles`):
@@ -381,10 +417,10 @@ class PixelRNN(GenerativeModel):
         looks_ahead = bool((~flat & (position > first_hidden)).any())
         given = (x > 0.5).to(x.dtype)  # the likelihood's view of the observed pixels: binary
         drawn, probs = self.generate(len(x), generator, size=(x.shape[-2], x.shape[-1]), given=given, mask=mask,
-                                     particles=effort if looks_ahead else 1)
+                                     particles=effort if looks_ahead else 1, y=y)
         return Completion(drawn=torch.where(mask, drawn, x), means=torch.where(mask, probs, x))
 
-    def sample_steps(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+    def sample_steps(self, n: int, generator: torch.Generator | None = None, y: Tensor | None = None) -> Tensor:
         """``(28, n, 1, 28, 28)``: the image after each row is generated (rows not yet drawn grey)."""
         frames = []
 
@@ -393,5 +429,5 @@ class PixelRNN(GenerativeModel):
             frame[:, :, : i + 1] = x[:, :, : i + 1]
             frames.append(frame.clone())
 
-        self.generate(n, generator, on_row=keep)
+        self.generate(n, generator, on_row=keep, y=y)
         return torch.stack(frames)

@@ -25,8 +25,8 @@ class RowSampler:
     is no recurrence along the row, sec. 3.1), so each pixel computes column j of every layer
     from this row's inputs, cached as they are made: one position, not the whole row, a pixel."""
 
-    def __init__(self, model: PixelRNN, n: int, size: tuple[int, int]) -> None:
-        self.model = model
+    def __init__(self, model: PixelRNN, n: int, size: tuple[int, int], gate_biases: list[Tensor | None]) -> None:
+        self.model, self.gate_biases = model, gate_biases  # per layer: (n, 4h) of a conditional model, or None
         width, cfg = size[1], model.config
         self.half, channels = cfg.kernel // 2, 2 * cfg.hidden
         like = {"device": model.input_conv.weight.device, "dtype": model.input_conv.weight.dtype}
@@ -50,6 +50,8 @@ class RowSampler:
             taps_in = self.inputs[l_idx][:, j : j + half + 1].reshape(n, -1)  # inputs at j - k//2 .. j
             taps_h = self.h_above[l_idx][:, j : j + 2 * half + 1].reshape(n, -1)  # states at j - k//2 .. j + k//2
             gates = torch.addmm(layer.bias, taps_in, self.w_is[l_idx]) + taps_h @ self.w_ss[l_idx]
+            if self.gate_biases[l_idx] is not None:
+                gates = gates + self.gate_biases[l_idx]
             h, c = lstm_cell(gates, self.c_above[l_idx][:, j])
             self.h_row[l_idx][:, half + j], self.c_row[l_idx][:, j] = h, c
             m = m + layer.up(h)  # residual (sec. 3.3)
@@ -66,6 +68,7 @@ class RowSampler:
         are written before they are read, so only the row above travels)."""
         self.h_above = [h[index] for h in self.h_above]
         self.c_above = [c[index] for c in self.c_above]
+        self.gate_biases = [None if g is None else g[index] for g in self.gate_biases]
 
 
 class DiagonalSampler:
@@ -74,8 +77,8 @@ class DiagonalSampler:
     adds, shifted down a row, only context from the rows above, so it is run over a row once
     that row is complete, from the layer inputs cached while generating it."""
 
-    def __init__(self, model: PixelRNN, n: int, size: tuple[int, int]) -> None:
-        self.model = model
+    def __init__(self, model: PixelRNN, n: int, size: tuple[int, int], gate_biases: list[Tensor | None]) -> None:
+        self.model, self.gate_biases = model, gate_biases  # per layer: (n, 2, 4h) of a conditional model, or None
         width = size[1]
         hidden, channels, layers = model.config.hidden, 2 * model.config.hidden, len(model.layers)
         like = {"device": model.input_conv.weight.device, "dtype": model.input_conv.weight.dtype}
@@ -99,6 +102,8 @@ class DiagonalSampler:
             h_left, c_left = self.left[l_idx]
             state = torch.cat([self.above_f[l_idx][:, j], h_left], -1)  # [above, left]
             gates = m @ layer.w_is[0] + layer.bias[0] + state @ layer.w_ss[0]
+            if self.gate_biases[l_idx] is not None:
+                gates = gates + self.gate_biases[l_idx][:, 0]
             h, c = lstm_cell(gates, c_left)
             self.left[l_idx] = (h, c)
             self.row_f[l_idx][:, j] = h
@@ -115,6 +120,8 @@ class DiagonalSampler:
             for j in reversed(range(self.width)):
                 state = torch.cat([self.above_r[l_idx][:, j], h], -1)
                 gates = self.inputs[l_idx, :, j] @ layer.w_is[1] + layer.bias[1] + state @ layer.w_ss[1]
+                if self.gate_biases[l_idx] is not None:
+                    gates = gates + self.gate_biases[l_idx][:, 1]
                 h, c = lstm_cell(gates, c)
                 row_r[:, j] = h
             self.above_r[l_idx] = row_r
@@ -125,6 +132,7 @@ class DiagonalSampler:
         """After ``end_row``: keep the sequences ``index`` (what the rows above left behind)."""
         for states in (self.above_f, self.above_r, self.rev_out):
             states[:] = [s[index] for s in states]
+        self.gate_biases = [None if g is None else g[index] for g in self.gate_biases]
 
 
 class Particles:

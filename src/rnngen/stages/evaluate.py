@@ -49,7 +49,8 @@ def run(
     x_test, y_test = data.load_split(split_dir, "test")
     if cfg.max_images:
         x_test, y_test = x_test[: cfg.max_images], y_test[: cfg.max_images]
-    identity = test_set_identity(cfg, binarization, len(x_test), data.test_set_digest(split_dir), judge)
+    identity = test_set_identity(cfg, binarization, len(x_test), data.test_set_digest(split_dir), judge,
+                                 model.conditional)
     tracking.check_store(run_info["tracking_uri"])
     mlflow.set_tracking_uri(run_info["tracking_uri"])
     note = binarization_note(binarization, cfg.seed)

@@ -123,8 +123,9 @@ def _run(
 
     s = _settings(params, hparams)
     info = data.split_info(split_dir)
-    x_train, _ = data.load_split(split_dir, "train")
-    x_val, _ = data.load_split(split_dir, "val")
+    x_train, y_train = data.load_split(split_dir, "train")
+    x_val, y_val = data.load_split(split_dir, "val")
+    labels = {"train_y": y_train, "val_y": y_val}  # a conditional model's; the others ignore them
     device = resolve_device(s.train.device)
     if ranks.world != s.train.processes and ranks.main:
         print(f"train: {ranks.world} process(es) (train.processes is {s.train.processes}); "
@@ -134,7 +135,7 @@ def _run(
     identity = {"data": data.split_digest(split_dir), "code": source_digest(__name__)}
     binarization = info["binarization"]
     if not ranks.main:  # the other ranks train their shares; rank 0 logs, checkpoints, registers
-        fit(model, x_train, x_val, s.train, binarization, checkpoint=checkpoint, identity=identity)
+        fit(model, x_train, x_val, s.train, binarization, checkpoint=checkpoint, identity=identity, **labels)
         return {}
     tracking.setup(s.tracking.experiment)  # fails fast on an unreachable store
     point = plan(checkpoint, model, s.train, binarization, identity, warm_start=warm_start, split_dir=split_dir)
@@ -147,7 +148,7 @@ def _run(
         result = fit(
             model, x_train, x_val, s.train, binarization, checkpoint=checkpoint, resume=point,
             on_epoch=lambda epoch, metrics: mlflow.log_metrics(metrics, step=epoch),
-            extra_state={"mlflow_run_id": active.info.run_id},
+            extra_state={"mlflow_run_id": active.info.run_id}, **labels,
         )
         summary = _summary(result)
         line = compare_speed(result.history, hparams)
@@ -155,7 +156,7 @@ def _run(
             print(line)
             mlflow.set_tag("speed_vs_untuned", line)
         model.load_state_dict(result.best_weights)
-        version = _publish(model, result, summary, s, info, x_val, out, history_csv, active)
+        version = _publish(model, result, summary, s, info, x_val, y_val, out, history_csv, active)
     mark_registered(checkpoint, mlflow_run_id=active.info.run_id, model_version=version)
     print(f"registered {s.tracking.model_name} version {version} (run {active.info.run_id}, {name})")
     return summary
@@ -206,7 +207,8 @@ def _summary(result: FitResult) -> dict[str, Any]:
 
 
 def _publish(model: GenerativeModel, result: FitResult, summary: Mapping[str, Any], s: _Settings,
-             info: Mapping[str, Any], x_val: torch.Tensor, out: Path, history_csv: Path, active: Any) -> str:
+             info: Mapping[str, Any], x_val: torch.Tensor, y_val: torch.Tensor, out: Path, history_csv: Path,
+             active: Any) -> str:
     """Write the curves and the model, log and register it; returns the model version."""
     import mlflow
     import pandas as pd
@@ -221,7 +223,8 @@ def _publish(model: GenerativeModel, result: FitResult, summary: Mapping[str, An
         ckpt.save_model(tmp / registry.CHECKPOINT_FILE, model, train=dataclasses.asdict(s.train),
                         binarization=info["binarization"], summary=summary)
         example = data.binarize(data.to_unit(x_val[:2]), "fixed").numpy()  # (2, 1, 28, 28)
-        version = registry.log_model(tmp / registry.CHECKPOINT_FILE, example, s.tracking.model_name)
+        labels = {"labels": [int(v) for v in y_val[:2]]} if model.conditional else None
+        version = registry.log_model(tmp / registry.CHECKPOINT_FILE, example, s.tracking.model_name, labels)
         write_json(tmp / registry.RUN_FILE, {
             "run_id": active.info.run_id, "run_name": mlflow.get_run(active.info.run_id).info.run_name,
             "experiment_id": active.info.experiment_id, "tracking_uri": mlflow.get_tracking_uri(),

@@ -28,10 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rnngen.train import TrainConfig, fit
+from rnngen.train import TrainConfig
 from rnngen.tuning import mlflow_log
 from rnngen.tuning.space import TuneConfig, TuneError, ask, design, suggest
-from rnngen.tuning.trials import SearchContext, describe, is_untuned, speed, trial_model
+from rnngen.tuning.trials import Images, SearchContext, describe, is_untuned, speed, trial_model
 
 #: the folder in the study folder that holds successive halving's trial checkpoints
 HALVING_DIR = "halving"
@@ -129,7 +129,7 @@ def run_halving(ctx: SearchContext, study: Any) -> None:
 
 
 def _train_rung(study: Any, alive: list[Any], board: _Rungs, index: int, rung: float, ctx: SearchContext,
-                images: tuple[Any, Any]) -> bool:
+                images: Images) -> bool:
     """Train every trial in ``alive`` on to ``rung`` (rung ``index``); a failing one is told
     FAIL and taken out of ``alive``. True when tune.budget_s ran out first."""
     from optuna.trial import TrialState
@@ -141,7 +141,7 @@ def _train_rung(study: Any, alive: list[Any], board: _Rungs, index: int, rung: f
         if ctx.over_budget():
             return True
         try:
-            board.value[n], board.done[n] = train_to(t, board.hps[n], ctx, *images, rung)
+            board.value[n], board.done[n] = train_to(t, board.hps[n], ctx, images, rung)
             board.reached[n] = index
         except Exception as exc:  # a failing configuration must not end the search
             t.set_user_attr("error", f"{type(exc).__name__}: {exc}"[:1000])
@@ -185,8 +185,7 @@ def _eliminate(study: Any, trial: Any, ctx: SearchContext, why: str) -> None:
     print(f"trial {trial.number} PRUNED ({why})", flush=True)
 
 
-def train_to(trial: Any, hp: dict[str, Any], ctx: SearchContext, x_train: Any, x_val: Any,
-             until: float) -> tuple[float, bool]:
+def train_to(trial: Any, hp: dict[str, Any], ctx: SearchContext, images: Images, until: float) -> tuple[float, bool]:
     """Train a halving trial on to ``until`` (epochs or seconds, :attr:`TuneConfig.resource`)
     from its checkpoint, logging to its MLflow run (reopened); ``(best validation loss,
     finished)``."""
@@ -201,9 +200,9 @@ def train_to(trial: Any, hp: dict[str, Any], ctx: SearchContext, x_train: Any, x
             mlflow.log_metrics(metrics, step=epoch)
             trial.report(metrics["val_loss"], epoch)
 
-        result = fit(model, x_train, x_val, train_cfg, ctx.binarization, on_epoch=on_epoch, progress=False,
-                     checkpoint=Path(ctx.halving_dir) / f"trial-{trial.number}.pt", identity=ctx.identity,
-                     until_epoch=None if seconds else int(until), until_seconds=until if seconds else None)
+        result = images.fit(model, train_cfg, ctx.binarization, on_epoch=on_epoch, progress=False,
+                            checkpoint=Path(ctx.halving_dir) / f"trial-{trial.number}.pt", identity=ctx.identity,
+                            until_epoch=None if seconds else int(until), until_seconds=until if seconds else None)
         mlflow.log_metric("best_val_loss", result.best_val)
     trial.set_user_attr("images_per_second", speed(result.history))
     done = f"{result.history[-1]['elapsed_s']:.0f} s" if seconds else f"epoch {len(result.history)}/{train_cfg.epochs}"

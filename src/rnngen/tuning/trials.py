@@ -13,7 +13,7 @@ import socket
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -53,15 +53,29 @@ class SearchContext:
     def over_budget(self) -> bool:
         return bool(self.deadline) and time.time() > self.deadline
 
-    def training_images(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(train, val)`` uint8 images: the first tune.train_images of the (shuffled) train
+    def training_images(self) -> Images:
+        """uint8 images and their labels: the first tune.train_images of the (shuffled) train
         split (in seconds: all of it, the train stage's data), and the whole validation split.
         The test split is never read."""
-        x_train, _ = data.load_split(self.split_dir, "train")
-        x_val, _ = data.load_split(self.split_dir, "val")
+        x_train, y_train = data.load_split(self.split_dir, "train")
+        x_val, y_val = data.load_split(self.split_dir, "val")
         if self.cfg.train_images and self.cfg.resource == "epochs":
-            x_train = x_train[: self.cfg.train_images]
-        return x_train, x_val
+            x_train, y_train = x_train[: self.cfg.train_images], y_train[: self.cfg.train_images]
+        return Images(x_train, x_val, y_train, y_val)
+
+
+class Images(NamedTuple):
+    """A trial's uint8 training and validation images, and their labels (which only a
+    conditional model reads)."""
+
+    train: torch.Tensor
+    val: torch.Tensor
+    train_y: torch.Tensor
+    val_y: torch.Tensor
+
+    def fit(self, model: Any, cfg: Any, binarization: str, **kwargs: Any) -> Any:
+        """:func:`rnngen.train.fit` on these images."""
+        return fit(model, self.train, self.val, cfg, binarization, train_y=self.train_y, val_y=self.val_y, **kwargs)
 
 
 def worker_id() -> str:
@@ -94,8 +108,7 @@ def trial_model(hp: Mapping[str, Any], ctx: SearchContext, untuned: bool = False
     return model.to(resolve_device(ctx.cfg.device)), train_cfg
 
 
-def objective(trial: Any, ctx: SearchContext, x_train: torch.Tensor, x_val: torch.Tensor,
-              sampled: Callable[[], None] = lambda: None) -> float:
+def objective(trial: Any, ctx: SearchContext, images: Images, sampled: Callable[[], None] = lambda: None) -> float:
     """``study.optimize``'s objective: the trial's values (then ``sampled()``), its nested MLflow
     run (tag ``optuna.state``; FAILED when it raises), its training. A pruned trial ends its run
     FINISHED; a failing one leaves its error in the trial's ``error`` attribute."""
@@ -109,7 +122,7 @@ def objective(trial: Any, ctx: SearchContext, x_train: torch.Tensor, x_val: torc
         sampled()
         with mlflow_log.trial_run(trial, ctx, hp, tags={"optuna.worker": worker_id()}):
             try:
-                value = _train(trial, hp, ctx, x_train, x_val)
+                value = _train(trial, hp, ctx, images)
                 mlflow.log_metric("best_val_loss", value)
             except optuna.TrialPruned as exc:
                 pruned = exc  # a normal end: raised again once the run is closed
@@ -125,8 +138,7 @@ def objective(trial: Any, ctx: SearchContext, x_train: torch.Tensor, x_val: torc
     return value
 
 
-def _train(trial: Any, hp: dict[str, Any], ctx: SearchContext, x_train: torch.Tensor,
-           x_val: torch.Tensor) -> float:
+def _train(trial: Any, hp: dict[str, Any], ctx: SearchContext, images: Images) -> float:
     """Train one configuration; the best validation negative ELBO (nats/image). Each epoch's
     validation loss goes to the pruner (median or Hyperband)."""
     import mlflow
@@ -148,7 +160,7 @@ def _train(trial: Any, hp: dict[str, Any], ctx: SearchContext, x_train: torch.Te
             trial.set_user_attr("stopped", "tune.budget_s")
             raise optuna.TrialPruned(f"tune.budget_s ({cfg.budget_s:g} s) spent after epoch {epoch}")
 
-    result = fit(model, x_train, x_val, train_cfg, ctx.binarization, on_epoch=on_epoch, progress=False)
+    result = images.fit(model, train_cfg, ctx.binarization, on_epoch=on_epoch, progress=False)
     trial.set_user_attr("images_per_second", speed(result.history))
     return result.best_val
 

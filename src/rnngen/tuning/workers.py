@@ -114,7 +114,7 @@ def run_trials(ctx: SearchContext, worker: int, *, finish: bool, ready: Any = No
         return
 
 
-def _run_one(study: Any, ctx: SearchContext, worker: int, images: tuple[Any, Any],
+def _run_one(study: Any, ctx: SearchContext, worker: int, images: Any,
              release: Callable[[], None]) -> None:
     """One trial through ``study.optimize``; ``release`` (the budget lock) runs once the trial
     exists and holds its values. A trial stopped by Ctrl-C is queued again, as a killed one
@@ -126,7 +126,7 @@ def _run_one(study: Any, ctx: SearchContext, worker: int, images: tuple[Any, Any
     def run(trial: Any) -> float:
         started.append(trial)
         try:
-            return objective(trial, ctx, *images, sampled=release)
+            return objective(trial, ctx, images, sampled=release)
         finally:
             release()  # also when sampling failed
 

@@ -83,7 +83,9 @@ void forward_impl(const Tensor& m, const Tensor& w_all, const Tensor& bias, cons
   const int64_t width = n / batch, half = kernel / 2, kx = (half + 1) * ch, kk = kx + kernel * hid;
   Tensor pre = at::empty({n, g4}, m.options());
   const Tensor h0c = h0.to(cs.scalar_type()).contiguous(), c0c = c0.to(cs.scalar_type()).contiguous();
+  // bias: (4h), or (batch, 4h) with a row per image (a class-conditional gate bias)
   const Tensor bc = bias.to(cs.scalar_type()).contiguous();
+  const int64_t bias_step = bias.dim() == 2 ? g4 : 0;
   const A* h0p = h0c.data_ptr<A>();
   const A* c0p = c0c.data_ptr<A>();
   const A* bp = bc.data_ptr<A>();
@@ -134,7 +136,7 @@ void forward_impl(const Tensor& m, const Tensor& w_all, const Tensor& bias, cons
     at::parallel_for(0, n, kGrain, [&](int64_t lo, int64_t hi) {
       std::vector<A> scratch(g4);
       for (int64_t p = lo; p < hi; ++p) {
-        cell_forward(prep + p * g4, bp, scratch.data(), actp + (i * n + p) * g4,
+        cell_forward(prep + p * g4, bp + (p / width) * bias_step, scratch.data(), actp + (i * n + p) * g4,
                      i == 0 ? c0p : csp + ((i - 1) * n + p) * hid, csp + (i * n + p) * hid, hsp + (i * n + p) * hid,
                      hid);
       }
@@ -228,6 +230,8 @@ std::vector<Tensor> layer_forward(const Tensor& m, const Tensor& w_all, const Te
               "m, w_all and w_up: one dtype");
   const int64_t height = m.size(0), n = m.size(1), ch = m.size(2), g4 = w_all.size(1), hid = g4 / 4;
   TORCH_CHECK(w_all.size(0) == (kernel / 2 + 1) * ch + kernel * hid, "w_all: ((k/2 + 1) C + k h, 4h)");
+  TORCH_CHECK((bias.dim() == 1 && bias.size(0) == g4) || (bias.dim() == 2 && bias.size(0) == batch &&
+              bias.size(1) == g4), "bias: (4h) or (batch, 4h)");
   const auto acc = m.options().dtype(acc_type(m.scalar_type()));
   Tensor u = at::empty({height, n, w_all.size(0)}, m.options());  // the taps beyond the ends zeroed below
   Tensor act = at::empty({height, n, g4}, m.options());
@@ -243,7 +247,7 @@ std::vector<Tensor> layer_forward(const Tensor& m, const Tensor& w_all, const Te
 
 std::vector<Tensor> layer_backward(const Tensor& d_out_, const Tensor& u, const Tensor& w_all, const Tensor& act,
                                    const Tensor& cs, const Tensor& hs, const Tensor& c0, const Tensor& w_up,
-                                   int64_t batch, int64_t kernel) {
+                                   int64_t batch, int64_t kernel, bool per_image_bias) {
   const int64_t height = act.size(0), n = act.size(1), g4 = act.size(2), hid = g4 / 4;
   const int64_t ch = w_up.size(1), kx = (kernel / 2 + 1) * ch, kh = kernel * hid;
   const Tensor d_out = d_out_.to(u.scalar_type()).contiguous();
@@ -263,7 +267,9 @@ std::vector<Tensor> layer_backward(const Tensor& d_out_, const Tensor& u, const 
   // both convolutions' weights over all rows at once, and the input's gradient
   const Tensor dg2 = d_gates.view({-1, g4});
   Tensor d_w_all = at::mm(u.view({-1, kx + kh}).t(), dg2);
-  Tensor d_bias = dg2.sum(0).to(cs.scalar_type());
+  // per image: the sum over its rows and columns
+  Tensor d_bias = (per_image_bias ? d_gates.view({height, batch, n / batch, g4}).sum({0, 2}) : dg2.sum(0))
+                      .to(cs.scalar_type());
   Tensor d_xt = at::mm(dg2, w_all.narrow(0, 0, kx).t());
   Tensor d_m = at::empty_like(d_out);
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, u.scalar_type(), "row_lstm_fold_input", [&] {
@@ -278,7 +284,7 @@ TORCH_LIBRARY(rnngen_row_lstm, m) {
   m.def("layer_forward(Tensor m, Tensor w_all, Tensor bias, Tensor h0, Tensor c0, Tensor w_up, Tensor b_up, "
         "int batch, int kernel) -> Tensor[]");
   m.def("layer_backward(Tensor d_out, Tensor u, Tensor w_all, Tensor act, Tensor cs, Tensor hs, Tensor c0, "
-        "Tensor w_up, int batch, int kernel) -> Tensor[]");
+        "Tensor w_up, int batch, int kernel, bool per_image_bias) -> Tensor[]");
 }
 
 TORCH_LIBRARY_IMPL(rnngen_row_lstm, CPU, m) {

@@ -81,8 +81,10 @@ def _glimpse_order(n: int, device: torch.device, chans: int = 2) -> Tensor:
     return ((c * n + i) * n + j).flatten().to(device)
 
 
-def fused_weights(model: DRAW) -> FusedWeights:
-    """The paper's layers regrouped by the state they read (see the module docstring)."""
+def fused_weights(model: DRAW, y: Tensor | None = None, n: int = 0) -> FusedWeights:
+    """The paper's layers regrouped by the state they read (see the module docstring). For a
+    conditional model (labels ``y`` of ``n`` images) ``b_dec`` is per image, ``(n, cols)``:
+    each image's class bias on the decoder's and the encoder's gates."""
     cfg, sizes = model.config, recurrence_sizes(model.config)
     enc, read_dim = model.enc, sizes.read_dim
     w_dec = [model.dec.weight_hh, enc.weight_ih[:, read_dim:], model.write.weight]
@@ -90,6 +92,10 @@ def fused_weights(model: DRAW) -> FusedWeights:
     if model.att is not None:
         w_dec.append(model.att.weight)
         b_dec.append(model.att.bias)
+    dec_bias, enc_bias = model.class_biases(y, n)
+    if dec_bias is not None and enc_bias is not None:
+        b_dec = [dec_bias + b_dec[0], enc_bias + b_dec[1], *(b.expand(n, -1) for b in b_dec[2:])]
+        b_dec = [torch.cat(b_dec, 1)]
     w_read = enc.weight_ih[:, _glimpse_order(cfg.read_n, enc.weight_ih.device)] if cfg.attention \
         else enc.weight_ih[:, :read_dim]
     return FusedWeights(
@@ -97,7 +103,7 @@ def fused_weights(model: DRAW) -> FusedWeights:
         h_enc0=model.h_enc0,
         h_dec0=model.h_dec0,
         w_dec=torch.cat(w_dec).t(),
-        b_dec=torch.cat(b_dec),
+        b_dec=torch.cat(b_dec, -1),
         w_enc=torch.cat([model.q.weight, enc.weight_hh]).t(),
         b_enc=torch.cat([model.q.bias, model.q.bias.new_zeros(4 * cfg.enc_hidden)]),
         w_read=w_read.t(),
@@ -105,16 +111,16 @@ def fused_weights(model: DRAW) -> FusedWeights:
     )
 
 
-def recurrence(model: DRAW, x: Tensor, eps: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """c_T logits (B, 784), mu and log sigma (T, B, z) for images x and noise eps (T, B, z),
-    in the weights' dtype (float32 under autocast too)."""
+def recurrence(model: DRAW, x: Tensor, eps: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """c_T logits (B, 784), mu and log sigma (T, B, z) for images x and noise eps (T, B, z)
+    (labels y for a conditional model), in the weights' dtype (float32 under autocast too)."""
     # It runs with autocast off: its in-place updates and hand-made backward pick their dtypes
     # themselves. Under bfloat16 autocast (float32 weights) its big GEMMs take bfloat16 operands,
     # 2-4x faster on CPU; the cell states and the canvas, summed over T steps, and everything
     # else stay float32. (With train.amp on CUDA, fit also allows TF32 for what stays float32.)
     low_precision = bf16_autocast(x)
     with torch.autocast(x.device.type, enabled=False):
-        w = fused_weights(model)
+        w = fused_weights(model, y, x.shape[0])
         sizes = recurrence_sizes(model.config)
         if low_precision and w.w_dec.dtype == torch.float32:
             sizes = sizes._replace(gemm_dtype=torch.bfloat16)

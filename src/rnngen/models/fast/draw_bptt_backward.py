@@ -227,7 +227,8 @@ class _Backward:
             self.enc.rows[0].sum(0) @ w.w_enc.t(),  # h_enc_0 and h_dec_0 are shared by every image
             self.dec.rows[0].sum(0) @ w.w_dec.t(),
             _weight_grad(torch.stack(saved["h_dec"]), self.dec.op_chunks, dtype=dtype),
-            sum(c.sum((0, 1)) for c in self.dec.chunks),
+            # per image for a conditional model's b_dec (its class biases), else over the batch too
+            sum(c.sum(0) if w.b_dec.dim() == 2 else c.sum((0, 1)) for c in self.dec.chunks),
             _weight_grad(torch.stack(saved["h_enc"]), self.enc.op_chunks, dtype=dtype),
             sum(c.sum((0, 1)) for c in self.enc.chunks),
             d_w_read,

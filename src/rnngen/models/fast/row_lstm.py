@@ -98,17 +98,17 @@ class RowLayerKernel(torch.autograd.Function):
         height, b, width, ch = m.shape
         out, u, act, cs, hs = ops.layer_forward(m.reshape(height, b * width, ch), w_all, bias, h0, c0, w_up, b_up,
                                                 b, kernel)
-        ctx.meta = (b, kernel, ops, bias.dtype)
+        ctx.meta = (b, kernel, ops, bias.dtype, bias.dim() == 2)
         ctx.save_for_backward(u, w_all, act, cs, hs, c0, w_up)
         return out.view(m.shape)
 
     @staticmethod
     def backward(ctx: Any, d_out: Tensor) -> tuple:
         u, w_all, act, cs, hs, c0, w_up = ctx.saved_tensors
-        b, kernel, ops, bias_dtype = ctx.meta
+        b, kernel, ops, bias_dtype, per_image = ctx.meta
         height, _, width, ch = d_out.shape
         d_m, d_w_all, d_bias, dh0, dc0, d_w_up, d_b_up = ops.layer_backward(
-            d_out.reshape(height, b * width, ch), u, w_all, act, cs, hs, c0, w_up, b, kernel)
+            d_out.reshape(height, b * width, ch), u, w_all, act, cs, hs, c0, w_up, b, kernel, per_image)
         return (d_m.view(d_out.shape), d_w_all, d_bias.to(bias_dtype), dh0.to(c0.dtype), dc0.to(c0.dtype), d_w_up,
                 d_b_up, None, None)
 
