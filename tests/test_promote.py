@@ -10,6 +10,7 @@ training run happens to reach.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -95,13 +96,20 @@ def test_config_problems() -> None:
 
 
 @pytest.fixture()
-def store(trained_model: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
-    """A private copy of the trained model's store, with the pipeline outputs beside it."""
+def store(trained_model: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
+    """A private copy of the trained model's store, with the pipeline outputs beside it. MLflow's
+    registry resolves a version's ``models:/m-...`` source through the process-wide tracking URI,
+    which an earlier test in this process may have pointed at its own store: point it here."""
+    import mlflow
+
     shutil.copy(trained_model["dir"] / "mlflow.db", tmp_path / "mlflow.db")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    return {"uri": uri, "dir": tmp_path, "run_json": trained_model["models"] / "run.json",
-            "metrics": trained_model["metrics"], "split": trained_model["split"]}
+    before = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    yield {"uri": uri, "dir": tmp_path, "run_json": trained_model["models"] / "run.json",
+           "metrics": trained_model["metrics"], "split": trained_model["split"]}
+    mlflow.set_tracking_uri(before)
 
 
 def register_challenger(store: dict[str, Any], shift: float, test_set: dict[str, str] | None = None

@@ -222,9 +222,9 @@ def test_non_finite_loss_names_epoch_and_step_and_keeps_checkpoint(arrays, tmp_p
     calls = {"n": 0}
     original = model.forward
 
-    def poisoned(x: torch.Tensor):
+    def poisoned(x: torch.Tensor, y: torch.Tensor | None = None):
         calls["n"] += 1
-        terms = original(x)
+        terms = original(x, y)
         if calls["n"] > 6:  # epoch 2 (4 batches an epoch + no val calls counted before)
             terms.recon = terms.recon * float("nan")
         return terms

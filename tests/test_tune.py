@@ -527,7 +527,9 @@ def test_seconds_trials_train_in_rungs_of_the_real_budget_and_train_continues_th
     clock = {n: [m.value for m in sorted(client.get_metric_history(t.user_attrs["mlflow_run_id"], "elapsed_s"),
                                          key=lambda m: m.step)] for n, t in trials.items()}
     final = sorted(n for n, t in trials.items() if t.state == TrialState.COMPLETE)
-    assert 0 in final and len(final) == 2 and len(trials) == 3  # the best of rung 0, and trial 0
+    # the best of rung 0 and trial 0 (one trial when trial 0 was the best: epoch lengths, and so
+    # rung 0's ranking, follow the machine's speed)
+    assert 0 in final and len(final) in (1, 2) and len(trials) == 3, final
     for n, seconds in clock.items():
         stop = budget if n in final else budget / 3
         assert seconds[-1] >= stop and (len(seconds) == 1 or seconds[-2] < stop), (n, seconds)
