@@ -185,9 +185,7 @@ def _sample(args: argparse.Namespace) -> None:
 
     loaded = _load_model(args)
     n, nrow, y = args.n, args.nrow or math.ceil(math.sqrt(args.n)), None
-    if args.label == "all":
-        if not loaded.model.conditional:
-            loaded.model.labels(torch.zeros(1))  # refused, with the reason
+    if args.label == "all":  # an unconditional model refuses these labels, saying why
         y = torch.arange(loaded.model.config.classes).repeat_interleave(args.n)
         n, nrow = len(y), args.n
     elif args.label is not None:
