@@ -47,6 +47,8 @@ def tiny_params(**overrides: Any) -> dict[str, Any]:
         "model.pixelrnn.layers": 1,
         "model.pixelrnn.hidden": 4,
         "model.pixelrnn.out_hidden": 8,
+        "model.dcgan.hidden": 8,
+        "model.dcgan.z_dim": 8,
         "train.epochs": 2,
         "train.batch_size": 128,
         "train.device": "cpu",

@@ -10,13 +10,14 @@ from torch import Tensor, nn
 
 from rnngen.evaluate import likelihood_bounds
 from rnngen.models import MODELS, build_model, model_config
-from rnngen.models.base import GaussianLatentVAE, GenerativeModel, gaussian_kl, log_normal
+from rnngen.models.base import GaussianLatentVAE, GenerativeModel, NoLikelihoodError, gaussian_kl, log_normal
 
 TINY = {
     "row_lstm_vae": {"hidden": 8, "z_dim": 3},
     "mlp_vae": {"hidden": 16, "z_dim": 3},
     "draw": {"steps": 3, "enc_hidden": 8, "dec_hidden": 8, "z_dim": 3},
     "pixelrnn": {"layers": 1, "hidden": 4, "out_hidden": 8},
+    "dcgan": {"hidden": 4, "z_dim": 3},
 }
 
 
@@ -33,9 +34,12 @@ def binary_batch(n: int = 5, seed: int = 0) -> Tensor:
 def test_interface_shapes_and_finite_elbo(name: str) -> None:
     model, x = tiny(name), binary_batch()
     terms = model(x)
-    assert terms.recon.shape == terms.kl.shape == (5,)
-    assert torch.isfinite(terms.nelbo).all() and (terms.kl >= 0).all()
-    assert model.log_weights(x, 7).shape == (7, 5)
+    assert terms.recon.shape == terms.kl.shape == (5,) and torch.isfinite(terms.nelbo).all()
+    if model.has_likelihood:
+        assert (terms.kl >= 0).all() and model.log_weights(x, 7).shape == (7, 5)
+    else:  # a GAN: asked for a likelihood, it says it has none
+        with pytest.raises(NoLikelihoodError, match="has no likelihood"):
+            model.log_weights(x, 7)
     gen = torch.Generator().manual_seed(1)
     s = model.sample(4, generator=gen)
     assert s.shape == (4, 1, 28, 28) and 0 <= s.min() and s.max() <= 1

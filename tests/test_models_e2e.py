@@ -26,7 +26,10 @@ import mlflow.pyfunc
 import numpy as np
 model = mlflow.pyfunc.load_model(sys.argv[1])
 x = (np.load(sys.argv[2])[:5] > 127).astype(np.float32).reshape(5, 1, 28, 28)
-scores = [np.asarray(model.predict(x)).tolist() for _ in range(2)]
+try:
+    scores = [np.asarray(model.predict(x)).tolist() for _ in range(2)]
+except Exception as exc:  # a model without a likelihood refuses to score
+    scores = str(exc)
 drawn = model.predict([], params={"task": "sample", "n": 3, "seed": 1})
 repaired = model.predict(x, params={"task": "inpaint", "mask": "random_pixels", "effort": 2})
 print(json.dumps({"scores": scores, "drawn": np.asarray(drawn).tolist(), "repaired": np.asarray(repaired).tolist()}))
@@ -38,13 +41,22 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return copy_project(tmp_path_factory.mktemp("models"), tiny_params())
 
 
-@pytest.mark.parametrize("name", list(MODELS))  # found from the registry: a new model is tested here too
-def test_model_through_dvc_the_registry_and_the_cli(project: Path, name: str) -> None:
-    out = run([str(BIN / "dvc"), "exp", "run", "-S", f"model.name={name}"], project)
+#: every model of the registry (a new one is tested here too), and the GAN's second loss
+RUNS = [(name, []) for name in MODELS] + [("dcgan", ["model.dcgan.loss=wgan_gp"])]
+
+
+@pytest.mark.parametrize(("name", "sets"), RUNS, ids=[" ".join([n, *s]) for n, s in RUNS])
+def test_model_through_dvc_the_registry_and_the_cli(project: Path, name: str, sets: list[str]) -> None:
+    out = run([str(BIN / "dvc"), "exp", "run", "-S", f"model.name={name}", *(f"-S{s}" for s in sets)], project)
     assert {"tune", "train", "evaluate"} <= set(stages_run(out.stdout)), out.stdout
     record = json.loads((project / "models/run.json").read_text())
     metrics = json.loads((project / "reports/metrics.json").read_text())
-    assert metrics["model"] == name and 0 < metrics["test_nll_iwae"] <= metrics["test_nll_elbo"]
+    likelihood = MODELS[name].has_likelihood
+    assert metrics["model"] == name and metrics["test_fcd"] > 0
+    if likelihood:
+        assert 0 < metrics["test_nll_iwae"] <= metrics["test_nll_elbo"]
+    else:  # absent, not 0 or NaN
+        assert metrics["likelihood"].startswith("none") and not any("nll" in k or "bpd" in k for k in metrics)
     uri = f"models:/rnngen/{record['model_version']}"
 
     rnngen = str(BIN / "rnngen")
@@ -63,22 +75,44 @@ def test_model_through_dvc_the_registry_and_the_cli(project: Path, name: str) ->
         assert not (project / "reports/pictures/interpolation.png").exists()
     scored = json.loads(run([rnngen, "evaluate", "--model", uri, "--split", "data/split"], project).stdout)
     # the CLI reads params.yaml's evaluate.* and the project's classifier: the stage's numbers
-    for key in ("test_nll_iwae", "test_nll_elbo", "test_fcd", "inpaint_bottom_half_mse_missing"):
+    nll_keys = ("test_nll_iwae", "test_nll_elbo") if likelihood else ()
+    for key in (*nll_keys, "test_fcd", "inpaint_bottom_half_mse_missing"):
         assert scored[key] == pytest.approx(metrics[key], rel=1e-9, abs=1e-9), key
+    assert likelihood or not any("nll" in k for k in scored)
+    refused = run([rnngen, "score", "--model", uri, "--test-index", "0"], project, check=False)
+    assert (refused.returncode == 0) == likelihood, refused.stderr
+    if not likelihood:
+        assert "has no likelihood, so it cannot score images" in refused.stderr and "Traceback" not in refused.stderr
+        promote_a_gan(project, name)
 
     # MLflow's own loader, in a fresh process: only the models:/ URI and the store's address
     served = run([sys.executable, "-c", PYFUNC, uri, str(project / "data/split/test_x.npy")], project,
                  env={"MLFLOW_TRACKING_URI": f"sqlite:///{project.resolve() / 'mlflow.db'}"})
     answers = json.loads(served.stdout.strip().splitlines()[-1])
-    nll = np.asarray(answers["scores"])
-    assert nll.shape == (2, 5) and np.isfinite(nll).all() and (nll > 0).all() and (nll < 784 * np.log(2) * 2).all()
-    assert np.array_equal(nll[0], nll[1])  # seeded: the same score twice
+    if likelihood:
+        nll = np.asarray(answers["scores"])
+        assert nll.shape == (2, 5) and np.isfinite(nll).all() and (nll > 0).all()
+        assert (nll < 784 * np.log(2) * 2).all() and np.array_equal(nll[0], nll[1])  # seeded: the same twice
+    else:
+        assert f"a {name} model has no likelihood" in answers["scores"]
     # the other two tasks of the served model, with params as a request carries them
     drawn, repaired = np.asarray(answers["drawn"]), np.asarray(answers["repaired"])
     assert drawn.shape == (3, 28, 28) and ((drawn >= 0) & (drawn <= 1)).all()
     x = (np.load(project / "data/split/test_x.npy")[:5] > 127).astype(np.float32)
     hidden = make_mask("random_pixels", 5, torch.Generator().manual_seed(0))[:, 0].numpy()
     assert repaired.shape == (5, 28, 28) and np.array_equal(repaired[~hidden], x[~hidden])
+
+
+def promote_a_gan(project: Path, name: str) -> None:
+    """A GAN has no test NLL: promotion by it is refused, naming the fix, and changes nothing;
+    by a metric both sides have (FCD) it is decided and recorded."""
+    rnngen, report = str(BIN / "rnngen"), project / "reports/promotion.md"
+    report.unlink(missing_ok=True)
+    refused = run([rnngen, "promote"], project, check=False)
+    assert refused.returncode == 2 and "has no likelihood (a GAN), so it has no test_nll_iwae" in refused.stderr
+    assert "--primary test_fcd" in refused.stderr and not report.exists()
+    decided = run([rnngen, "promote", "--primary", "test_fcd"], project)
+    assert "test_fcd" in report.read_text(), decided.stdout
 
 
 CONDITIONAL = """
@@ -88,7 +122,10 @@ import numpy as np
 model = mlflow.pyfunc.load_model(sys.argv[1])
 x = (np.load(sys.argv[2])[:3] > 127).astype(np.float32).reshape(3, 1, 28, 28)
 labels = np.load(sys.argv[3])[:3].tolist()
-scores = np.asarray(model.predict(x, params={"labels": labels})).tolist()
+try:
+    scores = np.asarray(model.predict(x, params={"labels": labels})).tolist()
+except Exception as exc:  # a model without a likelihood refuses to score
+    scores = str(exc)
 drawn = np.asarray(model.predict([], params={"task": "sample", "n": 2, "seed": 1, "labels": [7]})).tolist()
 try:
     model.predict([], params={"task": "sample", "n": 2})
@@ -127,5 +164,9 @@ def test_conditional_model_through_dvc_the_registry_and_the_cli(conditional_proj
                   str(project / "data/split/test_y.npy")], project,
                  env={"MLFLOW_TRACKING_URI": f"sqlite:///{project.resolve() / 'mlflow.db'}"})
     answers = json.loads(served.stdout.strip().splitlines()[-1])
-    assert np.isfinite(answers["scores"]).all() and np.asarray(answers["drawn"]).shape == (2, 28, 28)
+    if MODELS[name].has_likelihood:
+        assert np.isfinite(answers["scores"]).all()
+    else:
+        assert "has no likelihood" in answers["scores"]
+    assert np.asarray(answers["drawn"]).shape == (2, 28, 28)
     assert "is conditional: send labels" in answers["refused"]

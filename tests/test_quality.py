@@ -24,14 +24,9 @@ from rnngen.classifier import (
     train_classifier,
 )
 from rnngen.errors import UserError
+from rnngen.frechet import frechet_distance, frechet_distance_from_stats, gaussian_stats
 from rnngen.models import build_model, model_config
-from rnngen.quality import (
-    classifier_score,
-    frechet_distance,
-    frechet_distance_from_stats,
-    gaussian_stats,
-    sample_quality,
-)
+from rnngen.quality import classifier_score, sample_quality
 
 
 def _psd_sqrt(s: np.ndarray) -> np.ndarray:

@@ -140,16 +140,17 @@ def test_cosine_schedule_halves_the_rate_midway_and_ends_at_zero() -> None:
 
 @pytest.mark.parametrize("optimizer", ["adam", "sgd"])
 def test_weight_decay_is_decoupled_for_adam_and_l2_for_sgd(optimizer: str) -> None:
-    model = torch.nn.Linear(3, 1, bias=False)
+    model = small_model()
     with torch.no_grad():
-        model.weight.fill_(4.0)
+        for p in model.parameters():
+            p.fill_(4.0)
+            p.grad = torch.zeros_like(p)  # no loss gradient: only the decay moves it
     cfg = dataclasses.replace(CFG, lr=0.1, weight_decay=0.5, optimizer=optimizer, momentum=0.0)
-    opt = make_optimizer(model, cfg)  # type: ignore[arg-type]
-    model.weight.grad = torch.zeros_like(model.weight)  # no loss gradient: only the decay moves it
-    opt.step()
+    make_optimizer(model, cfg).step()
     # AdamW: w <- w (1 - lr wd) = 3.8, nothing from the (zero) Adam step; SGD: grad += wd w, the
     # same 3.8. Adam with the decay in its gradient would take a normalised step: 4 - lr = 3.9
-    assert torch.allclose(model.weight, torch.full_like(model.weight, 4.0 * (1 - 0.1 * 0.5)))
+    for p in model.parameters():
+        assert torch.allclose(p, torch.full_like(p, 4.0 * (1 - 0.1 * 0.5)))
     with pytest.raises(ConfigError, match="train.weight_decay: must be >= 0"):
         from_dict(TrainConfig, {"weight_decay": -1}, "train")
 

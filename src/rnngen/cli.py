@@ -424,9 +424,13 @@ def _add_promote(sub: Any) -> None:
   rnngen promote --margin 1.0 --tolerance test_nll_elbo=0.5
   rnngen promote --version 3 --force              # roll back: make version 3 the champion
 
+  rnngen promote --primary test_fcd               # a GAN (no likelihood) against any model
+
 The rule (params.yaml `promote:`): the challenger's test_nll_iwae must be lower than the
 champion's by at least --margin nats, and no other listed metric may be worse by more than its
-tolerance. The first model becomes champion. This changes the registry, so it is not a DVC stage.
+tolerance. The first model becomes champion. A GAN has no likelihood: with an NLL primary,
+promotion between it and any model is refused; rank by a metric both have (--primary test_fcd).
+This changes the registry, so it is not a DVC stage.
 """, _promote)
     option = command.add_argument
     option("--run-json", type=Path, default=Path("models/run.json"), help="train stage record (default: %(default)s)")
@@ -436,7 +440,10 @@ tolerance. The first model becomes champion. This changes the registry, so it is
            help="markdown report to write (default: %(default)s)")
     option("--split", type=Path, default=Path("data/split"),
            help="test split for re-scoring a champion evaluated on other data (default: %(default)s)")
-    option("--margin", type=float, default=None, help="nats the primary metric must improve by")
+    option("--primary", default=None,
+           help="the metric the challenger must win on (default: promote.primary); e.g. test_fcd to compare "
+                "with a GAN, which has no likelihood")
+    option("--margin", type=float, default=None, help="how much the primary metric must improve by (its units)")
     option("--tolerance", type=_tolerance_arg, action="append", metavar="METRIC=VALUE",
            help="how much worse METRIC may get (repeatable)")
     option("--alias", default=None, help="alias to move (default: promote.alias)")
@@ -449,8 +456,11 @@ def _promote(args: argparse.Namespace) -> None:
     from rnngen import promote
 
     settings = defaults(args.params)
-    tolerances = {**settings.promote.tolerances, **dict(args.tolerance)} if args.tolerance else None
-    cfg = _with_flags(settings.promote, margin=args.margin, alias=args.alias or None, tolerances=tolerances)
+    tolerances = {**settings.promote.tolerances, **dict(args.tolerance or [])}
+    if args.primary:  # the new primary is judged by the margin: its tolerance, if listed, goes
+        tolerances.pop(args.primary, None)
+    cfg = _with_flags(settings.promote, primary=args.primary or None, margin=args.margin, alias=args.alias or None,
+                      tolerances=tolerances)
     rescore = None
     if args.split.is_dir():  # re-scores a champion that was evaluated on another test set
         rescore = promote.likelihood_rescorer(args.split, settings.evaluate.batch_size)

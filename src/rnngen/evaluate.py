@@ -143,17 +143,20 @@ def report(
     pictures: Path,
     progress: bool = True,
 ) -> dict[str, float]:
-    """Every test metric and picture for one model: likelihood bounds, sample quality,
-    inpainting under each mask. ``x_test`` are uint8 test images; pictures go to ``pictures``.
+    """Every test metric and picture for one model: likelihood bounds (none for a model without
+    a likelihood), sample quality, inpainting under each mask. ``x_test`` are uint8 test
+    images; pictures go to ``pictures``.
     A conditional model is scored on p(x | y) with the test labels, draws its samples of the
     test images' classes (``asked_accuracy``) and its sample grid one class a row.
     """
     torch.manual_seed(cfg.seed)
+    model.eval()
     x = binarized_test_set(x_test, binarization, cfg.seed)
     y = y_test.long() if model.conditional else None
-    bounds = likelihood_bounds(model, x, cfg.k, cfg.batch_size, cfg.seed, progress, y=y)
-    metrics: dict[str, float] = {f"test_{k}": v for k, v in bounds.items()}
-    metrics |= {"k": cfg.k, "n_test": len(x)}
+    metrics: dict[str, float] = {"n_test": len(x)}
+    if model.has_likelihood:  # else absent: no NLL key at all, never a 0 or a NaN that dashboards average
+        bounds = likelihood_bounds(model, x, cfg.k, cfg.batch_size, cfg.seed, progress, y=y)
+        metrics |= {f"test_{k}": v for k, v in bounds.items()} | {"k": cfg.k}
 
     # a binary judge compares binary samples with the test images as the likelihood saw them
     real = x if classifier.binary else to_unit(x_test)

@@ -34,7 +34,15 @@ from rnngen import checkpoint
 from rnngen.evaluate import rescore_likelihood
 from rnngen.files import atomic_write_text, read_json
 from rnngen.models import GenerativeModel
-from rnngen.registry import EVALUATION_TAG, TEST_SET_PREFIX, client, download_checkpoint, mlflow_errors, model_version
+from rnngen.registry import (
+    EVALUATION_TAG,
+    LIKELIHOOD_TAG,
+    TEST_SET_PREFIX,
+    client,
+    download_checkpoint,
+    mlflow_errors,
+    model_version,
+)
 from rnngen.tracking import TrackingConfig, TrackingError
 
 #: folder of the challenger's run where each decision's report is logged (one file per decision)
@@ -92,6 +100,8 @@ class Candidate:
     rescored: bool = False
     #: the evaluate stage's run these metrics come from
     evaluation_run_id: str = ""
+    #: exact | bound | none (a model without a likelihood: a GAN) | "" (not recorded: has one)
+    likelihood: str = ""
 
 
 @dataclass(frozen=True)
@@ -136,13 +146,16 @@ def candidate(mlflow_client: Any, registered: Any) -> Candidate:
     test_set = {k.removeprefix(TEST_SET_PREFIX): v for k, v in run.data.params.items()
                 if k.startswith(TEST_SET_PREFIX)}
     metrics = {k: float(v) for k, v in run.data.metrics.items()}
-    return Candidate(name, version, run_id, metrics, test_set, evaluation_run_id=eval_id)
+    return Candidate(name, version, run_id, metrics, test_set, evaluation_run_id=eval_id,
+                     likelihood=run.data.tags.get(LIKELIHOOD_TAG, ""))
 
 
 def with_reported_metrics(version: Candidate, metrics: Mapping[str, Any], primary: str, source: str) -> Candidate:
     """``version`` with the numbers of ``metrics`` (reports/metrics.json), after checking that
     they are its own: the evaluate stage logs the same numbers to the version's run."""
     logged, reported = version.metrics.get(primary), metrics.get(primary)
+    if logged is None and reported is None:
+        raise without_primary(version, "challenger", primary)
     if logged is None or not _is_number(reported) or not math.isclose(logged, reported, rel_tol=1e-9, abs_tol=1e-9):
         raise TrackingError(
             f"{source} ({primary} {reported}) does not match what run {version.run_id} of {version.name} "
@@ -174,13 +187,32 @@ def test_set_differences(a: Candidate, b: Candidate) -> list[str]:
     return sorted(k for k in set(a.test_set) | set(b.test_set) if value(a, k) != value(b, k))
 
 
-def decide(challenger: Candidate, champion: Candidate | None, cfg: PromoteConfig, force: bool = False) -> Decision:
-    """The promotion rule, free of side effects."""
-    if cfg.primary not in challenger.metrics:
-        raise TrackingError(
-            f"challenger {challenger.name} v{challenger.version} has no {cfg.primary} metric; "
-            "run the evaluate stage (dvc repro) before promoting"
+def likelihood_metric(metric: str) -> bool:
+    """An NLL metric (nats or bits/dim): one a model without a likelihood lacks, and the only
+    kind a champion can be re-scored on."""
+    return metric.startswith(("test_nll_", "test_bpd_"))
+
+
+def without_primary(version: Candidate, role: str, primary: str) -> TrackingError:
+    """The refusal when ``version`` lacks the primary metric: a model without a likelihood has
+    no NLL to rank by, so rank both by a metric both have."""
+    if version.likelihood == "none" and likelihood_metric(primary):
+        return TrackingError(
+            f"{role} {version.name} v{version.version} has no likelihood (a GAN), so it has no {primary} to rank "
+            f"by: compare on a metric both models have, e.g. `rnngen promote --primary test_fcd` "
+            f"(promote.primary in params.yaml)"
         )
+    return TrackingError(f"{role} {version.name} v{version.version} has no {primary} metric; "
+                         "run the evaluate stage (dvc repro) before promoting")
+
+
+def decide(challenger: Candidate, champion: Candidate | None, cfg: PromoteConfig, force: bool = False) -> Decision:
+    """The promotion rule, free of side effects. A primary metric either version lacks because
+    it has no likelihood is refused (:func:`without_primary`), not decided."""
+    if cfg.primary not in challenger.metrics:
+        raise without_primary(challenger, "challenger", cfg.primary)
+    if champion is not None and champion.likelihood == "none" and cfg.primary not in champion.metrics and not force:
+        raise without_primary(champion, f"champion (@{cfg.alias})", cfg.primary)
     if champion is None:
         reason = f"no version of {challenger.name!r} holds @{cfg.alias} yet: the first one evaluated takes it"
         return Decision("first", reason, challenger, None)
@@ -201,7 +233,8 @@ def decide(challenger: Candidate, champion: Candidate | None, cfg: PromoteConfig
     if differs:
         reason = (
             f"not comparable: champion v{champion.version} was scored on another test set "
-            f"({', '.join(differs)} differ) and could not be re-scored (no split folder); "
+            f"({', '.join(differs)} differ) and could not be re-scored (only NLL metrics re-score, with the "
+            f"split folder); "
             f"champion v{champion.version} stays"
         )
         return Decision("kept", reason, challenger, champion, rows)
@@ -378,9 +411,9 @@ def promote(
     champion = None
     if cfg.alias in aliases:
         champion = candidate(mlflow_client, mlflow_client.get_model_version_by_alias(name, cfg.alias))
-        needs = champion.version != challenger.version and conditioning(champion) == conditioning(challenger) and (
-            test_set_differences(challenger, champion) or cfg.primary not in champion.metrics
-        )
+        needs = (champion.version != challenger.version and conditioning(champion) == conditioning(challenger)
+                 and likelihood_metric(cfg.primary) and champion.likelihood != "none"  # only NLL re-scores
+                 and (test_set_differences(challenger, champion) or cfg.primary not in champion.metrics))
         if needs and rescore is not None and not force:
             rescored = rescore(mlflow_client, challenger, champion)
             champion = dataclasses.replace(champion, metrics=rescored, test_set=challenger.test_set, rescored=True)

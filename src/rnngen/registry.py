@@ -36,6 +36,8 @@ CHECKPOINT_FILE = "model.pt"
 RUN_FILE = "run.json"
 #: model version tag naming the run of its latest evaluation (the evaluate stage's)
 EVALUATION_TAG = "evaluation_run_id"
+#: evaluation run tag: exact | bound | none, what its NLL metrics are (none: a model without a likelihood)
+LIKELIHOOD_TAG = "likelihood"
 #: params of an evaluation run that identify its test set (see rnngen.evaluate.test_set_identity)
 TEST_SET_PREFIX = "test_set."
 

@@ -6,7 +6,8 @@ body ``{"inputs": ..., "params": {"task": ...}}``:
 
 - ``score`` (the default): ``inputs`` are binarized images, ``(B, 28, 28)``, ``(B, 1, 28, 28)``
   or ``(B, 784)``; the answer is each image's negative log-likelihood in nats (exact for
-  PixelRNN, else the importance-weighted bound with :data:`SCORE_K` samples, seeded).
+  PixelRNN, else the importance-weighted bound with :data:`SCORE_K` samples, seeded). A model
+  without a likelihood (a GAN) refuses it with a 400 that says so.
 - ``sample``: ``n`` new images (``seed``, ``temperature``), exactly what
   ``rnngen sample --seed`` draws; ``inputs`` are ignored (send ``[]``).
 - ``inpaint``: ``inputs`` are images in [0, 1]; ``mask`` names a kind of hole
@@ -37,7 +38,7 @@ from torch import Tensor
 from rnngen import inpaint
 from rnngen.data import PIXELS, SIDE
 from rnngen.models import GenerativeModel
-from rnngen.models.base import LabelError
+from rnngen.models.base import LabelError, NoLikelihoodError
 
 TASKS = ("score", "sample", "inpaint")
 #: importance samples per image behind the served score
@@ -175,6 +176,8 @@ def answer(model: GenerativeModel, model_input: Any, params: dict[str, Any] | No
         return _answer(model, model_input, params)
     except LabelError as exc:  # a label the model cannot take: the caller's to fix
         raise RequestError(str(exc).replace("give each image a label", "send labels")) from None
+    except NoLikelihoodError as exc:  # score asked of a GAN
+        raise RequestError(f"task 'score': {exc}") from None
 
 
 def _answer(model: GenerativeModel, model_input: Any, params: dict[str, Any] | None) -> Any:

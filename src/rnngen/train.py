@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from rnngen import checkpoint as ckpt
 from rnngen.config import under_minimum
-from rnngen.data import binarize, to_unit
+from rnngen.data import binarize, binarized_test_set, to_unit
 from rnngen.device import autocast_enabled, resolve_device, tf32_under_amp
 from rnngen.distributed import Ranks, all_sum, any_rank, data_parallel, ranks
 from rnngen.errors import UserError
@@ -122,10 +122,12 @@ EpochHook = Callable[[int, dict[str, float]], None]
 
 
 def make_optimizer(model: GenerativeModel, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """``train.optimizer`` over the model's parameter groups (:meth:`GenerativeModel.param_groups`)."""
+    groups = model.param_groups(cfg.lr)
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
-                            decoupled_weight_decay=True)
+        groups = [{k: v for k, v in group.items() if k != "betas"} for group in groups]  # Adam's alone
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, decoupled_weight_decay=True)
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig,
@@ -325,7 +327,8 @@ def train_epoch(
     gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
     order = torch.randperm(len(train_x), generator=gen)
     n_batches = math.ceil(len(train_x) / cfg.batch_size)
-    sums = {"loss": 0.0, "recon": 0.0, "kl": 0.0}
+    names = ("loss", *state.model.loss_names)  # ("loss", "recon", "kl"); a GAN's: disc, gen
+    sums = dict.fromkeys(names, 0.0)
     t0 = time.perf_counter()
     # disable=None: bars on a terminal, none in CI logs (the epoch line is always printed)
     bar = tqdm(range(n_batches), desc=f"epoch {epoch}/{cfg.epochs}", leave=False,
@@ -341,7 +344,7 @@ def train_epoch(
         stats = _train_step(net, state, xb, yb, len(idx), beta, amp, r, cfg.grad_clip,
                             f"epoch {epoch}, step {step + 1}")
         # the true negative ELBO, whatever the warm-up weight
-        for key, value in zip(("loss", "recon", "kl"), stats.tolist(), strict=True):
+        for key, value in zip(names, stats.tolist(), strict=True):
             sums[key] += value
         bar.set_postfix(loss=f"{stats[0].item() / len(idx):.1f}")
     seconds = time.perf_counter() - t0
@@ -358,8 +361,7 @@ def _train_step(
         terms = net(xb, yb)
     # The slice's sum over the global batch size, times the ranks DDP averages over:
     # the gradient of the global batch's mean, however the batch is split.
-    total = terms.nelbo.sum() if beta == 1.0 else terms.recon.sum() + beta * terms.kl.sum()
-    loss = total * (r.world / batch_images)
+    loss = terms.objective(beta) * (r.world / batch_images)
     stats = all_sum(torch.stack([terms.nelbo.sum(), terms.recon.sum(), terms.kl.sum()]).detach().double(), r)
     if not torch.isfinite(stats).all():
         raise NonFiniteLossError(
@@ -378,8 +380,13 @@ def _train_step(
 
 def validate(model: GenerativeModel, val_x: Tensor, cfg: TrainConfig, binarization: str, epoch: int,
              val_y: Tensor | None = None) -> float:
-    """The validation negative ELBO (fixed binarization draws: comparable across epochs)."""
-    val = evaluate_nelbo(model, val_x, binarization, max(cfg.batch_size, 256), cfg.seed + 1, val_y)
+    """The validation negative ELBO (fixed binarization draws: comparable across epochs), or
+    for a model without a likelihood its :meth:`~GenerativeModel.validation_distance`."""
+    seed = cfg.seed + 1
+    model.eval()
+    val = model.validation_distance(binarized_test_set(val_x, binarization, seed), val_y, seed)
+    if val is None:
+        val = evaluate_nelbo(model, val_x, binarization, max(cfg.batch_size, 256), seed, val_y)
     if not math.isfinite(val):
         raise NonFiniteLossError(f"non-finite validation loss at epoch {epoch}; the last good checkpoint is kept")
     return val
@@ -399,9 +406,10 @@ def keep_best(state: ckpt.TrainState, epoch: int, metrics: dict[str, float], pat
 
 
 def _print_epoch(epoch: int, metrics: Mapping[str, float], best: bool) -> None:
+    first, second = (k.removeprefix("train_") for k in metrics if k.startswith("train_") and k != "train_loss")
     print(
-        f"epoch {epoch:3d}  train {metrics['train_loss']:8.2f}  (recon {metrics['train_recon']:.2f}"
-        f" + kl {metrics['train_kl']:.2f})  val {metrics['val_loss']:8.2f}  {metrics['images_per_second']:.0f} img/s"
-        + ("  *" if best else ""),
+        f"epoch {epoch:3d}  train {metrics['train_loss']:8.2f}  ({first} {metrics['train_' + first]:.2f}"
+        f" + {second} {metrics['train_' + second]:.2f})  val {metrics['val_loss']:8.2f}"
+        f"  {metrics['images_per_second']:.0f} img/s" + ("  *" if best else ""),
         flush=True,
     )

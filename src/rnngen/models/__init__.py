@@ -9,12 +9,13 @@ from typing import Any
 
 from rnngen.config import ConfigError, from_dict
 from rnngen.models.base import GenerativeModel, LossTerms
+from rnngen.models.dcgan import DCGAN
 from rnngen.models.draw import DRAW
 from rnngen.models.mlp_vae import MLPVAE
 from rnngen.models.pixelrnn import PixelRNN
 from rnngen.models.row_lstm_vae import RowLSTMVAE
 
-MODELS: dict[str, type[GenerativeModel]] = {m.name: m for m in (RowLSTMVAE, MLPVAE, DRAW, PixelRNN)}
+MODELS: dict[str, type[GenerativeModel]] = {m.name: m for m in (RowLSTMVAE, MLPVAE, DRAW, PixelRNN, DCGAN)}
 
 
 def model_class(name: str) -> type[GenerativeModel]:

@@ -22,6 +22,10 @@ IMAGE_SHAPE = (1, 28, 28)
 LOG_2PI = math.log(2 * math.pi)
 
 
+class NoLikelihoodError(UserError, ValueError):
+    """A likelihood asked of a model that has none (a GAN): it cannot score images."""
+
+
 class LabelError(UserError, ValueError):
     """Labels a model cannot take: a class asked of an unconditional model, none given to a
     conditional one, or a class it was not trained on."""
@@ -37,6 +41,20 @@ class LossTerms:
     @property
     def nelbo(self) -> Tensor:
         return self.recon + self.kl
+
+    def objective(self, kl_weight: float = 1.0) -> Tensor:
+        """The summed loss a training step descends; ``kl_weight`` < 1 during KL warm-up."""
+        return self.nelbo.sum() if kl_weight == 1.0 else self.recon.sum() + kl_weight * self.kl.sum()
+
+
+@dataclass
+class AdversarialTerms(LossTerms):
+    """A GAN's per-image losses in the same two slots: ``recon`` holds the discriminator's,
+    ``kl`` the generator's (logged as the model's ``loss_names``); their sum bounds nothing,
+    and KL warm-up does not apply."""
+
+    def objective(self, kl_weight: float = 1.0) -> Tensor:
+        return self.nelbo.sum()
 
 
 class LatentPass(NamedTuple):
@@ -87,8 +105,9 @@ def bf16_autocast(like: Tensor) -> bool:
 
 
 class GenerativeModel(nn.Module, ABC):
-    """An image model with a likelihood: latent-variable models (trained on the ELBO, scored
-    by bounds) and autoregressive ones (exact likelihood) answer the same methods, so no caller
+    """An image model: latent-variable models (trained on the ELBO, scored by bounds),
+    autoregressive ones (exact likelihood) and GANs (no likelihood: ``has_likelihood`` False,
+    ``log_weights`` raises :class:`NoLikelihoodError`) answer the same methods, so no caller
     branches on the model.
 
     ``forward`` gives the training loss terms; ``log_likelihood`` the log-likelihood (a bound
@@ -107,6 +126,10 @@ class GenerativeModel(nn.Module, ABC):
     exact_likelihood: ClassVar[bool] = False
     #: True for latent-variable models: :meth:`latent_mean` and :meth:`decode_latent` answer
     has_latent: ClassVar[bool] = False
+    #: False for a model without a likelihood (a GAN): no NLL metrics, no ``score``
+    has_likelihood: ClassVar[bool] = True
+    #: what the two slots of :class:`LossTerms` hold, as training logs them (``train_<name>``)
+    loss_names: ClassVar[tuple[str, str]] = ("recon", "kl")
     #: ``model.<name>.preset`` values -> the config keys each sets
     presets: ClassVar[dict[str, dict[str, Any]]] = {}
 
@@ -153,6 +176,18 @@ class GenerativeModel(nn.Module, ABC):
         if len(bad):
             raise LabelError(f"label {int(bad[0])}: this model was trained on classes 0 to {classes - 1}")
         return y
+
+    def param_groups(self, lr: float) -> list[dict[str, Any]]:
+        """The optimizer's parameter groups at learning rate ``lr`` (``train.lr``): one by
+        default; a GAN gives each network its own rate and Adam betas."""
+        return [{"params": list(self.parameters())}]
+
+    def validation_distance(self, x: Tensor, y: Tensor | None, seed: int) -> float | None:
+        """For a model whose training loss is no fit to the data (a GAN): a distance between its
+        samples and the binarized validation images ``x`` (lower is better), which early
+        stopping and the tuner go by. None for a likelihood model: its validation loss is its
+        mean negative ELBO (or exact NLL)."""
+        return None
 
     def init_from_data(self, mean: Tensor) -> None:
         """Called once by :func:`rnngen.train.fit` before a fresh training (never on a resume)

@@ -19,6 +19,7 @@ from rnngen.classifier import CLASSIFIER_FILE, METRICS_FILE, load_classifier
 from rnngen.config import section
 from rnngen.evaluate import EvalConfig, report, test_set_identity
 from rnngen.files import atomic_dir, read_json, write_json
+from rnngen.models import GenerativeModel
 
 #: metrics copied onto the registered version's tags, for the registry page
 VERSION_TAG_METRICS = ("test_nll_iwae", "test_nll_elbo", "test_fcd")
@@ -59,7 +60,8 @@ def run(
         with tracking.run(run_name=f"evaluate {run_info.get('run_name') or model.name}", nested=True,
                           experiment_id=run_info["experiment_id"]) as evaluation:
             mlflow.log_params({f"{registry.TEST_SET_PREFIX}{k}": v for k, v in identity.items()})
-            mlflow.set_tags({"test_binarization": note, "model": model.name})
+            mlflow.set_tags({"test_binarization": note, "model": model.name,
+                             registry.LIKELIHOOD_TAG: likelihood_kind(model)})
             with atomic_dir(plots_dir) as tmp:
                 metrics = report(model, x_test, y_test, judge, cfg, binarization, tmp)
                 _log_pictures(tmp)
@@ -71,21 +73,30 @@ def run(
             client = mlflow.MlflowClient()
             tags = {registry.EVALUATION_TAG: evaluation.info.run_id,
                     **{f"{registry.TEST_SET_PREFIX}{k}": v for k, v in identity.items()},
-                    **{k: f"{metrics[k]:.4f}" for k in VERSION_TAG_METRICS}}
+                    **{k: f"{metrics[k]:.4f}" for k in VERSION_TAG_METRICS if k in metrics}}
             for key, value in tags.items():
                 client.set_model_version_tag(run_info["model_name"], version, key, value)
     # No run id or timings here: the same params and seed give a byte-identical file.
-    likelihood = "exact" if model.exact_likelihood else f"bounds: ELBO and IWAE with k={cfg.k}"
+    likelihood = {"exact": "exact", "bound": f"bounds: ELBO and IWAE with k={cfg.k}",
+                  "none": f"none ({model.name} has no likelihood: no NLL metrics)"}[likelihood_kind(model)]
     result = {**metrics, "binarization": note, "model": model.name, "likelihood": likelihood, "test_set": identity}
     write_json(metrics_path, result)
-    nll = (f"exact {metrics['test_nll_exact']:.2f}" if model.exact_likelihood else
-           f"ELBO {metrics['test_nll_elbo']:.2f}  IWAE(k={cfg.k}) {metrics['test_nll_iwae']:.2f}")
-    print(
-        f"test NLL: {nll} nats"
-        f"  ({metrics['test_bpd_iwae']:.4f} bits/dim) on {len(x_test)} images;"
-        f" FCD {metrics['test_fcd']:.1f}"
-    )
+    print(f"test NLL: {nll_line(model, metrics, cfg.k)} on {len(x_test)} images; FCD {metrics['test_fcd']:.1f}")
     return result
+
+
+def likelihood_kind(model: GenerativeModel) -> str:
+    """exact | bound | none: what the model's NLL metrics are (tagged on its evaluation run)."""
+    return "none" if not model.has_likelihood else "exact" if model.exact_likelihood else "bound"
+
+
+def nll_line(model: GenerativeModel, metrics: Mapping[str, float], k: int) -> str:
+    kind = likelihood_kind(model)
+    if kind == "none":
+        return f"none ({model.name} has no likelihood)"
+    nll = (f"exact {metrics['test_nll_exact']:.2f}" if kind == "exact" else
+           f"ELBO {metrics['test_nll_elbo']:.2f}  IWAE(k={k}) {metrics['test_nll_iwae']:.2f}")
+    return f"{nll} nats ({metrics['test_bpd_iwae']:.4f} bits/dim)"
 
 
 def _log_pictures(folder: Path) -> None:

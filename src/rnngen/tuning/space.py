@@ -291,6 +291,12 @@ def validate(params: Mapping[str, Any]) -> tuple[TuneConfig, Any, TrainConfig, t
             fams = families(cfg, params)
         except ConfigError as exc:
             problems += exc.problems
+        kinds = {name: model_class(name).has_likelihood for name in dict.fromkeys([choice.name, *cfg.models])
+                 if name in MODELS}
+        if len(set(kinds.values())) > 1:  # a validation NLL and a GAN's sample distance do not compare
+            gans = ", ".join(n for n, has in kinds.items() if not has)
+            problems.append(f"tune.models: {gans} has no likelihood, so its trials' validation loss (a sample "
+                            "distance) does not compare with the others' negative ELBO; search it on its own")
     if cfg is not None and cfg.device.startswith("cuda") and not torch.cuda.is_available():
         problems.append(f"tune.device: {cfg.device!r} but no CUDA device is available; use auto or cpu")
     if problems or cfg is None or choice is None or base is None:
