@@ -160,6 +160,13 @@ def test_conditional_model_through_dvc_the_registry_and_the_cli(conditional_proj
     refused = run([rnngen, "sample", "--model", uri, "--out", f"{name}-none.png"], project, check=False)
     assert refused.returncode == 2 and "is conditional" in refused.stderr
     assert not (project / f"{name}-none.png").exists()
+    if MODELS[name].has_latent:  # a walk holds one class from end to end; without one it is refused
+        walk = [rnngen, "interpolate", "--model", uri, "--test-index", "0", "1", "--steps", "3"]
+        run([*walk, "--label", "3", "--out", f"{name}-walk3.png"], project)
+        assert (project / f"{name}-walk3.png").stat().st_size
+        assert (project / "reports/pictures/interpolation.png").stat().st_size
+        unheld = run([*walk, "--out", f"{name}-walk.png"], project, check=False)
+        assert unheld.returncode == 2 and "--label" in unheld.stderr and not (project / f"{name}-walk.png").exists()
     served = run([sys.executable, "-c", CONDITIONAL, uri, str(project / "data/split/test_x.npy"),
                   str(project / "data/split/test_y.npy")], project,
                  env={"MLFLOW_TRACKING_URI": f"sqlite:///{project.resolve() / 'mlflow.db'}"})

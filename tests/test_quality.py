@@ -26,7 +26,7 @@ from rnngen.classifier import (
 from rnngen.errors import UserError
 from rnngen.frechet import frechet_distance, frechet_distance_from_stats, gaussian_stats
 from rnngen.models import build_model, model_config
-from rnngen.quality import classifier_score, sample_quality
+from rnngen.quality import classifier_score, per_class_fcd, sample_quality
 
 
 def _psd_sqrt(s: np.ndarray) -> np.ndarray:
@@ -251,3 +251,14 @@ def test_an_old_grey_level_classifier_file_is_refused(tiny_classifier, tmp_path)
     torch.save(state, path)
     with pytest.raises(UserError, match="older rnngen that judged grey levels"):
         load_classifier(path)
+
+
+def test_per_class_fcd_is_the_distance_within_each_asked_class() -> None:
+    real = torch.randn(60, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    asked = torch.arange(60) % 3
+    shifted = real + 5.0 * (asked == 1).unsqueeze(1)  # class 1's samples moved by 5 in every feature
+    out = per_class_fcd(shifted, real, asked)
+    assert set(out) == {"fcd_0", "fcd_1", "fcd_2"}
+    assert out["fcd_0"] == pytest.approx(0.0, abs=1e-6) and out["fcd_2"] == pytest.approx(0.0, abs=1e-6)
+    assert out["fcd_1"] == pytest.approx(3 * 5.0**2, rel=1e-6)  # only the means differ: ||5 * 1||^2
+    assert out["fcd_1"] == pytest.approx(frechet_distance(shifted[asked == 1], real[asked == 1]))

@@ -13,8 +13,8 @@ import torch
 from PIL import Image
 
 from rnngen import checkpoint, walk
-from rnngen.models import MODELS
-from rnngen.models.base import GenerativeModel
+from rnngen.models import MODELS, build_model, model_config
+from rnngen.models.base import GenerativeModel, LabelError
 from test_cli import env, run_main, save_png, store  # noqa: F401  (fixtures)
 from test_models import TINY, binary_batch, tiny
 
@@ -66,6 +66,22 @@ def test_a_walk_starts_and_ends_at_the_models_own_decoding_of_the_latent_means(n
             own = torch.sigmoid(model.latent_pass(x, z=z).logits) if encoder else model.reconstruct(x)
             torch.testing.assert_close(end, own, atol=1e-5, rtol=1e-4)
     assert not torch.allclose(frames[2], frames[0])  # it moves
+
+
+@pytest.mark.parametrize("name", [n for n, cls in MODELS.items() if cls.has_latent])
+def test_a_conditional_walk_holds_its_class_from_end_to_end(name: str) -> None:
+    torch.manual_seed(0)
+    model = build_model(name, model_config(name, {**TINY[name], "conditional": True, "classes": 3})).eval()
+    with torch.no_grad():  # the class terms start at zero in some models: give the label some say
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    a, b, held = binary_batch(2, seed=1), binary_batch(2, seed=2), torch.tensor([2, 0])
+    frames = walk.walk(model, a, b, 4, held)
+    for end, x in ((frames[0], a), (frames[-1], b)):  # both ends encoded and decoded with the held class
+        torch.testing.assert_close(end, model.decode_latent(model.latent_mean(x, held), held), atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(frames, walk.walk(model, a, b, 4, torch.tensor([1, 1])))  # the class matters
+    with pytest.raises(LabelError, match="is conditional"):
+        walk.walk(model, a, b, 4)
 
 
 def test_a_model_without_a_latent_is_refused_naming_those_with_one() -> None:

@@ -299,12 +299,14 @@ def _inpaint(args: argparse.Namespace) -> None:
 def _add_interpolate(sub: Any) -> None:
     command = _add_command(sub, "interpolate", "encode pairs of images, walk the latent path between each pair "
                            "(spherical interpolation) and decode it: a PNG strip with one row per pair, and a GIF "
-                           "with --gif; latent-variable models only (the VAEs and DRAW)", """\
+                           "with --gif; latent-variable models only (the VAEs, DRAW, the GAN)", """\
   rnngen interpolate --a three.png --b eight.png --out walk.png --gif walk.gif
   rnngen interpolate --test-index 0 1 2 3 --split data/split --steps 12 --model models:/rnngen/2
+  rnngen interpolate --test-index 0 1 --label 3 --model models_conditional  # hold class 3 all along
 
 The ends of each row are the model's decodings of the two images' latent means (DRAW: all T
-latents at once); PixelRNN, which has no latent, is refused.
+latents at once; a GAN: the latents its search finds). A conditional model holds the class of
+--label along every walk. PixelRNN, which has no latent, is refused.
 """, _interpolate, model=True)
     option = command.add_argument
     source = command.add_mutually_exclusive_group(required=True)
@@ -318,9 +320,14 @@ latents at once); PixelRNN, which has no latent, is refused.
            help="images along each path, ends included (default: %(default)s)")
     option("--out", type=_png_out, default=Path("interpolation.png"), help="PNG strip to write (default: %(default)s)")
     option("--gif", type=Path, default=None, help="also write the walks there and back as an animated GIF")
+    option("--label", type=int, default=None,
+           help="conditional models: the class held along every walk (both ends encoded and every frame "
+                "decoded with it)")
 
 
 def _interpolate(args: argparse.Namespace) -> None:
+    import torch
+
     from rnngen import data, files, walk
 
     if args.a is not None and len(args.a) != len(args.b or []):
@@ -342,8 +349,12 @@ def _interpolate(args: argparse.Namespace) -> None:
                                 for side in (starts, ends))
     loaded = _load_model(args)
     walk.check_latent(loaded.model)  # before any compute
+    if loaded.model.conditional and args.label is None:
+        raise data.DataError(f"{loaded.model.name} is conditional: give the class to hold along the walks with "
+                             "--label")
+    held = None if args.label is None else loaded.model.labels(torch.full((len(a),), args.label))
     # binarized at 0.5, as `rnngen score` does: the encoder was trained on binary images
-    frames = walk.walk(loaded.model, data.binarize(a, "fixed"), data.binarize(b, "fixed"), args.steps)
+    frames = walk.walk(loaded.model, data.binarize(a, "fixed"), data.binarize(b, "fixed"), args.steps, held)
     with files.atomic_file(args.out) as strip:
         if args.gif is None:
             walk.save(frames, strip)

@@ -184,8 +184,9 @@ def report(
     if steps is not None:  # DRAW: the canvas being drawn, step by step
         canvas_gif(steps.cpu(), pictures / "canvas.gif", nrow=4)
         canvas_strip(steps.cpu(), pictures / "canvas_strip.png")
-    if model.has_latent and not model.conditional and len(x) >= 2 * WALK_PAIRS:  # test images 0-3 to 4-7
-        frames = walk(model, x[:WALK_PAIRS], x[WALK_PAIRS : 2 * WALK_PAIRS], WALK_STEPS)
+    if model.has_latent and len(x) >= 2 * WALK_PAIRS:  # test images 0-3 to 4-7 (holding 0-3's classes)
+        frames = walk(model, x[:WALK_PAIRS], x[WALK_PAIRS : 2 * WALK_PAIRS], WALK_STEPS,
+                      None if y is None else y[:WALK_PAIRS])
         save_walk(frames, pictures / "interpolation.png", pictures / "interpolation.gif")
 
     n_inpaint, n_shown = min(cfg.inpaint_images, len(x)), min(16, len(x))

@@ -59,9 +59,9 @@ def sample_quality(
 ) -> dict[str, float]:
     """FCD, classifier scores and mean confidences of ``n`` samples against ``n`` real images.
     With the real images' ``labels`` (a conditional model) each sample is drawn of the class of
-    its real counterpart, so both sides hold the same classes, and ``asked_accuracy`` is the
+    its real counterpart, so both sides hold the same classes, ``asked_accuracy`` is the
     share of samples the classifier takes for the class asked (overall, and per class as
-    ``asked_accuracy_<class>``).
+    ``asked_accuracy_<class>``), and ``fcd_<class>`` the FCD within each class.
 
     ``real_images`` are grey levels (or binary images); a seeded random subset of ``n`` is
     taken and put in the classifier's kind (:func:`rnngen.classifier.as_judged`), and the samples
@@ -75,15 +75,24 @@ def sample_quality(
     asked = None if labels is None else torch.as_tensor(labels)[pick].long()
     fake = draw_samples(model, n, seed, batch_size, binary=classifier.binary, y=asked)
     p_fake, p_real = probabilities(classifier, fake), probabilities(classifier, real)
-    out = {} if asked is None else asked_accuracy(p_fake, asked)
+    f_fake, f_real = features(classifier, fake), features(classifier, real)
+    out = {} if asked is None else asked_accuracy(p_fake, asked) | per_class_fcd(f_fake, f_real, asked)
     return out | {
-        "fcd": frechet_distance(features(classifier, fake), features(classifier, real)),
+        "fcd": frechet_distance(f_fake, f_real),
         "classifier_score_samples": classifier_score(p_fake),
         "classifier_score_real": classifier_score(p_real),
         "confidence_samples": p_fake.max(1).values.mean().item(),
         "confidence_real": p_real.max(1).values.mean().item(),
         "n_quality": float(n),
     }
+
+
+def per_class_fcd(f_fake: Tensor, f_real: Tensor, asked: Tensor) -> dict[str, float]:
+    """``fcd_<class>``: the FCD of the samples asked of each class against the real images of
+    that class (the same images, one for one). About n / classes images a side, so more biased
+    upwards than the overall figure: compare them with each other, at equal n."""
+    return {f"fcd_{int(c)}": frechet_distance(f_fake[asked == c], f_real[asked == c])
+            for c in torch.unique(asked) if int((asked == c).sum()) >= 2}
 
 
 def asked_accuracy(p: Tensor, asked: Tensor) -> dict[str, float]:

@@ -5,7 +5,10 @@ The path is spherical (Shoemake 1985; for the Gaussian latents of generative mod
 2016, "Sampling Generative Networks", sec. 2.2): a high-dimensional standard normal puts almost
 all of its mass near the sphere of radius sqrt(dim), and the straight line between two typical
 latents dips inside it, where the decoder saw no training latents; the great circle keeps the
-norm. DRAW's T latents are walked as one vector. Autoregressive models have no latent.
+norm. DRAW's T latents are walked as one vector. Autoregressive models have no latent. A
+conditional model holds one class along each walk: both ends are encoded, and every frame
+decoded, with that label, so the walk moves through the style the latent carries (Sohn et al.
+2015; Kingma et al. 2014, sec. 5.2, "analogies").
 """
 
 from __future__ import annotations
@@ -44,9 +47,6 @@ def slerp(a: Tensor, b: Tensor, t: Tensor) -> Tensor:
 
 
 def check_latent(model: GenerativeModel) -> None:
-    if model.conditional:
-        raise NoLatentError(f"this {model.name} model is conditional: a walk would have to hold one class along "
-                            "the way, which rnngen interpolate does not do yet; walk an unconditional model")
     if not model.has_latent:
         able = ", ".join(name for name, cls in MODELS.items() if cls.has_latent)
         raise NoLatentError(f"{model.name} has no latent variable to walk through; "
@@ -54,17 +54,20 @@ def check_latent(model: GenerativeModel) -> None:
 
 
 @torch.no_grad()
-def walk(model: GenerativeModel, a: Tensor, b: Tensor, steps: int) -> Tensor:
+def walk(model: GenerativeModel, a: Tensor, b: Tensor, steps: int, y: Tensor | None = None) -> Tensor:
     """Bernoulli means ``(steps, n, 1, 28, 28)`` decoded along the path from the latent mean of
     each image of ``a`` to that of the same row of ``b`` (binary images ``(n, 1, 28, 28)``);
-    the first and last frames are the model's reconstructions from those means."""
+    the first and last frames are the model's reconstructions from those means. A conditional
+    model holds class ``y[i]`` along walk i (``(n,)``; refused by an unconditional one)."""
     check_latent(model)
     if a.shape != b.shape:
         raise ValueError(f"a and b must share a shape, got {tuple(a.shape)} and {tuple(b.shape)}")
     model.eval()
-    za, zb = model.latent_mean(a.to(model.device)), model.latent_mean(b.to(model.device))
+    labels = model.labels(y, len(a))
+    za, zb = (model.latent_mean(x.to(model.device), labels) for x in (a, b))
     path = slerp(za.flatten(1), zb.flatten(1), torch.linspace(0, 1, steps))  # (S, n, D)
-    frames = model.decode_latent(path.flatten(0, 1).view(-1, *za.shape[1:]))
+    held = None if labels is None else labels.repeat(steps)  # row s n + i: walk i
+    frames = model.decode_latent(path.flatten(0, 1).view(-1, *za.shape[1:]), held)
     return frames.view(steps, len(a), *frames.shape[1:]).cpu()
 
 
