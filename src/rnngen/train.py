@@ -383,10 +383,10 @@ def validate(model: GenerativeModel, val_x: Tensor, cfg: TrainConfig, binarizati
     """The validation negative ELBO (fixed binarization draws: comparable across epochs), or
     for a model without a likelihood its :meth:`~GenerativeModel.validation_distance`."""
     seed = cfg.seed + 1
-    model.eval()
-    val = model.validation_distance(binarized_test_set(val_x, binarization, seed), val_y, seed)
-    if val is None:
+    if model.has_likelihood:
         val = evaluate_nelbo(model, val_x, binarization, max(cfg.batch_size, 256), seed, val_y)
+    else:  # the binarized set is drawn only here: a likelihood model's epoch never pays for it
+        val = model.eval().validation_distance(binarized_test_set(val_x, binarization, seed), val_y, seed)
     if not math.isfinite(val):
         raise NonFiniteLossError(f"non-finite validation loss at epoch {epoch}; the last good checkpoint is kept")
     return val

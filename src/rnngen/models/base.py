@@ -182,12 +182,11 @@ class GenerativeModel(nn.Module, ABC):
         default; a GAN gives each network its own rate and Adam betas."""
         return [{"params": list(self.parameters())}]
 
-    def validation_distance(self, x: Tensor, y: Tensor | None, seed: int) -> float | None:
-        """For a model whose training loss is no fit to the data (a GAN): a distance between its
-        samples and the binarized validation images ``x`` (lower is better), which early
-        stopping and the tuner go by. None for a likelihood model: its validation loss is its
-        mean negative ELBO (or exact NLL)."""
-        return None
+    def validation_distance(self, x: Tensor, y: Tensor | None, seed: int) -> float:
+        """Models without a likelihood (a GAN): a distance between their samples and the
+        binarized validation images ``x`` (lower is better), which early stopping and the tuner
+        go by. A likelihood model's validation loss is its mean negative ELBO (or exact NLL)."""
+        raise NotImplementedError(f"{self.name} has a likelihood: it validates on its negative ELBO")
 
     def init_from_data(self, mean: Tensor) -> None:
         """Called once by :func:`rnngen.train.fit` before a fresh training (never on a resume)
