@@ -1,18 +1,19 @@
 """PixelRNN speed: the fast implementation against the plain per-row / per-pixel one of the same
 network (rnngen.models.reference.pixelrnn), side by side in one process, alternating windows.
-"fast" is what training runs: the Row LSTM's C++ row loop (rnngen.models.kernels); "ops" the
-same loop in PyTorch ops (RNNGEN_KERNELS=0; the Diagonal BiLSTM has only that one).
+"fast" is what training runs: each layer's C++ kernel (rnngen.models.kernels: the Row LSTM's row
+loop, the Diagonal BiLSTM's diagonal loop); "ops" the same loop in PyTorch ops (RNNGEN_KERNELS=0).
 
     python bench/pixelrnn_speed.py                        # hidden 32, 4 layers, batch 32 (the README's speed table)
     python bench/pixelrnn_speed.py --hidden 16 --layers 7 --variants diagonal_bilstm
 
 For each variant: training images/s (forward + backward + Adam on a random binary batch) of
-the fast and the plain code, fp32 and under bf16 autocast, best and median of ``--repeats``
-alternating windows, the fast/plain ratio, and the seconds to sample 64 images (28 x 28).
-For the Row LSTM also "bound": the images/s that the matrix products of one training iteration
-alone allow (:func:`row_lstm_plan`, timed in the same alternating windows with operands in the
-step's precision), and the fast code's share of it.
-State the machine load (``uptime``) with the figures: windows alternate so that load hits both.
+the fast, the op-loop and the plain code, fp32 and under bf16 autocast, best and median of
+``--repeats`` windows, the fast/plain and fast/ops ratios, and the seconds to sample 64 images
+(28 x 28); "bound": the images/s that the matrix products of one training iteration alone allow
+(:func:`row_lstm_plan`, :func:`diagonal_plan`, operands in the step's precision), and the fast
+code's share of it. Every variant's windows alternate with every other's (one precision at a
+time), so the last line, the Diagonal BiLSTM's rate over the Row LSTM's, compares like with like.
+State the machine load (``uptime``) with the figures: windows alternate so that load hits all.
 """
 
 from __future__ import annotations
@@ -61,6 +62,29 @@ def row_lstm_plan(config: PixelRNNConfig, batch: int) -> list[tuple[int, int, in
     return plan
 
 
+def diagonal_plan(config: PixelRNNConfig, batch: int) -> list[tuple[int, int, int]]:
+    """(m, k, n) of every matrix product of one Diagonal BiLSTM training iteration, as
+    rnngen/models/csrc/diagonal_bilstm.cpp runs them: the first and output layers as in
+    :func:`row_lstm_plan`; per layer the 1x1 input-to-state product for both directions, per
+    anti-diagonal (k positions x batch) and direction one product for the 2x1 state-to-state
+    convolution forward and one back into the states, the weight and input gradients over all
+    positions, and the residual 1x1."""
+    h, c, o = config.hidden, 2 * config.hidden, config.out_hidden
+    every = SIDE * SIDE * batch
+    diagonals = [min(t, 2 * SIDE - 2 - t) + 1 for t in range(2 * SIDE - 1)]  # positions per diagonal
+    plan = [(every, 49, c), (49, every, c)]
+    for _ in range(config.layers):
+        plan += [(every, c, 8 * h), (every, h, c), (every, c, h), (h, every, c)]  # input-to-state, residual
+        plan += [(k * batch, 2 * h, 4 * h) for k in diagonals for _ in range(2)]  # the loop, forward
+        plan += [(k * batch, 4 * h, 2 * h) for k in diagonals for _ in range(2)]  # the loop, backward
+        plan += [(2 * h, every, 4 * h)] * 2 + [(c, every, 8 * h), (every, 8 * h, c)]  # d w_ss, d w_is, d input
+    plan += [(every, c, o), (every, o, 1), (every, 1, o), (o, every, 1), (every, o, c), (c, every, o)]
+    return plan
+
+
+PLANS = {"row_lstm": row_lstm_plan, "diagonal_bilstm": diagonal_plan}
+
+
 def window(step: Callable[[], None], iters: int, batch: int) -> float:
     start = time.perf_counter()
     for _ in range(iters):
@@ -86,7 +110,7 @@ def training_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: t
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--variants", nargs="+", default=["row_lstm", "diagonal_bilstm"])
+    p.add_argument("--variants", nargs="+", default=["row_lstm", "diagonal_bilstm"], choices=list(PLANS))
     p.add_argument("--hidden", type=int, default=32)
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--batch", type=int, default=32)
@@ -98,37 +122,45 @@ def main() -> None:
     kernels.keep_freed_memory()  # as training does
     print(f"load average {os.getloadavg()[0]:.2f}, {args.threads} threads, hidden {args.hidden}, "
           f"{args.layers} layers, batch {args.batch}")
+    models = {}
     for variant in args.variants:
         torch.manual_seed(0)
         model = build_model("pixelrnn", model_config("pixelrnn", {"variant": variant, "layers": args.layers,
                                                                    "hidden": args.hidden}))
-        optimizer = torch.optim.Adam(model.parameters(), 1e-3)
-        x = torch.bernoulli(torch.full((args.batch, 1, 28, 28), 0.2), generator=torch.Generator().manual_seed(0))
-
-        for amp in (False, True):
-            steps = {"fast": training_step(model, optimizer, x, plain=False, amp=amp),
-                     "plain": training_step(model, optimizer, x, plain=True, amp=amp)}
-            if variant == "row_lstm":
-                steps["ops"] = training_step(model, optimizer, x, plain=False, amp=amp, kernel=False)
-                steps["bound"] = plan_iteration(row_lstm_plan(model.config, args.batch),
-                                                torch.bfloat16 if amp else torch.float32)
-            for step in steps.values():
-                step()  # warm-up
-            rates: dict[str, list[float]] = {k: [] for k in steps}
-            for _ in range(args.repeats):  # alternating windows: load falls on all alike
-                for k, step in steps.items():
-                    rates[k].append(window(step, args.iters, args.batch))
-            best = {k: max(v) for k, v in rates.items()}
-            med = {k: statistics.median(v) for k, v in rates.items()}
-            cols = " | ".join(f"{k} best {best[k]:6.0f} median {med[k]:6.0f}" for k in steps)
-            share = f" | fast/bound best {best['fast'] / best['bound']:.0%}" if "bound" in best else ""
-            print(f"{variant:16s} {'bf16' if amp else 'fp32'}  train img/s  {cols} | fast/plain best "
-                  f"{best['fast'] / best['plain']:.2f} median {med['fast'] / med['plain']:.2f}{share}", flush=True)
+        models[variant] = (model, torch.optim.Adam(model.parameters(), 1e-3))
+    x = torch.bernoulli(torch.full((args.batch, 1, 28, 28), 0.2), generator=torch.Generator().manual_seed(0))
+    for amp in (False, True):
+        steps = {}
+        for variant, (model, optimizer) in models.items():
+            steps[variant, "fast"] = training_step(model, optimizer, x, plain=False, amp=amp)
+            steps[variant, "ops"] = training_step(model, optimizer, x, plain=False, amp=amp, kernel=False)
+            steps[variant, "plain"] = training_step(model, optimizer, x, plain=True, amp=amp)
+            steps[variant, "bound"] = plan_iteration(PLANS[variant](model.config, args.batch),
+                                                     torch.bfloat16 if amp else torch.float32)
+        for step in steps.values():
+            step()  # warm-up
+        rates: dict[tuple[str, str], list[float]] = {k: [] for k in steps}
+        for _ in range(args.repeats):  # alternating windows: load falls on all alike
+            for k, step in steps.items():
+                rates[k].append(window(step, args.iters, args.batch))
+        best = {k: max(v) for k, v in rates.items()}
+        med = {k: statistics.median(v) for k, v in rates.items()}
+        for variant in models:
+            cols = " | ".join(f"{kind} best {best[variant, kind]:6.0f} median {med[variant, kind]:6.0f}"
+                              for kind in ("fast", "ops", "plain", "bound"))
+            ratios = " | ".join(f"fast/{kind} best {best[variant, 'fast'] / best[variant, kind]:.2f}"
+                                for kind in ("plain", "ops"))
+            print(f"{variant:16s} {'bf16' if amp else 'fp32'}  train img/s  {cols} | {ratios} | fast/bound best "
+                  f"{best[variant, 'fast'] / best[variant, 'bound']:.0%}", flush=True)
+        if len(models) == 2:
+            print(f"diagonal_bilstm / row_lstm, fast, {'bf16' if amp else 'fp32'}: best "
+                  f"{best['diagonal_bilstm', 'fast'] / best['row_lstm', 'fast']:.0%} median "
+                  f"{med['diagonal_bilstm', 'fast'] / med['row_lstm', 'fast']:.0%}", flush=True)
+    for variant, (model, _) in models.items():
         model.eval()
         start = time.perf_counter()
         model.sample(64, generator=torch.Generator().manual_seed(0))
         print(f"{variant:16s} sampling 64 images: {time.perf_counter() - start:.1f} s", flush=True)
-
 
 if __name__ == "__main__":
     main()

@@ -75,6 +75,7 @@ def built_kernels() -> None:
     from rnngen.models import kernels
 
     kernels.row_lstm(torch.zeros(1))
+    kernels.diagonal_bilstm(torch.zeros(1))
     kernels.lstm_cell(torch.zeros(1))
 
 

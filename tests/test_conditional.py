@@ -73,11 +73,15 @@ def test_exact_likelihood_sums_to_one_for_every_label(variant: str) -> None:
         assert torch.logsumexp(log_p, 0).exp().item() == pytest.approx(1.0, abs=1e-9), k
 
 
-def test_the_row_loops_agree_with_per_image_biases(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The C++ layer takes a (batch, 4h) bias; its values and every gradient (the class tables'
-    too) equal the op loop's, where the bias is a broadcast sum."""
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_the_kernels_agree_with_the_op_loops_on_per_image_biases(variant: str,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The C++ layers take a per-image gate bias ((batch, 4h), or (batch, 2, 4h) for both
+    directions); their values and every gradient (the class tables' too) equal the op loops',
+    where the bias is a broadcast sum."""
     assert kernels.row_lstm(torch.zeros(1)) is not None, "the C++ row loop did not build (g++, ninja?)"
-    model = tiny("row_lstm")
+    assert kernels.diagonal_bilstm(torch.zeros(1)) is not None, "the C++ diagonal loop did not build"
+    model = tiny(variant)
     x = torch.bernoulli(torch.full((3, 1, 5, 6), 0.4, dtype=torch.float64))
     y = torch.tensor([1, 0, 1])
     weights = torch.randn(3, 1, 5, 6, dtype=torch.float64)

@@ -41,8 +41,9 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return copy_project(tmp_path_factory.mktemp("models"), tiny_params())
 
 
-#: every model of the registry (a new one is tested here too), and the GAN's second loss
-RUNS = [(name, []) for name in MODELS] + [("dcgan", ["model.dcgan.loss=wgan_gp"])]
+#: every model of the registry (a new one is tested here too), the GAN's second loss and PixelRNN's second variant
+RUNS = [(name, []) for name in MODELS] + [("dcgan", ["model.dcgan.loss=wgan_gp"]),
+                                           ("pixelrnn", ["model.pixelrnn.variant=diagonal_bilstm"])]
 
 
 @pytest.mark.parametrize(("name", "sets"), RUNS, ids=[" ".join([n, *s]) for n, s in RUNS])

@@ -17,17 +17,18 @@ from rnngen.models.pixelrnn import PixelRNN, causal_mask, skew, unskew
 from rnngen.models.reference import pixelrnn as reference
 
 VARIANTS = ("row_lstm", "diagonal_bilstm")
-#: (variant, row loop): the Row LSTM's C++ loop (rnngen.models.kernels) and its PyTorch-op one
-LOOPS = (("row_lstm", "cpp"), ("row_lstm", "ops"), ("diagonal_bilstm", "ops"))
+#: (variant, loop): each layer's C++ kernel (rnngen.models.kernels) and its PyTorch-op loop
+LOOPS = tuple(itertools.product(VARIANTS, ("cpp", "ops")))
 
 
 @pytest.fixture
 def loop(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Run the test on the given row loop: ``cpp`` must really be the C++ kernel (a build that
+    """Run the test on the given loop: ``cpp`` must really be the C++ kernels (a build that
     fails here fails the test rather than falling back to the slower loop unseen)."""
     monkeypatch.setenv("RNNGEN_KERNELS", "1" if request.param == "cpp" else "0")
     if request.param == "cpp":
         assert kernels.row_lstm(torch.zeros(1)) is not None, "the C++ row loop did not build (g++, ninja?)"
+        assert kernels.diagonal_bilstm(torch.zeros(1)) is not None, "the C++ diagonal loop did not build"
     return request.param
 
 
@@ -198,9 +199,26 @@ def test_the_cpp_loop_equals_the_op_loop_on_odd_shapes(monkeypatch: pytest.Monke
             assert torch.allclose(u, v, atol=1e-10), (kernel, name)
 
 
+def test_the_diagonal_kernel_equals_the_op_loop_on_odd_shapes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tall, wide, one row, one column, one pixel (diagonals of every length, both edges), one
+    image and several: the C++ layer and the op loop agree in fp64, values and every gradient."""
+    for size, batch in (((1, 1), 1), ((1, 5), 2), ((5, 1), 1), ((6, 3), 3), ((3, 7), 2)):
+        model = tiny("diagonal_bilstm", hidden=3, seed=sum(size))
+        x = torch.bernoulli(torch.full((batch, 1, *size), 0.5, dtype=torch.float64))
+        results = []
+        for flag in ("1", "0"):
+            monkeypatch.setenv("RNNGEN_KERNELS", flag)
+            logits = model.logits(x)
+            results.append((logits, torch.autograd.grad(logits.sum(), list(model.parameters()))))
+        (a, ga), (b, gb) = results
+        assert torch.allclose(a, b, atol=1e-12), size
+        for (name, _), u, v in zip(model.named_parameters(), ga, gb, strict=True):
+            assert torch.allclose(u, v, atol=1e-10), (size, name)
+
+
 def test_kernels_can_be_switched_off(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RNNGEN_KERNELS", "0")
-    assert kernels.row_lstm(torch.zeros(1)) is None
+    assert kernels.row_lstm(torch.zeros(1)) is None and kernels.diagonal_bilstm(torch.zeros(1)) is None
 
 
 def test_sampling_pictures_and_the_paper_preset() -> None:

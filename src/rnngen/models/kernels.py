@@ -64,6 +64,14 @@ def row_lstm(like: torch.Tensor) -> object | None:
     return torch.ops.rnngen_row_lstm
 
 
+def diagonal_bilstm(like: torch.Tensor) -> object | None:
+    """The Diagonal BiLSTM layer's ops (``torch.ops.rnngen_diagonal_bilstm``), or None where the
+    PyTorch-op column loop must run (as for :func:`row_lstm`)."""
+    if like.device.type != "cpu" or not enabled() or not _load("diagonal_bilstm"):
+        return None
+    return torch.ops.rnngen_diagonal_bilstm
+
+
 def lstm_cell(like: torch.Tensor) -> object | None:
     """The fused LSTM cell's ops (``torch.ops.rnngen_lstm_cell``), or None where the PyTorch-op
     cell must run (as for :func:`row_lstm`)."""

@@ -26,8 +26,10 @@ adds only context from the rows above; the two directions' outputs are added.
 
 Both directions of the BiLSTM run batched (one batched GEMM per column, per-direction
 weights), input-to-state products are hoisted out of the loops, and the gate nonlinearities
-act on one tensor each (one sigmoid for the three gates, one tanh). The Row LSTM's row loop runs
-in :mod:`rnngen.models.fast.row_lstm` (C++ on the CPU); generation in
+act on one tensor each (one sigmoid for the three gates, one tanh). On the CPU each layer of
+either variant is one C++ kernel with its own backward: the Row LSTM's in
+:mod:`rnngen.models.fast.row_lstm`, the Diagonal BiLSTM's (the column loop run diagonal by
+diagonal, no skewed map built) in :mod:`rnngen.models.fast.diagonal_bilstm`; generation in
 :mod:`rnngen.models.pixelrnn_sampling`. The plain per-row / per-pixel implementation of the same
 network is :mod:`rnngen.models.reference.pixelrnn`, which the tests check this one against
 (values and gradients).
@@ -47,6 +49,7 @@ from torch import Tensor, nn
 from rnngen.config import under_minimum
 from rnngen.models import kernels
 from rnngen.models.base import Completion, GenerativeModel, LossTerms, bernoulli_nll, bf16_autocast
+from rnngen.models.fast.diagonal_bilstm import DiagonalLayerKernel
 from rnngen.models.fast.row_lstm import RowLayerKernel, RowRecurrence
 from rnngen.models.lstm import lstm_cell
 from rnngen.models.pixelrnn_sampling import DiagonalSampler, Particles, RowSampler
@@ -245,6 +248,15 @@ class DiagonalBiLSTMLayer(nn.Module):
 
     def forward(self, m: Tensor, gate_bias: Tensor | None = None) -> Tensor:
         """Maps ``(H, B, W, C)`` -> the layer's output ``(H, B, W, C)``, the residual included."""
+        ops = kernels.diagonal_bilstm(m)
+        if ops is not None:  # the C++ layer: bfloat16 GEMM operands under autocast, fp32 cells inside
+            dtype = torch.bfloat16 if bf16_autocast(m) else m.dtype
+            with torch.autocast(m.device.type, enabled=False):
+                w_is = self.w_is.permute(1, 0, 2).flatten(1).to(dtype)  # (C, [direction, 4h])
+                bias = self.bias if gate_bias is None else self.bias + gate_bias.float()  # (2, 4h) or (B, 2, 4h)
+                return DiagonalLayerKernel.apply(m.to(dtype).contiguous(), w_is, bias, self.w_ss.to(dtype),
+                                                 self.h0, self.c0, self.up.weight.t().to(dtype),
+                                                 self.up.bias.to(dtype), ops)
         fwd, rev = self.directions(m, gate_bias)
         rev = F.pad(rev, (0, 0, 0, 0, 0, 0, 1, 0))[:-1]  # shifted down one row: rows above only
         return m + self.up(fwd + rev)  # residual (sec. 3.3)

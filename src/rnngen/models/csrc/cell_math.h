@@ -1,5 +1,6 @@
-// Element-wise helpers shared by rnngen's CPU kernels (row_lstm.cpp, lstm_cell.cpp): the LSTM
-// nonlinearities, and element loads and stores that the compiler vectorizes. (The JIT builder's
+// Element-wise helpers shared by rnngen's CPU kernels (row_lstm.cpp, diagonal_bilstm.cpp,
+// lstm_cell.cpp): the LSTM nonlinearities, element loads and stores that the compiler vectorizes,
+// and the PixelRNN layers' per-position cell. (The JIT builder's
 // ninja tracks this header as a dependency of each kernel, so an edit here rebuilds both.)
 #pragma once
 
@@ -43,6 +44,48 @@ inline T ld(const T* p, int64_t k) {
 template <typename T, typename A>
 inline void st(T* p, int64_t k, A v) {
   p[k] = static_cast<T>(v);
+}
+
+// One position's LSTM cell (PixelRNN eq. 3), forward: pre-activations g (+ g2 where not null) + bias
+// (4h) -> the gates (i, f, tanh g, o) in the float scratch a (saved in the GEMM dtype: bfloat16
+// halves the memory traffic of the largest saved tensor; the cell state stays float), the cell
+// state c and the output h. Free functions with restrict pointers and simple loops, so that every
+// loop vectorizes (inside the parallel lambdas gcc gave up on them).
+template <typename T, typename A>
+void cell_forward(const T* __restrict__ g, const T* __restrict__ g2, const A* __restrict__ bias, A* __restrict__ a,
+                  T* __restrict__ saved, const A* __restrict__ c_prev, A* __restrict__ c, T* __restrict__ h,
+                  int64_t hid) {
+  // the bias added here rather than by the GEMM (addmm would first copy it into its output)
+  for (int64_t k = 0; k < 4 * hid; ++k) a[k] = static_cast<A>(ld(g, k)) + bias[k];
+  if (g2 != nullptr) {
+    for (int64_t k = 0; k < 4 * hid; ++k) a[k] += static_cast<A>(ld(g2, k));
+  }
+  for (int64_t k = 0; k < 2 * hid; ++k) a[k] = sigmoid(a[k]);
+  for (int64_t k = 2 * hid; k < 3 * hid; ++k) a[k] = tanh_(a[k]);
+  for (int64_t k = 3 * hid; k < 4 * hid; ++k) a[k] = sigmoid(a[k]);
+  for (int64_t k = 0; k < hid; ++k) c[k] = a[hid + k] * c_prev[k] + a[k] * a[2 * hid + k];  // f c' + i g
+  for (int64_t k = 0; k < hid; ++k) st(h, k, a[3 * hid + k] * tanh_(c[k]));                // o tanh(c)
+  for (int64_t k = 0; k < 4 * hid; ++k) st(saved, k, a[k]);  // for the backward, in the GEMM dtype
+}
+
+// Backward of cell_forward: dh = the output's gradient + dh_next (from the states that read this
+// one), dc the cell state's (updated in place to that of c_prev); writes the pre-activations'
+// gradient dg.
+template <typename T, typename A>
+void cell_backward(const T* __restrict__ a, const A* __restrict__ c, const A* __restrict__ c_prev,
+                   const T* __restrict__ dh_out, const A* __restrict__ dh_next, A* __restrict__ dc,
+                   T* __restrict__ dg, int64_t hid) {
+  for (int64_t k = 0; k < hid; ++k) {
+    const A gi = ld(a, k), gf = ld(a, hid + k), gg = ld(a, 2 * hid + k), go = ld(a, 3 * hid + k);
+    const A tc = tanh_(c[k]);
+    const A dh = static_cast<A>(ld(dh_out, k)) + dh_next[k];
+    const A dcell = dc[k] + dh * go * (A(1) - tc * tc);
+    st(dg, k, dcell * gg * gi * (A(1) - gi));
+    st(dg, hid + k, dcell * c_prev[k] * gf * (A(1) - gf));
+    st(dg, 2 * hid + k, dcell * gi * (A(1) - gg * gg));
+    st(dg, 3 * hid + k, dh * tc * go * (A(1) - go));
+    dc[k] = dcell * gf;
+  }
 }
 
 }  // namespace rnngen

@@ -34,46 +34,10 @@ using acc_of = std::conditional_t<std::is_same_v<T, double>, double, float>;
 
 constexpr int64_t kGrain = 32;  // positions per parallel chunk
 
+using rnngen::cell_backward;
+using rnngen::cell_forward;
 using rnngen::ld;
-using rnngen::sigmoid;
 using rnngen::st;
-using rnngen::tanh_;
-
-// One position's LSTM cell (eq. 3), forward: pre-activations g + bias (4h) -> the gates (i, f, tanh g, o)
-// in the float scratch a (saved in the GEMM dtype: bfloat16 halves the memory traffic of the
-// largest saved tensor; the cell state stays float), the cell state c and the output h. Free functions with restrict pointers and simple loops, so
-// that every loop vectorizes (inside the parallel lambdas gcc gave up on them).
-template <typename T, typename A>
-void cell_forward(const T* __restrict__ g, const A* __restrict__ bias, A* __restrict__ a, T* __restrict__ saved,
-                  const A* __restrict__ c_prev, A* __restrict__ c, T* __restrict__ h, int64_t hid) {
-  // the bias added here rather than by the GEMM (addmm would first copy it into its output)
-  for (int64_t k = 0; k < 4 * hid; ++k) a[k] = static_cast<A>(ld(g, k)) + bias[k];
-  for (int64_t k = 0; k < 2 * hid; ++k) a[k] = sigmoid(a[k]);
-  for (int64_t k = 2 * hid; k < 3 * hid; ++k) a[k] = tanh_(a[k]);
-  for (int64_t k = 3 * hid; k < 4 * hid; ++k) a[k] = sigmoid(a[k]);
-  for (int64_t k = 0; k < hid; ++k) c[k] = a[hid + k] * c_prev[k] + a[k] * a[2 * hid + k];  // f c' + i g
-  for (int64_t k = 0; k < hid; ++k) st(h, k, a[3 * hid + k] * tanh_(c[k]));                // o tanh(c)
-  for (int64_t k = 0; k < 4 * hid; ++k) st(saved, k, a[k]);  // for the backward, in the GEMM dtype
-}
-
-// Backward of cell_forward: dh = the output's gradient + dh_next (from the next row), dc the
-// cell state's (updated in place to that of c_prev); writes the pre-activations' gradient dg.
-template <typename T, typename A>
-void cell_backward(const T* __restrict__ a, const A* __restrict__ c, const A* __restrict__ c_prev,
-                   const T* __restrict__ dh_out, const A* __restrict__ dh_next, A* __restrict__ dc,
-                   T* __restrict__ dg, int64_t hid) {
-  for (int64_t k = 0; k < hid; ++k) {
-    const A gi = ld(a, k), gf = ld(a, hid + k), gg = ld(a, 2 * hid + k), go = ld(a, 3 * hid + k);
-    const A tc = tanh_(c[k]);
-    const A dh = static_cast<A>(ld(dh_out, k)) + dh_next[k];
-    const A dcell = dc[k] + dh * go * (A(1) - tc * tc);
-    st(dg, k, dcell * gg * gi * (A(1) - gi));
-    st(dg, hid + k, dcell * c_prev[k] * gf * (A(1) - gf));
-    st(dg, 2 * hid + k, dcell * gi * (A(1) - gg * gg));
-    st(dg, 3 * hid + k, dh * tc * go * (A(1) - go));
-    dc[k] = dcell * gf;
-  }
-}
 
 template <typename T>
 void forward_impl(const Tensor& m, const Tensor& w_all, const Tensor& bias, const Tensor& h0, const Tensor& c0,
@@ -136,7 +100,7 @@ void forward_impl(const Tensor& m, const Tensor& w_all, const Tensor& bias, cons
     at::parallel_for(0, n, kGrain, [&](int64_t lo, int64_t hi) {
       std::vector<A> scratch(g4);
       for (int64_t p = lo; p < hi; ++p) {
-        cell_forward(prep + p * g4, bp + (p / width) * bias_step, scratch.data(), actp + (i * n + p) * g4,
+        cell_forward(prep + p * g4, static_cast<const T*>(nullptr), bp + (p / width) * bias_step, scratch.data(), actp + (i * n + p) * g4,
                      i == 0 ? c0p : csp + ((i - 1) * n + p) * hid, csp + (i * n + p) * hid, hsp + (i * n + p) * hid,
                      hid);
       }
