@@ -180,40 +180,37 @@ def test_binary_samples_and_completions_are_the_drawn_path(variant: str) -> None
     assert torch.allclose(p[mask], torch.sigmoid(model.logits(b))[mask], atol=1e-9)
 
 
+def assert_kernel_equals_op_loop(model: PixelRNN, x: torch.Tensor, monkeypatch: pytest.MonkeyPatch,
+                                 case: object) -> None:
+    """The C++ layers and the op loops agree in fp64 on ``x``: values and every parameter's gradient."""
+    results = []
+    for flag in ("1", "0"):
+        monkeypatch.setenv("RNNGEN_KERNELS", flag)
+        logits = model.logits(x)
+        results.append((logits, torch.autograd.grad(logits.sum(), list(model.parameters()))))
+    (a, ga), (b, gb) = results
+    assert torch.allclose(a, b, atol=1e-12), case
+    for (name, _), u, v in zip(model.named_parameters(), ga, gb, strict=True):
+        assert torch.allclose(u, v, atol=1e-10), (case, name)
+
+
 def test_the_cpp_loop_equals_the_op_loop_on_odd_shapes(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Kernel widths 1, 3 and 5 (taps beyond both ends of a 4-pixel row), one image, one row:
-    the C++ loop and the op loop agree in fp64, values and every parameter's gradient."""
+    """Kernel widths 1, 3 and 5 (taps beyond both ends of a 4-pixel row), one image, one row."""
     for kernel, size in ((1, (3, 4)), (3, (1, 4)), (5, (4, 4))):
         torch.manual_seed(kernel)
         model = build_model("pixelrnn", model_config("pixelrnn", {"layers": 2, "hidden": 3, "kernel": kernel,
                                                                    "out_hidden": 4})).double()
         x = torch.bernoulli(torch.full((1, 1, *size), 0.5, dtype=torch.float64))
-        results = []
-        for flag in ("1", "0"):
-            monkeypatch.setenv("RNNGEN_KERNELS", flag)
-            logits = model.logits(x)
-            results.append((logits, torch.autograd.grad(logits.sum(), list(model.parameters()))))
-        (a, ga), (b, gb) = results
-        assert torch.allclose(a, b, atol=1e-12), kernel
-        for (name, _), u, v in zip(model.named_parameters(), ga, gb, strict=True):
-            assert torch.allclose(u, v, atol=1e-10), (kernel, name)
+        assert_kernel_equals_op_loop(model, x, monkeypatch, kernel)
 
 
 def test_the_diagonal_kernel_equals_the_op_loop_on_odd_shapes(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tall, wide, one row, one column, one pixel (diagonals of every length, both edges), one
-    image and several: the C++ layer and the op loop agree in fp64, values and every gradient."""
+    image and several."""
     for size, batch in (((1, 1), 1), ((1, 5), 2), ((5, 1), 1), ((6, 3), 3), ((3, 7), 2)):
         model = tiny("diagonal_bilstm", hidden=3, seed=sum(size))
         x = torch.bernoulli(torch.full((batch, 1, *size), 0.5, dtype=torch.float64))
-        results = []
-        for flag in ("1", "0"):
-            monkeypatch.setenv("RNNGEN_KERNELS", flag)
-            logits = model.logits(x)
-            results.append((logits, torch.autograd.grad(logits.sum(), list(model.parameters()))))
-        (a, ga), (b, gb) = results
-        assert torch.allclose(a, b, atol=1e-12), size
-        for (name, _), u, v in zip(model.named_parameters(), ga, gb, strict=True):
-            assert torch.allclose(u, v, atol=1e-10), (size, name)
+        assert_kernel_equals_op_loop(model, x, monkeypatch, size)
 
 
 def test_kernels_can_be_switched_off(monkeypatch: pytest.MonkeyPatch) -> None:
