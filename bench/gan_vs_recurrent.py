@@ -110,6 +110,9 @@ def main() -> None:
                "samples_per_s": round(sampling_speed(model))}
         rows.append(row)
         print(json.dumps(row), f"| {uptime()}", flush=True)
+        # the same for every model (same judge, images and masks): what repair is measured against
+        untouched = {key.removeprefix("inpaint_"): round(value, 3) for key, value in metrics.items()
+                     if key.endswith(("_accuracy_masked", "_accuracy_original"))}
         if args.pictures:
             os.makedirs(args.pictures, exist_ok=True)
             with torch.no_grad():
@@ -122,6 +125,7 @@ def main() -> None:
           f"classifier; repair = the judge's accuracy on completed images (200 test images, effort 32); "
           f"test NLL in nats (k={args.k}; none: no likelihood); lower FCD is better")
     print(table.to_string(index=False))
+    print("the judge on the same 200 test images, untouched and masked (no repair):", json.dumps(untouched))
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
     if args.pictures:
