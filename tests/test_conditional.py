@@ -5,6 +5,7 @@ samplers use the label, and bad labels are refused."""
 
 from __future__ import annotations
 
+import copy
 import shutil
 from pathlib import Path
 from typing import Any
@@ -15,17 +16,18 @@ import torch
 from PIL import Image
 
 from conftest import tiny_params
+from rnngen.errors import UserError
 from rnngen.models import build_model, kernels, model_config
 from rnngen.models.base import LabelError
 from rnngen.models.pixelrnn import PixelRNN
 from test_pixelrnn import VARIANTS, all_images
 
 
-def tiny(variant: str, conditional: bool = True, seed: int = 0, layers: int = 2) -> PixelRNN:
+def tiny(variant: str, conditional: bool = True, seed: int = 0, layers: int = 2, **more: Any) -> PixelRNN:
     torch.manual_seed(seed)
     model = build_model("pixelrnn", model_config("pixelrnn", {"variant": variant, "layers": layers, "hidden": 4,
                                                                "out_hidden": 8, "conditional": conditional,
-                                                               "classes": 3}))
+                                                               "classes": 3, **more}))
     with torch.no_grad():  # larger than the init (the class biases start at 0): every path carries signal
         for p in model.parameters():
             p.normal_(0, 0.5)
@@ -108,6 +110,61 @@ def test_the_samplers_draw_from_the_asked_class(variant: str) -> None:
     done = model.complete(images, mask, effort=4, generator=torch.Generator().manual_seed(1), y=y)
     assert torch.equal(done.drawn[~mask], images[~mask])
     assert torch.allclose(done.means[mask], torch.sigmoid(model.logits(done.drawn, y))[mask], atol=1e-9)
+
+
+def label_free(model: PixelRNN) -> PixelRNN:
+    """The same network with its class tables zeroed: what it computes for an image without a label."""
+    twin = copy.deepcopy(model)
+    with torch.no_grad():
+        for table in twin.class_gates:
+            table.weight.zero_()
+    return twin
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_label_dropout_trains_some_images_without_their_label(variant: str) -> None:
+    model = tiny(variant, label_dropout=0.5).eval()
+    x = torch.bernoulli(torch.full((16, 1, 3, 4), 0.4, dtype=torch.float64))
+    y = torch.arange(16) % 3
+    cond, free = model.logits(x, y), label_free(model).logits(x, y)
+    model.train()
+    torch.manual_seed(0)
+    dropped = model.logits(x, y)
+    as_cond = torch.isclose(dropped, cond, atol=1e-12).flatten(1).all(1)
+    as_free = torch.isclose(dropped, free, atol=1e-12).flatten(1).all(1)
+    assert bool((as_cond ^ as_free).all())  # each image wholly one or the other
+    assert 0 < int(as_free.sum()) < 16
+    model.eval()
+    assert torch.equal(model.logits(x, y), cond)  # no dropout outside training
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_guided_samplers_mix_the_labelled_and_label_free_logits(variant: str) -> None:
+    """Each drawn pixel's probability is sigmoid(l_free + s (l_cond - l_free)) of the forward
+    passes at the drawn prefix; s = 1 is plain p(x | y), and repair never guides."""
+    model = tiny(variant, seed=2, label_dropout=0.1, guidance=2.5).eval()
+    y = torch.tensor([0, 1, 2] * 3)
+    images, probs = model.generate(9, torch.Generator().manual_seed(0), size=(3, 4), y=y)
+    cond, free = model.logits(images, y), label_free(model).logits(images, y)
+    assert torch.allclose(probs, torch.sigmoid(free + 2.5 * (cond - free)), atol=1e-9)
+    assert not torch.allclose(probs, torch.sigmoid(cond), atol=1e-3)
+    plain = tiny(variant, seed=2, label_dropout=0.1).eval()
+    plain.load_state_dict(model.state_dict())
+    images, probs = plain.generate(9, torch.Generator().manual_seed(0), size=(3, 4), y=y)
+    assert torch.allclose(probs, torch.sigmoid(plain.logits(images, y)), atol=1e-9)
+    mask = torch.zeros(9, 1, 3, 4, dtype=torch.bool)
+    mask[:, :, :, 1::2] = True
+    done = [m.complete(images, mask, effort=4, generator=torch.Generator().manual_seed(1), y=y).drawn
+            for m in (model, plain)]
+    assert torch.equal(done[0], done[1])
+
+
+def test_guidance_needs_a_label_free_model() -> None:
+    with pytest.raises(UserError, match="guidance: 2 needs a model that also learned p.x. without a label"):
+        model_config("pixelrnn", {"conditional": True, "guidance": 2.0})
+    with pytest.raises(UserError, match="label_dropout: must be in"):
+        model_config("pixelrnn", {"conditional": True, "label_dropout": 1.0})
+    model_config("pixelrnn", {"conditional": False, "guidance": 2.0})  # unconditional: no label to guide by
 
 
 def test_bad_labels_are_refused() -> None:

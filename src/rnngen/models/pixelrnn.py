@@ -83,11 +83,24 @@ class PixelRNNConfig:
     conditional: bool = False
     #: labels 0 .. classes - 1 (conditional only)
     classes: int = 10
+    #: conditional only: the share of training images shown without their label (zero class
+    #: biases), so the one network also learns p(x), which guidance needs (Ho and Salimans 2022)
+    label_dropout: float = 0.0
+    #: conditional only: classifier-free guidance scale s of the samplers, each pixel's logit
+    #: l(x | no label) + s (l(x | y) - l(x | no label)); 1 = exact draws of p(x | y), > 1 truer to
+    #: the class and less varied. Completion (repair) and the likelihood never use it
+    guidance: float = 1.0
 
     def problems(self) -> list[str]:
         out = under_minimum(self, layers=1, hidden=1, kernel=1, out_hidden=1, classes=1)
-        if not 0 <= self.dropout < 1:
-            out.append(f"dropout: must be in [0, 1), got {self.dropout}")
+        if not self.guidance >= 0:
+            out.append(f"guidance: must be >= 0 (0 = the label-free model, 1 = p(x | y)), got {self.guidance}")
+        for name in ("dropout", "label_dropout"):
+            if not 0 <= getattr(self, name) < 1:
+                out.append(f"{name}: must be in [0, 1), got {getattr(self, name)}")
+        if self.conditional and self.guidance != 1 and self.label_dropout == 0:
+            out.append(f"guidance: {self.guidance:g} needs a model that also learned p(x) without a label: set "
+                       "label_dropout above 0 (e.g. 0.1), or guidance: 1 for plain draws of p(x | y)")
         if self.preset and self.preset not in PRESETS:
             out.append(f"preset: unknown preset {self.preset!r}; choose one of: {', '.join(PRESETS)}")
         if self.kernel % 2 == 0:
@@ -292,15 +305,20 @@ class PixelRNN(GenerativeModel):
             for table in self.class_gates:
                 nn.init.zeros_(table.weight)  # starts as the unconditional model
 
-    def gate_biases(self, y: Tensor | None) -> list[Tensor | None]:
+    def gate_biases(self, y: Tensor | None, drop: float = 0.0) -> list[Tensor | None]:
         """Per layer, the gate bias of each image's class: ``(B, 4h)`` (Row LSTM) or
-        ``(B, 2, 4h)`` (Diagonal BiLSTM); Nones for an unconditional model."""
+        ``(B, 2, 4h)`` (Diagonal BiLSTM); Nones for an unconditional model. With ``drop`` > 0
+        each image loses its label (zero biases: the label-free model) with that probability."""
         labels = self.labels(y)
         if labels is None:
             return [None] * len(self.layers)
         dirs = 1 if self.config.variant == "row_lstm" else 2
         shape = (-1, 4 * self.config.hidden) if dirs == 1 else (-1, 2, 4 * self.config.hidden)
-        return [table(labels).view(shape) for table in self.class_gates]
+        biases = [table(labels).view(shape) for table in self.class_gates]
+        if drop > 0:
+            keep = (torch.rand(len(labels), device=labels.device) >= drop).view(-1, *[1] * (len(shape) - 1))
+            biases = [b * keep for b in biases]
+        return biases
 
     # ------------------------------------------------------------------- likelihood
 
@@ -323,7 +341,8 @@ class PixelRNN(GenerativeModel):
         """Bernoulli logits of p(x_i = 1 | x_<i) (of p(x_i = 1 | x_<i, y) for a conditional
         model, labels ``y`` ``(B,)``) for every pixel, ``(B, 1, H, W)``."""
         m = self.first_layer(x).permute(2, 0, 3, 1)  # row-major, channels last from here: (H, B, W, 2h)
-        for layer, bias in zip(self.layers, self.gate_biases(y), strict=True):
+        drop = self.config.label_dropout if self.training else 0.0
+        for layer, bias in zip(self.layers, self.gate_biases(y, drop), strict=True):
             m = layer(m, bias)  # residual inside (sec. 3.3)
             if self.training and self.config.dropout:
                 m = F.dropout(m, self.config.dropout)
@@ -363,7 +382,8 @@ class PixelRNN(GenerativeModel):
         particle filter (:class:`~rnngen.models.pixelrnn_sampling.Particles`), one of them
         returned. Returns ``(images, probs)``: the binary images and p(x_i = 1 | x_<i) at every
         pixel along the way. ``on_row(i, images)`` is called after each row (the pictures of
-        generation). A conditional model draws image b of class ``y[b]``.
+        generation). A conditional model draws image b of class ``y[b]``, with the config's
+        ``guidance`` when nothing is ``given``.
         """
         device = self.input_conv.weight.device
         height, width = size
@@ -374,13 +394,20 @@ class PixelRNN(GenerativeModel):
             labels = None if labels is None else labels.repeat_interleave(particles, 0)
             smc = Particles(n, particles, device) if particles > 1 else None
             n *= particles
-        x = torch.zeros(n, 1, height, width, device=device, dtype=self.input_conv.weight.dtype)
-        probs = torch.zeros_like(x)
+        biases = self.gate_biases(labels)
+        scale = self.config.guidance if labels is not None and given is None else 1.0
+        if scale != 1:  # a label-free twin of every image runs beside it (rows n..2n-1)
+            biases = [torch.cat([b, torch.zeros_like(b)]) for b in biases]
+        x = torch.zeros(n * (1 + (scale != 1)), 1, height, width, device=device, dtype=self.input_conv.weight.dtype)
+        probs = torch.zeros_like(x[:n])
         sampler_cls = RowSampler if self.config.variant == "row_lstm" else DiagonalSampler
-        sampler = sampler_cls(self, n, size, self.gate_biases(labels))
+        sampler = sampler_cls(self, len(x), size, biases)
         for i in range(height):
             for j in range(width):
-                logit = sampler.logit(x, i, j)  # (n,)
+                logit = sampler.logit(x, i, j)  # (n,), or (2n,) guided
+                if scale != 1:  # classifier-free guidance (Ho and Salimans 2022, eq. 6) on the logits
+                    cond, free = logit.chunk(2)
+                    logit = free + scale * (cond - free)
                 p = torch.sigmoid(logit / temperature)
                 drawn = torch.bernoulli(p, generator=generator)
                 if given is not None and mask is not None:
@@ -388,7 +415,7 @@ class PixelRNN(GenerativeModel):
                     drawn = torch.where(observed, value, drawn)
                     if smc is not None:
                         smc.observe(logit, value, observed)
-                x[:, 0, i, j] = drawn
+                x[:, 0, i, j] = drawn.repeat(len(x) // n)  # the guided twin follows the drawn pixels
                 probs[:, 0, i, j] = p
             sampler.end_row(x, i)
             keep = smc.resample(generator) if smc is not None and i < height - 1 else None
@@ -396,11 +423,11 @@ class PixelRNN(GenerativeModel):
                 x, probs = x[keep], probs[keep]
                 sampler.select(keep)
             if on_row is not None:
-                on_row(i, x)
+                on_row(i, x[:n])
         if smc is not None:
             chosen = smc.choose(generator)
             x, probs = x[chosen], probs[chosen]
-        return x, probs
+        return x[:n], probs
 
     def sample(self, n: int, generator: torch.Generator | None = None, temperature: float = 1.0,
                y: Tensor | None = None) -> Tensor:
@@ -410,8 +437,9 @@ class PixelRNN(GenerativeModel):
         return self.generate(n, generator, temperature, y=y)[1]
 
     def sample_binary(self, n: int, generator: torch.Generator | None = None, y: Tensor | None = None) -> Tensor:
-        """The drawn pixels themselves: an exact sample of p(x) (redrawing each pixel from the
-        probabilities :meth:`sample` returns would not be one)."""
+        """The drawn pixels themselves: an exact sample of p(x) (of p(x | y); guided when the
+        config's ``guidance`` is not 1). Redrawing each pixel from the probabilities
+        :meth:`sample` returns would not be one."""
         return self.generate(n, generator, y=y)[0]
 
     def complete(
