@@ -18,7 +18,7 @@ from PIL import Image
 from conftest import tiny_params
 from rnngen.errors import UserError
 from rnngen.models import build_model, kernels, model_config
-from rnngen.models.base import LabelError
+from rnngen.models.base import LabelError, SamplingError
 from rnngen.models.pixelrnn import PixelRNN
 from test_pixelrnn import VARIANTS, all_images
 
@@ -27,7 +27,8 @@ def tiny(variant: str, conditional: bool = True, seed: int = 0, layers: int = 2,
     torch.manual_seed(seed)
     model = build_model("pixelrnn", model_config("pixelrnn", {"variant": variant, "layers": layers, "hidden": 4,
                                                                "out_hidden": 8, "conditional": conditional,
-                                                               "classes": 3, **more}))
+                                                               "classes": 3, "label_dropout": 0.0,
+                                                               "guidance": 1.0, **more}))
     with torch.no_grad():  # larger than the init (the class biases start at 0): every path carries signal
         for p in model.parameters():
             p.normal_(0, 0.5)
@@ -159,9 +160,36 @@ def test_guided_samplers_mix_the_labelled_and_label_free_logits(variant: str) ->
     assert torch.equal(done[0], done[1])
 
 
+def test_guidance_is_set_per_call_without_touching_the_model() -> None:
+    from rnngen import service
+
+    model = tiny("row_lstm", seed=2, label_dropout=0.1, guidance=2.5).eval()
+    y = torch.tensor([0, 1, 2])
+    plain = model.with_sampling(guidance=1.0)
+    assert model.config.guidance == 2.5 and plain.config.guidance == 1.0
+    assert plain.class_gates[0].weight is model.class_gates[0].weight  # the same weights
+    unguided = tiny("row_lstm", seed=2, label_dropout=0.1).eval()
+    unguided.load_state_dict(model.state_dict())
+    assert torch.equal(service.draw(model, 3, seed=4, y=y, guidance=1.0), service.draw(unguided, 3, seed=4, y=y))
+    assert torch.equal(service.draw(model, 3, seed=4, y=y), service.draw(unguided, 3, seed=4, y=y, guidance=2.5))
+    with pytest.raises(SamplingError, match="guidance: must be >= 0"):
+        model.with_sampling(guidance=-1.0)
+    with pytest.raises(SamplingError, match="temperature: pixelrnn has no such sampling setting .it has: guidance"):
+        model.with_sampling(temperature=2.0)
+    with pytest.raises(SamplingError, match="needs a model that also learned p.x. without a label"):
+        tiny("row_lstm").with_sampling(guidance=2.0)  # trained without label dropout
+    request = {"task": "sample", "n": 2, "guidance": 2.0}
+    with pytest.raises(service.RequestError, match="task 'sample': guidance: this model is unconditional"):
+        service.answer(tiny("row_lstm", conditional=False), [], request)
+    vae = build_model("mlp_vae", model_config("mlp_vae", {"hidden": 8, "z_dim": 2}))
+    with pytest.raises(service.RequestError, match="guidance: mlp_vae has no such sampling setting .it has none"):
+        service.answer(vae, [], request)
+    assert service.answer(vae, [], {"task": "sample", "n": 2}).shape == (2, 28, 28)  # absent: the model's own
+
+
 def test_guidance_needs_a_label_free_model() -> None:
     with pytest.raises(UserError, match="guidance: 2 needs a model that also learned p.x. without a label"):
-        model_config("pixelrnn", {"conditional": True, "guidance": 2.0})
+        model_config("pixelrnn", {"conditional": True, "label_dropout": 0.0, "guidance": 2.0})
     with pytest.raises(UserError, match="label_dropout: must be in"):
         model_config("pixelrnn", {"conditional": True, "label_dropout": 1.0})
     model_config("pixelrnn", {"conditional": False, "guidance": 2.0})  # unconditional: no label to guide by
@@ -253,3 +281,39 @@ def test_draws_fast_recurrence_equals_its_equations_with_labels(attention: bool)
     other = model._recurrence(x, eps, torch.tensor([0, 2, 1]))
     assert not torch.allclose(other[0][0], outs[0][0]) and torch.allclose(other[0][2], outs[0][2])
     assert model.sample(2, y=torch.tensor([0, 3])).shape == (2, 1, 28, 28)
+
+
+def test_rnngen_sample_guidance(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``rnngen sample --guidance``: drawn with the scale asked for; refused with a sentence and
+    nothing written when the model has no class to guide toward."""
+    from rnngen import checkpoint
+    from test_cli import run_main
+
+    guided, plain = tmp_path / "guided.pt", tmp_path / "plain.pt"
+    checkpoint.save_model(guided, tiny("row_lstm", label_dropout=0.1).float())
+    checkpoint.save_model(plain, tiny("row_lstm", conditional=False).float())
+    code, out, _ = run_main(["sample", "--model", str(guided), "--label", "2", "--guidance", "1.5", "--n", "2",
+                             "--out", str(tmp_path / "a.png")], capsys)
+    assert code == 0 and "class 2, guidance 1.5" in out and (tmp_path / "a.png").is_file()
+    code, _, err = run_main(["sample", "--model", str(plain), "--guidance", "2", "--n", "2",
+                             "--out", str(tmp_path / "b.png")], capsys)
+    assert code == 2 and "guidance: this model is unconditional" in err and not (tmp_path / "b.png").exists()
+    code, _, err = run_main(["sample", "--model", str(guided), "--label", "2", "--guidance", "-1",
+                             "--out", str(tmp_path / "c.png")], capsys)
+    assert code == 2 and "expected a number >= 0" in err
+
+
+def test_a_checkpoint_from_before_guidance_samples_as_it_was_trained(tmp_path: Path) -> None:
+    """A checkpoint whose config predates label_dropout and guidance was trained without label
+    dropout: it loads unguided (1.0), never with today's default guidance."""
+    from rnngen import checkpoint
+
+    path = tmp_path / "old.pt"
+    checkpoint.save_model(path, tiny("row_lstm"))
+    state = checkpoint.load(path)
+    for key in ("label_dropout", "guidance"):
+        del state["model"]["config"][key]
+    checkpoint.save(path, state)
+    config = checkpoint.load_model(path).config
+    assert (config.label_dropout, config.guidance, config.conditional) == (0.0, 1.0, True)
+    assert model_config("pixelrnn", {}).guidance == 1.25  # today's default, for new models

@@ -43,7 +43,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 #: every model of the registry (a new one is tested here too), the GAN's second loss and PixelRNN's second variant
 RUNS = [(name, []) for name in MODELS] + [("dcgan", ["model.dcgan.loss=wgan_gp"]),
-                                           ("pixelrnn", ["model.pixelrnn.variant=diagonal_bilstm"])]
+                                           ("pixelrnn", ["model.pixelrnn.variant=row_lstm"])]
 
 
 @pytest.mark.parametrize(("name", "sets"), RUNS, ids=[" ".join([n, *s]) for n, s in RUNS])

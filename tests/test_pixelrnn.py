@@ -198,8 +198,8 @@ def test_the_cpp_loop_equals_the_op_loop_on_odd_shapes(monkeypatch: pytest.Monke
     """Kernel widths 1, 3 and 5 (taps beyond both ends of a 4-pixel row), one image, one row."""
     for kernel, size in ((1, (3, 4)), (3, (1, 4)), (5, (4, 4))):
         torch.manual_seed(kernel)
-        model = build_model("pixelrnn", model_config("pixelrnn", {"layers": 2, "hidden": 3, "kernel": kernel,
-                                                                   "out_hidden": 4})).double()
+        section = {"variant": "row_lstm", "layers": 2, "hidden": 3, "kernel": kernel, "out_hidden": 4}
+        model = build_model("pixelrnn", model_config("pixelrnn", section)).double()
         x = torch.bernoulli(torch.full((1, 1, *size), 0.5, dtype=torch.float64))
         assert_kernel_equals_op_loop(model, x, monkeypatch, kernel)
 

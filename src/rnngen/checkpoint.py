@@ -19,7 +19,7 @@ from torch import Tensor
 
 from rnngen.errors import UserError
 from rnngen.files import atomic_file
-from rnngen.models import GenerativeModel, build_model, model_config
+from rnngen.models import GenerativeModel, build_model, model_class, model_config
 
 
 class CheckpointError(UserError, ValueError):
@@ -75,7 +75,8 @@ def model_from_state(
 ) -> GenerativeModel:
     """The model held by an already-loaded checkpoint ``state`` (read from ``where``)."""
     spec = state["model"]
-    model = build_model(spec["name"], model_config(spec["name"], spec["config"]))
+    legacy = model_class(spec["name"]).legacy_config  # fields this checkpoint may predate
+    model = build_model(spec["name"], model_config(spec["name"], {**legacy, **spec["config"]}))
     try:
         model.load_state_dict(state["weights"])
     except RuntimeError as exc:

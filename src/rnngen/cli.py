@@ -90,15 +90,15 @@ def _png_out(value: str) -> Path:
     return Path(value)
 
 
-def _positive(convert: Callable[[str], float], expected: str) -> Callable[[str], Any]:
-    """An argparse ``type`` reading a finite number > 0 with ``convert`` (int or float)."""
+def _positive(convert: Callable[[str], float], expected: str, zero: bool = False) -> Callable[[str], Any]:
+    """An argparse ``type`` reading a finite number > 0 (>= 0 with ``zero``) with ``convert`` (int or float)."""
 
     def parse(value: str) -> Any:
         try:
             number = convert(value)
         except ValueError:
             number = math.nan
-        if not 0 < number < math.inf:
+        if not (0 <= number if zero else 0 < number) or not number < math.inf:
             raise argparse.ArgumentTypeError(f"expected {expected}, got {value!r}")
         return number
 
@@ -107,6 +107,7 @@ def _positive(convert: Callable[[str], float], expected: str) -> Callable[[str],
 
 _positive_int = _positive(int, "a whole number >= 1")
 _positive_float = _positive(float, "a number > 0")
+_non_negative_float = _positive(float, "a number >= 0", zero=True)
 
 
 def _with_flags(cfg: Any, **flags: Any) -> Any:
@@ -166,6 +167,9 @@ def _add_sample(sub: Any) -> None:
     option("--nrow", type=_positive_int, default=None, help="images per row (default: square grid)")
     option("--label", type=_label_arg, default=None,
            help="a conditional model's class to draw, or 'all': --n of every class, a row each")
+    option("--guidance", type=_non_negative_float, default=None,
+           help="a conditional PixelRNN's classifier-free guidance scale: 1 = exact draws of p(x | y), "
+                "> 1 truer to the class, less varied (default: the model's own, model.pixelrnn.guidance)")
     option("--out", type=_png_out, default=Path("samples.png"), help="PNG to write (default: %(default)s)")
 
 
@@ -190,10 +194,11 @@ def _sample(args: argparse.Namespace) -> None:
         n, nrow = len(y), args.n
     elif args.label is not None:
         y = torch.full((n,), args.label)
-    images = service.draw(loaded.model, n, args.seed, args.temperature, y)
+    images = service.draw(loaded.model, n, args.seed, args.temperature, y, args.guidance)
     with files.atomic_file(args.out) as tmp:
         pictures.save_grid(images, tmp, nrow=nrow)
-    which = "" if args.label is None else f", class {args.label}"
+    which = ("" if args.label is None else f", class {args.label}") + (
+        "" if args.guidance is None else f", guidance {args.guidance:g}")
     print(f"{n} samples of {loaded.source} (seed {args.seed}, temperature {args.temperature:g}{which}) -> {args.out}")
 
 

@@ -8,8 +8,9 @@ body ``{"inputs": ..., "params": {"task": ...}}``:
   or ``(B, 784)``; the answer is each image's negative log-likelihood in nats (exact for
   PixelRNN, else the importance-weighted bound with :data:`SCORE_K` samples, seeded). A model
   without a likelihood (a GAN) refuses it with a 400 that says so.
-- ``sample``: ``n`` new images (``seed``, ``temperature``), exactly what
-  ``rnngen sample --seed`` draws; ``inputs`` are ignored (send ``[]``).
+- ``sample``: ``n`` new images (``seed``, ``temperature``; a conditional PixelRNN also
+  ``guidance``, else its own), exactly what ``rnngen sample --seed`` draws; ``inputs`` are
+  ignored (send ``[]``).
 - ``inpaint``: ``inputs`` are images in [0, 1]; ``mask`` names a kind of hole
   (:data:`rnngen.inpaint.MASKS`) or ``mask_pixels`` lists 784 (one mask for every image) or
   784 x B zeros and ones, 1 = hidden; ``effort`` and ``seed`` as ``rnngen inpaint``. The
@@ -38,7 +39,7 @@ from torch import Tensor
 from rnngen import inpaint
 from rnngen.data import PIXELS, SIDE
 from rnngen.models import GenerativeModel
-from rnngen.models.base import LabelError, NoLikelihoodError
+from rnngen.models.base import LabelError, NoLikelihoodError, SamplingError
 
 TASKS = ("score", "sample", "inpaint")
 #: importance samples per image behind the served score
@@ -63,6 +64,7 @@ PARAMS: dict[str, tuple[str, Any]] = {
     "effort": ("long", 32),
     "format": ("string", "array"),
     "labels": ("long", []),
+    "guidance": ("double", -1.0),  # < 0: the model's own (model.pixelrnn.guidance)
 }
 
 
@@ -73,9 +75,12 @@ class RequestError(ValueError):
 # ------------------------------------------------------------------ the three uses
 
 
-def draw(model: GenerativeModel, n: int, seed: int, temperature: float = 1.0, y: Tensor | None = None) -> Tensor:
+def draw(model: GenerativeModel, n: int, seed: int, temperature: float = 1.0, y: Tensor | None = None,
+         guidance: float | None = None) -> Tensor:
     """``n`` new images (Bernoulli means, ``(n, 1, 28, 28)``, CPU), seeded; of classes ``y``
-    for a conditional model."""
+    for a conditional model, with classifier-free ``guidance`` when given (else the model's own)."""
+    if guidance is not None:
+        model = model.with_sampling(guidance=guidance)
     generator = torch.Generator(device=model.device).manual_seed(seed)
     with torch.no_grad():
         return model.eval().sample(n, generator=generator, temperature=temperature, y=y).cpu()
@@ -178,6 +183,8 @@ def answer(model: GenerativeModel, model_input: Any, params: dict[str, Any] | No
         raise RequestError(str(exc).replace("give each image a label", "send labels")) from None
     except NoLikelihoodError as exc:  # score asked of a GAN
         raise RequestError(f"task 'score': {exc}") from None
+    except SamplingError as exc:  # guidance asked of a model without it
+        raise RequestError(f"task 'sample': {exc}") from None
 
 
 def _answer(model: GenerativeModel, model_input: Any, params: dict[str, Any] | None) -> Any:
@@ -190,7 +197,8 @@ def _answer(model: GenerativeModel, model_input: Any, params: dict[str, Any] | N
     if task == "sample":
         n = _bounded(p, "n", 1, MAX_SAMPLES)
         temperature = _bounded(p, "temperature", 1e-3, 10.0)
-        return _pictures(draw(model, int(n), int(p["seed"]), float(temperature), _labels(p, int(n))), fmt)
+        guidance = None if p["guidance"] < 0 else float(_bounded(p, "guidance", 0.0, 20.0))
+        return _pictures(draw(model, int(n), int(p["seed"]), float(temperature), _labels(p, int(n)), guidance), fmt)
     x = _images(model_input, task)
     if task == "score":
         if not ((x == 0) | (x == 1)).all():

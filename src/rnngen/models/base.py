@@ -7,6 +7,8 @@ Bernoulli likelihood). All quantities are in nats per image.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -24,6 +26,10 @@ LOG_2PI = math.log(2 * math.pi)
 
 class NoLikelihoodError(UserError, ValueError):
     """A likelihood asked of a model that has none (a GAN): it cannot score images."""
+
+
+class SamplingError(UserError, ValueError):
+    """A sampling setting a model does not have, or a value its config refuses."""
 
 
 class LabelError(UserError, ValueError):
@@ -132,6 +138,12 @@ class GenerativeModel(nn.Module, ABC):
     loss_names: ClassVar[tuple[str, str]] = ("recon", "kl")
     #: ``model.<name>.preset`` values -> the config keys each sets
     presets: ClassVar[dict[str, dict[str, Any]]] = {}
+    #: config fields that change only how the model samples, never its weights or likelihood:
+    #: a caller may set them for its own draws (:meth:`with_sampling`)
+    sampling_fields: ClassVar[tuple[str, ...]] = ()
+    #: config fields added after checkpoints were first written, with the value a checkpoint
+    #: that lacks them was trained and samples with (which may not be today's default)
+    legacy_config: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, config: Any) -> None:
         super().__init__()
@@ -176,6 +188,22 @@ class GenerativeModel(nn.Module, ABC):
         if len(bad):
             raise LabelError(f"label {int(bad[0])}: this model was trained on classes 0 to {classes - 1}")
         return y
+
+    def with_sampling(self, **settings: Any) -> GenerativeModel:
+        """This model with the :attr:`sampling_fields` in ``settings`` changed, for one caller:
+        a shallow copy sharing the weights, so the model itself (a served one, say) is untouched.
+        A field it lacks, or a value its config refuses, is a :class:`SamplingError`."""
+        unknown = sorted(set(settings) - set(self.sampling_fields))
+        if unknown:
+            has = f"it has: {', '.join(self.sampling_fields)}" if self.sampling_fields else "it has none"
+            raise SamplingError(f"{unknown[0]}: {self.name} has no such sampling setting ({has})")
+        config = dataclasses.replace(self.config, **settings)
+        problems = config.problems()
+        if problems:
+            raise SamplingError("; ".join(problems))
+        twin = copy.copy(self)
+        twin.config = config
+        return twin
 
     def param_groups(self, lr: float) -> list[dict[str, Any]]:
         """The optimizer's parameter groups at learning rate ``lr`` (``train.lr``): one by

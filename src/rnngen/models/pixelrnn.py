@@ -48,7 +48,14 @@ from torch import Tensor, nn
 
 from rnngen.config import under_minimum
 from rnngen.models import kernels
-from rnngen.models.base import Completion, GenerativeModel, LossTerms, bernoulli_nll, bf16_autocast
+from rnngen.models.base import (
+    Completion,
+    GenerativeModel,
+    LossTerms,
+    SamplingError,
+    bernoulli_nll,
+    bf16_autocast,
+)
 from rnngen.models.fast.diagonal_bilstm import DiagonalLayerKernel
 from rnngen.models.fast.row_lstm import RowLayerKernel, RowRecurrence
 from rnngen.models.lstm import lstm_cell
@@ -66,7 +73,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 class PixelRNNConfig:
     #: "" | paper (the paper's MNIST setting: Diagonal BiLSTM, 7 layers, h = 16)
     preset: str = ""
-    variant: Literal["row_lstm", "diagonal_bilstm"] = "row_lstm"
+    variant: Literal["row_lstm", "diagonal_bilstm"] = "diagonal_bilstm"
     #: recurrent layers, each with a residual connection
     layers: int = 4
     #: h: LSTM units per position; the feature maps between layers have 2h channels
@@ -85,11 +92,11 @@ class PixelRNNConfig:
     classes: int = 10
     #: conditional only: the share of training images shown without their label (zero class
     #: biases), so the one network also learns p(x), which guidance needs (Ho and Salimans 2022)
-    label_dropout: float = 0.0
+    label_dropout: float = 0.1
     #: conditional only: classifier-free guidance scale s of the samplers, each pixel's logit
     #: l(x | no label) + s (l(x | y) - l(x | no label)); 1 = exact draws of p(x | y), > 1 truer to
     #: the class and less varied. Completion (repair) and the likelihood never use it
-    guidance: float = 1.0
+    guidance: float = 1.25
 
     def problems(self) -> list[str]:
         out = under_minimum(self, layers=1, hidden=1, kernel=1, out_hidden=1, classes=1)
@@ -285,6 +292,8 @@ class PixelRNN(GenerativeModel):
     config_cls = PixelRNNConfig
     presets = PRESETS
     exact_likelihood: ClassVar[bool] = True
+    sampling_fields: ClassVar[tuple[str, ...]] = ("guidance",)
+    legacy_config: ClassVar[dict[str, Any]] = {"label_dropout": 0.0, "guidance": 1.0}
 
     def __init__(self, config: PixelRNNConfig) -> None:
         super().__init__(config)
@@ -319,6 +328,12 @@ class PixelRNN(GenerativeModel):
             keep = (torch.rand(len(labels), device=labels.device) >= drop).view(-1, *[1] * (len(shape) - 1))
             biases = [b * keep for b in biases]
         return biases
+
+    def with_sampling(self, **settings: Any) -> PixelRNN:
+        if settings.get("guidance", 1) != 1 and not self.conditional:
+            raise SamplingError("guidance: this model is unconditional, so there is no class to guide toward (train "
+                                "one with model.pixelrnn.conditional: true and label_dropout above 0)")
+        return super().with_sampling(**settings)  # type: ignore[return-value]
 
     # ------------------------------------------------------------------- likelihood
 
