@@ -3,6 +3,10 @@ guidance scale, the share of samples the judge takes for the class asked (asked-
 accuracy), the Fréchet classifier distance against as many test images of the same classes,
 and the seconds sampling took. The scale only changes sampling, so nothing is retrained; a
 model trained with ``label_dropout`` 0 has no label-free half to guide by and is refused.
+The samples are the evaluate stage's (same seed, n and labels), so at the model's own scale the
+asked-for accuracy equals ``test_asked_accuracy``; the real images are the grey test images put
+in the judge's kind by its own seeded draw, where the evaluate stage uses the test set's fixed
+binarization, so the FCD differs from ``test_fcd`` by a few tenths.
 
     python bench/guidance.py --model models --scales 1,1.5,2,3
     python bench/guidance.py --model models:/rnngen@champion --n 500
