@@ -2,7 +2,7 @@
 guidance scale, the share of samples the judge takes for the class asked (asked-for
 accuracy), the Fréchet classifier distance against as many test images of the same classes,
 and the seconds sampling took. The scale only changes sampling, so nothing is retrained; a
-model trained with ``label_dropout`` 0 has no label-free half to guide by and is refused.
+model without guidance (unconditional, or trained with ``label_dropout`` 0) is refused.
 The samples are the evaluate stage's (same seed, n and labels), so at the model's own scale the
 asked-for accuracy equals ``test_asked_accuracy``; the real images are the grey test images put
 in the judge's kind by its own seeded draw, where the evaluate stage uses the test set's fixed
@@ -15,7 +15,6 @@ binarization, so the FCD differs from ``test_fcd`` by a few tenths.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import time
@@ -26,6 +25,7 @@ import torch
 from rnngen import registry
 from rnngen.classifier import load_classifier
 from rnngen.data import load_split
+from rnngen.models.base import SamplingError
 from rnngen.quality import sample_quality
 
 
@@ -41,20 +41,23 @@ def main() -> None:
     args = parser.parse_args()
 
     loaded = registry.load(args.model, "rnngen")
-    model = loaded.model
-    config = model.config
-    if not model.conditional or not getattr(config, "label_dropout", 0):
-        sys.exit(f"{loaded.source}: guidance needs a conditional PixelRNN trained with label_dropout > 0")
+    model, config = loaded.model, loaded.model.config
+    scales = [float(s) for s in args.scales.split(",")]
+    if not model.conditional:
+        sys.exit(f"{loaded.source}: this model is unconditional, so there is no class to guide toward")
+    try:  # the refusals of rnngen sample --guidance, before any sampling
+        guided = [model.with_sampling(guidance=scale) for scale in scales]
+    except SamplingError as exc:
+        sys.exit(f"{loaded.source}: {exc}")
     judge = load_classifier(args.classifier)
     x_test, y_test = load_split(args.split, "test")
     print(f"{loaded.source}: {model.name} ({config.variant}, label_dropout {config.label_dropout}), "
           f"{args.n} samples per scale, {torch.get_num_threads()} threads")
     print("scale  asked-for  FCD     seconds  worst class (asked-for)")
     rows = []
-    for scale in (float(s) for s in args.scales.split(",")):
-        model.config = dataclasses.replace(config, guidance=scale)
+    for scale, twin in zip(scales, guided, strict=True):
         start = time.perf_counter()
-        q = sample_quality(model, judge, x_test, args.n, args.seed, labels=y_test)
+        q = sample_quality(twin, judge, x_test, args.n, args.seed, labels=y_test)
         seconds = time.perf_counter() - start
         per_class = {k: v for k, v in q.items() if k.startswith("asked_accuracy_")}
         worst = min(per_class, key=per_class.__getitem__)

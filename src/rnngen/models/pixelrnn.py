@@ -411,16 +411,17 @@ class PixelRNN(GenerativeModel):
             n *= particles
         biases = self.gate_biases(labels)
         scale = self.config.guidance if labels is not None and given is None else 1.0
-        if scale != 1:  # a label-free twin of every image runs beside it (rows n..2n-1)
+        guided = scale != 1
+        if guided:  # a label-free twin of every image runs beside it (rows n..2n-1)
             biases = [torch.cat([b, torch.zeros_like(b)]) for b in biases]
-        x = torch.zeros(n * (1 + (scale != 1)), 1, height, width, device=device, dtype=self.input_conv.weight.dtype)
+        x = torch.zeros(2 * n if guided else n, 1, height, width, device=device, dtype=self.input_conv.weight.dtype)
         probs = torch.zeros_like(x[:n])
         sampler_cls = RowSampler if self.config.variant == "row_lstm" else DiagonalSampler
         sampler = sampler_cls(self, len(x), size, biases)
         for i in range(height):
             for j in range(width):
                 logit = sampler.logit(x, i, j)  # (n,), or (2n,) guided
-                if scale != 1:  # classifier-free guidance (Ho and Salimans 2022, eq. 6) on the logits
+                if guided:  # classifier-free guidance (Ho and Salimans 2022, eq. 6) on the logits
                     cond, free = logit.chunk(2)
                     logit = free + scale * (cond - free)
                 p = torch.sigmoid(logit / temperature)
@@ -430,7 +431,9 @@ class PixelRNN(GenerativeModel):
                     drawn = torch.where(observed, value, drawn)
                     if smc is not None:
                         smc.observe(logit, value, observed)
-                x[:, 0, i, j] = drawn.repeat(len(x) // n)  # the guided twin follows the drawn pixels
+                x[:n, 0, i, j] = drawn
+                if guided:
+                    x[n:, 0, i, j] = drawn  # the label-free twin follows the drawn pixels
                 probs[:, 0, i, j] = p
             sampler.end_row(x, i)
             keep = smc.resample(generator) if smc is not None and i < height - 1 else None
