@@ -213,6 +213,28 @@ def test_the_diagonal_kernel_equals_the_op_loop_on_odd_shapes(monkeypatch: pytes
         assert_kernel_equals_op_loop(model, x, monkeypatch, size)
 
 
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_the_kernels_equal_the_op_loops_in_float32(variant: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In fp32 the kernels' cells take their exponentials from an inline polynomial (cell_math.h,
+    ``exp_``) rather than libm's: logits and every gradient still agree with the op loops to fp32
+    rounding."""
+    torch.manual_seed(3)
+    model = build_model("pixelrnn", model_config("pixelrnn", {"variant": variant, "layers": 2, "hidden": 8}))
+    with torch.no_grad():  # gates driven well into both tails of the sigmoid
+        for p in model.parameters():
+            p.normal_(0, 1.0)
+    x = torch.bernoulli(torch.full((3, 1, 9, 11), 0.4))
+    results = []
+    for flag in ("1", "0"):
+        monkeypatch.setenv("RNNGEN_KERNELS", flag)
+        logits = model.logits(x)
+        results.append((logits, torch.autograd.grad(logits.sum(), list(model.parameters()))))
+    (a, ga), (b, gb) = results
+    assert (a - b).abs().max() < 1e-4 * b.abs().max()
+    for (name, _), u, v in zip(model.named_parameters(), ga, gb, strict=True):
+        assert (u - v).abs().max() < 1e-4 * v.abs().max() + 1e-6, name
+
+
 def test_kernels_can_be_switched_off(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RNNGEN_KERNELS", "0")
     assert kernels.row_lstm(torch.zeros(1)) is None and kernels.diagonal_bilstm(torch.zeros(1)) is None
