@@ -8,6 +8,12 @@ hidden pixels and the seconds the sampler took, as the evaluate stage scores the
 
 ``--samplers`` compares a latent model's ``complete`` (pseudo-Gibbs warm start, then
 Metropolis-within-Gibbs) with either sampler alone, each given all the rounds.
+
+    python bench/repair_quality.py --model models --masks centre_square --efforts 32 --best-of 4
+
+``--best-of K`` (a model with a likelihood) also draws K completions per image (draw r seeded
+with 100 + r) and keeps the one the model finds most likely, exact log p(x) of the whole
+completed image: the judge's accuracy on each draw and on the most likely one.
 """
 
 from __future__ import annotations
@@ -19,9 +25,27 @@ from pathlib import Path
 import torch
 
 from rnngen import registry
-from rnngen.classifier import load_classifier
+from rnngen.classifier import accuracy, as_judged, load_classifier
 from rnngen.data import binarized_test_set, load_split
-from rnngen.inpaint import MASKS, inpainting_metrics
+from rnngen.inpaint import MASKS, inpaint, inpainting_metrics, make_mask
+
+
+def best_of(model: torch.nn.Module, judge: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, kind: str,
+            effort: int, k: int, seed: int) -> None:
+    """Print the judge's accuracy on each of ``k`` completions per image and on the most likely."""
+    mask = make_mask(kind, len(x), torch.Generator().manual_seed(seed))
+    given = y if model.conditional else None
+    draws, scores = [], []
+    for r in range(k):
+        start = time.perf_counter()
+        drawn = inpaint(model, x, mask, effort, torch.Generator().manual_seed(100 + r), given).drawn.cpu()
+        with torch.no_grad():
+            scores.append(model.log_likelihood(drawn.to(model.device), y=given).flatten().cpu())
+        draws.append(drawn)
+        print(f"best-of  {kind:15s} draw {r}: {accuracy(judge, as_judged(judge, drawn, seed), y):.3f} "
+              f"(mean log p(x) {scores[-1].mean():.2f}, {time.perf_counter() - start:.1f} s)", flush=True)
+    pick = torch.stack(draws)[torch.stack(scores).argmax(0), torch.arange(len(x))]
+    print(f"best-of  {kind:15s} most likely of {k}: {accuracy(judge, as_judged(judge, pick, seed), y):.3f}")
 
 
 def main() -> None:
@@ -34,6 +58,8 @@ def main() -> None:
     parser.add_argument("--efforts", default="1,8,32", help="sampler efforts to compare")
     parser.add_argument("--samplers", default="complete", help="model methods to compare (latent models)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--best-of", type=int, default=0, metavar="K",
+                        help="also keep the most likely of K completions per image (models with a likelihood)")
     args = parser.parse_args()
 
     loaded = registry.load(args.model, "rnngen")
@@ -54,6 +80,9 @@ def main() -> None:
                 print(f"{sampler:24s} {kind:15s} {effort:6d}  {m['accuracy_completed']:9.3f}  "
                       f"{m['accuracy_masked']:6.3f}  {m['accuracy_original']:8.3f}  {m['mse_missing']:11.4f}  "
                       f"{seconds:7.1f}", flush=True)
+    model.complete = complete
+    for kind in args.masks.split(",") if args.best_of else []:
+        best_of(model, judge, x, y, kind, int(args.efforts.split(",")[-1]), args.best_of, args.seed)
 
 
 if __name__ == "__main__":
