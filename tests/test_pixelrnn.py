@@ -180,15 +180,20 @@ def test_binary_samples_and_completions_are_the_drawn_path(variant: str) -> None
     assert torch.allclose(p[mask], torch.sigmoid(model.logits(b))[mask], atol=1e-9)
 
 
-def assert_kernel_equals_op_loop(model: PixelRNN, x: torch.Tensor, monkeypatch: pytest.MonkeyPatch,
-                                 case: object) -> None:
-    """The C++ layers and the op loops agree in fp64 on ``x``: values and every parameter's gradient."""
+def kernel_and_op_loop(model: PixelRNN, x: torch.Tensor, monkeypatch: pytest.MonkeyPatch) -> list[tuple]:
+    """(logits, every parameter's gradient of their sum) on ``x``, from the C++ layers, then the op loops."""
     results = []
     for flag in ("1", "0"):
         monkeypatch.setenv("RNNGEN_KERNELS", flag)
         logits = model.logits(x)
         results.append((logits, torch.autograd.grad(logits.sum(), list(model.parameters()))))
-    (a, ga), (b, gb) = results
+    return results
+
+
+def assert_kernel_equals_op_loop(model: PixelRNN, x: torch.Tensor, monkeypatch: pytest.MonkeyPatch,
+                                 case: object) -> None:
+    """The C++ layers and the op loops agree in fp64 on ``x``: values and every parameter's gradient."""
+    (a, ga), (b, gb) = kernel_and_op_loop(model, x, monkeypatch)
     assert torch.allclose(a, b, atol=1e-12), case
     for (name, _), u, v in zip(model.named_parameters(), ga, gb, strict=True):
         assert torch.allclose(u, v, atol=1e-10), (case, name)
@@ -224,12 +229,7 @@ def test_the_kernels_equal_the_op_loops_in_float32(variant: str, monkeypatch: py
         for p in model.parameters():
             p.normal_(0, 1.0)
     x = torch.bernoulli(torch.full((3, 1, 9, 11), 0.4))
-    results = []
-    for flag in ("1", "0"):
-        monkeypatch.setenv("RNNGEN_KERNELS", flag)
-        logits = model.logits(x)
-        results.append((logits, torch.autograd.grad(logits.sum(), list(model.parameters()))))
-    (a, ga), (b, gb) = results
+    (a, ga), (b, gb) = kernel_and_op_loop(model, x, monkeypatch)
     assert (a - b).abs().max() < 1e-4 * b.abs().max()
     for (name, _), u, v in zip(model.named_parameters(), ga, gb, strict=True):
         assert (u - v).abs().max() < 1e-4 * v.abs().max() + 1e-6, name
