@@ -21,6 +21,7 @@ from rnngen.config import ConfigError, set_dotted
 from rnngen.errors import guard
 from rnngen.files import read_json
 from rnngen.train import TrainConfig
+from rnngen.tuning.halving import propose
 
 TINY = {
     "tune.n_trials": 4,
@@ -422,6 +423,25 @@ def test_halving_lays_its_configurations_out_as_a_latin_hypercube() -> None:
     assert tuning.design(cfg, fams, 0) == []
 
 
+def test_the_first_rung_draws_where_its_results_so_far_are_best() -> None:
+    # BOHB's step: after the laid-out points, TPE proposes where the first rung scored best. Here
+    # the loss falls as lr rises and hidden 32 beats 8, so every proposal lies past the worse
+    # half of the points seen, for any seed; read the wrong way round, it would lie among them
+    import math
+
+    cfg = tuning.TuneConfig(n_trials=8, lr=tuning.LogRange(1e-5, 1e-2), batch_size=[32], hidden=[8, 32],
+                            optimizer=["adam"])
+    fams = tuning.families(cfg, tiny_params())
+    seen = [({"lr": lr, "batch_size": 32, "hidden": h, "optimizer": "adam"}, 100 - 5 * math.log10(lr) - h / 8)
+            for lr, h in ((2e-5, 8), (1e-4, 32), (5e-4, 8), (2e-3, 32))]
+    seen.append(({"lr": 1e-3, "batch_size": 32, "hidden": 8, "optimizer": "adam"}, float("inf")))  # a diverged one
+    for seed in range(5):
+        point = propose(cfg, fams, seen, seed=seed)
+        assert point["lr"] > 5e-4, (seed, point)
+        assert point["hidden"] in (8, 32) and point["batch_size"] == 32
+    assert propose(cfg, fams, seen, seed=1) == propose(cfg, fams, seen, seed=1)  # seeded
+
+
 def test_halving_ranks_on_the_real_schedule_and_train_continues_the_winner(
     tmp_path: Path, split_dir: Path, mlflow_uri: str, capsys: Any
 ) -> None:
@@ -432,8 +452,13 @@ def test_halving_ranks_on_the_real_schedule_and_train_continues_the_winner(
     trials = {t.number: t for t in load_study(tmp_path / "study" / tuning.JOURNAL_FILE).get_trials()}
     cfg = tuning.resolve(tuning.tune_config(params), tuning.inherited_train_config(params),
                          tuning.families(tuning.tune_config(params), params))
+    fams = tuning.families(cfg, params)
     drawn = [{k: trials[n].params[k] for k in ("lr", "batch_size", "hidden", "optimizer")} for n in (1, 2, 3)]
-    assert drawn == tuning.design(cfg, tuning.families(cfg, params), 3)  # trial 0, then the design
+    # trial 0, one laid out (tune.startup_trials 2), then TPE on the first rung's results so far
+    assert drawn[0] == tuning.design(cfg, fams, 1)[0]
+    for n in (2, 3):
+        seen = [(trials[m].params, trials[m].intermediate_values[1]) for m in range(n)]
+        assert drawn[n - 1] == propose(cfg, fams, seen, seed=cfg.seed * 1009 + n)
     tagged = {int(r.data.tags["optuna.trial_number"]): r.data.tags.get("optuna.state")
               for r in runs_by_name("rnngen-tune").values() if "optuna.trial_number" in r.data.tags}
     assert tagged == {n: t.state.name for n, t in trials.items()}  # the MLflow UI shows what ranking decided
@@ -639,7 +664,7 @@ def test_the_space_is_centred_on_params_yaml_and_the_rungs_end_at_the_real_budge
     fams = tuning.families(cfg, params)
     space = tuning.resolve(cfg, base, fams)
     assert space.resource == "seconds"  # auto: a time budget and one worker
-    assert (space.lr.low, space.lr.high) == pytest.approx((2e-3 / 30, 6e-2))
+    assert (space.lr.low, space.lr.high) == pytest.approx((2e-5, 0.2))  # span 100 each side
     assert (space.batch_size, space.hidden, space.optimizer) == ([16, 32, 64], [32, 64, 128], ["adam"])
     assert tuning.untuned(base, fams) == {"lr": 2e-3, "batch_size": 32, "hidden": 64, "optimizer": "adam"}
     # explicit choices stand, and params.yaml's values are added: trial 0 is always in the space

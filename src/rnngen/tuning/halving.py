@@ -9,7 +9,10 @@ the best 1 / halving_rate continue from their checkpoints to halving_rate times 
 epochs, and so on until one is left (or train.epochs is reached). In seconds, the rungs are
 fractions of train.time_budget_s, 1 / halving_rate apart, the last the whole budget: a
 configuration too slow for the budget loses on its own merits, and the winner has trained
-exactly as the train stage would. Trial 0 (params.yaml's values) goes on to every rung, so the
+exactly as the train stage would. The first rung's configurations are trial 0, then
+tune.startup_trials - 1 laid out as a Latin hypercube (:func:`design`), then the rest drawn one
+at a time by TPE from the first rung's results (:func:`propose`, as in BOHB). Trial 0
+(params.yaml's values) goes on to every rung, so the
 winner is always compared with it at equal resource. tune.budget_s may cut it all short.
 Eliminated trials are PRUNED; the final ones COMPLETE, and the winner's checkpoint is what
 ``tune.warm_start`` hands to the train stage.
@@ -30,7 +33,7 @@ from typing import Any
 
 from rnngen.train import TrainConfig
 from rnngen.tuning import mlflow_log
-from rnngen.tuning.space import TuneConfig, TuneError, ask, design, suggest
+from rnngen.tuning.space import Family, TuneConfig, TuneError, ask, design, search_space, suggest
 from rnngen.tuning.trials import Images, SearchContext, describe, is_untuned, speed, trial_model
 
 #: the folder in the study folder that holds successive halving's trial checkpoints
@@ -99,19 +102,22 @@ def run_halving(ctx: SearchContext, study: Any) -> None:
 
     cfg, ladder = ctx.cfg, rungs(ctx.cfg, ctx.train)
     waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))  # trial 0, queued
-    for values in design(cfg, ctx.families, cfg.n_trials - len(waiting)):
+    laid_out = min(cfg.n_trials, max(cfg.startup_trials, 1)) - len(waiting)
+    for values in design(cfg, ctx.families, laid_out):
         study.enqueue_trial(values)
     images = ctx.training_images()
     Path(ctx.halving_dir).mkdir(parents=True, exist_ok=True)
-    alive = [ask(study, cfg, ctx.families) for _ in range(cfg.n_trials)]
-    board = _Rungs(hps={t.number: suggest(t, cfg, ctx.families) for t in alive})
-    board.reached, board.done = dict.fromkeys(board.hps, -1), dict.fromkeys(board.hps, False)
+    board = _Rungs(hps={})
+    alive: list[Any] = []
     unit = "s" if cfg.resource == "seconds" else " epochs"
-    print(f"tune: successive halving of {cfg.n_trials} trials, rungs of {', '.join(f'{r:g}' for r in ladder)}{unit}",
-          flush=True)
+    print(f"tune: successive halving of {cfg.n_trials} trials ({len(waiting) + max(laid_out, 0)} laid out, the rest "
+          f"drawn by TPE from the first rung), rungs of {', '.join(f'{r:g}' for r in ladder)}{unit}", flush=True)
     out_of_time = False
     for i, rung in enumerate(ladder):
-        out_of_time = _train_rung(study, alive, board, i, rung, ctx, images)
+        if i == 0:
+            out_of_time = _first_rung(study, alive, board, rung, ctx, images)
+        else:
+            out_of_time = _train_rung(study, alive, board, i, rung, ctx, images)
         if out_of_time or i == len(ladder) - 1:
             break
         ranked = sorted(alive, key=lambda t: board.value[t.number])
@@ -126,6 +132,48 @@ def run_halving(ctx: SearchContext, study: Any) -> None:
     if out_of_time:
         print(f"tune: tune.budget_s ({cfg.budget_s:g} s) spent during the rung of {rung:g}{unit}", flush=True)
     _tell_final(study, alive, board, ctx)
+
+
+def _first_rung(study: Any, alive: list[Any], board: _Rungs, rung: float, ctx: SearchContext,
+                images: Images) -> bool:
+    """Ask tune.n_trials trials one at a time and train each to the first rung: the queued
+    ones (trial 0, the Latin hypercube) first, then TPE's proposals from the results so far."""
+    from optuna.trial import TrialState
+
+    cfg = ctx.cfg
+    while len(board.hps) < cfg.n_trials:
+        if board.hps and not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            seen = [(board.hps[n], v) for n, v in board.value.items()]
+            study.enqueue_trial(propose(cfg, ctx.families, seen, seed=cfg.seed * 1009 + len(board.hps)))
+        t = ask(study, cfg, ctx.families)
+        board.hps[t.number] = suggest(t, cfg, ctx.families)
+        board.reached[t.number], board.done[t.number] = -1, False
+        alive.append(t)
+        if _train_rung(study, alive, board, 0, rung, ctx, images):
+            return True
+    return False
+
+
+def propose(cfg: TuneConfig, fams: tuple[Family, ...], seen: list[tuple[dict[str, Any], float]],
+            seed: int) -> dict[str, Any]:
+    """The next configuration of the first rung, drawn by TPE (Bergstra et al. 2011) from the
+    first rung's results so far, as BOHB does (Falkner et al. 2018, section 4.1): the laid-out
+    configurations show where the space pays, and the rest of the rung is spent there."""
+    import optuna
+
+    space, verbosity = search_space(cfg, fams), optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # not a line per proposal about a scratch study
+    try:
+        scratch = optuna.create_study(direction="minimize",
+                                      sampler=optuna.samplers.TPESampler(n_startup_trials=0, seed=seed))
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+    finite = [v for _, v in seen if math.isfinite(v)]
+    for hp, value in seen:  # a diverged configuration counts as the worst seen, not as unseen
+        if finite:
+            scratch.add_trial(optuna.trial.create_trial(params={k: hp[k] for k in space}, distributions=space,
+                                                        value=value if math.isfinite(value) else max(finite)))
+    return scratch.ask(space).params
 
 
 def _train_rung(study: Any, alive: list[Any], board: _Rungs, index: int, rung: float, ctx: SearchContext,

@@ -37,7 +37,7 @@ INHERITED_TRAIN_KEYS = ("lr", "batch_size", "optimizer", "time_budget_s", "momen
 #: the median and Hyperband trials take tune.seed, tune.epochs and tune.patience instead
 HALVING_TRAIN_KEYS = ("seed", "epochs", "patience")
 #: how successive halving draws its configurations (:func:`design`); part of the study's name
-HALVING_DESIGN = "latin-hypercube"
+HALVING_DESIGN = "latin-hypercube, then TPE on the first rung"
 
 
 class TuneError(UserError, RuntimeError):
@@ -51,7 +51,7 @@ class LogRange:
 
     low: float | None = None
     high: float | None = None
-    span: float = 30.0
+    span: float = 100.0
 
     def problems(self) -> list[str]:
         out = []
@@ -83,8 +83,10 @@ class TuneConfig:
     #: sampler seed (TPE; halving: its Latin hypercube), and the training seed of every trial
     #: off the real schedule (on it, trials train with train.seed)
     seed: int = 0
-    #: random trials before TPE models the results
-    startup_trials: int = 3
+    #: trials before TPE models the results, trial 0 among them: drawn at random (epochs) or
+    #: laid out as a Latin hypercube (successive halving, which then draws the rest of its first
+    #: rung by TPE from that rung's results)
+    startup_trials: int = 4
     #: median / hyperband: prune a trial on its epoch curve. halving: synchronous successive
     #: halving on the real schedule: n_trials configurations train tune.epochs epochs of
     #: train.epochs, the best 1 / halving_rate continue to halving_rate times as many, and so on
@@ -209,8 +211,9 @@ def trial_train_config(cfg: TuneConfig, base: TrainConfig, hp: Mapping[str, Any]
 
 def resolve(cfg: TuneConfig, base: TrainConfig, fams: tuple[Family, ...]) -> TuneConfig:
     """``cfg`` with its resource decided and its space made concrete around params.yaml's values
-    (:func:`untuned`): lr within train.lr / span .. x span (30: a poor
-    train.lr 20x off, e.g. 1e-4 for 2e-3, is still inside), batch size and hidden size halved
+    (:func:`untuned`): lr within train.lr / span .. x span (100: a poor
+    train.lr 30x off, e.g. 1e-4 for 3e-3, is inside with room above, where a smaller model's
+    best lr lies), batch size and hidden size halved
     and doubled, the optimizer as is, unless tune.* gives them; the untuned values are always
     in the space, so trial 0 is a point of it."""
     t0 = untuned(base, fams)
@@ -338,9 +341,9 @@ def search_space(cfg: TuneConfig, fams: tuple[Family, ...]) -> dict[str, Any]:
 def design(cfg: TuneConfig, fams: tuple[Family, ...], n: int) -> list[dict[str, Any]]:
     """n points of the search space as a Latin hypercube (McKay et al. 1979; seeded by tune.seed):
     each parameter's range is cut into n equal strata (the log range for lr) and each stratum
-    holds one point, so no part of a range is left unsampled by chance. Successive halving draws
-    all of its configurations before any result exists, where a model-based sampler such as TPE
-    can only draw at random."""
+    holds one point, so no part of a range is left unsampled by chance. Successive halving lays
+    out its first configurations this way, before any result exists for a model-based sampler
+    such as TPE to learn from."""
     from optuna.distributions import CategoricalDistribution
     from scipy.stats import qmc
 
