@@ -157,7 +157,7 @@ def _first_rung(study: Any, alive: list[Any], board: _Rungs, rung: float, ctx: S
 def propose(cfg: TuneConfig, fams: tuple[Family, ...], seen: list[tuple[dict[str, Any], float]],
             seed: int) -> dict[str, Any]:
     """The next configuration of the first rung, drawn by TPE (Bergstra et al. 2011) from the
-    first rung's results so far, as BOHB does (Falkner et al. 2018, section 4.1): the laid-out
+    first rung's results so far, as BOHB does (Falkner et al. 2018): the laid-out
     configurations show where the space pays, and the rest of the rung is spent there."""
     import optuna
 
