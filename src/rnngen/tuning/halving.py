@@ -168,11 +168,10 @@ def propose(cfg: TuneConfig, fams: tuple[Family, ...], seen: list[tuple[dict[str
                                       sampler=optuna.samplers.TPESampler(n_startup_trials=0, seed=seed))
     finally:
         optuna.logging.set_verbosity(verbosity)
-    finite = [v for _, v in seen if math.isfinite(v)]
-    for hp, value in seen:  # a diverged configuration counts as the worst seen, not as unseen
-        if finite:
-            scratch.add_trial(optuna.trial.create_trial(params={k: hp[k] for k in space}, distributions=space,
-                                                        value=value if math.isfinite(value) else max(finite)))
+    worst = max((v for _, v in seen if math.isfinite(v)), default=None)
+    if worst is not None:  # a diverged configuration counts as the worst seen, not as unseen
+        scratch.add_trials([optuna.trial.create_trial(params={k: hp[k] for k in space}, distributions=space,
+                                                      value=v if math.isfinite(v) else worst) for hp, v in seen])
     return scratch.ask(space).params
 
 
