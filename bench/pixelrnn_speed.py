@@ -6,7 +6,7 @@ loop, the Diagonal BiLSTM's diagonal loop); "ops" the same loop in PyTorch ops (
     python bench/pixelrnn_speed.py                        # hidden 32, 4 layers, batch 32 (the README's speed table)
     python bench/pixelrnn_speed.py --hidden 16 --layers 7 --variants diagonal_bilstm
 
-For each variant: training images/s (forward + backward + Adam on a random binary batch) of
+For each variant: training images/s (forward + backward + training's Adam on a random binary batch) of
 the fast, the op-loop and the plain code, fp32 and under bf16 autocast, best and median of
 ``--repeats`` windows, the fast/plain and fast/ops ratios, and the seconds to sample 64 images
 (28 x 28); "bound": the images/s that the matrix products of one training iteration alone allow
@@ -31,33 +31,36 @@ import torch
 
 from rnngen.models import build_model, kernels, model_config
 from rnngen.models.base import bernoulli_nll
-from rnngen.models.pixelrnn import PixelRNNConfig
+from rnngen.models.pixelrnn import PixelRNNConfig, causal_mask
 from rnngen.models.reference import pixelrnn as reference
+from rnngen.train import TrainConfig, make_optimizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ is not a package
 from draw_gemm_bound import plan_iteration
 
 SIDE = 28
+TAPS_A = int(causal_mask(7, 7, "A").sum())  # the first layer's taps: 24 of the 7 x 7
 
 
 def row_lstm_plan(config: PixelRNNConfig, batch: int) -> list[tuple[int, int, int]]:
     """(m, k, n) of every matrix product of one Row LSTM training iteration, as
     rnngen/models/csrc/row_lstm.cpp and the model around it run them: n = batch x 28 positions
-    per row, the 7x7 mask-A convolution as its im2col product (forward and weight gradient; the
-    image needs no gradient), per layer one product per row for both convolutions (input taps
-    and the previous row's states against [w_is; w_ss]) and one per row back into the states,
-    the weight and input gradients over all rows at once, the residual 1x1, and the two 1x1
-    output layers with their gradients."""
+    per row, the 7x7 mask-A convolution as its product over the 24 taps mask A keeps (forward and
+    weight gradient; the image needs no gradient), per layer one product per row for both
+    convolutions (input taps and the previous row's states against [w_is; w_ss]) and one per row
+    back through both (into the row's input taps and the previous row's states), the weight
+    gradient over all rows at once, the residual 1x1, and the two 1x1 output layers with their
+    gradients."""
     h, c, o = config.hidden, 2 * config.hidden, config.out_hidden
     n = batch * SIDE
     every = SIDE * n  # every position of a map
     kx, kh, g4 = (config.kernel // 2 + 1) * c, config.kernel * h, 4 * h
-    plan = [(every, 49, c), (49, every, c)]
+    plan = [(every, TAPS_A, c), (TAPS_A, every, c)]
     for _ in range(config.layers):
         plan += [(n, kx + kh, g4)] * SIDE  # the row loop, forward
         plan += [(every, h, c), (every, c, h), (h, every, c)]  # residual 1x1: forward, d hs, d w_up
-        plan += [(n, g4, kh)] * SIDE  # the row loop, backward: into the previous row's states
-        plan += [(kx + kh, every, g4), (every, g4, kx)]  # d [w_is; w_ss] over all rows, d input taps
+        plan += [(n, g4, kx + kh)] * SIDE  # the row loop, backward: into the row's input and state taps
+        plan += [(kx + kh, every, g4)]  # d [w_is; w_ss] over all rows
     plan += [(every, c, o), (every, o, 1), (every, 1, o), (o, every, 1), (every, o, c), (c, every, o)]
     return plan
 
@@ -72,7 +75,7 @@ def diagonal_plan(config: PixelRNNConfig, batch: int) -> list[tuple[int, int, in
     h, c, o = config.hidden, 2 * config.hidden, config.out_hidden
     every = SIDE * SIDE * batch
     diagonals = [min(t, 2 * SIDE - 2 - t) + 1 for t in range(2 * SIDE - 1)]  # positions per diagonal
-    plan = [(every, 49, c), (49, every, c)]
+    plan = [(every, TAPS_A, c), (TAPS_A, every, c)]
     for _ in range(config.layers):
         plan += [(every, c, 8 * h), (every, h, c), (every, c, h), (h, every, c)]  # input-to-state, residual
         plan += [(k * batch, 2 * h, 4 * h) for k in diagonals for _ in range(2)]  # the loop, forward
@@ -127,7 +130,7 @@ def main() -> None:
         torch.manual_seed(0)
         model = build_model("pixelrnn", model_config("pixelrnn", {"variant": variant, "layers": args.layers,
                                                                    "hidden": args.hidden}))
-        models[variant] = (model, torch.optim.Adam(model.parameters(), 1e-3))
+        models[variant] = (model, make_optimizer(model, TrainConfig(lr=1e-3)))  # training's Adam (fused)
     x = torch.bernoulli(torch.full((args.batch, 1, 28, 28), 0.2), generator=torch.Generator().manual_seed(0))
     for amp in (False, True):
         steps = {}

@@ -300,6 +300,8 @@ class PixelRNN(GenerativeModel):
         channels = 2 * config.hidden
         self.input_conv = nn.Conv2d(1, channels, 7, padding=3)
         self.register_buffer("mask_a", causal_mask(7, 7, "A").view(1, 1, 7, 7), persistent=False)
+        #: the kernel rows and columns of the taps mask A keeps (first_layer's GEMM)
+        self.taps_a = tuple(map(list, zip(*self.mask_a[0, 0].nonzero().tolist(), strict=True)))
         if config.variant == "row_lstm":
             layers = [RowLSTMLayer(channels, config.hidden, config.kernel) for _ in range(config.layers)]
         else:
@@ -338,8 +340,17 @@ class PixelRNN(GenerativeModel):
     # ------------------------------------------------------------------- likelihood
 
     def first_layer(self, x: Tensor) -> Tensor:
-        """The 7x7 mask-A convolution: ``(B, 1, H, W)`` -> maps ``(B, 2h, H, W)``."""
-        return F.conv2d(x, self.input_conv.weight * self.mask_a, self.input_conv.bias, padding=3)
+        """The 7x7 mask-A convolution (sec. 3.4): ``(B, 1, H, W)`` -> row-major maps ``(H, B, W, 2h)``.
+        One GEMM over the 24 taps that mask A keeps (the three rows above, the three pixels left),
+        unfolded straight into the layers' layout: no product with the 25 masked-out taps, and no
+        copy from the convolution's ``(B, 2h, H, W)`` into it."""
+        b, _, height, width = x.shape
+        rows, cols = self.taps_a  # kernel row 3 is the pixel's own row
+        padded = F.pad(x[:, 0], (3, 3, 3, 0))  # zeros above and beside the image: (B, H + 3, W + 6)
+        patches = torch.stack([padded[:, r : r + height, c : c + width].transpose(0, 1)
+                               for r, c in zip(rows, cols, strict=True)], -1)  # (H, B, W, 24)
+        weight = self.input_conv.weight[:, 0, rows, cols]  # (2h, 24)
+        return torch.addmm(self.input_conv.bias, patches.flatten(0, 2), weight.t()).view(height, b, width, -1)
 
     def first_layer_at(self, x: Tensor, i: int, j: int) -> Tensor:
         """The mask-A convolution at pixel (i, j) only, ``(n, 2h)`` (generation): the 7x7 kernel's
@@ -355,7 +366,7 @@ class PixelRNN(GenerativeModel):
     def logits(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """Bernoulli logits of p(x_i = 1 | x_<i) (of p(x_i = 1 | x_<i, y) for a conditional
         model, labels ``y`` ``(B,)``) for every pixel, ``(B, 1, H, W)``."""
-        m = self.first_layer(x).permute(2, 0, 3, 1)  # row-major, channels last from here: (H, B, W, 2h)
+        m = self.first_layer(x)  # row-major, channels last from here: (H, B, W, 2h)
         drop = self.config.label_dropout if self.training else 0.0
         for layer, bias in zip(self.layers, self.gate_biases(y, drop), strict=True):
             m = layer(m, bias)  # residual inside (sec. 3.3)

@@ -4,14 +4,35 @@
 // ninja tracks this header as a dependency of each kernel, so an edit here rebuilds both.)
 #pragma once
 
+#include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <vector>
 
 namespace rnngen {
+
+// Sums over positions taken inside a parallel sweep that already visits them: each thread adds
+// into its own row, and the rows are added at the end. No atomics, and no second pass over the
+// (memory-bound, cache-cold) summed tensor: such a pass cost as much as a GEMM here.
+template <typename A>
+class PartialSums {
+ public:
+  explicit PartialSums(int64_t size) : size_(size), rows_(at::get_num_threads() * size, A(0)) {}
+  A* mine() { return rows_.data() + at::get_thread_num() * size_; }  // call inside the sweep
+  void add_into(A* out) const {
+    for (std::size_t r = 0; r < rows_.size(); r += size_) {
+      for (int64_t k = 0; k < size_; ++k) out[k] += rows_[r + k];
+    }
+  }
+
+ private:
+  int64_t size_;
+  std::vector<A> rows_;
+};
 
 // e^x in float, inline so that every loop that calls it vectorizes without a libm call:
 // x = n ln 2 + r with |r| <= ln 2 / 2 (Cody and Waite's two-part ln 2), e^r by its Taylor series to
@@ -89,11 +110,12 @@ void cell_forward(const T* __restrict__ g, const T* __restrict__ g2, const A* __
 
 // Backward of cell_forward: dh = the output's gradient + dh_next (from the states that read this
 // one), dc the cell state's (updated in place to that of c_prev); writes the pre-activations'
-// gradient dg.
+// gradient dg and, where d_bias is not null, adds dg to it (the bias's gradient, summed here while
+// dg is in L1 rather than in a pass of its own).
 template <typename T, typename A>
 void cell_backward(const T* __restrict__ a, const A* __restrict__ c, const A* __restrict__ c_prev,
                    const T* __restrict__ dh_out, const A* __restrict__ dh_next, A* __restrict__ dc,
-                   T* __restrict__ dg, int64_t hid) {
+                   T* __restrict__ dg, int64_t hid, A* __restrict__ d_bias = nullptr) {
   for (int64_t k = 0; k < hid; ++k) {
     const A gi = ld(a, k), gf = ld(a, hid + k), gg = ld(a, 2 * hid + k), go = ld(a, 3 * hid + k);
     const A tc = tanh_(c[k]);
@@ -104,6 +126,9 @@ void cell_backward(const T* __restrict__ a, const A* __restrict__ c, const A* __
     st(dg, 2 * hid + k, dcell * gi * (A(1) - gg * gg));
     st(dg, 3 * hid + k, dh * tc * go * (A(1) - go));
     dc[k] = dcell * gf;
+  }
+  if (d_bias != nullptr) {  // a loop of its own: inside the one above, gcc no longer vectorizes it
+    for (int64_t k = 0; k < 4 * hid; ++k) d_bias[k] += static_cast<A>(ld(dg, k));
   }
 }
 

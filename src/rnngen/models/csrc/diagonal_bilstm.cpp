@@ -47,6 +47,7 @@ constexpr int64_t kGrain = 16;  // positions per parallel chunk
 using rnngen::cell_backward;
 using rnngen::cell_forward;
 using rnngen::ld;
+using rnngen::PartialSums;
 using rnngen::st;
 
 // Where each anti-diagonal's positions live: diagonal t holds rows lo..hi (column t - row).
@@ -82,7 +83,8 @@ constexpr int64_t kAhead = 8;  // positions ahead
 
 template <typename T>
 void forward_impl(const Diagonals& g, const Tensor& gx, const Tensor& w_ss, const Tensor& bias, const Tensor& h0,
-                  const Tensor& c0, Tensor& u, Tensor& act, Tensor& cs, Tensor& hs, Tensor& s) {
+                  const Tensor& c0, const Tensor& m, const Tensor& b_up, Tensor& u, Tensor& act, Tensor& cs,
+                  Tensor& hs, Tensor& s, Tensor& out) {
   using A = acc_of<T>;
   const int64_t hid = cs.size(2), g4 = 4 * hid, P = cs.size(1), B = g.batch;
   const int64_t bias_step = bias.dim() == 3 ? 2 * g4 : 0;  // (2, 4h), or (B, 2, 4h): a row per image
@@ -130,11 +132,16 @@ void forward_impl(const Diagonals& g, const Tensor& gx, const Tensor& w_ss, cons
       }
     });
   }
-  // s = left-to-right h at (i, j) + right-to-left h at (i - 1, j): un-mirrored, shifted down a row
+  // s = left-to-right h at (i, j) + right-to-left h at (i - 1, j): un-mirrored, shifted down a row.
+  // The same pass starts the residual output, out = m + b_up (its 1x1 product is added at the end).
   T* sp = s.data_ptr<T>();
-  const int64_t W = g.width;
+  T* outp = out.data_ptr<T>();
+  const T* mp = m.data_ptr<T>();
+  const T* bup = b_up.data_ptr<T>();
+  const int64_t W = g.width, ch = m.size(-1);
   at::parallel_for(0, g.height * B * W, kGrain, [&](int64_t lo, int64_t hi) {
     for (int64_t q = lo; q < hi; ++q) {
+      for (int64_t c = 0; c < ch; ++c) st(outp + q * ch, c, static_cast<A>(ld(mp + q * ch, c)) + static_cast<A>(ld(bup, c)));
       const int64_t i = q / (B * W), b = (q / W) % B, j = q % W;
       const T* fwd = hsp + g.at(i, j, b) * hid;
       T* dst = sp + q * hid;
@@ -150,7 +157,8 @@ void forward_impl(const Diagonals& g, const Tensor& gx, const Tensor& w_ss, cons
 
 template <typename T>
 void backward_impl(const Diagonals& g, const Tensor& d_s, const Tensor& w_ss, const Tensor& act, const Tensor& cs,
-                   const Tensor& c0, Tensor& dg, Tensor& dgx, Tensor& dh0, Tensor& dc0) {
+                   const Tensor& c0, bool per_image_bias, Tensor& dg, Tensor& dgx, Tensor& dh0, Tensor& dc0,
+                   Tensor& d_bias) {
   using A = acc_of<T>;
   const int64_t hid = cs.size(2), g4 = 4 * hid, P = cs.size(1), B = g.batch, W = g.width, H = g.height;
   const Tensor c0c = c0.to(cs.scalar_type()).contiguous();
@@ -169,12 +177,15 @@ void backward_impl(const Diagonals& g, const Tensor& d_s, const Tensor& w_ss, co
   A* carp = carry.data_ptr<A>();
   A* dh0p = dh0.data_ptr<A>();
   A* dc0p = dc0.data_ptr<A>();
+  // the bias's gradient, (2, 4h) or per image (B, 2, 4h): the gates' gradient summed in the sweep
+  PartialSums<A> d_bias_sums(per_image_bias ? B * 2 * g4 : 2 * g4);
 
   for (int64_t t = g.count() - 1; t >= 0; --t) {
     const int64_t rows = g.rows(t), off = g.off[t];
     const int64_t next_off = t + 1 < g.count() ? g.off[t + 1] : 0;
     at::parallel_for(0, 2 * rows, kGrain, [&](int64_t lo, int64_t hi) {
       std::vector<A> dh_next(hid);
+      A* sums = d_bias_sums.mine();
       for (int64_t q = lo; q < hi; ++q) {
         if (q + kAhead < hi) {
           const int64_t qa = q + kAhead, da = qa / rows, ia = g.lo[t] + (qa % rows) / B, ba = qa % B;
@@ -198,7 +209,8 @@ void backward_impl(const Diagonals& g, const Tensor& d_s, const Tensor& w_ss, co
         }
         const A* c_prev = j > 0 ? csp + (d * P + g.at(i, j - 1, b)) * hid : c0p + d * hid;
         cell_backward(actp + p * g4, csp + p * hid, c_prev, dh_out, dh_next.data(),
-                      carp + ((d * H + i) * B + b) * hid, dgp + p * g4, hid);
+                      carp + ((d * H + i) * B + b) * hid, dgp + p * g4, hid,
+                      sums + ((per_image_bias ? b * 2 : 0) + d) * g4);
         // the same gradient at the map row this position read, for the input-to-state GEMMs
         std::memcpy(dxp + image_row(g, d, i, j, b) * 2 * g4 + d * g4, dgp + p * g4, g4 * sizeof(T));
       }
@@ -221,6 +233,7 @@ void backward_impl(const Diagonals& g, const Tensor& d_s, const Tensor& w_ss, co
       }
     }
   }
+  d_bias_sums.add_into(d_bias.data_ptr<A>());
 }
 
 at::ScalarType acc_type(at::ScalarType t) {
@@ -251,11 +264,12 @@ std::vector<Tensor> layer_forward(const Tensor& m, const Tensor& w_is, const Ten
   Tensor cs = at::empty({2, P, hid}, acc);
   Tensor hs = at::empty({2, P, hid}, m.options());
   Tensor s = at::empty({P, hid}, m.options());
-  const Tensor wc = w_ss.contiguous();
+  Tensor out = at::empty_like(m);
+  const Tensor wc = w_ss.contiguous(), b_upc = b_up.contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, m.scalar_type(), "diagonal_bilstm_layer_forward", [&] {
-    forward_impl<scalar_t>(g, gx, wc, bias, h0, c0, u, act, cs, hs, s);
+    forward_impl<scalar_t>(g, gx, wc, bias, h0, c0, m, b_upc, u, act, cs, hs, s, out);
   });
-  Tensor out = at::addmm(m2, s, w_up).add_(b_up).view({height, n, ch});
+  out.view({-1, ch}).addmm_(s, w_up);  // in place: out already holds m + b_up
   return {out, u, act, cs, s};
 }
 
@@ -274,14 +288,12 @@ std::vector<Tensor> layer_backward(const Tensor& d_out_, const Tensor& m, const 
   Tensor dg = at::empty({2, P, g4}, u.options());
   Tensor dgx = at::empty({P, 2 * g4}, u.options());  // dg again, in the map's own layout (H B W, 8h)
   Tensor dh0 = at::zeros({2, hid}, cs.options()), dc0 = at::zeros({2, hid}, cs.options());
+  Tensor d_bias = at::zeros(per_image_bias ? at::IntArrayRef{batch, 2, g4} : at::IntArrayRef{2, g4}, cs.options());
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, u.scalar_type(), "diagonal_bilstm_layer_backward", [&] {
-    backward_impl<scalar_t>(g, d_s, w_ss.contiguous(), act, cs, c0, dg, dgx, dh0, dc0);
+    backward_impl<scalar_t>(g, d_s, w_ss.contiguous(), act, cs, c0, per_image_bias, dg, dgx, dh0, dc0, d_bias);
   });
   // the state-to-state weights over every position at once, per direction
   Tensor d_w_ss = at::bmm(u.transpose(1, 2), dg);
-  // per image: the sum over its positions (storage rows come in blocks of B, one per image)
-  Tensor d_bias = (per_image_bias ? dg.view({2, P / batch, batch, g4}).sum(1).transpose(0, 1) : dg.sum(1))
-                      .to(cs.scalar_type());
   // the input-to-state weights and the input's gradient, in the map's own layout
   Tensor d_w_is = at::mm(m.view({-1, ch}).t(), dgx);
   Tensor d_m = at::addmm(d_out, dgx, w_is.t()).view({height, n, ch});

@@ -3,7 +3,10 @@
 // 1xk mask-B input-to-state one over the row's pixels and the 1xk state-to-state one over the
 // previous row's states, their taps unfolded side by side), then one fused, vectorized sweep runs
 // the LSTM cell (eq. 3) and unfolds the new states for the next row. The backward runs the rows
-// in reverse with one GEMM a row; every weight gradient and the input's is one GEMM over all rows.
+// in reverse with one GEMM a row back through both convolutions, its output folded onto the
+// input's and the previous row's positions in one sweep while still in cache; the weights'
+// gradient is one GEMM over all rows. Sums over positions (the biases' gradients) and the
+// residual's bias ride along in sweeps that visit every position anyway.
 // PyTorch's per-op version of the same loop spends most of its time in a dozen small element-wise
 // ops a row and in autograd's copies around them; here a row is its GEMM plus one sweep.
 //
@@ -37,11 +40,13 @@ constexpr int64_t kGrain = 32;  // positions per parallel chunk
 using rnngen::cell_backward;
 using rnngen::cell_forward;
 using rnngen::ld;
+using rnngen::PartialSums;
 using rnngen::st;
 
 template <typename T>
 void forward_impl(const Tensor& m, const Tensor& w_all, const Tensor& bias, const Tensor& h0, const Tensor& c0,
-                  int64_t batch, int64_t kernel, Tensor& u, Tensor& act, Tensor& cs, Tensor& hs) {
+                  const Tensor& b_up, int64_t batch, int64_t kernel, Tensor& u, Tensor& act, Tensor& cs, Tensor& hs,
+                  Tensor& out) {
   using A = acc_of<T>;
   const int64_t height = m.size(0), n = m.size(1), ch = m.size(2), g4 = w_all.size(1), hid = g4 / 4;
   const int64_t width = n / batch, half = kernel / 2, kx = (half + 1) * ch, kk = kx + kernel * hid;
@@ -54,16 +59,20 @@ void forward_impl(const Tensor& m, const Tensor& w_all, const Tensor& bias, cons
   const A* c0p = c0c.data_ptr<A>();
   const A* bp = bc.data_ptr<A>();
   const T* mp = m.data_ptr<T>();
+  const T* bup = b_up.data_ptr<T>();
+  T* outp = out.data_ptr<T>();
   T* up = u.data_ptr<T>();
   T* hsp = hs.data_ptr<T>();
   T* actp = act.data_ptr<T>();
   A* csp = cs.data_ptr<A>();
 
   // input taps, every row at once: u[i][b, j, t C + c] = m[i][b, j + t - half, c], t <= half (mask B:
-  // the pixel and the ones left of it); zeros left of the row (u is not zero-filled: one pass less)
+  // the pixel and the ones left of it); zeros left of the row (u is not zero-filled: one pass less).
+  // The same pass starts the residual output, out = m + b_up (its 1x1 product is added at the end).
   at::parallel_for(0, height * n, kGrain, [&](int64_t lo, int64_t hi) {
     for (int64_t q = lo; q < hi; ++q) {
       const int64_t j = (q % n) % width;
+      for (int64_t c = 0; c < ch; ++c) st(outp + q * ch, c, static_cast<A>(ld(mp + q * ch, c)) + static_cast<A>(ld(bup, c)));
       T* dst = up + q * kk;
       for (int64_t t = 0; t <= half; ++t) {
         if (j + t - half < 0) {
@@ -100,9 +109,9 @@ void forward_impl(const Tensor& m, const Tensor& w_all, const Tensor& bias, cons
     at::parallel_for(0, n, kGrain, [&](int64_t lo, int64_t hi) {
       std::vector<A> scratch(g4);
       for (int64_t p = lo; p < hi; ++p) {
-        cell_forward(prep + p * g4, static_cast<const T*>(nullptr), bp + (p / width) * bias_step, scratch.data(), actp + (i * n + p) * g4,
-                     i == 0 ? c0p : csp + ((i - 1) * n + p) * hid, csp + (i * n + p) * hid, hsp + (i * n + p) * hid,
-                     hid);
+        cell_forward(prep + p * g4, static_cast<const T*>(nullptr), bp + (p / width) * bias_step, scratch.data(),
+                     actp + (i * n + p) * g4, i == 0 ? c0p : csp + ((i - 1) * n + p) * hid, csp + (i * n + p) * hid,
+                     hsp + (i * n + p) * hid, hid);
       }
     });
     if (i + 1 < height) {
@@ -112,72 +121,70 @@ void forward_impl(const Tensor& m, const Tensor& w_all, const Tensor& bias, cons
   }
 }
 
+// The row loop in reverse. Per row one GEMM takes the gates' gradient back through both
+// convolutions at once (into the row's input taps and the previous row's state taps), and one
+// sweep folds the taps back onto their positions while that output is still in cache: the state
+// taps into dh_next for the next (upper) row's cells, the input taps, plus the residual path's
+// d_out, into d_m. Bias gradients are summed in the same sweeps (PartialSums).
 template <typename T>
-void backward_impl(const Tensor& d_hs, const Tensor& w_h, const Tensor& act, const Tensor& cs, const Tensor& c0,
-                   int64_t batch, int64_t kernel, Tensor& d_gates, Tensor& dh_next, Tensor& dc) {
+void backward_impl(const Tensor& d_out, const Tensor& d_hs, const Tensor& w_all, const Tensor& act, const Tensor& cs,
+                   const Tensor& c0, int64_t batch, int64_t kernel, bool per_image_bias, Tensor& d_gates,
+                   Tensor& dh_next, Tensor& dc, Tensor& d_bias, Tensor& d_m, Tensor& d_b_up) {
   using A = acc_of<T>;
-  const int64_t height = act.size(0), n = act.size(1), g4 = act.size(2), hid = g4 / 4;
-  const int64_t width = n / batch, half = kernel / 2, kh = kernel * hid;
-  const Tensor w_t = w_h.t();
+  const int64_t height = act.size(0), n = act.size(1), g4 = act.size(2), hid = g4 / 4, ch = d_out.size(2);
+  const int64_t width = n / batch, half = kernel / 2, kx = (half + 1) * ch, kk = w_all.size(0);
+  const Tensor w_t = w_all.t().contiguous();
   const Tensor c0c = c0.to(cs.scalar_type()).contiguous();
   const A* c0p = c0c.data_ptr<A>();
+  const T* dop = d_out.data_ptr<T>();
   const T* dhsp = d_hs.data_ptr<T>();
   const T* actp = act.data_ptr<T>();
   const A* csp = cs.data_ptr<A>();
   T* dgp = d_gates.data_ptr<T>();
+  T* dmp = d_m.data_ptr<T>();
   A* dhn = dh_next.data_ptr<A>();
   A* dcp = dc.data_ptr<A>();
-  Tensor d_taps = at::empty({n, kh}, d_hs.options());
+  Tensor d_taps = at::empty({n, kk}, d_hs.options());  // [input taps (half + 1) C | state taps k h]
+  const T* dt = d_taps.data_ptr<T>();
+  // the bias's gradient, (4h) or per image (batch, 4h); the residual's, d_out summed
+  PartialSums<A> d_bias_sums(per_image_bias ? batch * g4 : g4), d_b_up_sums(ch);
+  const int64_t bias_step = per_image_bias ? g4 : 0;
 
   for (int64_t i = height - 1; i >= 0; --i) {
     at::parallel_for(0, n, kGrain, [&](int64_t lo, int64_t hi) {
+      A* sums = d_bias_sums.mine();
       for (int64_t p = lo; p < hi; ++p) {
         cell_backward(actp + (i * n + p) * g4, csp + (i * n + p) * hid,
                       i == 0 ? c0p : csp + ((i - 1) * n + p) * hid, dhsp + (i * n + p) * hid, dhn + p * hid,
-                      dcp + p * hid, dgp + (i * n + p) * g4, hid);
+                      dcp + p * hid, dgp + (i * n + p) * g4, hid, sums + (p / width) * bias_step);
       }
     });
-    // the gradient into the previous row's states: one GEMM, then fold the k taps back
     at::mm_out(d_taps, d_gates[i], w_t);
-    const T* dt = d_taps.data_ptr<T>();
     at::parallel_for(0, n, kGrain, [&](int64_t lo, int64_t hi) {
+      std::vector<A> acc(ch);
+      A* sums = d_b_up_sums.mine();
       for (int64_t p = lo; p < hi; ++p) {
-        const int64_t j = p % width;
+        const int64_t j = p % width, q = i * n + p;
         A* dst = dhn + p * hid;
         for (int64_t k = 0; k < hid; ++k) dst[k] = A(0);
         for (int64_t t = 0; t < kernel; ++t) {  // position j - t + half read state j at tap t
-          const int64_t q = j - t + half;
-          if (q < 0 || q >= width) continue;
-          const T* s = dt + (p - t + half) * kh + t * hid;
+          if (j - t + half < 0 || j - t + half >= width) continue;
+          const T* s = dt + (p - t + half) * kk + kx + t * hid;
           for (int64_t k = 0; k < hid; ++k) dst[k] += static_cast<A>(ld(s, k));
         }
+        for (int64_t c = 0; c < ch; ++c) acc[c] = static_cast<A>(ld(dop + q * ch, c));
+        for (int64_t c = 0; c < ch; ++c) sums[c] += acc[c];
+        for (int64_t t = 0; t <= half; ++t) {  // pixel j is input tap t of position j - t + half
+          if (j - t + half >= width) continue;
+          const T* s = dt + (p - t + half) * kk + t * ch;
+          for (int64_t c = 0; c < ch; ++c) acc[c] += static_cast<A>(ld(s, c));
+        }
+        for (int64_t c = 0; c < ch; ++c) st(dmp + q * ch, c, acc[c]);
       }
     });
   }
-}
-
-// d_m = d_out (the residual path) + the input taps' gradient folded back onto their pixels
-template <typename T>
-void fold_input_taps(const Tensor& d_out, const Tensor& d_xt, int64_t batch, int64_t kernel, Tensor& d_m) {
-  using A = acc_of<T>;
-  const int64_t rows = d_out.size(0) * d_out.size(1), n = d_out.size(1), ch = d_out.size(2);
-  const int64_t width = n / batch, half = kernel / 2, kx = (half + 1) * ch;
-  const T* dop = d_out.data_ptr<T>();
-  const T* dxp = d_xt.data_ptr<T>();
-  T* dmp = d_m.data_ptr<T>();
-  at::parallel_for(0, rows, kGrain, [&](int64_t lo, int64_t hi) {
-    std::vector<A> acc(ch);
-    for (int64_t q = lo; q < hi; ++q) {
-      const int64_t j = (q % n) % width;
-      for (int64_t c = 0; c < ch; ++c) acc[c] = static_cast<A>(ld(dop + q * ch, c));
-      for (int64_t t = 0; t <= half; ++t) {  // pixel j is tap t of position j - t + half
-        if (j - t + half >= width) continue;
-        const T* s = dxp + (q - t + half) * kx + t * ch;
-        for (int64_t c = 0; c < ch; ++c) acc[c] += static_cast<A>(ld(s, c));
-      }
-      for (int64_t c = 0; c < ch; ++c) st(dmp + q * ch, c, acc[c]);
-    }
-  });
+  d_bias_sums.add_into(d_bias.data_ptr<A>());
+  d_b_up_sums.add_into(d_b_up.data_ptr<A>());
 }
 
 at::ScalarType acc_type(at::ScalarType t) {
@@ -201,11 +208,12 @@ std::vector<Tensor> layer_forward(const Tensor& m, const Tensor& w_all, const Te
   Tensor act = at::empty({height, n, g4}, m.options());
   Tensor cs = at::empty({height, n, hid}, acc);
   Tensor hs = at::empty({height, n, hid}, m.options());
-  const Tensor wc = w_all.contiguous();
+  Tensor out = at::empty_like(m);
+  const Tensor wc = w_all.contiguous(), b_upc = b_up.contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, m.scalar_type(), "row_lstm_layer_forward", [&] {
-    forward_impl<scalar_t>(m, wc, bias, h0, c0, batch, kernel, u, act, cs, hs);
+    forward_impl<scalar_t>(m, wc, bias, h0, c0, b_upc, batch, kernel, u, act, cs, hs, out);
   });
-  Tensor out = at::addmm(m.view({-1, ch}), hs.view({-1, hid}), w_up).add_(b_up).view({height, n, ch});
+  out.view({-1, ch}).addmm_(hs.view({-1, hid}), w_up);  // in place: out already holds m + b_up
   return {out, u, act, cs, hs};
 }
 
@@ -219,27 +227,20 @@ std::vector<Tensor> layer_backward(const Tensor& d_out_, const Tensor& u, const 
   // the residual 1x1 convolution
   Tensor d_hs = at::mm(d_out2, w_up.t());
   Tensor d_w_up = at::mm(hs2.t(), d_out2);
-  Tensor d_b_up = d_out2.sum(0);  // bfloat16 sums accumulate in float; a dtype= would copy the tensor
   // the row loop
   Tensor d_gates = at::empty({height, n, g4}, u.options());
   Tensor dh_next = at::zeros({n, hid}, cs.options());
   Tensor dc = at::zeros({n, hid}, cs.options());
-  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, u.scalar_type(), "row_lstm_layer_backward", [&] {
-    backward_impl<scalar_t>(d_hs.view({height, n, hid}), w_all.narrow(0, kx, kh), act, cs, c0, batch, kernel,
-                            d_gates, dh_next, dc);
-  });
-  // both convolutions' weights over all rows at once, and the input's gradient
-  const Tensor dg2 = d_gates.view({-1, g4});
-  Tensor d_w_all = at::mm(u.view({-1, kx + kh}).t(), dg2);
-  // per image: the sum over its rows and columns
-  Tensor d_bias = (per_image_bias ? d_gates.view({height, batch, n / batch, g4}).sum({0, 2}) : dg2.sum(0))
-                      .to(cs.scalar_type());
-  Tensor d_xt = at::mm(dg2, w_all.narrow(0, 0, kx).t());
+  Tensor d_bias = at::zeros(per_image_bias ? at::IntArrayRef{batch, g4} : at::IntArrayRef{g4}, cs.options());
   Tensor d_m = at::empty_like(d_out);
-  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, u.scalar_type(), "row_lstm_fold_input", [&] {
-    fold_input_taps<scalar_t>(d_out, d_xt, batch, kernel, d_m);
+  Tensor d_b_up = at::zeros({ch}, cs.options());
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, u.scalar_type(), "row_lstm_layer_backward", [&] {
+    backward_impl<scalar_t>(d_out, d_hs.view({height, n, hid}), w_all, act, cs, c0, batch, kernel, per_image_bias,
+                            d_gates, dh_next, dc, d_bias, d_m, d_b_up);
   });
-  return {d_m, d_w_all, d_bias, dh_next.sum(0), dc.sum(0), d_w_up, d_b_up};
+  // both convolutions' weights over all rows at once
+  Tensor d_w_all = at::mm(u.view({-1, kx + kh}).t(), d_gates.view({-1, g4}));
+  return {d_m, d_w_all, d_bias, dh_next.sum(0), dc.sum(0), d_w_up, d_b_up.to(u.scalar_type())};
 }
 
 }  // namespace
