@@ -5,6 +5,7 @@ PixelRNN's likelihood is exact, and its column holds that exact value.
 
     python bench/quality_at_budget.py --budget 600            # 10 minutes per model, as make repro
     python bench/quality_at_budget.py --budget 60 --models mlp_vae row_lstm_vae
+    python bench/quality_at_budget.py --models pixelrnn_diagonal_bilstm --layers 7 --hidden 16  # the paper's size
     python bench/quality_at_budget.py --budget 1200 --dataset fashion-mnist \
         --path /usr/share/datasets/fashion-mnist                 # full size: apt-get install dataset-fashion-mnist
 
@@ -76,6 +77,8 @@ def main() -> None:
                    help="score the first N test images (0 = all; k=100 bounds on 10,000 take a while)")
     p.add_argument("--weight-decay", type=float, default=0.0, help="train.weight_decay of every model")
     p.add_argument("--dropout", type=float, default=0.0, help="model dropout (PixelRNN's only)")
+    p.add_argument("--layers", type=int, default=0, help="PixelRNN's recurrent layers (default: the model's, 4)")
+    p.add_argument("--hidden", type=int, default=0, help="PixelRNN's h, units per position (default: the model's, 32)")
     p.add_argument("--canvas-init", choices=["zero", "mean"], default="mean",
                    help="DRAW's model.draw.canvas_init (default: %(default)s)")
     p.add_argument("--fcd", action="store_true", help="also score sample quality (FCD, n=1000, binary)")
@@ -101,6 +104,8 @@ def main() -> None:
         for aug in (False,) if args.no_augment_runs else (False, True):
             torch.manual_seed(args.seed)
             extra = {"dropout": args.dropout} if args.dropout else {}
+            if name == "pixelrnn":
+                extra |= {k: v for k, v in (("layers", args.layers), ("hidden", args.hidden)) if v}
             if name == "draw":
                 extra["canvas_init"] = args.canvas_init
             model = build_model(name, model_config(name, {**overrides, **extra}))
@@ -131,6 +136,7 @@ def main() -> None:
                 "test_nll_elbo": round(bounds["nll_elbo"], 2), "test_nll_iwae": round(bounds["nll_iwae"], 2),
                 "weight_decay": args.weight_decay, "dropout": args.dropout,
                 **({"canvas_init": args.canvas_init} if name == "draw" else {}),
+                **({"layers": model.config.layers, "hidden": model.config.hidden} if name == "pixelrnn" else {}),
                 "params": sum(p.numel() for p in model.parameters()), **quality,
             })
             print(rows[-1], flush=True)
