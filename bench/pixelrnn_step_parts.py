@@ -16,10 +16,10 @@ in each place. The fraction "of bound" is the products' time over the step's, as
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -30,14 +30,7 @@ from rnngen.train import TrainConfig, make_optimizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ is not a package
 from draw_gemm_bound import plan_iteration
-from pixelrnn_speed import PLANS, SIDE, training_step
-
-
-def step_ms(step: Callable[[], None], iters: int) -> float:
-    start = time.perf_counter()
-    for _ in range(iters):
-        step()
-    return (time.perf_counter() - start) / iters * 1e3
+from pixelrnn_speed import PLANS, SIDE, training_step, window
 
 
 def main() -> None:
@@ -64,13 +57,9 @@ def main() -> None:
         model.layers = torch.nn.ModuleList(list(model.layers)[:layers])
         return training_step(model, make_optimizer(model, TrainConfig(lr=1e-3)), x, plain=False, amp=amp)
 
-    plan = PLANS[args.variant](config, args.batch)
-    per_layer = (len(plan) - 8) // args.layers  # the plans put 2 products first and 6 last
-    outside = plan[:2] + plan[-6:]
+    plan, outside = (PLANS[args.variant](c, args.batch) for c in (config, dataclasses.replace(config, layers=0)))
     parts = {"step": step_of(args.layers), "no layers": step_of(0),
              "products": plan_iteration(plan, dtype), "products outside layers": plan_iteration(outside, dtype)}
-    if len(plan) != len(outside) + per_layer * args.layers:
-        raise SystemExit(f"{args.variant}'s plan does not split into first layer, {args.layers} layers and head")
     for run in parts.values():
         run()
         run()  # warm-up: kernels built, memory mapped
@@ -80,7 +69,7 @@ def main() -> None:
     times: dict[str, list[float]] = {k: [] for k in parts}
     for _ in range(args.rounds):
         for name, run in parts.items():
-            times[name].append(step_ms(run, args.iters))
+            times[name].append(args.batch / window(run, args.iters, args.batch) * 1e3)  # ms a step
     for stat_name, stat in (("best", min), ("median", statistics.median)):
         t = {k: stat(v) for k, v in times.items()}
         layer = (t["step"] - t["no layers"]) / args.layers
