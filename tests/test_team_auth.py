@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from conftest import copy_project, tiny_params
-from rnngen import credentials, files, server, team
+from rnngen import credentials, files, postgres, server, team
 from rnngen.errors import UserError
 from test_pipeline import BIN, run
 
@@ -112,7 +112,7 @@ class Team:
 
 @pytest.fixture(scope="module")
 def authed() -> Iterator[Team]:
-    if server.postgres_bin("initdb") is None:
+    if postgres.postgres_bin("initdb") is None:
         pytest.skip("the PostgreSQL server is not installed (apt-get install postgresql; .ci/run installs it)")
     pytest.importorskip("psycopg2", reason="the PostgreSQL driver: pip install -e '.[server]'")
     pytest.importorskip("flask_wtf", reason="MLflow's basic-auth app: pip install 'mlflow[auth]'")
@@ -291,18 +291,18 @@ def test_a_cluster_from_before_passwords_is_locked_on_its_next_start(tmp_path: P
     over the trusted socket, rewrites pg_hba.conf, and from then on refuses a connection without it."""
     import psycopg2
 
-    if server.postgres_bin("initdb") is None:
+    if postgres.postgres_bin("initdb") is None:
         pytest.skip("the PostgreSQL server is not installed")
     folder = Path(tempfile.mkdtemp(prefix="rnngen-trust-"))
     folder.chmod(0o755)
     try:
         (folder / "postgres").mkdir()
-        server._chown_to_server(folder / "postgres")
-        subprocess.run(server._as_owner([server.postgres_bin("initdb"), "-D", str(folder / "postgres/data"), "-U",
-                                         server.USER, "--auth=trust", "-E", "UTF8"]), check=True, capture_output=True)
-        pg = server.start_postgres(folder / "postgres", server.free_port())
+        postgres._chown_to_server(folder / "postgres")
+        subprocess.run(postgres._as_owner([postgres.postgres_bin("initdb"), "-D", str(folder / "postgres/data"), "-U",
+                                           server.USER, "--auth=trust", "-E", "UTF8"]), check=True, capture_output=True)
+        pg = postgres.start_postgres(folder / "postgres", server.free_port())
         try:
-            assert not server._trusts(pg.data)
+            assert not postgres._trusts(pg.data)
             with pytest.raises(psycopg2.OperationalError, match="no password supplied"):
                 psycopg2.connect(host="127.0.0.1", port=pg.port, user="rnngen", dbname="optuna",
                                  passfile=str(tmp_path / "none"))

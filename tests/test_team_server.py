@@ -20,7 +20,7 @@ from unittest import mock
 import pytest
 
 from conftest import ROOT, copy_project, tiny_params
-from rnngen import server, tuning
+from rnngen import postgres, server, tuning
 from test_pipeline import BIN, run
 
 pytestmark = pytest.mark.e2e
@@ -28,7 +28,7 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture(scope="module")
 def team() -> Iterator[tuple[server.Postgres, server.MlflowServer, Path]]:
-    if server.postgres_bin("initdb") is None:
+    if postgres.postgres_bin("initdb") is None:
         pytest.skip("the PostgreSQL server is not installed (apt-get install postgresql; .ci/run installs it)")
     pytest.importorskip("psycopg2", reason="the PostgreSQL driver: pip install -e '.[server]'")
     # Not under pytest's tmp_path: as root the cluster runs as the postgres user, who cannot
@@ -107,7 +107,7 @@ def test_two_tune_processes_share_one_study_on_postgres(
 
     pg, ml, _ = team
     database = "optuna_shared"
-    server.create_databases(pg, (database,))
+    postgres.create_databases(pg, (database,))
     url = pg.url(database)
     # trials of a few seconds (all 3,600 training images), so that both processes get some
     params = tiny_params(**{"tune.n_trials": 6, "tune.workers": 1, "tune.threads": 1, "tune.pruner": "none",
@@ -152,7 +152,7 @@ def test_a_killed_workers_trial_is_failed_and_retried_by_optunas_heartbeat(
     import yaml
 
     pg, ml, _ = team
-    server.create_databases(pg, ("optuna_stale",))
+    postgres.create_databases(pg, ("optuna_stale",))
     url = pg.url("optuna_stale")
     params = tiny_params(**{"tune.n_trials": 3, "tune.heartbeat_s": 1, "tune.stale_after_s": 3,
                             "tune.pruner": "none", "tune.epochs": 3, "tune.train_images": 0,
@@ -192,7 +192,7 @@ def test_rnngen_server_starts_both_and_stops_them_on_sigterm(tmp_path: Path) -> 
     import time
     import urllib.request
 
-    if server.postgres_bin("initdb") is None:
+    if postgres.postgres_bin("initdb") is None:
         pytest.skip("the PostgreSQL server is not installed (apt-get install postgresql; .ci/run installs it)")
     folder = Path(tempfile.mkdtemp(prefix="rnngen-serve-"))
     folder.chmod(0o755)
