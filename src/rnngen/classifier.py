@@ -173,15 +173,7 @@ def train_classifier(
     Seeded and deterministic on CPU. The global RNG is forked, so training leaves no
     trace on the caller's random streams.
     """
-    if cfg.problems():
-        raise ValueError("classifier config: " + "; ".join(cfg.problems()))
-    x_tr, y_tr = as_images(x_train), torch.as_tensor(y_train).long()
-    n_val = len(torch.as_tensor(y_val))
-    if len(x_tr) == 0 or len(x_tr) != len(y_tr) or len(as_images(x_val)) != n_val:
-        raise ValueError(
-            f"classifier: need one label per image and some training images; got {len(x_tr)} / "
-            f"{len(y_tr)} (train images / labels), {len(x_val)} / {n_val} (validation)"
-        )
+    x_tr, y_tr, n_val = _checked_inputs(x_train, y_train, x_val, y_val, cfg)
     num_classes = max(2, int(y_tr.max()) + 1)
     t0 = time.perf_counter()
     with torch.random.fork_rng(devices=[]):
@@ -193,20 +185,7 @@ def train_classifier(
         best_acc, best_epoch, best_state, loss_sum = -1.0, 0, model.state_dict(), 0.0
         bar = tqdm(range(1, cfg.epochs + 1), desc="classifier", leave=False, disable=not progress)
         for epoch in bar:
-            model.train()
-            loss_sum = 0.0
-            perm = torch.randperm(len(x_tr), generator=order_gen)
-            for start in range(0, len(perm), cfg.batch_size):
-                idx = perm[start : start + cfg.batch_size]
-                xb = shift(x_tr[idx], cfg.augment_shift, order_gen)
-                if cfg.binarize:  # a fresh draw per batch, as the models' dynamic binarization
-                    xb = torch.bernoulli(xb, generator=order_gen)
-                xb = xb.to(device)
-                loss = F.cross_entropy(model(xb), y_tr[idx].to(device))
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                loss_sum += loss.item() * len(idx)
+            loss_sum = _train_epoch(model, opt, x_tr, y_tr, cfg, order_gen, device)
             # without validation images every epoch "wins", so the last one is kept
             val_acc = accuracy(model, x_val, y_val) if n_val else float("nan")
             bar.set_postfix(loss=f"{loss_sum / len(x_tr):.3f}", val_acc=f"{val_acc:.3f}")
@@ -222,6 +201,47 @@ def train_classifier(
         "train_time_s": time.perf_counter() - t0,
     }
     return model, metrics
+
+
+def _checked_inputs(
+    x_train: Tensor | np.ndarray, y_train: Tensor | np.ndarray, x_val: Tensor | np.ndarray,
+    y_val: Tensor | np.ndarray, cfg: ClassifierConfig,
+) -> tuple[Tensor, Tensor, int]:
+    """Training images as floats in [0, 1], their labels, and the validation count; every
+    problem with the config or the inputs raised before any training."""
+    if cfg.problems():
+        raise ValueError("classifier config: " + "; ".join(cfg.problems()))
+    x_tr, y_tr = as_images(x_train), torch.as_tensor(y_train).long()
+    n_val = len(torch.as_tensor(y_val))
+    if len(x_tr) == 0 or len(x_tr) != len(y_tr) or len(as_images(x_val)) != n_val:
+        raise ValueError(
+            f"classifier: need one label per image and some training images; got {len(x_tr)} / "
+            f"{len(y_tr)} (train images / labels), {len(x_val)} / {n_val} (validation)"
+        )
+    return x_tr, y_tr, n_val
+
+
+def _train_epoch(
+    model: DigitClassifier, opt: torch.optim.Optimizer, x_tr: Tensor, y_tr: Tensor, cfg: ClassifierConfig,
+    order_gen: torch.Generator, device: str | torch.device,
+) -> float:
+    """One pass over the shuffled training images; the summed loss. Every random draw (order,
+    shifts, binarization) comes from ``order_gen``, in that order per batch."""
+    model.train()
+    loss_sum = 0.0
+    perm = torch.randperm(len(x_tr), generator=order_gen)
+    for start in range(0, len(perm), cfg.batch_size):
+        idx = perm[start : start + cfg.batch_size]
+        xb = shift(x_tr[idx], cfg.augment_shift, order_gen)
+        if cfg.binarize:  # a fresh draw per batch, as the models' dynamic binarization
+            xb = torch.bernoulli(xb, generator=order_gen)
+        xb = xb.to(device)
+        loss = F.cross_entropy(model(xb), y_tr[idx].to(device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        loss_sum += loss.item() * len(idx)
+    return loss_sum
 
 
 def save_classifier(path: str | Path, model: DigitClassifier) -> Path:

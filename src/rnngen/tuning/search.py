@@ -15,17 +15,8 @@ from rnngen import data, tracking
 from rnngen.files import write_json
 from rnngen.train import warm_start_identity
 from rnngen.tuning import halving, mlflow_log
-from rnngen.tuning.space import (
-    TuneConfig,
-    TuneError,
-    experiment_config,
-    hidden_fields,
-    overrides,
-    real_schedule,
-    study_name,
-    untuned,
-    validate,
-)
+from rnngen.tuning.settings import TuneConfig, TuneError, experiment_config, real_schedule
+from rnngen.tuning.space import hidden_fields, overrides, study_name, untuned, validate
 from rnngen.tuning.storage import JOURNAL_FILE, open_storage
 from rnngen.tuning.trials import UNTUNED_ATTR, SearchContext, is_untuned
 from rnngen.tuning.workers import retried, run_workers
@@ -66,25 +57,13 @@ def search(params: Mapping[str, Any], split_dir: Path, study_dir: Path, out: Pat
             if halving_now else {},
         )
         finished_before = _finished(study)
-        if halving_now or not real_schedule(cfg):
-            queue_untuned(study, ctx, untuned(base, fams))
-        if halving_now:
-            halving.run_halving(ctx, study)
-        elif real_schedule(cfg):
-            print(f"tune: study {name} holds this halving search, finished: its result stands")
-        else:
-            run_workers(ctx, study)
+        _run_trials(study, ctx, halving_now)
         study = optuna.load_study(study_name=name, storage=connection)
         # Only what the search decided (no run id, no storage path): the same search writes the
         # same bytes on any store, so DVC does not retrain for a new machine or mlflow.db.
         result = summarize(study, ctx)
         mlflow_log.log_result(study, result)
-    winner = halving_dir / f"trial-{result['chosen_trial']}.pt" if cfg.warm_start else None
-    if winner is not None and winner.is_file():
-        chosen = next(t for t in study.get_trials(deepcopy=False) if t.number == result["chosen_trial"])
-        result["warm_start"] = {"trial": chosen.number, "epochs": len(chosen.intermediate_values)}
-    else:
-        winner = None
+    winner = _kept_winner(study, cfg, halving_dir, result)
     write_json(out, result)
     _write_warm_start(warm_start, winner, "tune.warm_start is false" if not cfg.warm_start
                       else "the chosen trial's training state was not kept")
@@ -101,6 +80,30 @@ def _no_search(study_dir: Path, out: Path, warm_start: Path | None) -> dict[str,
     _write_warm_start(warm_start, None, "tune.n_trials is 0")
     print("tune: n_trials is 0, no search")
     return result
+
+
+def _run_trials(study: Any, ctx: SearchContext, halving_now: bool) -> None:
+    """Trial 0 queued first, then the search: successive halving, or the worker processes. A
+    finished halving search is not run again: its result stands."""
+    if halving_now or not real_schedule(ctx.cfg):
+        queue_untuned(study, ctx, untuned(ctx.train, ctx.families))
+    if halving_now:
+        halving.run_halving(ctx, study)
+    elif real_schedule(ctx.cfg):
+        print(f"tune: study {ctx.study_name} holds this halving search, finished: its result stands")
+    else:
+        run_workers(ctx, study)
+
+
+def _kept_winner(study: Any, cfg: TuneConfig, halving_dir: Path, result: dict[str, Any]) -> Path | None:
+    """The chosen trial's training state when ``tune.warm_start`` asks for it and successive
+    halving kept it (recorded in ``result`` as ``warm_start``), else None."""
+    winner = halving_dir / f"trial-{result['chosen_trial']}.pt" if cfg.warm_start else None
+    if winner is None or not winner.is_file():
+        return None
+    chosen = next(t for t in study.get_trials(deepcopy=False) if t.number == result["chosen_trial"])
+    result["warm_start"] = {"trial": chosen.number, "epochs": len(chosen.intermediate_values)}
+    return winner
 
 
 def queue_untuned(study: Any, ctx: SearchContext, values: dict[str, Any]) -> None:
