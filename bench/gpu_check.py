@@ -1,5 +1,5 @@
 """The prepared GPU check: training on CUDA with bfloat16 autocast through the pipeline's own
-code (``train.fit`` with ``amp=True``, ``likelihood_bounds``), throughput next to the CPU
+code (``train.fit`` with ``amp=True``, ``likelihood_metrics``), throughput next to the CPU
 figures, and DRAW with vs without attention at a compute budget a 2-core CPU cannot give.
 
     python bench/gpu_check.py --split data/split --out gpu_report      # about 6 minutes on one H200
@@ -26,7 +26,6 @@ import torch
 
 from rnngen import data
 from rnngen.data import binarized_test_set
-from rnngen.evaluate import likelihood_bounds
 from rnngen.models import build_model, model_config
 from rnngen.pictures import canvas_strip, save_grid
 from rnngen.train import TrainConfig, fit
@@ -94,7 +93,7 @@ def training_runs(args: argparse.Namespace, device: torch.device) -> None:
             continue
         seconds = time.perf_counter() - t0
         model.load_state_dict(result.best_weights)
-        bounds = likelihood_bounds(model, x_test.to(device), 100, 100, seed=0, progress=False)
+        bounds = model.likelihood_metrics(x_test.to(device), 100, 100, seed=0, progress=False)
         gen = torch.Generator(device=device).manual_seed(0)
         save_grid(model.sample(64, generator=gen).float().cpu(), out / f"samples_{label}.png")
         frames = model.sample_steps(8, generator=gen)

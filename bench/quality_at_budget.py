@@ -27,7 +27,6 @@ import torch
 from rnngen import data
 from rnngen.classifier import ClassifierConfig, train_classifier
 from rnngen.data import binarized_test_set
-from rnngen.evaluate import likelihood_bounds
 from rnngen.models import build_model, model_config
 from rnngen.pictures import canvas_strip, save_grid
 from rnngen.quality import sample_quality
@@ -119,7 +118,7 @@ def main() -> None:
             result = fit(model, x_train, x_val, cfg, "dynamic", progress=False)
             seconds = time.perf_counter() - t0
             model.load_state_dict(result.best_weights)
-            bounds = likelihood_bounds(model, x_test, args.k, 100, seed=0, progress=False)
+            bounds = model.likelihood_metrics(x_test, args.k, 100, seed=0, progress=False)
             if args.pictures:
                 save_pictures(model, Path(args.pictures), f"{variant}{'_augment' if aug else ''}")
             quality = {}

@@ -31,7 +31,6 @@ import torch
 from rnngen import data, registry, tuning
 from rnngen.checkpoint import load_model
 from rnngen.config import load_params, set_dotted
-from rnngen.evaluate import likelihood_bounds
 from rnngen.stages import train as train_stage
 from rnngen.stages import tune as tune_stage
 
@@ -76,7 +75,7 @@ def run_arm(label: str, params: dict[str, Any], split: Path, folder: Path, total
     x_test, _ = data.load_split(split, "test")
     binarization = data.split_info(split)["binarization"]
     x = data.binarized_test_set(x_test, binarization, seed=0)  # as the evaluate stage (evaluate.seed 0)
-    bounds = likelihood_bounds(model, x, k, 100, seed=0, progress=False)
+    bounds = model.likelihood_metrics(x, k, 100, seed=0, progress=False)
     chosen = {key.split(".")[-1]: v for key, v in result.get("params", {}).items()}
     return {"arm": label, "tuned": tuned, "test_nll": bounds["nll_iwae"], "exact": model.exact_likelihood,
             "tune_s": tune_s, "train_s": summary["train_seconds"], "wall_s": wall,

@@ -32,7 +32,6 @@ import torch
 
 from rnngen import checkpoint, data, registry
 from rnngen.config import load_params, load_yaml, set_dotted
-from rnngen.evaluate import likelihood_bounds
 from rnngen.models import build_model, model_choice
 from rnngen.stages import train as train_stage
 from rnngen.stages import tune as tune_stage
@@ -67,7 +66,7 @@ def overrides(pairs: list[str]) -> dict[str, Any]:
 def test_nll(model: Any, split: Path, k: int) -> float:
     x_test, _ = data.load_split(split, "test")
     x = data.binarized_test_set(x_test, data.split_info(split)["binarization"], seed=0)  # evaluate.seed 0
-    return likelihood_bounds(model, x, k, 100, seed=0, progress=False)["nll_iwae"]
+    return model.likelihood_metrics(x, k, 100, seed=0, progress=False)["nll_iwae"]
 
 
 def untuned_model(params: dict[str, Any], study: Path, trial: int) -> Any:

@@ -5,24 +5,12 @@ OUT/{train,val,test}_{x,y}.npy and OUT/split.json. With split.binarization: fixe
 binarized here, once, with the split seed.
 """
 
-from __future__ import annotations
-
 import sys
-from pathlib import Path
 
-from _common import parser
-from rnngen.config import load_params
-from rnngen.errors import guard
+from _common import stage
 from rnngen.stages import split
 
-
-def main(argv: list[str] | None = None) -> int:
-    p = parser(__doc__)
-    p.add_argument("--raw", type=Path, required=True, help="download stage output folder")
-    p.add_argument("--out", type=Path, required=True, help="output folder")
-    args = p.parse_args(argv)
-    return guard(lambda: split.run(load_params(args.params), args.raw, args.out))
-
+main = stage(__doc__, split.run, raw="download stage output folder", out="output folder")
 
 if __name__ == "__main__":
     sys.exit(main())

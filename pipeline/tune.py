@@ -11,27 +11,14 @@ STUDY_DIR (a journal file, kept between runs: a killed search continues) unless 
 $RNNGEN_OPTUNA_STORAGE names a database. Runs go to the MLflow experiment `<tracking.experiment>-tune`.
 """
 
-from __future__ import annotations
-
 import sys
-from pathlib import Path
 
-from _common import parser
-from rnngen.config import load_params
-from rnngen.errors import guard
-from rnngen.stages import tune
+from _common import stage
+from rnngen.tuning import search
 
-
-def main(argv: list[str] | None = None) -> int:
-    p = parser(__doc__)
-    p.add_argument("--split", type=Path, required=True, help="split stage output folder")
-    p.add_argument("--study-dir", type=Path, required=True, help="folder of the study's journal file")
-    p.add_argument("--out", type=Path, required=True, help="best hyperparameters JSON to write")
-    p.add_argument("--warm-start", type=Path,
-                   help="the winner's training state to write (tune.warm_start; else a placeholder)")
-    args = p.parse_args(argv)
-    return guard(lambda: tune.run(load_params(args.params), args.split, args.study_dir, args.out, args.warm_start))
-
+main = stage(__doc__, search, split="split stage output folder", study_dir="folder of the study's journal file",
+             out="best hyperparameters JSON to write",
+             warm_start="the winner's training state to write (tune.warm_start; else a placeholder) (optional)")
 
 if __name__ == "__main__":
     sys.exit(main())

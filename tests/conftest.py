@@ -17,8 +17,7 @@ import rnngen.stages.classifier
 import rnngen.stages.download
 import rnngen.stages.evaluate
 import rnngen.stages.split
-import rnngen.stages.train
-import rnngen.stages.tune  # noqa: F401
+import rnngen.stages.train  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]
 

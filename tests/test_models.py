@@ -8,7 +8,6 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from rnngen.evaluate import likelihood_bounds
 from rnngen.models import MODELS, build_model, model_config
 from rnngen.models.base import GaussianLatentVAE, GenerativeModel, NoLikelihoodError, gaussian_kl, log_normal
 
@@ -122,7 +121,7 @@ def test_importance_weighted_bound_against_exact_likelihood() -> None:
     model = ToyVAE()
     x = torch.tensor([[0, 1, 1, 0], [1, 1, 1, 1], [0, 0, 0, 0], [1, 0, 1, 1]], dtype=torch.float64).view(-1, 1, 2, 2)
     nll_exact = -exact_log_px(model, x).mean().item()
-    results = {k: likelihood_bounds(model, x.repeat(200, 1, 1, 1), k, 400, seed=k, progress=False)
+    results = {k: model.likelihood_metrics(x.repeat(200, 1, 1, 1), k, 400, seed=k, progress=False)
                for k in (1, 10, 1000)}
     # Each bound is an upper bound on the true NLL (in expectation; 800 images average it out).
     for k, r in results.items():
@@ -137,8 +136,8 @@ def test_importance_weighted_bound_against_exact_likelihood() -> None:
 
 def test_iwae_not_below_elbo_on_a_real_model_and_tightens() -> None:
     model, x = tiny("row_lstm_vae"), binary_batch(20)
-    b1 = likelihood_bounds(model, x, 1, 20, seed=0, progress=False)
-    b50 = likelihood_bounds(model, x, 50, 20, seed=0, progress=False)
+    b1 = model.likelihood_metrics(x, 1, 20, seed=0, progress=False)
+    b50 = model.likelihood_metrics(x, 50, 20, seed=0, progress=False)
     assert b50["nll_iwae"] <= b50["nll_elbo"]
     assert b50["nll_iwae"] < b1["nll_iwae"]
     assert b50["bpd_iwae"] == pytest.approx(b50["nll_iwae"] / (784 * math.log(2)))

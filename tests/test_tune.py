@@ -22,6 +22,7 @@ from rnngen.errors import guard
 from rnngen.files import read_json
 from rnngen.train import TrainConfig
 from rnngen.tuning.halving import propose
+from rnngen.tuning.result import compare_speed, read_hparams
 
 TINY = {
     "tune.n_trials": 4,
@@ -136,13 +137,13 @@ def test_trial_0_is_params_yaml_and_train_gets_only_a_winner_that_beats_it(share
     assert trials[0].params == {"lr": 0.003, "batch_size": 128, "hidden": 16, "optimizer": "adam"}  # params.yaml's
     assert not any(t.user_attrs.get("untuned") for n, t in trials.items() if n)
     best = min((t for t in trials.values() if t.state == TrialState.COMPLETE), key=lambda t: t.value)
-    overrides = stages.train.read_hparams(shared_study["base"] / "best.json")
+    overrides = read_hparams(shared_study["base"] / "best.json")
     assert result["untuned_value"] == trials[0].value
     if best.number != 0 and best.value < trials[0].value:
         assert result["chosen"] == "best trial"
         assert set(overrides) == {"model.name", "train.lr", "train.batch_size", "train.optimizer",
                                   "model.row_lstm_vae.hidden"}
-        cfgs = stages.train._configs(set_dotted(params, overrides))
+        cfgs = stages.train._validate(set_dotted(params, overrides))
         assert cfgs["model"].config.hidden == overrides["model.row_lstm_vae.hidden"] in (8, 16)
         assert cfgs["train"].batch_size in (64, 128)
     else:  # must NOT hand over a winner no better than params.yaml's values
@@ -607,7 +608,7 @@ def test_trial_0_handicapped_loses_and_train_gets_the_winner(tmp_path: Path, spl
     assert result["chosen"] == "best trial" and result["best_value"] < result["untuned_value"]
     said = f"trial {result['best_trial']} beats trial 0 (params.yaml's values) at equal resource"
     assert said in capsys.readouterr().out
-    overrides = stages.train.read_hparams(tmp_path / "best.json")
+    overrides = read_hparams(tmp_path / "best.json")
     assert overrides["train.lr"] == result["params"]["train.lr"] > 1e-5
     settings = stages.train._settings(params, tmp_path / "best.json")
     assert settings.train.lr == overrides["train.lr"] and "train.lr" in settings.replaced
@@ -647,13 +648,13 @@ def test_train_names_a_speed_far_from_the_untuned_one(tmp_path: Path) -> None:
     history = [{"images_per_second": v} for v in (60.0, 58.0, 61.0)]
     result = tmp_path / "best.json"
     result.write_text(json.dumps({"params": {}, "images_per_second": {"best": 60.0, "untuned": 530.0}}))
-    line = stages.train.compare_speed(history, result)
+    line = compare_speed(history, result)
     assert line is not None and "60 images/s against 530 for params.yaml's values" in line and "0.1x" in line
     result.write_text(json.dumps({"params": {}, "images_per_second": {"best": 60.0, "untuned": 100.0}}))
-    assert stages.train.compare_speed(history, result) is None  # within 2x
+    assert compare_speed(history, result) is None  # within 2x
     result.write_text(json.dumps({"params": {}}))  # a search in epochs records no speed
-    assert stages.train.compare_speed(history, result) is None
-    assert stages.train.compare_speed(history, None) is None
+    assert compare_speed(history, result) is None
+    assert compare_speed(history, None) is None
 
 
 def test_the_space_is_centred_on_params_yaml_and_the_rungs_end_at_the_real_budget() -> None:

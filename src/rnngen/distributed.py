@@ -86,3 +86,21 @@ def data_parallel(model: torch.nn.Module, r: Ranks) -> torch.nn.Module:
 
     device = next(model.parameters()).device
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def requested_processes(argv: list[str]) -> int:
+    """``train.processes`` of the params file in a stage's ``argv`` (``--params``, default
+    params.yaml): how many processes the train stage starts itself as. 1 where it (or the file)
+    is not valid: the stage reports that itself."""
+    import argparse
+
+    from rnngen.config import load_params
+    from rnngen.errors import UserError
+
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--params", default="params.yaml")
+    try:
+        value = (load_params(parser.parse_known_args(argv)[0].params).get("train") or {}).get("processes", 1)
+    except UserError:
+        return 1
+    return value if isinstance(value, int) and not isinstance(value, bool) else 1

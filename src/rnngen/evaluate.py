@@ -20,9 +20,10 @@ from tqdm.auto import tqdm
 
 from rnngen.classifier import DigitClassifier, fallback_classifier, load_classifier
 from rnngen.config import under_minimum
-from rnngen.data import PIXELS, DataError, UserData, binarized_test_set, load_split, test_set_digest, to_unit
+from rnngen.data import DataError, UserData, binarized_test_set, load_split, test_set_digest, to_unit
 from rnngen.inpaint import MASKS, inpaint, inpainting_metrics, make_mask
 from rnngen.models import GenerativeModel
+from rnngen.models.likelihood import likelihood_kind
 from rnngen.pictures import canvas_gif, canvas_strip, inpainting_panel, save_grid
 from rnngen.quality import sample_quality
 from rnngen.tracking import TrackingError
@@ -61,6 +62,25 @@ class EvalConfig:
                              inpaint_effort=1)
 
 
+def binarization_note(binarization: str, seed: int) -> str:
+    """How the test images were binarized, for people (the identity holds the structured form)."""
+    return {
+        "dynamic": f"dynamic (test images binarized once with seed {seed})",
+        "fixed": "fixed (one seeded Bernoulli sample, made at split time)",
+        "none": "none (grey levels as Bernoulli targets: not a true likelihood)",
+    }[binarization]
+
+
+def nll_line(model_name: str, metrics: Mapping[str, float], k: int) -> str:
+    """The test NLL for people: exact, or both bounds, or that there is none."""
+    kind = likelihood_kind(metrics, "test_")
+    if kind == "none":
+        return f"none ({model_name} has no likelihood)"
+    nll = (f"exact {metrics['test_nll_exact']:.2f}" if kind == "exact" else
+           f"ELBO {metrics['test_nll_elbo']:.2f}  IWAE(k={k}) {metrics['test_nll_iwae']:.2f}")
+    return f"{nll} nats ({metrics['test_bpd_iwae']:.4f} bits/dim)"
+
+
 def test_set_identity(
     cfg: EvalConfig, binarization: str, n_test: int, data_sha256: str, judge: DigitClassifier,
     conditional: bool = False,
@@ -75,62 +95,6 @@ def test_set_identity(
         "k": str(cfg.k), "n_quality": str(min(cfg.n_quality, n_test)), "inpaint_images": str(cfg.inpaint_images),
         "inpaint_effort": str(cfg.inpaint_effort), "judged_images": "binary" if judge.binary else "grey",
     }
-
-
-def log_weights_chunked(
-    model: GenerativeModel, x: Tensor, k: int, generator: torch.Generator, max_rows: int = 4096,
-    y: Tensor | None = None,
-) -> Tensor:
-    """``(k, B)`` log-weights, drawing samples in chunks so ``k * B`` rows fit in memory."""
-    per_chunk = max(1, max_rows // max(1, x.shape[0]))
-    parts = []
-    done = 0
-    while done < k:
-        chunk = min(per_chunk, k - done)
-        parts.append(model.log_weights(x, chunk, generator=generator, y=y))
-        done += chunk
-    return torch.cat(parts, 0)
-
-
-@torch.no_grad()
-def likelihood_bounds(
-    model: GenerativeModel, x: Tensor, k: int, batch_size: int, seed: int, progress: bool = True,
-    y: Tensor | None = None,
-) -> dict[str, float]:
-    """NLL on float images ``x`` ``(N, 1, 28, 28)``, in nats/image and bits/dim (of p(x | y),
-    labels ``y``, for a conditional model).
-
-    Latent models: both bounds come from the same k samples per image, the ELBO as the mean of
-    the log-weights, the IWAE bound as log of their mean, so iwae <= elbo holds per image.
-    Exact models: ``nll_exact``, and both bound keys hold that same exact value (a bound that
-    is tight), so every model has the metrics promotion compares.
-    """
-    model.eval()
-    device = model.device
-    gen = torch.Generator(device=device).manual_seed(seed)
-    elbo_sum = iw_sum = 0.0
-    for start in tqdm(range(0, len(x), batch_size), desc="likelihood", leave=False,
-                      disable=None if progress else True):
-        xb = x[start : start + batch_size].to(device)
-        yb = None if y is None else y[start : start + batch_size].to(device)
-        if model.exact_likelihood:
-            ll = model.log_likelihood(xb, y=yb).double().sum().item()
-            elbo_sum, iw_sum = elbo_sum + ll, iw_sum + ll
-            continue
-        logw = log_weights_chunked(model, xb, k, gen, y=yb).double()  # (k, B)
-        elbo_sum += logw.mean(0).sum().item()
-        iw_sum += (torch.logsumexp(logw, 0) - math.log(k)).sum().item()
-    n = len(x)
-    elbo_nll, iw_nll = -elbo_sum / n, -iw_sum / n
-    out = {
-        "nll_elbo": elbo_nll,
-        "nll_iwae": iw_nll,
-        "bpd_elbo": elbo_nll / (PIXELS * math.log(2)),
-        "bpd_iwae": iw_nll / (PIXELS * math.log(2)),
-    }
-    if model.exact_likelihood:
-        out |= {"nll_exact": iw_nll, "bpd_exact": iw_nll / (PIXELS * math.log(2))}
-    return out
 
 
 def report(
@@ -154,8 +118,8 @@ def report(
     x = binarized_test_set(x_test, binarization, cfg.seed)
     y = y_test.long() if model.conditional else None
     metrics: dict[str, float] = {"n_test": len(x)}
-    if model.has_likelihood:  # else absent: no NLL key at all, never a 0 or a NaN that dashboards average
-        bounds = likelihood_bounds(model, x, cfg.k, cfg.batch_size, cfg.seed, progress, y=y)
+    bounds = model.likelihood_metrics(x, cfg.k, cfg.batch_size, cfg.seed, progress, y=y)
+    if bounds:  # else absent: no NLL key at all, never a 0 or a NaN that dashboards average
         metrics |= {f"test_{k}": v for k, v in bounds.items()} | {"k": cfg.k}
 
     # a binary judge compares binary samples with the test images as the likelihood saw them
@@ -164,6 +128,13 @@ def report(
     metrics |= {f"test_{k}": v for k, v in sample_quality(model, classifier, real, n_quality, cfg.seed,
                                                           labels=y).items()}
 
+    draw_pictures(model, x, y, cfg, pictures)
+    return metrics | repair(model, classifier, x, y_test, cfg, pictures, progress)
+
+
+def draw_pictures(model: GenerativeModel, x: Tensor, y: Tensor | None, cfg: EvalConfig, pictures: Path) -> None:
+    """Samples (a conditional model's one class a row), reconstructions, the canvas over time
+    for a step-wise model and, for a latent model, a walk between test images."""
     generator = torch.Generator(device=model.device).manual_seed(cfg.seed)
     n_pictures, per_row = cfg.n_samples, max(1, int(math.sqrt(cfg.n_samples)))
     grid_labels = steps_labels = None
@@ -189,6 +160,12 @@ def report(
                       None if y is None else y[:WALK_PAIRS])
         save_walk(frames, pictures / "interpolation.png", pictures / "interpolation.gif")
 
+
+def repair(model: GenerativeModel, classifier: DigitClassifier, x: Tensor, y_test: Tensor, cfg: EvalConfig,
+           pictures: Path, progress: bool) -> dict[str, float]:
+    """Inpainting scores under each mask (:data:`~rnngen.inpaint.MASKS`), and a panel of each."""
+    y = y_test.long() if model.conditional else None
+    metrics: dict[str, float] = {}
     n_inpaint, n_shown = min(cfg.inpaint_images, len(x)), min(16, len(x))
     for kind in tqdm(MASKS, desc="repair", leave=False, disable=None if progress else True):
         scores = inpainting_metrics(model, classifier, x[:n_inpaint], y_test[:n_inpaint], kind,
@@ -272,6 +249,6 @@ def rescore_likelihood(
     model = load_model()
     k, n, seed = int(test_set["k"]), int(test_set["n_test"]), int(test_set["seed"])
     x = binarized_test_set(x_test[:n], test_set["binarization"], seed)
-    bounds = likelihood_bounds(model, x, k, batch_size, seed, progress=False,
-                               y=y_test[:n].long() if model.conditional else None)
+    bounds = model.likelihood_metrics(x, k, batch_size, seed, progress=False,
+                                      y=y_test[:n].long() if model.conditional else None)
     return {f"test_{key}": v for key, v in bounds.items()}

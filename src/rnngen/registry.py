@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import tempfile
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ import torch
 from rnngen import checkpoint as ckpt
 from rnngen import service, tracking
 from rnngen.checkpoint import CheckpointError
+from rnngen.files import atomic_dir, atomic_file, write_json
 from rnngen.models import GenerativeModel
 from rnngen.tracking import TrackingError
 
@@ -214,3 +216,55 @@ def model_info(name: str, alias: str) -> dict[str, Any]:
         "aliases": {f"@{a}": v for a, v in sorted(registered.aliases.items())},
         "tracking_uri": mlflow_client.tracking_uri,
     }
+
+
+# ----------------------------------------------------------------------- the stages' records
+
+
+def publish(model: GenerativeModel, train: Mapping[str, Any], binarization: str, summary: Mapping[str, Any],
+            history: list[dict[str, float]], example: tuple[np.ndarray, np.ndarray], out: Path, history_csv: Path,
+            model_name: str) -> str:
+    """Write the curves and the model folder (``model.pt``, ``run.json``), log them to the active
+    run and register the model; returns the new version. ``example``: two validation images and
+    their labels (sent with the example only for a conditional model)."""
+    import mlflow
+    import pandas as pd
+
+    active = mlflow.active_run()
+    # Weights and curves are on disk (checkpoint phase "trained", history CSV) before the
+    # registry is touched: a failure from here on is retried without retraining.
+    with atomic_file(history_csv) as tmp_csv:
+        pd.DataFrame(history).to_csv(tmp_csv, index=False)
+    mlflow.log_artifact(str(history_csv))
+    with atomic_dir(out) as tmp:
+        ckpt.save_model(tmp / CHECKPOINT_FILE, model, train=dict(train), binarization=binarization, summary=summary)
+        images, labels = example
+        version = log_model(tmp / CHECKPOINT_FILE, images, model_name,
+                            {"labels": [int(v) for v in labels]} if model.conditional else None)
+        write_json(tmp / RUN_FILE, {
+            "run_id": active.info.run_id, "run_name": mlflow.get_run(active.info.run_id).info.run_name,
+            "experiment_id": active.info.experiment_id, "tracking_uri": mlflow.get_tracking_uri(),
+            "model_name": model_name, "model_version": version, **summary,
+        })
+    return version
+
+
+#: metrics copied onto the registered version's tags, for the registry page
+VERSION_TAG_METRICS = ("test_nll_iwae", "test_nll_elbo", "test_fcd")
+
+
+def tag_evaluation(run_info: Mapping[str, Any], evaluation_run_id: str, identity: Mapping[str, str],
+                   metrics: Mapping[str, float]) -> None:
+    """Tag the registered version the train stage recorded in ``run_info`` with its latest
+    evaluation: the run, the test set's identity and the headline metrics."""
+    import mlflow
+
+    version = run_info.get("model_version")
+    if not version:
+        return
+    mlflow_client = mlflow.MlflowClient()
+    tags = {EVALUATION_TAG: evaluation_run_id,
+            **{f"{TEST_SET_PREFIX}{k}": v for k, v in identity.items()},
+            **{k: f"{metrics[k]:.4f}" for k in VERSION_TAG_METRICS if k in metrics}}
+    for key, value in tags.items():
+        mlflow_client.set_model_version_tag(run_info["model_name"], version, key, value)

@@ -11,11 +11,12 @@ import os
 import subprocess
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rnngen.config import to_flat_dict
 from rnngen.credentials import redact_url
 from rnngen.errors import UserError
 from rnngen.files import find_project_root
@@ -199,3 +200,83 @@ def git_state(cwd: str | Path | None = None) -> dict[str, str]:
     except (OSError, subprocess.CalledProcessError):
         return {"git_commit": "unknown", "git_dirty": "unknown"}
     return {"git_commit": commit, "git_dirty": str(dirty).lower()}
+
+
+# ------------------------------------------------------------------- what a training run logs
+
+
+def training_params(model_name: str, model: Any, train: Any, info: Mapping[str, Any], overrides: Mapping[str, Any],
+                    replaced: Mapping[str, tuple[Any, Any]], warm_start_epochs: int) -> dict[str, Any]:
+    """A training run's params: the model's and train's settings, the data, what the tuner set
+    (``params_yaml.<key>``: params.yaml's value it replaced)."""
+    return {
+        **{f"model.{k}": v for k, v in to_flat_dict(model.config).items()},
+        "model.name": model_name,
+        "model.parameters": sum(p.numel() for p in model.parameters()),
+        **{f"train.{k}": v for k, v in to_flat_dict(train).items()},
+        "data.dataset": info["dataset"], "data.source": info["source"],
+        "split.binarization": info["binarization"], "split.seed": info["seed"],
+        **{f"split.n_{k}": v for k, v in info["counts"].items()},
+        "tuned": ",".join(sorted(overrides)) or "none",
+        "warm_start_epochs": warm_start_epochs,
+        **{f"params_yaml.{k}": mine for k, (mine, _) in replaced.items()},
+    }
+
+
+def training_tags(model_name: str, info: Mapping[str, Any], identity: Mapping[str, str], device: Any) -> dict[str, str]:
+    """A training run's tags: the code (git and its digest), the data, the device."""
+    return {
+        **git_state(),
+        "source_sha256": identity["code"],
+        "data_sha256": identity["data"],
+        "data_manifest_sha256": info["manifest_sha256"],
+        "model": model_name,
+        "device": str(device),
+    }
+
+
+def run_name(model_name: str, model: Any, train: Any, data_sha256: str) -> str:
+    """``row_lstm_vae hidden=64 lr=0.0012 bs=64 data=3f2a1c9``: runs told apart in the UI list."""
+    sizes = " ".join(f"{f}={getattr(model.config, f)}" for f in model.hidden_fields)
+    return f"{model_name} {sizes} lr={train.lr:.2g} bs={train.batch_size} data={data_sha256[:7]}"
+
+
+def close_abandoned(state: Mapping[str, Any] | None) -> None:
+    """An interrupted run that will not be resumed (its checkpoint's fingerprint no longer
+    matches) is marked KILLED, so it does not stay RUNNING in the UI forever."""
+    state = state or {}
+    old = live_run(state.get("mlflow_run_id")) if state.get("phase") == "training" else None
+    if mark_killed(old):
+        print(f"run {old} (interrupted, other settings) marked KILLED; this one starts a new run")
+
+
+def log_pictures(folder: Path) -> None:
+    """Every file in ``folder`` as an artifact under ``pictures/``; PNGs also as images over
+    steps, for the UI's chart view."""
+    import mlflow
+    from PIL import Image
+
+    for path in sorted(folder.iterdir()):
+        mlflow.log_artifact(str(path), artifact_path="pictures")
+        if path.suffix == ".png":
+            with Image.open(path) as im:
+                mlflow.log_image(im.convert("RGB"), key=path.stem, step=0)
+
+
+def log_fit(result: Any) -> dict[str, Any]:
+    """Tag and log a finished :func:`rnngen.train.fit` on the active run; its summary, which the
+    train stage writes to ``run.json`` and the checkpoint."""
+    import mlflow
+
+    mlflow.set_tags({"resumed_from_epoch": str(result.resumed_from),
+                     "reused_finished_training": str(result.reused).lower()})
+    mlflow.log_metrics({"best_val_loss": result.best_val, "best_epoch": result.best_epoch})
+    return {
+        "best_epoch": result.best_epoch,
+        "best_val_loss": result.best_val,
+        "epochs_run": len(result.history),
+        "stopped_early": result.stopped_early,
+        "resumed_from_epoch": result.resumed_from,
+        "reused_finished_training": result.reused,
+        "train_seconds": sum(h["epoch_seconds"] for h in result.history),
+    }

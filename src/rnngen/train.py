@@ -1,17 +1,12 @@
 """The one training loop every model and the tuner share.
 
-``fit`` returns the history and best weights; tracking (MLflow) and tuning (Optuna) hook in
-through ``on_epoch``. :func:`fit` reads top to bottom: the training state
-(:class:`rnngen.checkpoint.TrainState`), one epoch (:func:`train_epoch`), validation and
-early stopping (:func:`validate`, :func:`keep_best`), the time budget (:func:`elapsed`)
-and the checkpoint written after every epoch. With a ``checkpoint`` path it resumes only when
-that is safe (:mod:`rnngen.resume`). Data order, dynamic binarization and model noise come
-from RNG streams restored at epoch boundaries, so a resumed run on CPU ends bit-identical to
-an uninterrupted one.
-
-Data parallelism lives in :mod:`rnngen.distributed` and the device in :mod:`rnngen.device`.
-Lightning Fabric could take that plumbing over, but it is not a dependency, it would delete
-about as much as it adds here, and the bit-identical resume rests on these RNG streams anyway.
+:func:`fit` reads top to bottom: the training state (:class:`rnngen.checkpoint.TrainState`), one
+epoch (:func:`train_epoch`), validation and early stopping (:func:`validate`, :func:`keep_best`),
+the time budget (:func:`elapsed`) and the checkpoint written after every epoch; it returns the
+history and best weights, and MLflow and Optuna hook in through ``on_epoch``. Data order, dynamic
+binarization and model noise come from RNG streams restored at epoch boundaries, so a resumed
+run on CPU ends bit-identical to an uninterrupted one (which is also why Lightning Fabric, not a
+dependency, would not take over the plumbing of :mod:`rnngen.distributed` and :mod:`rnngen.device`).
 """
 
 from __future__ import annotations
@@ -30,7 +25,7 @@ from tqdm.auto import tqdm
 
 from rnngen import checkpoint as ckpt
 from rnngen.config import under_minimum
-from rnngen.data import binarize, binarized_test_set, to_unit
+from rnngen.data import binarize, to_unit
 from rnngen.device import autocast_enabled, resolve_device, tf32_under_amp
 from rnngen.distributed import Ranks, all_sum, any_rank, data_parallel, ranks
 from rnngen.errors import UserError
@@ -158,9 +153,7 @@ def augment(x: Tensor, shift: int, rotate: float, generator: torch.Generator) ->
     return F.grid_sample(x, grid, align_corners=False, padding_mode="zeros")
 
 
-def prepare_batch(
-    x: Tensor, binarization: str, cfg: TrainConfig | None, generator: torch.Generator
-) -> Tensor:
+def prepare_batch(x: Tensor, binarization: str, cfg: TrainConfig | None, generator: torch.Generator) -> Tensor:
     """uint8 ``(B, 28, 28)`` -> model input ``(B, 1, 28, 28)``, augmented when ``cfg`` asks."""
     grey = to_unit(x)
     if cfg is not None and (cfg.augment_shift or cfg.augment_rotate):
@@ -173,27 +166,6 @@ def kl_weight(warmup_epochs: float, progress_epochs: float) -> float:
     if warmup_epochs <= 0:
         return 1.0
     return min(1.0, progress_epochs / warmup_epochs)
-
-
-def evaluate_nelbo(
-    model: GenerativeModel, x: Tensor, binarization: str, batch_size: int, seed: int, y: Tensor | None = None,
-) -> float:
-    """Mean negative ELBO (nats/image) over uint8 images ``x`` (of p(x | y) with labels ``y``
-    for a conditional model), with a fixed binarization seed. In a data-parallel job each rank
-    scores its share of every batch and the sums are added."""
-    gen = torch.Generator().manual_seed(seed)
-    device = model.device
-    r = ranks()
-    total = torch.zeros((), dtype=torch.float64, device=device)
-    model.eval()
-    with torch.no_grad():
-        for start in range(0, len(x), batch_size):
-            xb = prepare_batch(x[start : start + batch_size], binarization, None, gen)  # all of it: same draws
-            mine = torch.tensor_split(xb, r.world)[r.rank].to(device)
-            labels = None if y is None else torch.tensor_split(y[start : start + batch_size], r.world)[r.rank]
-            if len(mine):
-                total += model(mine, labels).nelbo.sum().double()
-    return float(all_sum(total, r)) / len(x)
 
 
 def elapsed(state: ckpt.TrainState) -> float:
@@ -265,14 +237,8 @@ def fit(
                 if path is None:
                     raise ValueError("fit(until_epoch=... or until_seconds=...) needs a checkpoint to continue from")
                 return FitResult.of(state, point.epoch, paused=True)  # the last epoch's checkpoint goes on
-            t0 = time.perf_counter()
-            train, seconds = train_epoch(net, state, train_x, cfg, binarization, epoch, amp, r, progress, train_y)
-            metrics = {**train, "val_loss": validate(state.model, val_x, cfg, binarization, epoch, val_y),
-                       "epoch_seconds": seconds, "images_per_second": len(train_x) / seconds}
-            metrics["elapsed_s"] = elapsed(state) + time.perf_counter() - t0
-            keep_best(state, epoch, metrics, cfg.patience)
-            if r.main:
-                _print_epoch(epoch, metrics, best=state.best_epoch == epoch)
+            metrics = run_epoch(net, state, (train_x, train_y), (val_x, val_y), cfg, binarization, epoch, amp, r,
+                                progress)
             # Hook first (log, prune), then checkpoint: a kill in between re-runs this epoch, which
             # logs the same values again rather than leaving a hole in the curves.
             if on_epoch is not None and r.main:
@@ -282,6 +248,23 @@ def fit(
             state.best_weights = ckpt.cpu_copy(model.state_dict())
         save(state, "trained")
         return FitResult.of(state, point.epoch)
+
+
+def run_epoch(
+    net: torch.nn.Module, state: ckpt.TrainState, train: tuple[Tensor, Tensor | None],
+    val: tuple[Tensor, Tensor | None], cfg: TrainConfig, binarization: str, epoch: int, amp: bool, r: Ranks,
+    progress: bool,
+) -> dict[str, float]:
+    """One epoch of training, then validation and early-stopping bookkeeping; its metrics."""
+    t0 = time.perf_counter()
+    terms, seconds = train_epoch(net, state, train[0], cfg, binarization, epoch, amp, r, progress, train[1])
+    metrics = {**terms, "val_loss": validate(state.model, val[0], cfg, binarization, epoch, val[1]),
+               "epoch_seconds": seconds, "images_per_second": len(train[0]) / seconds}
+    metrics["elapsed_s"] = elapsed(state) + time.perf_counter() - t0
+    keep_best(state, epoch, metrics, cfg.patience)
+    if r.main:
+        _print_epoch(epoch, metrics, best=state.best_epoch == epoch)
+    return metrics
 
 
 def _labels_of(model: GenerativeModel, y: Tensor | None, split: str) -> Tensor | None:
@@ -384,13 +367,9 @@ def _train_step(
 
 def validate(model: GenerativeModel, val_x: Tensor, cfg: TrainConfig, binarization: str, epoch: int,
              val_y: Tensor | None = None) -> float:
-    """The validation negative ELBO (fixed binarization draws: comparable across epochs), or
-    for a model without a likelihood its :meth:`~GenerativeModel.validation_distance`."""
-    seed = cfg.seed + 1
-    if model.has_likelihood:
-        val = evaluate_nelbo(model, val_x, binarization, max(cfg.batch_size, 256), seed, val_y)
-    else:  # the binarized set is drawn only here: a likelihood model's epoch never pays for it
-        val = model.eval().validation_distance(binarized_test_set(val_x, binarization, seed), val_y, seed)
+    """The model's :meth:`~GenerativeModel.validation_score` (fixed binarization draws:
+    comparable across epochs); a non-finite one stops the training."""
+    val = model.validation_score(val_x, val_y, binarization, cfg.seed + 1, max(cfg.batch_size, 256))
     if not math.isfinite(val):
         raise NonFiniteLossError(f"non-finite validation loss at epoch {epoch}; the last good checkpoint is kept")
     return val

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rnngen.errors import UserError
+from rnngen.models.likelihood import mean_nelbo, nll_metrics
 
 IMAGE_SHAPE = (1, 28, 28)
 LOG_2PI = math.log(2 * math.pi)
@@ -210,11 +211,11 @@ class GenerativeModel(nn.Module, ABC):
         default; a GAN gives each network its own rate and Adam betas."""
         return [{"params": list(self.parameters())}]
 
-    def validation_distance(self, x: Tensor, y: Tensor | None, seed: int) -> float:
-        """Models without a likelihood (a GAN): a distance between their samples and the
-        binarized validation images ``x`` (lower is better), which early stopping and the tuner
-        go by. A likelihood model's validation loss is its mean negative ELBO (or exact NLL)."""
-        raise NotImplementedError(f"{self.name} has a likelihood: it validates on its negative ELBO")
+    def validation_score(self, x: Tensor, y: Tensor | None, binarization: str, seed: int, batch_size: int) -> float:
+        """What early stopping and the tuner go by (lower is better) on uint8 validation images
+        ``x``: the mean negative ELBO (the exact NLL for an autoregressive model), its
+        binarization drawn from ``seed`` so that epochs compare."""
+        return mean_nelbo(self, x, binarization, batch_size, seed, y)
 
     def init_from_data(self, mean: Tensor) -> None:
         """Called once by :func:`rnngen.train.fit` before a fresh training (never on a resume)
@@ -239,6 +240,14 @@ class GenerativeModel(nn.Module, ABC):
         lower bound with ``k`` samples (Burda et al. 2016, eq. 8)."""
         logw = self.log_weights(x, k, generator=generator, y=y).double()
         return (torch.logsumexp(logw, 0) - math.log(k)).to(x.dtype)
+
+    def likelihood_metrics(self, x: Tensor, k: int, batch_size: int, seed: int, progress: bool = True,
+                           y: Tensor | None = None) -> dict[str, float]:
+        """The NLL of binary images ``x`` in nats/image and bits/dim (:func:`~rnngen.models.likelihood.nll_metrics`):
+        exact, or bounds from ``k`` importance samples; ``{}`` for a model without a likelihood."""
+        if not self.has_likelihood:
+            return {}
+        return nll_metrics(self, x, k, batch_size, seed, self.exact_likelihood, progress, y)
 
     def complete(
         self, x: Tensor, mask: Tensor, effort: int, generator: torch.Generator | None = None, y: Tensor | None = None,

@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rnngen.config import under_minimum
+from rnngen.data import binarized_test_set
 from rnngen.frechet import frechet_distance
 from rnngen.models.base import AdversarialTerms, Completion, GenerativeModel, NoLikelihoodError, randn
 
@@ -176,6 +177,11 @@ class DCGAN(GenerativeModel):
                y: Tensor | None = None) -> Tensor:
         z = temperature * randn((n, self.z_dim), next(self.parameters()), generator)
         return torch.sigmoid(self.logits(z, self.labels(y, n)))
+
+    def validation_score(self, x: Tensor, y: Tensor | None, binarization: str, seed: int, batch_size: int) -> float:
+        """No likelihood to validate on: :meth:`validation_distance` to the validation images,
+        binarized here (a likelihood model's epoch never pays for that draw)."""
+        return self.eval().validation_distance(binarized_test_set(x, binarization, seed), y, seed)
 
     def validation_distance(self, x: Tensor, y: Tensor | None, seed: int) -> float:
         """Fréchet distance between binary samples and the binarized validation images ``x``

@@ -1,10 +1,6 @@
-"""Stage `evaluate`: test metrics and pictures of the trained model (:func:`rnngen.evaluate.report`).
-
-Each evaluation is its own MLflow run, nested under the training run: its ``test_set.*``
-params are the structured identity of what was scored (see
-:func:`rnngen.evaluate.test_set_identity`), so promotion compares like with like. The
-headline metrics are also logged on the training run (to compare runs in the UI list), and
-the registered version is tagged with the evaluation run's id and the identity.
+"""Stage `evaluate`: test metrics and pictures of the trained model (:func:`rnngen.evaluate.report`),
+in an MLflow run nested under the training run whose ``test_set.*`` params say what was scored,
+so promotion compares like with like; the registered version is tagged with both.
 """
 
 from __future__ import annotations
@@ -17,21 +13,9 @@ from rnngen import checkpoint as ckpt
 from rnngen import data, registry, tracking
 from rnngen.classifier import CLASSIFIER_FILE, METRICS_FILE, load_classifier
 from rnngen.config import section
-from rnngen.evaluate import EvalConfig, report, test_set_identity
+from rnngen.evaluate import EvalConfig, binarization_note, nll_line, report, test_set_identity
 from rnngen.files import atomic_dir, read_json, write_json
-from rnngen.models import GenerativeModel
-
-#: metrics copied onto the registered version's tags, for the registry page
-VERSION_TAG_METRICS = ("test_nll_iwae", "test_nll_elbo", "test_fcd")
-
-
-def binarization_note(binarization: str, seed: int) -> str:
-    """How the test images were binarized, for people (the identity holds the structured form)."""
-    return {
-        "dynamic": f"dynamic (test images binarized once with seed {seed})",
-        "fixed": "fixed (one seeded Bernoulli sample, made at split time)",
-        "none": "none (grey levels as Bernoulli targets: not a true likelihood)",
-    }[binarization]
+from rnngen.models.likelihood import likelihood_kind
 
 
 def run(
@@ -60,51 +44,19 @@ def run(
         with tracking.run(run_name=f"evaluate {run_info.get('run_name') or model.name}", nested=True,
                           experiment_id=run_info["experiment_id"]) as evaluation:
             mlflow.log_params({f"{registry.TEST_SET_PREFIX}{k}": v for k, v in identity.items()})
-            mlflow.set_tags({"test_binarization": note, "model": model.name,
-                             registry.LIKELIHOOD_TAG: likelihood_kind(model)})
             with atomic_dir(plots_dir) as tmp:
                 metrics = report(model, x_test, y_test, judge, cfg, binarization, tmp)
-                _log_pictures(tmp)
+                tracking.log_pictures(tmp)
+            kind = likelihood_kind(metrics, "test_")
+            mlflow.set_tags({"test_binarization": note, "model": model.name, registry.LIKELIHOOD_TAG: kind})
             metrics["classifier_test_accuracy"] = classifier_metrics["test_accuracy"]
             mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
         mlflow.log_metrics({k: float(v) for k, v in metrics.items()})  # on the training run, for the run list
-        version = run_info.get("model_version")
-        if version:
-            client = mlflow.MlflowClient()
-            tags = {registry.EVALUATION_TAG: evaluation.info.run_id,
-                    **{f"{registry.TEST_SET_PREFIX}{k}": v for k, v in identity.items()},
-                    **{k: f"{metrics[k]:.4f}" for k in VERSION_TAG_METRICS if k in metrics}}
-            for key, value in tags.items():
-                client.set_model_version_tag(run_info["model_name"], version, key, value)
+        registry.tag_evaluation(run_info, evaluation.info.run_id, identity, metrics)
     # No run id or timings here: the same params and seed give a byte-identical file.
     likelihood = {"exact": "exact", "bound": f"bounds: ELBO and IWAE with k={cfg.k}",
-                  "none": f"none ({model.name} has no likelihood: no NLL metrics)"}[likelihood_kind(model)]
+                  "none": f"none ({model.name} has no likelihood: no NLL metrics)"}[kind]
     result = {**metrics, "binarization": note, "model": model.name, "likelihood": likelihood, "test_set": identity}
     write_json(metrics_path, result)
-    print(f"test NLL: {nll_line(model, metrics, cfg.k)} on {len(x_test)} images; FCD {metrics['test_fcd']:.1f}")
+    print(f"test NLL: {nll_line(model.name, metrics, cfg.k)} on {len(x_test)} images; FCD {metrics['test_fcd']:.1f}")
     return result
-
-
-def likelihood_kind(model: GenerativeModel) -> str:
-    """exact | bound | none: what the model's NLL metrics are (tagged on its evaluation run)."""
-    return "none" if not model.has_likelihood else "exact" if model.exact_likelihood else "bound"
-
-
-def nll_line(model: GenerativeModel, metrics: Mapping[str, float], k: int) -> str:
-    kind = likelihood_kind(model)
-    if kind == "none":
-        return f"none ({model.name} has no likelihood)"
-    nll = (f"exact {metrics['test_nll_exact']:.2f}" if kind == "exact" else
-           f"ELBO {metrics['test_nll_elbo']:.2f}  IWAE(k={k}) {metrics['test_nll_iwae']:.2f}")
-    return f"{nll} nats ({metrics['test_bpd_iwae']:.4f} bits/dim)"
-
-
-def _log_pictures(folder: Path) -> None:
-    import mlflow
-    from PIL import Image
-
-    for path in sorted(folder.iterdir()):
-        mlflow.log_artifact(str(path), artifact_path="pictures")
-        if path.suffix == ".png":  # also as images over steps, for the UI's chart view
-            with Image.open(path) as im:
-                mlflow.log_image(im.convert("RGB"), key=path.stem, step=0)

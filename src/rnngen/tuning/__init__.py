@@ -6,8 +6,10 @@ scored by the best validation negative ELBO; the test split is never read.
 
 How the pieces fit:
 
-- :mod:`~rnngen.tuning.space` — ``tune.*`` (:class:`TuneConfig`), the resource (seconds under
-  a time budget, else epochs), the distributions a trial samples (centred on params.yaml's
+- :mod:`~rnngen.tuning.settings` — ``tune.*`` (:class:`TuneConfig`), the ``train.*`` keys every
+  trial inherits, and a trial's training settings.
+- :mod:`~rnngen.tuning.space` — the resource (seconds under a time budget, else epochs), the
+  distributions a trial samples (centred on params.yaml's
   values, which are trial 0), the model families, and the study's name: a digest of what
   defines the search, so a rerun after a kill continues the same study and a changed search
   space starts a new one.
@@ -22,6 +24,7 @@ How the pieces fit:
   epochs (``tune.pruner: halving``) or in seconds of the real time budget, whose winner the
   train stage may continue (``tune.warm_start``).
 - :mod:`~rnngen.tuning.mlflow_log` — one MLflow parent run per study, a child run per trial.
+- :mod:`~rnngen.tuning.result` — the winner as the train stage applies it to params.yaml.
 - :mod:`~rnngen.tuning.search` — :func:`search`, the stage from end to end: a winner reaches
   the train stage only when it beats trial 0 at equal resource.
 """
