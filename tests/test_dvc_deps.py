@@ -102,3 +102,18 @@ def test_the_stages_package_imports_nothing() -> None:
     """rnngen/stages/__init__.py runs before every stage: importing a stage from it would put
     every stage's code in every stage's closure."""
     assert digests.imported_modules(SRC / "rnngen" / "stages" / "__init__.py", FIRST_PARTY) == set()
+
+
+def stage_arg(stage: str, flag: str) -> Path:
+    argv = shlex.split(stages()[stage]["cmd"])
+    return Path(argv[argv.index(flag) + 1])
+
+
+def test_the_commands_read_the_outputs_where_dvc_yaml_writes_them() -> None:
+    """rnngen.layout names dvc.yaml's outputs once for the commands run after `dvc repro`."""
+    from rnngen import layout, registry
+
+    assert layout.SPLIT == stage_arg("split", "--out") == stage_arg("train", "--split")
+    assert layout.RUN_JSON == stage_arg("train", "--out") / registry.RUN_FILE
+    assert layout.METRICS_JSON == stage_arg("evaluate", "--metrics")
+    assert layout.PROMOTION_REPORT.parent == layout.METRICS_JSON.parent

@@ -29,7 +29,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from rnngen import checkpoint
+from rnngen import checkpoint, layout
 from rnngen.evaluate import rescore_likelihood
 from rnngen.files import atomic_write_text, read_json
 from rnngen.models import GenerativeModel
@@ -56,10 +56,8 @@ from rnngen.tracking import TrackingConfig, TrackingError
 #: folder of the challenger's run where each decision's report is logged (one file per decision)
 REPORT_FOLDER = "promotion"
 
-# Where `dvc repro` leaves what a promotion reads, by default; these mirror dvc.yaml's outs
-# (the train stage's models/, the evaluate stage's metrics) and change with them.
-RUN_JSON = "models/run.json"
-METRICS_JSON = "reports/metrics.json"
+# Where `dvc repro` leaves what a promotion reads, by default (dvc.yaml's outs)
+RUN_JSON, METRICS_JSON = layout.RUN_JSON, layout.METRICS_JSON
 
 def candidate(mlflow_client: Any, registered: Any) -> Candidate:
     """The registry's model version ``registered`` with the metrics and test-set identity of its

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from rnngen import layout
 from rnngen.commands.options import add_command, tolerance_arg
 from rnngen.commands.settings import defaults, with_flags
 
@@ -28,12 +29,12 @@ promotion between it and any model is refused; rank by a metric both have (--pri
 This changes the registry, so it is not a DVC stage.
 """, _promote)
     option = command.add_argument
-    option("--run-json", type=Path, default=Path("models/run.json"), help="train stage record (default: %(default)s)")
-    option("--metrics", type=Path, default=Path("reports/metrics.json"),
+    option("--run-json", type=Path, default=layout.RUN_JSON, help="train stage record (default: %(default)s)")
+    option("--metrics", type=Path, default=layout.METRICS_JSON,
            help="evaluate stage metrics (default: %(default)s)")
-    option("--report", type=Path, default=Path("reports/promotion.md"),
+    option("--report", type=Path, default=layout.PROMOTION_REPORT,
            help="markdown report to write (default: %(default)s)")
-    option("--split", type=Path, default=Path("data/split"),
+    option("--split", type=Path, default=layout.SPLIT,
            help="test split for re-scoring a champion evaluated on other data (default: %(default)s)")
     option("--primary", default=None,
            help="the metric the challenger must win on (default: promote.primary); e.g. test_fcd to compare "

@@ -6,6 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from rnngen import layout
+
 
 def add_images(command: argparse.ArgumentParser) -> None:
     """--image or --test-index (with --split): the images a command works on; --label for a
@@ -13,7 +15,7 @@ def add_images(command: argparse.ArgumentParser) -> None:
     source = command.add_mutually_exclusive_group(required=True)
     source.add_argument("--image", nargs="+", metavar="PNG", help="28x28 grayscale image file(s)")
     source.add_argument("--test-index", nargs="+", type=int, metavar="I", help="index(es) into the test split")
-    command.add_argument("--split", type=Path, default=Path("data/split"),
+    command.add_argument("--split", type=Path, default=layout.SPLIT,
                          help="split stage output, for --test-index (default: %(default)s)")
     command.add_argument("--label", type=int, default=None,
                          help="a conditional model's class for every image (default with --test-index: "

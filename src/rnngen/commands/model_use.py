@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from rnngen import layout
 from rnngen.commands.images import add_images, labels, read_images
 from rnngen.commands.options import (
     MASK_KINDS,
@@ -133,7 +134,7 @@ latents at once; a GAN: the latents its search finds). A conditional model holds
     source.add_argument("--test-index", nargs="+", type=int, metavar="I",
                         help="or indexes into the test split, in pairs: 0 1 2 3 walks 0 to 1 and 2 to 3")
     option("--b", nargs="+", metavar="PNG", help="with --a: the images the walks end at, as many as --a")
-    option("--split", type=Path, default=Path("data/split"),
+    option("--split", type=Path, default=layout.SPLIT,
            help="split stage output, for --test-index (default: %(default)s)")
     option("--steps", type=positive_int, default=10,
            help="images along each path, ends included (default: %(default)s)")
