@@ -13,7 +13,8 @@ import torch.nn.functional as F
 
 from rnngen.config import ConfigError
 from rnngen.models import build_model, kernels, model_config
-from rnngen.models.pixelrnn import PixelRNN, causal_mask, skew, unskew
+from rnngen.models.pixelrnn import PixelRNN, causal_mask
+from rnngen.models.pixelrnn_layers import skew, unskew
 from rnngen.models.reference import pixelrnn as reference
 
 VARIANTS = ("row_lstm", "diagonal_bilstm")

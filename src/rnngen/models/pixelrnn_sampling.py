@@ -1,13 +1,17 @@
 """PixelRNN generation, pixel by pixel in raster order (van den Oord et al. 2016, sec. 2): each
 pixel computes one position (Row LSTM) or one diagonal step (Diagonal BiLSTM) per layer with the
-rows above cached, never a full forward pass per pixel. :meth:`rnngen.models.pixelrnn.PixelRNN.generate`
-drives them: ``logit(x, i, j)`` for each pixel, ``end_row(x, i)`` after each row, and
-``select(index)`` when :class:`Particles` resamples.
+rows above cached, never a full forward pass per pixel. Each layer kind names its sampler
+(``sampler`` on the classes of :mod:`rnngen.models.pixelrnn_layers`); :class:`Generation`, one
+call of :meth:`rnngen.models.pixelrnn.PixelRNN.generate`, drives it: ``logit(x, i, j)`` for each
+pixel, ``end_row(x, i)`` after each row, and ``select(index)`` when :class:`Particles` resamples.
+Around it: classifier-free guidance (a label-free twin of every image) and the observed pixels
+of a completion, weighed by :class:`Particles`.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +21,20 @@ from rnngen.models.lstm import lstm_cell
 
 if TYPE_CHECKING:
     from rnngen.models.pixelrnn import PixelRNN
+
+
+class Sampler(Protocol):
+    """What :class:`Generation` asks of a layer kind's sampler (:class:`RowSampler`,
+    :class:`DiagonalSampler`)."""
+
+    def logit(self, x: Tensor, i: int, j: int) -> Tensor:
+        """The logit of pixel (i, j) of every sequence, ``(n,)``, rows and pixels before it drawn."""
+
+    def end_row(self, x: Tensor, i: int) -> None:
+        """Row i is complete: what row i + 1 reads of it."""
+
+    def select(self, index: Tensor) -> None:
+        """Keep the sequences ``index`` (particles resampled)."""
 
 
 class RowSampler:
@@ -174,3 +192,93 @@ class Particles:
         """One sequence per image, drawn by weight: an index of ``n``."""
         w = torch.softmax(self.log_w, 1).float()
         return self.first[:, 0] + torch.multinomial(w, 1, generator=generator)[:, 0]
+
+
+@dataclass
+class Observed:
+    """A completion's observed pixels, per sequence: ``given`` where ``mask`` is False; each one
+    weighs its sequence in ``particles`` (None: one sequence per image)."""
+
+    given: Tensor
+    mask: Tensor
+    particles: Particles | None
+
+    def keep(self, drawn: Tensor, logit: Tensor, i: int, j: int) -> Tensor:
+        """``drawn`` (pixel (i, j) of every sequence) with the observed values put back."""
+        observed, value = ~self.mask[:, 0, i, j], self.given[:, 0, i, j]
+        drawn = torch.where(observed, value, drawn)
+        if self.particles is not None:
+            self.particles.observe(logit, value, observed)
+        return drawn
+
+
+class Generation:
+    """One call of :meth:`rnngen.models.pixelrnn.PixelRNN.generate`: the images as drawn so far,
+    the layer kind's sampler, and what changes a pixel's draw: the guidance scale, and the
+    observed pixels of a completion with their :class:`Particles` (``k`` sequences per image,
+    image-major)."""
+
+    def __init__(self, model: PixelRNN, n: int, size: tuple[int, int], given: Tensor | None,
+                 mask: Tensor | None, particles: int, y: Tensor | None) -> None:
+        labels = model.labels(y, n)
+        self.smc: Particles | None = None
+        self.observed: Observed | None = None
+        if given is not None and mask is not None:
+            self.smc = Particles(n, particles, model.input_conv.weight.device) if particles > 1 else None
+            self.observed = Observed(given.repeat_interleave(particles, 0), mask.repeat_interleave(particles, 0),
+                                     self.smc)
+            labels = None if labels is None else labels.repeat_interleave(particles, 0)
+            n *= particles
+        biases = model.gate_biases(labels)
+        self.n, self.height = n, size[0]
+        self.scale = model.config.guidance if labels is not None and given is None else 1.0
+        if self.guided:  # a label-free twin of every image runs beside it (rows n..2n-1)
+            biases = [torch.cat([b, torch.zeros_like(b)]) for b in biases]
+        weight = model.input_conv.weight
+        self.x = torch.zeros(2 * n if self.guided else n, 1, *size, device=weight.device, dtype=weight.dtype)
+        self.probs = torch.zeros_like(self.x[:n])
+        self.sampler: Sampler = model.layer_cls.sampler(model, len(self.x), size, biases)
+
+    @property
+    def guided(self) -> bool:
+        return self.scale != 1
+
+    @property
+    def images(self) -> Tensor:
+        """The sequences' images as drawn so far, ``(n, 1, H, W)`` (no guidance twins)."""
+        return self.x[: self.n]
+
+    def guide(self, logit: Tensor) -> Tensor:
+        """``(2n,)`` -> ``(n,)``: classifier-free guidance (Ho and Salimans 2022, eq. 6) on the logits."""
+        cond, free = logit.chunk(2)
+        return free + self.scale * (cond - free)
+
+    def draw(self, i: int, j: int, temperature: float, generator: torch.Generator | None) -> None:
+        """Pixel (i, j) of every sequence, from its logit divided by ``temperature``."""
+        logit = self.sampler.logit(self.x, i, j)  # (n,), or (2n,) guided
+        if self.guided:
+            logit = self.guide(logit)
+        p = torch.sigmoid(logit / temperature)
+        drawn = torch.bernoulli(p, generator=generator)
+        if self.observed is not None:
+            drawn = self.observed.keep(drawn, logit, i, j)
+        self.x[: self.n, 0, i, j] = drawn
+        if self.guided:
+            self.x[self.n :, 0, i, j] = drawn  # the label-free twin follows the drawn pixels
+        self.probs[:, 0, i, j] = p
+
+    def end_row(self, i: int, generator: torch.Generator | None) -> None:
+        """Row i is drawn: the sampler moves on, and particles resample (before any row but the last)."""
+        self.sampler.end_row(self.x, i)
+        keep = self.smc.resample(generator) if self.smc is not None and i < self.height - 1 else None
+        if keep is not None:
+            self.x, self.probs = self.x[keep], self.probs[keep]
+            self.sampler.select(keep)
+
+    def result(self, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+        """``(images, probs)``; with particles, one sequence per image drawn by weight."""
+        x, probs = self.x, self.probs
+        if self.smc is not None:
+            chosen = self.smc.choose(generator)
+            x, probs = x[chosen], probs[chosen]
+        return x[: self.n], probs

@@ -1,6 +1,6 @@
 """The Diagonal BiLSTM layer's fast path (van den Oord et al. 2016, sec. 3.2): the whole layer,
 both directions, the un-skew and the right-to-left half's shift included, as the C++ kernel
-(``csrc/diagonal_bilstm.cpp``). :class:`rnngen.models.pixelrnn.DiagonalBiLSTMLayer` uses it on the
+(``csrc/diagonal_bilstm.cpp``). :class:`rnngen.models.pixelrnn_layers.DiagonalBiLSTMLayer` uses it on the
 CPU and its PyTorch-op column loop elsewhere; both compute what the plain per-pixel
 implementation (:mod:`rnngen.models.reference.pixelrnn`) does.
 """

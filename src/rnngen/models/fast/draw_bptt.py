@@ -180,6 +180,45 @@ def _addmm_(out: Tensor, a: Tensor, mat: Tensor) -> Tensor:
 SAVED = ("sig", "r", "xf", "lstm_e", "h_enc", "sigma", "z", "lstm_d", "h_dec", "bank", "win", "u", "uf")
 
 
+def _from_h_dec(h_dec: Tensor, w: FusedWeights, sizes: RecurrenceSizes, offsets: Tensor,
+                grid: Tensor) -> tuple[Tensor, Tensor, Tensor, Filterbank | None, Windows | None]:
+    """Everything linear in h_dec_t, one GEMM: the decoder's gates, the encoder's h_dec term, the
+    write patch, and with attention one bank for the read window of step t+1 (eq. 21) and the
+    write window of step t (eq. 29)."""
+    dec_gates, enc_gates, patch, *att_params = _addmm(w.b_dec, h_dec, w.w_dec).split(sizes.dec_splits, 1)
+    if not sizes.attention:
+        return dec_gates, enc_gates, patch, None, None
+    bank = filterbank_parts(att_params[0].view(h_dec.shape[0], 2, 5), offsets, grid)
+    return dec_gates, enc_gates, patch, bank, _windows(bank, sizes.read_n, sizes.write_n)
+
+
+def _add_read(enc_in: Tensor, x_hat: Tensor, pair_t: Tensor, x_gates: Tensor | None, win: Windows | None,
+              w_read: Tensor, keep: bool) -> tuple[Tensor | None, Tensor | None]:
+    """Adds r_t's term of eq. (5) to the encoder's gates ``enc_in`` in place; returns r_t and
+    the glimpse's half product xf (attention) as the backward pass needs them."""
+    if win is not None:  # eq. (27): r_t = gamma [F_Y x F_X^T, F_Y x_hat F_X^T]
+        glimpse, xf = glimpse_products(pair_t, win.read_x, win.read_y)  # (B, 2 Nr, Nr), (B, Nr, 2 S)
+        r = (glimpse * win.read_gamma).view(enc_in.shape[0], -1)  # (B, 2 Nr^2), the order of w_read's rows
+        _addmm_(enc_in, r.to(w_read.dtype), w_read)
+        return r, xf
+    # eq. (17): r_t = [x, x_hat]; read(x) is the same every step (x_gates)
+    r = x_hat.clone() if keep else None
+    _addmm_(enc_in.add_(x_gates), x_hat.to(w_read.dtype), w_read[PIXELS:])
+    return r, None
+
+
+def _write(canvas: Tensor, patch: Tensor, win: Windows | None, nw: int) -> tuple[Tensor | None, Tensor | None]:
+    """Adds write(h_dec_t) to the canvas in place (eq. 8); with attention (eq. 29) returns the
+    patch over gamma, u, and u F_X as the backward pass needs them."""
+    if win is None:
+        canvas += patch  # write = W(h_dec_t) (eq. 18)
+        return None, None
+    u = patch.view(-1, nw, nw) / win.write_gamma  # (B, Nw, Nw)
+    uf = torch.bmm(u, win.write_x)  # (B, Nw, S)
+    canvas.view(-1, SIZE, SIZE).baddbmm_(win.write_y.transpose(1, 2), uf)
+    return u, uf
+
+
 def run_forward(x: Tensor, eps: Tensor, w: FusedWeights, sizes: RecurrenceSizes, offsets: Tensor,
                 keep: bool) -> tuple:
     """Encoder + decoder over T steps with z_t = mu_t + sigma_t eps_t (eqs. 3-8).
@@ -189,28 +228,19 @@ def run_forward(x: Tensor, eps: Tensor, w: FusedWeights, sizes: RecurrenceSizes,
     weights under "weights". h_enc, z and h_dec are saved as the GEMMs took them (bfloat16 with
     ``sizes.gemm_dtype``): the backward uses them only as GEMM operands.
     """
-    bsz, nr, nw, att = x.shape[0], sizes.read_n, sizes.write_n, sizes.attention
-    dec_splits, enc_splits = sizes.dec_splits, sizes.enc_splits
+    bsz = x.shape[0]
     w = _gemm_weights(w, sizes.gemm_dtype)
-    gemm_dtype = w.w_dec.dtype
-    grid = pixel_grid(SIZE, x)
+    gemm_dtype, grid = w.w_dec.dtype, pixel_grid(SIZE, x)
     # step 0: h_dec_0 and h_enc_0 are learned, the same for every image
     h_dec, h_enc = w.h_dec0.expand(bsz, -1).to(gemm_dtype), w.h_enc0.expand(bsz, -1).to(gemm_dtype)
-    dec_gates, enc_gates, patch, *att_params = _addmm(w.b_dec, h_dec, w.w_dec).split(dec_splits, 1)
+    dec_gates, enc_gates, _, bank, win = _from_h_dec(h_dec, w, sizes, offsets, grid)  # win: step 1's read
     enc_rec = _addmm(w.b_enc, h_enc, w.w_enc)[:, 2 * sizes.z_dim :]
     c_enc, c_dec = x.new_zeros(bsz, sizes.enc_hidden), x.new_zeros(bsz, sizes.dec_hidden)
     canvas = w.canvas0.expand(bsz, -1).clone()
-    canvas_2d = canvas.view(bsz, SIZE, SIZE)
     images = torch.stack([x, x], 1)  # (B, 2, 784): [x, x_hat]
     x_hat, pair_t = images[:, 1], images.view(bsz, 2 * SIZE, SIZE).transpose(1, 2)  # pair_t: (B, S, 2 S)
-    bank = win = None
-    if att:  # the read window of step 1
-        bank = filterbank_parts(att_params[0].view(bsz, 2, 5), offsets, grid)
-        win = _windows(bank, nr, nw)
-    # eq. (17): read(x) is the same every step
-    x_gates = None if att else mm(x.to(gemm_dtype), w.w_read[:PIXELS], x.dtype)
-    saved: dict[str, Any] = {k: [] for k in SAVED}
-    saved["weights"] = w
+    x_gates = None if sizes.attention else mm(x.to(gemm_dtype), w.w_read[:PIXELS], x.dtype)  # eq. (17)
+    saved: dict[str, Any] = {k: [] for k in SAVED} | {"weights": w}
     for key, value in (("h_enc", h_enc), ("h_dec", h_dec), ("bank", bank), ("win", win)):
         saved[key].append(value)
     mus, logsigs = [], []
@@ -218,28 +248,14 @@ def run_forward(x: Tensor, eps: Tensor, w: FusedWeights, sizes: RecurrenceSizes,
         s = torch.sigmoid(canvas)  # (B, 784)
         torch.sub(x, s, out=x_hat)  # eq. (3)
         enc_in = enc_gates + enc_rec  # (B, 4 He): h_dec_{t-1} and h_enc_{t-1} terms of eq. (5)
-        if att:  # eq. (27): r_t = gamma [F_Y x F_X^T, F_Y x_hat F_X^T]
-            glimpse, xf = glimpse_products(pair_t, win.read_x, win.read_y)  # (B, 2 Nr, Nr), (B, Nr, 2 S)
-            r = (glimpse * win.read_gamma).view(bsz, -1)  # (B, 2 Nr^2), the order of w_read's rows
-            _addmm_(enc_in, r.to(gemm_dtype), w.w_read)
-        else:  # eq. (17): r_t = [x, x_hat]
-            r, xf = x_hat.clone() if keep else None, None
-            _addmm_(enc_in.add_(x_gates), x_hat.to(gemm_dtype), w.w_read[PIXELS:])
+        r, xf = _add_read(enc_in, x_hat, pair_t, x_gates, win, w.w_read, keep)  # eq. (4)
         h_enc, c_enc, lstm_e = cell(enc_in, c_enc, gemm_dtype)  # eq. (5): h_enc_t, (B, He)
-        mu, logsig, enc_rec = _addmm(w.b_enc, h_enc, w.w_enc).split(enc_splits, 1)  # eqs. (1)-(2)
+        mu, logsig, enc_rec = _addmm(w.b_enc, h_enc, w.w_enc).split(sizes.enc_splits, 1)  # eqs. (1)-(2)
         sigma = logsig.exp()
         z = torch.addcmul(mu, sigma, eps[t]).to(gemm_dtype)  # eq. (6), reparameterised, (B, z)
         h_dec, c_dec, lstm_d = cell(_addmm(dec_gates, z, w.w_z), c_dec, gemm_dtype)  # eq. (7), (B, Hd)
-        dec_gates, enc_gates, patch, *att_params = _addmm(w.b_dec, h_dec, w.w_dec).split(dec_splits, 1)
-        u = uf = None
-        if att:  # eq. (29); the same h_dec_t gives the read window of step t+1 (eq. 21)
-            bank = filterbank_parts(att_params[0].view(bsz, 2, 5), offsets, grid)
-            win = _windows(bank, nr, nw)
-            u = patch.view(bsz, nw, nw) / win.write_gamma  # (B, Nw, Nw)
-            uf = torch.bmm(u, win.write_x)  # (B, Nw, S)
-            canvas_2d.baddbmm_(win.write_y.transpose(1, 2), uf)  # eq. (8)
-        else:
-            canvas += patch  # eq. (8), write = W(h_dec_t) (eq. 18)
+        dec_gates, enc_gates, patch, bank, win = _from_h_dec(h_dec, w, sizes, offsets, grid)
+        u, uf = _write(canvas, patch, win, sizes.write_n)  # eq. (8)
         mus.append(mu)
         logsigs.append(logsig)
         if keep:

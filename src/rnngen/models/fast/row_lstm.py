@@ -1,6 +1,6 @@
 """The Row LSTM layer's fast paths (van den Oord et al. 2016, sec. 3.1): the row loop with a
 hand-written backward (PyTorch ops, any device) and the whole layer as the C++ kernel
-(``csrc/row_lstm.cpp``). :class:`rnngen.models.pixelrnn.RowLSTMLayer` picks one; both compute
+(``csrc/row_lstm.cpp``). :class:`rnngen.models.pixelrnn_layers.RowLSTMLayer` picks one; both compute
 what the plain per-row implementation (:mod:`rnngen.models.reference.pixelrnn`) does.
 """
 
