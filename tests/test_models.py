@@ -9,7 +9,8 @@ import torch
 from torch import Tensor, nn
 
 from rnngen.models import MODELS, build_model, model_config
-from rnngen.models.base import GaussianLatentVAE, GenerativeModel, NoLikelihoodError, gaussian_kl, log_normal
+from rnngen.models.base import GenerativeModel, NoLikelihoodError, gaussian_kl, log_normal
+from rnngen.models.latent import GaussianLatentVAE
 
 TINY = {
     "row_lstm_vae": {"hidden": 8, "z_dim": 3},

@@ -14,7 +14,8 @@ from PIL import Image
 
 from rnngen import checkpoint, walk
 from rnngen.models import MODELS, build_model, model_config
-from rnngen.models.base import GenerativeModel, LabelError
+from rnngen.models.base import LabelError
+from rnngen.models.latent import LatentModel
 from test_cli import env, run_main, save_png, store  # noqa: F401  (fixtures)
 from test_models import TINY, binary_batch, tiny
 
@@ -50,14 +51,14 @@ def test_slerp_follows_the_great_circle() -> None:
     assert torch.isfinite(walk.slerp(torch.zeros(3, 16, dtype=torch.float64), b, t)).all()
 
 
-@pytest.mark.parametrize("name", [n for n, cls in MODELS.items() if cls.has_latent])
+@pytest.mark.parametrize("name", [n for n, cls in MODELS.items() if issubclass(cls, LatentModel)])
 def test_a_walk_starts_and_ends_at_the_models_own_decoding_of_the_latent_means(name: str) -> None:
     torch.manual_seed(0)
     model = tiny(name).eval()
     a, b = binary_batch(2, seed=1), binary_batch(2, seed=2)
     frames = walk.walk(model, a, b, 5)
     assert frames.shape == (5, 2, 1, 28, 28) and ((frames >= 0) & (frames <= 1)).all()
-    encoder = type(model).latent_pass is not GenerativeModel.latent_pass  # a GAN has none: it searches z
+    encoder = type(model).latent_pass is not LatentModel.latent_pass  # a GAN has none: it searches z
     with torch.no_grad():
         for end, x in ((frames[0], a), (frames[-1], b)):
             z = model.latent_mean(x)
@@ -68,7 +69,7 @@ def test_a_walk_starts_and_ends_at_the_models_own_decoding_of_the_latent_means(n
     assert not torch.allclose(frames[2], frames[0])  # it moves
 
 
-@pytest.mark.parametrize("name", [n for n, cls in MODELS.items() if cls.has_latent])
+@pytest.mark.parametrize("name", [n for n, cls in MODELS.items() if issubclass(cls, LatentModel)])
 def test_a_conditional_walk_holds_its_class_from_end_to_end(name: str) -> None:
     torch.manual_seed(0)
     model = build_model(name, model_config(name, {**TINY[name], "conditional": True, "classes": 3})).eval()
@@ -85,7 +86,7 @@ def test_a_conditional_walk_holds_its_class_from_end_to_end(name: str) -> None:
 
 
 def test_a_model_without_a_latent_is_refused_naming_those_with_one() -> None:
-    able = [n for n, cls in MODELS.items() if cls.has_latent]
+    able = [n for n, cls in MODELS.items() if issubclass(cls, LatentModel)]
     assert sorted(able) == sorted(n for n in TINY if n != "pixelrnn")
     with pytest.raises(walk.NoLatentError, match="pixelrnn has no latent variable") as err:
         walk.walk(tiny("pixelrnn"), binary_batch(1), binary_batch(1), 3)

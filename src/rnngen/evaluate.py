@@ -23,6 +23,7 @@ from rnngen.config import under_minimum
 from rnngen.data import DataError, UserData, binarized_test_set, load_split, test_set_digest, to_unit
 from rnngen.inpaint import MASKS, inpaint, inpainting_metrics, make_mask
 from rnngen.models import GenerativeModel
+from rnngen.models.latent import LatentModel
 from rnngen.models.likelihood import likelihood_kind
 from rnngen.pictures import canvas_gif, canvas_strip, inpainting_panel, save_grid
 from rnngen.quality import sample_quality
@@ -155,7 +156,7 @@ def draw_pictures(model: GenerativeModel, x: Tensor, y: Tensor | None, cfg: Eval
     if steps is not None:  # DRAW: the canvas being drawn, step by step
         canvas_gif(steps.cpu(), pictures / "canvas.gif", nrow=4)
         canvas_strip(steps.cpu(), pictures / "canvas_strip.png")
-    if model.has_latent and len(x) >= 2 * WALK_PAIRS:  # test images 0-3 to 4-7 (holding 0-3's classes)
+    if isinstance(model, LatentModel) and len(x) >= 2 * WALK_PAIRS:  # test images 0-3 to 4-7 (holding 0-3's classes)
         frames = walk(model, x[:WALK_PAIRS], x[WALK_PAIRS : 2 * WALK_PAIRS], WALK_STEPS,
                       None if y is None else y[:WALK_PAIRS])
         save_walk(frames, pictures / "interpolation.png", pictures / "interpolation.gif")

@@ -203,22 +203,15 @@ def fit(
     train_y: Tensor | None = None,
     val_y: Tensor | None = None,
 ) -> FitResult:
-    """Train ``model`` on uint8 images; early-stop on validation negative ELBO. A conditional
-    model trains p(x | y) on the labels ``train_y`` and ``val_y`` (an unconditional one ignores
-    them).
-
-    With ``checkpoint`` the full training state is saved after every epoch and resumed by the
-    rules of :func:`rnngen.resume.plan` (fingerprint with ``identity``), or from ``resume``
-    when the caller has already decided. ``on_epoch(epoch, metrics)`` runs after each epoch
-    (log, prune: it may raise), on rank 0 of a data-parallel job
-    (:func:`rnngen.distributed.distributed`), which alone prints and writes the checkpoint.
-    ``extra_state`` is stored in the checkpoint (e.g. the MLflow run id). ``until_epoch`` pauses
-    the run after that epoch, its checkpoint left resumable: a later call with the same
-    arguments continues it exactly as if it had not stopped (the tune stage's successive
-    halving trains its survivors that way, on the real schedule of ``cfg.epochs``);
-    ``until_seconds`` pauses at the first epoch end past that many seconds of training (its
-    rungs in time). ``cfg.time_budget_s`` is checked the same way and ends the training.
-    """
+    """Train ``model`` on uint8 images (a conditional one on the labels ``train_y``, ``val_y``);
+    early-stop on its validation score. With ``checkpoint`` the whole training state is saved
+    after every epoch and resumed by :func:`rnngen.resume.plan` (fingerprint with ``identity``),
+    or from ``resume`` when the caller has decided. ``on_epoch(epoch, metrics)`` (log, prune: it
+    may raise) runs on rank 0 of a data-parallel job, which alone prints and writes the
+    checkpoint, storing ``extra_state`` in it (the MLflow run id). ``until_epoch`` pauses after
+    that epoch, its checkpoint resumable exactly (the tuner's successive halving on the real
+    schedule); ``until_seconds`` pauses at the first epoch end past that many seconds of training,
+    as ``cfg.time_budget_s`` ends it."""
     device, r = model.device, ranks()
     path = Path(checkpoint) if checkpoint else None
     train_y, val_y = _labels_of(model, train_y, "training"), _labels_of(model, val_y, "validation")

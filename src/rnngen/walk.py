@@ -20,6 +20,7 @@ from torch import Tensor
 
 from rnngen.errors import UserError
 from rnngen.models import MODELS, GenerativeModel
+from rnngen.models.latent import LatentModel
 from rnngen.pictures import canvas_gif, canvas_strip
 
 
@@ -47,8 +48,8 @@ def slerp(a: Tensor, b: Tensor, t: Tensor) -> Tensor:
 
 
 def check_latent(model: GenerativeModel) -> None:
-    if not model.has_latent:
-        able = ", ".join(name for name, cls in MODELS.items() if cls.has_latent)
+    if not isinstance(model, LatentModel):
+        able = ", ".join(name for name, cls in MODELS.items() if issubclass(cls, LatentModel))
         raise NoLatentError(f"{model.name} has no latent variable to walk through; "
                             f"latent walks need a latent-variable model: {able}")
 

@@ -64,15 +64,6 @@ class AdversarialTerms(LossTerms):
         return self.nelbo.sum()
 
 
-class LatentPass(NamedTuple):
-    """One pass of a latent model over images x: z ~ q(z | x) (or a given z), the decoder's
-    Bernoulli logits of p(x | z) and log q(z | x) per image."""
-
-    z: Tensor
-    logits: Tensor
-    log_q: Tensor
-
-
 class Completion(NamedTuple):
     """A completed batch, ``(B, 1, H, W)`` each, observed pixels exactly as given in both:
     ``drawn`` has the hidden pixels drawn (binary), ``means`` their Bernoulli means (for
@@ -112,14 +103,13 @@ def bf16_autocast(like: Tensor) -> bool:
 
 
 class GenerativeModel(nn.Module, ABC):
-    """An image model: latent-variable models (trained on the ELBO, scored by bounds),
-    autoregressive ones (exact likelihood) and GANs (no likelihood: ``has_likelihood`` False,
-    ``log_weights`` raises :class:`NoLikelihoodError`) answer the same methods, so no caller
-    branches on the model.
+    """An image model: latent-variable models (:class:`~rnngen.models.latent.LatentModel`,
+    trained on the ELBO, scored by bounds), autoregressive ones (exact likelihood) and GANs (no
+    likelihood) answer the same methods, so no caller branches on the model.
 
-    ``forward`` gives the training loss terms; ``log_likelihood`` the log-likelihood (a bound
-    or exact, as ``exact_likelihood`` says); ``sample`` (grey pictures) and ``sample_binary``
-    (draws of p(x)); ``complete`` (inpainting, a :class:`Completion`);
+    ``forward`` gives the training loss terms; ``validation_score`` what early stopping goes by;
+    ``likelihood_metrics`` the test NLL (exact, bounds, or none); ``sample`` (grey pictures) and
+    ``sample_binary`` (draws of p(x)); ``complete`` (repair, a :class:`Completion`);
     ``reconstruct``; ``sample_steps`` (the picture of generation over time).
     """
 
@@ -131,8 +121,6 @@ class GenerativeModel(nn.Module, ABC):
     hidden_fields: ClassVar[tuple[str, ...]] = ("hidden",)
     #: True when ``log_likelihood`` is exact (autoregressive models); False: a k-sample bound
     exact_likelihood: ClassVar[bool] = False
-    #: True for latent-variable models: :meth:`latent_mean` and :meth:`decode_latent` answer
-    has_latent: ClassVar[bool] = False
     #: False for a model without a likelihood (a GAN): no NLL metrics, no ``score``
     has_likelihood: ClassVar[bool] = True
     #: what the two slots of :class:`LossTerms` hold, as training logs them (``train_<name>``)
@@ -249,77 +237,12 @@ class GenerativeModel(nn.Module, ABC):
             return {}
         return nll_metrics(self, x, k, batch_size, seed, self.exact_likelihood, progress, y)
 
+    @abstractmethod
     def complete(
         self, x: Tensor, mask: Tensor, effort: int, generator: torch.Generator | None = None, y: Tensor | None = None,
     ) -> Completion:
         """Fill the pixels of ``x`` where ``mask`` is True by conditional sampling, ``effort``
-        being the sampler's work per image; observed pixels come back exactly as given.
-        Latent models: ``effort // 2`` rounds of :meth:`pseudo_gibbs` bring the missing pixels
-        near the data, then the rest of :meth:`metropolis_within_gibbs`, whose chain targets
-        p(missing | observed) exactly. Measured on trained models (docs/results.md, "Repair"),
-        this beats either sampler alone at equal rounds; alone, Metropolis-within-Gibbs started
-        from noise rarely accepts and mixes slowly."""
-        warm = self.pseudo_gibbs(x, mask, max(1, effort // 2), generator, y=y)
-        if effort < 2:
-            return warm
-        return self.metropolis_within_gibbs(x, mask, effort - effort // 2, generator, start=warm.drawn, y=y)
-
-    def pseudo_gibbs(
-        self, x: Tensor, mask: Tensor, rounds: int, generator: torch.Generator | None = None, y: Tensor | None = None,
-    ) -> Completion:
-        """The pseudo-Gibbs sampler of Rezende et al. 2014 (sec. 5.2): start the missing pixels
-        at Bernoulli(0.5) noise, then ``rounds`` times reconstruct (z ~ q(z|x), then p(x|z)) and
-        redraw only the missing pixels. Its stationary distribution is p(missing | observed)
-        only when q(z|x) is the exact posterior (Mattei and Frellsen 2018, sec. 3.1)."""
-        noise = torch.bernoulli(torch.full_like(x, 0.5), generator=generator)
-        current = torch.where(mask, noise, x)
-        for _ in range(rounds):
-            means = torch.where(mask, self.reconstruct(current, generator=generator, y=y), x)  # (B, 1, 28, 28)
-            current = torch.where(mask, torch.bernoulli(means, generator=generator), x)  # clamp the observed pixels
-        return Completion(drawn=current, means=means)
-
-    def latent_pass(self, x: Tensor, z: Tensor | None = None, generator: torch.Generator | None = None,
-                    y: Tensor | None = None) -> LatentPass:
-        """Latent models: z ~ q(z | x) (or the ``z`` given), the decoder's logits of p(x | z) and
-        log q(z | x); what :meth:`metropolis_within_gibbs` needs. Autoregressive models have no latent."""
-        raise NotImplementedError(f"{self.name} has no latent variable")
-
-    def latent_mean(self, x: Tensor, y: Tensor | None = None) -> Tensor:
-        """Latent models: the mean of q(z | x) per image, ``(B, ...)`` (DRAW: its T latents along
-        the path of posterior means); where a latent walk starts and ends."""
-        raise NotImplementedError(f"{self.name} has no latent variable")
-
-    def decode_latent(self, z: Tensor, y: Tensor | None = None) -> Tensor:
-        """Latent models: the Bernoulli means of p(x | z), ``(B, 1, 28, 28)``, for latents shaped
-        as :meth:`latent_mean` gives them."""
-        raise NotImplementedError(f"{self.name} has no latent variable")
-
-    def metropolis_within_gibbs(
-        self, x: Tensor, mask: Tensor, rounds: int, generator: torch.Generator | None = None,
-        start: Tensor | None = None, y: Tensor | None = None,
-    ) -> Completion:
-        """Metropolis-within-Gibbs (Mattei and Frellsen 2018, sec. 3.2, Algorithm 1): a chain on
-        (z, missing) whose stationary distribution is p(z, missing | observed) even when
-        q(z | x) is poor, from the missing pixels of ``start`` (default Bernoulli(0.5) noise).
-        Each of ``rounds`` proposes z' ~ q(z | x) at the current
-        completion x, accepts it with probability min(1, p(x | z') p(z') q(z | x) /
-        (p(x | z) p(z) q(z' | x))), then redraws the missing pixels from p(x | z)."""
-        if start is None:
-            start = torch.bernoulli(torch.full_like(x, 0.5), generator=generator)
-        current = torch.where(mask, start, x)
-        z, logits = self.latent_pass(current, generator=generator, y=y)[:2]
-        for _ in range(rounds):
-            new = self.latent_pass(current, generator=generator, y=y)
-            old_log_q = self.latent_pass(current, z=z, y=y).log_q  # q(z | x) at the current completion
-            log_ratio = (bernoulli_nll(logits, current) - bernoulli_nll(new.logits, current)
-                         + log_normal(new.z.flatten(1)) - log_normal(z.flatten(1)) + old_log_q - new.log_q)
-            u = torch.rand(log_ratio.shape, generator=generator, device=x.device, dtype=log_ratio.dtype)
-            accept = u.log() < log_ratio  # (B,)
-            z = torch.where(accept.view(-1, *[1] * (z.dim() - 1)), new.z, z)
-            logits = torch.where(accept.view(-1, 1, 1, 1), new.logits, logits)
-            means = torch.where(mask, torch.sigmoid(logits), x)
-            current = torch.where(mask, torch.bernoulli(means, generator=generator), x)
-        return Completion(drawn=current, means=means)
+        being the sampler's work per image; observed pixels come back exactly as given."""
 
     @abstractmethod
     def sample(self, n: int, generator: torch.Generator | None = None, temperature: float = 1.0,
@@ -344,65 +267,3 @@ class GenerativeModel(nn.Module, ABC):
     def sample_steps(self, n: int, generator: torch.Generator | None = None, y: Tensor | None = None) -> Tensor | None:
         """For step-wise models, ``(T, n, 1, 28, 28)`` canvases over time; else None."""
         return None
-
-
-class GaussianLatentVAE(GenerativeModel):
-    """A VAE with one Gaussian latent vector: subclasses give ``encode`` and ``decode``. A
-    conditional one is the conditional VAE of Sohn et al. 2015 (sec. 4): the label goes to the
-    encoder, q(z | x, y), and to the decoder, p(x | z, y), under the prior N(0, I)."""
-
-    has_latent = True
-    z_dim: int
-
-    @abstractmethod
-    def encode(self, x: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """q(z | x) (q(z | x, y)) as ``(mu, logvar)``, each ``(B, z_dim)``."""
-
-    @abstractmethod
-    def decode(self, z: Tensor, y: Tensor | None = None) -> Tensor:
-        """Bernoulli logits of p(x | z) (p(x | z, y)), ``(B, 1, 28, 28)``."""
-
-    def with_label(self, v: Tensor, y: Tensor | None) -> Tensor:
-        """``v`` ``(B, d)`` with the labels :meth:`labels` accepts beside it, one-hot: ``(B, d +
-        classes)``; ``v`` itself for an unconditional model."""
-        labels = self.labels(y, len(v))
-        return v if labels is None else torch.cat([v, F.one_hot(labels, self.config.classes).to(v.dtype)], -1)
-
-    def forward(self, x: Tensor, y: Tensor | None = None) -> LossTerms:
-        mu, logvar = self.encode(x, y)
-        z = mu + (0.5 * logvar).exp() * torch.randn_like(mu)  # reparameterisation
-        return LossTerms(recon=bernoulli_nll(self.decode(z, y), x), kl=gaussian_kl(mu, logvar))
-
-    def log_weights(self, x: Tensor, k: int, generator: torch.Generator | None = None,
-                    y: Tensor | None = None) -> Tensor:
-        mu, logvar = self.encode(x, y)  # (B, z)
-        eps = randn((k, *mu.shape), mu, generator)
-        z = mu + (0.5 * logvar).exp() * eps  # (k, B, z)
-        yk = None if y is None else torch.as_tensor(y).reshape(-1).repeat(k)  # row i B + b: image b
-        logits = self.decode(z.flatten(0, 1), yk).unflatten(0, (k, x.shape[0]))
-        log_px_z = -bernoulli_nll(logits.flatten(0, 1), x.repeat(k, 1, 1, 1)).view(k, -1)
-        return log_px_z + log_normal(z) - log_normal(z, mu, logvar)
-
-    def sample(self, n: int, generator: torch.Generator | None = None, temperature: float = 1.0,
-               y: Tensor | None = None) -> Tensor:
-        any_param = next(self.parameters())
-        z = temperature * randn((n, self.z_dim), any_param, generator)
-        return torch.sigmoid(self.decode(z, y))
-
-    def reconstruct(self, x: Tensor, generator: torch.Generator | None = None, y: Tensor | None = None) -> Tensor:
-        mu, logvar = self.encode(x, y)
-        z = mu + (0.5 * logvar).exp() * randn(mu.shape, mu, generator)
-        return torch.sigmoid(self.decode(z, y))
-
-    def latent_mean(self, x: Tensor, y: Tensor | None = None) -> Tensor:
-        return self.encode(x, y)[0]
-
-    def decode_latent(self, z: Tensor, y: Tensor | None = None) -> Tensor:
-        return torch.sigmoid(self.decode(z, y))
-
-    def latent_pass(self, x: Tensor, z: Tensor | None = None, generator: torch.Generator | None = None,
-                    y: Tensor | None = None) -> LatentPass:
-        mu, logvar = self.encode(x, y)
-        if z is None:
-            z = mu + (0.5 * logvar).exp() * randn(mu.shape, mu, generator)
-        return LatentPass(z, self.decode(z, y), log_normal(z, mu, logvar))

@@ -45,7 +45,8 @@ from torch import Tensor, nn
 from rnngen.config import under_minimum
 from rnngen.data import binarized_test_set
 from rnngen.frechet import frechet_distance
-from rnngen.models.base import AdversarialTerms, Completion, GenerativeModel, NoLikelihoodError, randn
+from rnngen.models.base import AdversarialTerms, Completion, NoLikelihoodError, randn
+from rnngen.models.latent import LatentModel
 
 #: Adam's betas per loss: DCGAN's (sec. 4) and WGAN-GP's (Algorithm 1)
 BETAS = {"gan": (0.5, 0.999), "wgan_gp": (0.0, 0.9)}
@@ -121,11 +122,10 @@ class Discriminator(nn.Module):
         return out
 
 
-class DCGAN(GenerativeModel):
+class DCGAN(LatentModel):
     name = "dcgan"
     config_cls = DCGANConfig
     has_likelihood = False
-    has_latent = True
     loss_names: ClassVar[tuple[str, str]] = ("disc", "gen")
 
     def __init__(self, config: DCGANConfig) -> None:

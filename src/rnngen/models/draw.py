@@ -25,14 +25,13 @@ from torch import Tensor, nn
 
 from rnngen.models.base import (
     IMAGE_SHAPE,
-    GenerativeModel,
-    LatentPass,
     LossTerms,
     bernoulli_nll,
     gaussian_kl,
     log_normal,
     randn,
 )
+from rnngen.models.latent import LatentModel, LatentPass
 from rnngen.models.lstm import lstm_step
 
 SIZE = IMAGE_SHAPE[-1]  # A = B = 28: the images are square
@@ -201,14 +200,13 @@ def loss_terms(x: Tensor, canvas: Tensor, mu: Tensor, logsig: Tensor) -> LossTer
     return LossTerms(recon=bernoulli_nll(canvas, x.flatten(1)), kl=kl)
 
 
-class DRAW(GenerativeModel):
+class DRAW(LatentModel):
     """DRAW with or without attention; see the module docstring."""
 
     name = "draw"
     config_cls = DRAWConfig
     presets = PRESETS
     hidden_fields = ("enc_hidden", "dec_hidden")
-    has_latent = True
 
     def __init__(self, config: DRAWConfig) -> None:
         super().__init__(config)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rnngen.config import under_minimum
-from rnngen.models.base import GaussianLatentVAE
+from rnngen.models.latent import GaussianLatentVAE
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from rnngen.config import under_minimum
-from rnngen.models.base import GaussianLatentVAE
+from rnngen.models.latent import GaussianLatentVAE
 
 
 @dataclass(frozen=True)
