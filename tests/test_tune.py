@@ -22,7 +22,7 @@ from rnngen.errors import guard
 from rnngen.files import read_json
 from rnngen.train import TrainConfig
 from rnngen.tuning.halving import propose
-from rnngen.tuning.result import compare_speed, read_hparams
+from rnngen.tuning.result import apply_winner, compare_speed, read_hparams
 
 TINY = {
     "tune.n_trials": 4,
@@ -610,8 +610,8 @@ def test_trial_0_handicapped_loses_and_train_gets_the_winner(tmp_path: Path, spl
     assert said in capsys.readouterr().out
     overrides = read_hparams(tmp_path / "best.json")
     assert overrides["train.lr"] == result["params"]["train.lr"] > 1e-5
-    settings = stages.train._settings(params, tmp_path / "best.json")
-    assert settings.train.lr == overrides["train.lr"] and "train.lr" in settings.replaced
+    tuned = apply_winner(params, tmp_path / "best.json", stages.train._validate)
+    assert tuned.checked["train"].lr == overrides["train.lr"] and "train.lr" in tuned.replaced
 
 
 def test_budget_spent_before_any_trial_is_a_clear_error(tmp_path: Path, split_dir: Path, mlflow_uri: str) -> None:

@@ -12,20 +12,39 @@ import shutil
 import tempfile
 import urllib.error
 import urllib.request
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
-from torchvision import datasets as tv_datasets
-from torchvision.datasets.mnist import read_image_file, read_label_file
 
 from rnngen.digests import file_digest
 from rnngen.errors import UserError
 
-OFFICIAL: dict[str, type[tv_datasets.MNIST]] = {
-    "mnist": tv_datasets.MNIST,
-    "fashion-mnist": tv_datasets.FashionMNIST,
-    "kmnist": tv_datasets.KMNIST,
-}
+
+class _Official(Mapping[str, Any]):
+    """torchvision's dataset class of each official dataset (its file names, checksums and
+    mirrors), imported on first use: importing torchvision loads its models and ops too, about
+    a second that every stage and command would otherwise pay at start."""
+
+    CLASSES: ClassVar[dict[str, str]] = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST", "kmnist": "KMNIST"}
+
+    def __getitem__(self, name: str) -> Any:
+        from torchvision import datasets
+
+        return getattr(datasets, self.CLASSES[name])
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.CLASSES
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.CLASSES)
+
+    def __len__(self) -> int:
+        return len(self.CLASSES)
+
+
+OFFICIAL = _Official()
 #: repackagings whose files differ from the official ones only in their gzip wrapping, by the md5
 #: of each file, accepted where no data.checksums is given. Debian recompresses the upstream .gz
 #: files when it builds the package (their gzip headers carry the build date, 2020-06-05)
@@ -126,6 +145,8 @@ def read_idx_folder(
 
 def read_idx(path: Path) -> np.ndarray:
     """A gzipped IDX file (images or labels) as a numpy array; torchvision parses it."""
+    from torchvision.datasets.mnist import read_image_file, read_label_file
+
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / path.name.removesuffix(".gz")
         try:

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
-from torchvision.utils import make_grid, save_image
 
 PAD = 2
 #: grey that marks hidden pixels in the "masked" row
@@ -21,6 +20,8 @@ MISSING_GREY = 0.5
 def save_grid(images: Tensor, path: str | Path, nrow: int = 8) -> Path:
     """Save ``(N, 1, 28, 28)`` images in [0, 1] as one PNG grid (torchvision's layout)."""
     path = _with_folder(path)
+    from torchvision.utils import save_image
+
     save_image(images.float().clamp(0, 1).cpu(), path, nrow=nrow, padding=2, pad_value=0.5)
     return path
 
@@ -49,6 +50,8 @@ def inpainting_panel(original: Tensor, mask: Tensor, completed: Tensor, path: st
             blank = torch.ones(ncol - len(row), *row.shape[1:])  # fills the last, short group
             rows.append(torch.cat([row, blank]))
     path = _with_folder(path)
+    from torchvision.utils import save_image
+
     save_image(torch.cat(rows).clamp(0, 1), path, nrow=ncol, padding=PAD, pad_value=1.0)
     return path
 
@@ -61,6 +64,8 @@ def _check_frames(frames: Tensor) -> Tensor:
 
 def _grid_uint8(images: Tensor, nrow: int) -> Tensor:
     """``(n, 1, 28, 28)`` -> one grey ``(H, W)`` uint8 grid."""
+    from torchvision.utils import make_grid
+
     grid = make_grid(images, nrow=nrow, padding=PAD, pad_value=MISSING_GREY)  # (3, H, W)
     return grid[0].mul(255).round().to(torch.uint8)
 
@@ -85,5 +90,7 @@ def canvas_strip(frames: Tensor, path: str | Path, n_frames: int = 8, *, n_sampl
     steps = torch.linspace(0, len(frames) - 1, max(1, n_frames)).round().long().unique()
     rows = frames[steps, :n_samples].transpose(0, 1)  # (samples, steps, 1, 28, 28)
     path = _with_folder(path)
+    from torchvision.utils import save_image
+
     save_image(rows.flatten(0, 1), path, nrow=len(steps), padding=PAD, pad_value=MISSING_GREY)
     return path
