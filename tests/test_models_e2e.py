@@ -1,12 +1,16 @@
 """Every model in the registry through every stage: `dvc exp run -S model.name=NAME` in a fresh
 git+DVC copy (tune -> train -> evaluate -> registry), then the registered version through the
-CLI (`sample`, `inpaint`, `evaluate`) and back through MLflow's own loader (`models:/` URI), which
-scores, samples and inpaints as the served model does."""
+CLI (`sample`, `inpaint`, `evaluate`) and back through MLflow's own loader (`models:/` URI) in a
+fresh process, which scores, samples and inpaints as the served model does. The CLI is called as
+``rnngen.cli.main(argv)`` in the project's folder, the function the console script runs
+(tests/test_cli.py runs the script itself), to save an interpreter start per command."""
 
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +18,7 @@ import pytest
 import torch
 
 from conftest import copy_project, tiny_params
+from rnngen import cli
 from rnngen.inpaint import make_mask
 from rnngen.models import MODELS
 from rnngen.models.latent import LatentModel
@@ -37,19 +42,37 @@ print(json.dumps({"scores": scores, "drawn": np.asarray(drawn).tolist(), "repair
 """
 
 
+Rnngen = Callable[..., subprocess.CompletedProcess[str]]
+
+
+@pytest.fixture()
+def rnngen(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Rnngen:
+    """``rnngen(project, *argv)``: the command as a user runs it in ``project``, whose own store
+    (``mlflow.db``) it finds by itself; its exit code and output."""
+
+    def call(project: Path, *argv: str) -> subprocess.CompletedProcess[str]:
+        monkeypatch.chdir(project)
+        monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        capsys.readouterr()
+        try:
+            code = cli.main(list(argv))
+        except SystemExit as exc:  # argparse's usage errors
+            code = int(exc.code or 0)
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(["rnngen", *argv], code, out, err)
+
+    return call
+
+
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return copy_project(tmp_path_factory.mktemp("models"), tiny_params())
 
 
-#: every model of the registry (a new one is tested here too), the GAN's second loss and PixelRNN's second variant
-RUNS = [(name, []) for name in MODELS] + [("dcgan", ["model.dcgan.loss=wgan_gp"]),
-                                           ("pixelrnn", ["model.pixelrnn.variant=row_lstm"])]
-
-
-@pytest.mark.parametrize(("name", "sets"), RUNS, ids=[" ".join([n, *s]) for n, s in RUNS])
-def test_model_through_dvc_the_registry_and_the_cli(project: Path, name: str, sets: list[str]) -> None:
-    out = run([str(BIN / "dvc"), "exp", "run", "-S", f"model.name={name}", *(f"-S{s}" for s in sets)], project)
+@pytest.mark.parametrize("name", list(MODELS))
+def test_model_through_dvc_the_registry_and_the_cli(project: Path, name: str, rnngen: Rnngen) -> None:
+    """Every model of the registry (a new one is tested here too), unconditional."""
+    out = run([str(BIN / "dvc"), "exp", "run", "-S", f"model.name={name}"], project)
     assert {"tune", "train", "evaluate"} <= set(stages_run(out.stdout)), out.stdout
     record = json.loads((project / "models/run.json").read_text())
     metrics = json.loads((project / "reports/metrics.json").read_text())
@@ -61,13 +84,13 @@ def test_model_through_dvc_the_registry_and_the_cli(project: Path, name: str, se
         assert metrics["likelihood"].startswith("none") and not any("nll" in k or "bpd" in k for k in metrics)
     uri = f"models:/rnngen/{record['model_version']}"
 
-    rnngen = str(BIN / "rnngen")
-    sample = run([rnngen, "sample", "--model", uri, "--n", "4", "--out", f"{name}.png"], project)
+    sample = rnngen(project, "sample", "--model", uri, "--n", "4", "--out", f"{name}.png")
     assert f"version {record['model_version']}" in sample.stdout and (project / f"{name}.png").stat().st_size
-    run([rnngen, "inpaint", "--model", uri, "--test-index", "0", "1", "--mask", "centre_square",
-         "--effort", "1", "--out", f"{name}-inpaint.png"], project)
-    walked = run([rnngen, "interpolate", "--model", uri, "--test-index", "0", "1", "--steps", "3",
-                  "--out", f"{name}-walk.png"], project, check=False)
+    inpainted = rnngen(project, "inpaint", "--model", uri, "--test-index", "0", "1", "--mask", "centre_square",
+                       "--effort", "1", "--out", f"{name}-inpaint.png")
+    assert inpainted.returncode == 0, inpainted.stderr
+    walked = rnngen(project, "interpolate", "--model", uri, "--test-index", "0", "1", "--steps", "3",
+                    "--out", f"{name}-walk.png")
     if issubclass(MODELS[name], LatentModel):  # the walk, and the evaluate stage's picture of four
         assert walked.returncode == 0, walked.stderr
         assert (project / "reports/pictures/interpolation.png").stat().st_size
@@ -75,17 +98,17 @@ def test_model_through_dvc_the_registry_and_the_cli(project: Path, name: str, se
         assert walked.returncode == 2 and "has no latent variable" in walked.stderr
         assert not (project / f"{name}-walk.png").exists()
         assert not (project / "reports/pictures/interpolation.png").exists()
-    scored = json.loads(run([rnngen, "evaluate", "--model", uri, "--split", "data/split"], project).stdout)
+    scored = json.loads(rnngen(project, "evaluate", "--model", uri, "--split", "data/split").stdout)
     # the CLI reads params.yaml's evaluate.* and the project's classifier: the stage's numbers
     nll_keys = ("test_nll_iwae", "test_nll_elbo") if likelihood else ()
     for key in (*nll_keys, "test_fcd", "inpaint_bottom_half_mse_missing"):
         assert scored[key] == pytest.approx(metrics[key], rel=1e-9, abs=1e-9), key
     assert likelihood or not any("nll" in k for k in scored)
-    refused = run([rnngen, "score", "--model", uri, "--test-index", "0"], project, check=False)
+    refused = rnngen(project, "score", "--model", uri, "--test-index", "0")
     assert (refused.returncode == 0) == likelihood, refused.stderr
     if not likelihood:
         assert "has no likelihood, so it cannot score images" in refused.stderr and "Traceback" not in refused.stderr
-        promote_a_gan(project, name)
+        promote_a_gan(project, rnngen)
 
     # MLflow's own loader, in a fresh process: only the models:/ URI and the store's address
     served = run([sys.executable, "-c", PYFUNC, uri, str(project / "data/split/test_x.npy")], project,
@@ -105,16 +128,16 @@ def test_model_through_dvc_the_registry_and_the_cli(project: Path, name: str, se
     assert repaired.shape == (5, 28, 28) and np.array_equal(repaired[~hidden], x[~hidden])
 
 
-def promote_a_gan(project: Path, name: str) -> None:
+def promote_a_gan(project: Path, rnngen: Rnngen) -> None:
     """A GAN has no test NLL: promotion by it is refused, naming the fix, and changes nothing;
     by a metric both sides have (FCD) it is decided and recorded."""
-    rnngen, report = str(BIN / "rnngen"), project / "reports/promotion.md"
+    report = project / "reports/promotion.md"
     report.unlink(missing_ok=True)
-    refused = run([rnngen, "promote"], project, check=False)
+    refused = rnngen(project, "promote")
     assert refused.returncode == 2 and "has no likelihood (a GAN), so it has no test_nll_iwae" in refused.stderr
     assert "--primary test_fcd" in refused.stderr and not report.exists()
-    decided = run([rnngen, "promote", "--primary", "test_fcd"], project)
-    assert "test_fcd" in report.read_text(), decided.stdout
+    decided = rnngen(project, "promote", "--primary", "test_fcd")
+    assert decided.returncode == 0 and "test_fcd" in report.read_text(), decided.stderr
 
 
 CONDITIONAL = """
@@ -143,31 +166,36 @@ def conditional_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return copy_project(tmp_path_factory.mktemp("conditional"), tiny_params())
 
 
-@pytest.mark.parametrize("name", list(MODELS))
-def test_conditional_model_through_dvc_the_registry_and_the_cli(conditional_project: Path, name: str) -> None:
+#: every model conditional, with PixelRNN's other variant and the GAN's other loss
+CONDITIONAL_RUNS = [(name, {"pixelrnn": ["model.pixelrnn.variant=row_lstm"],
+                            "dcgan": ["model.dcgan.loss=wgan_gp"]}.get(name, [])) for name in MODELS]
+
+
+@pytest.mark.parametrize(("name", "sets"), CONDITIONAL_RUNS, ids=[" ".join([n, *s]) for n, s in CONDITIONAL_RUNS])
+def test_conditional_model_through_dvc_the_registry_and_the_cli(conditional_project: Path, name: str,
+                                                                sets: list[str], rnngen: Rnngen) -> None:
     """`dvc exp run -S model.NAME.conditional=true`: p(x | y) trained on the split's labels,
     scored with the test labels, samples asked of each class; the CLI and the registered model
     (through its models:/ URI) draw a requested class and refuse a request without one."""
     project = conditional_project
-    out = run([str(BIN / "dvc"), "exp", "run", "-S", f"model.name={name}", "-S", f"model.{name}.conditional=true"],
-              project)
+    out = run([str(BIN / "dvc"), "exp", "run", "-S", f"model.name={name}", "-S", f"model.{name}.conditional=true",
+               *(f"-S{s}" for s in sets)], project)
     assert {"tune", "train", "evaluate"} <= set(stages_run(out.stdout)), out.stdout
     metrics = json.loads((project / "reports/metrics.json").read_text())
     assert metrics["model"] == name and metrics["test_set"]["conditional"] == "true"
     assert 0 <= metrics["test_asked_accuracy"] <= 1
     uri = f"models:/rnngen/{json.loads((project / 'models/run.json').read_text())['model_version']}"
-    rnngen = str(BIN / "rnngen")
-    run([rnngen, "sample", "--model", uri, "--label", "all", "--n", "2", "--out", f"{name}-classes.png"], project)
-    assert (project / f"{name}-classes.png").stat().st_size
-    refused = run([rnngen, "sample", "--model", uri, "--out", f"{name}-none.png"], project, check=False)
+    drawn = rnngen(project, "sample", "--model", uri, "--label", "all", "--n", "2", "--out", f"{name}-classes.png")
+    assert drawn.returncode == 0 and (project / f"{name}-classes.png").stat().st_size, drawn.stderr
+    refused = rnngen(project, "sample", "--model", uri, "--out", f"{name}-none.png")
     assert refused.returncode == 2 and "is conditional" in refused.stderr
     assert not (project / f"{name}-none.png").exists()
     if issubclass(MODELS[name], LatentModel):  # a walk holds one class from end to end; without one it is refused
-        walk = [rnngen, "interpolate", "--model", uri, "--test-index", "0", "1", "--steps", "3"]
-        run([*walk, "--label", "3", "--out", f"{name}-walk3.png"], project)
-        assert (project / f"{name}-walk3.png").stat().st_size
+        walk = ["interpolate", "--model", uri, "--test-index", "0", "1", "--steps", "3"]
+        held = rnngen(project, *walk, "--label", "3", "--out", f"{name}-walk3.png")
+        assert held.returncode == 0 and (project / f"{name}-walk3.png").stat().st_size, held.stderr
         assert (project / "reports/pictures/interpolation.png").stat().st_size
-        unheld = run([*walk, "--out", f"{name}-walk.png"], project, check=False)
+        unheld = rnngen(project, *walk, "--out", f"{name}-walk.png")
         assert unheld.returncode == 2 and "--label" in unheld.stderr and not (project / f"{name}-walk.png").exists()
     served = run([sys.executable, "-c", CONDITIONAL, uri, str(project / "data/split/test_x.npy"),
                   str(project / "data/split/test_y.npy")], project,
