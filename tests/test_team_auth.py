@@ -6,6 +6,7 @@ without authentication is refused. The servers are the real ones :mod:`rnngen.se
 from __future__ import annotations
 
 import configparser
+import json
 import os
 import shutil
 import stat
@@ -21,6 +22,7 @@ from conftest import copy_project, tiny_params
 from rnngen import credentials, files, postgres, server, team
 from rnngen.errors import UserError
 from test_pipeline import BIN, run
+from test_team_server import study_trials
 
 
 @pytest.fixture()
@@ -234,25 +236,21 @@ def test_an_edit_user_runs_the_pipeline_and_no_password_lands_anywhere(
     authed: Team, tmp_path: Path, umask_022: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """bob, with EDIT and credentials only in the environment and a pgpass file, runs the whole
-    pipeline (tuning on PostgreSQL as the tuner role), promotes and samples; then neither the
-    copy's files, nor the servers' logs and files, nor any row of the MLflow and Optuna
-    databases holds a password."""
+    pipeline (tuning on PostgreSQL as the tuner role), promotes and samples. Everything went
+    through the team's servers: runs, curves and the registry to the tracking server, artifacts
+    through its proxy, the search to PostgreSQL, nothing to local stores. Then neither the copy's
+    files, nor the servers' logs and files, nor any row of the MLflow and Optuna databases holds
+    a password."""
     repo = copy_project(tmp_path / "repo", tiny_params())
     env = authed.env("bob")
     run([str(BIN / "dvc"), "repro"], repo, env=env)
     promoted = run([str(BIN / "rnngen"), "promote"], repo, env=env)
     assert "first champion" in promoted.stdout
-    run([str(BIN / "rnngen"), "sample", "--n", "4", "--out", "s.png"], repo, env=env)
+    sample = run([str(BIN / "rnngen"), "sample", "--n", "4", "--out", "s.png"], repo, env=env)
     assert stat.S_IMODE((repo / "s.png").stat().st_mode) == 0o644  # the umask's mode, not mkstemp's 0600
-
-    from mlflow import MlflowClient
-
-    record = (repo / "models/run.json").read_text()
-    assert authed.ml.url in record
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    champion = MlflowClient(authed.ml.url).get_model_version_by_alias("rnngen", "champion")
-    assert champion.run_id in record
+    _went_through_the_team_servers(authed, repo, sample.stdout)
 
     secrets = authed.secrets()
     assert len(secrets) >= 6
@@ -263,6 +261,30 @@ def test_an_edit_user_runs_the_pipeline_and_no_password_lands_anywhere(
     for database in ("mlflow", "optuna", "mlflow_auth"):
         rows = _all_rows(authed.pg, database)
         assert rows and not _holds("\n".join(rows).encode(), secrets), database
+
+
+def _went_through_the_team_servers(authed: Team, repo: Path, sampled: str) -> None:
+    from mlflow import MlflowClient
+
+    record = json.loads((repo / "models/run.json").read_text())
+    assert record["tracking_uri"] == authed.ml.url
+    assert not (repo / "mlflow.db").exists()  # nothing went to the local store
+    client = MlflowClient(authed.ml.url)
+    training = client.get_run(record["run_id"])
+    assert training.info.status == "FINISHED" and training.data.params["model.name"] == "row_lstm_vae"
+    assert [m.step for m in client.get_metric_history(training.info.run_id, "val_loss")] == [1, 2]
+    champion = client.get_model_version_by_alias("rnngen", "champion")
+    assert champion.run_id == training.info.run_id
+    assert f"models:/rnngen@champion (version {champion.version}" in sampled  # downloaded through the proxy
+    evaluation = client.get_run(champion.tags["evaluation_run_id"])
+    assert "pictures/samples.png" in {a.path for a in client.list_artifacts(evaluation.info.run_id, "pictures")}
+    # the artifacts went through the server's proxy into its destination folder
+    assert "samples.png" in {p.name for p in (authed.folder / "artifacts").rglob("*.png")}
+    assert "mlflow-artifacts:" in training.info.artifact_uri
+    # the search lived in PostgreSQL, not in a journal file
+    trials = study_trials(authed.pg.tuning_url())
+    assert len(trials) == 2 and all(t.state.is_finished() for t in trials)
+    assert not any((repo / "tune/study").glob("*.log"))
 
 
 def _holds(data: bytes, secrets: list[str]) -> bool:

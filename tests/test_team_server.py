@@ -19,9 +19,9 @@ from unittest import mock
 
 import pytest
 
-from conftest import ROOT, copy_project, tiny_params
+from conftest import ROOT, tiny_params
 from rnngen import postgres, server, tuning
-from test_pipeline import BIN, run
+from test_pipeline import BIN
 
 pytestmark = pytest.mark.e2e
 
@@ -56,45 +56,6 @@ def study_trials(url: str) -> list:
 
     names = optuna.study.get_all_study_names(url)
     return [t for name in names for t in optuna.load_study(study_name=name, storage=url).get_trials()]
-
-
-def test_the_pipeline_logs_and_registers_through_the_server_and_tunes_on_postgres(
-    team: tuple[server.Postgres, server.MlflowServer, Path], tmp_path: Path
-) -> None:
-    from mlflow import MlflowClient
-
-    pg, ml, folder = team
-    repo = copy_project(tmp_path / "repo", tiny_params())
-    env = team_env(pg, ml)
-    run([str(BIN / "dvc"), "repro"], repo, env=env)
-    promoted = run([str(BIN / "rnngen"), "promote"], repo, env=env)
-    assert "first champion" in promoted.stdout
-
-    record = json.loads((repo / "models/run.json").read_text())
-    assert record["tracking_uri"] == ml.url
-    assert not (repo / "mlflow.db").exists()  # nothing went to the local store
-    client = MlflowClient(ml.url)
-    training = client.get_run(record["run_id"])
-    assert training.info.status == "FINISHED" and training.data.params["model.name"] == "row_lstm_vae"
-    assert [m.step for m in client.get_metric_history(training.info.run_id, "val_loss")] == [1, 2]
-    champion = client.get_model_version_by_alias("rnngen", "champion")
-    assert champion.run_id == training.info.run_id
-    evaluation = client.get_run(champion.tags["evaluation_run_id"])
-    pictures = {a.path for a in client.list_artifacts(evaluation.info.run_id, "pictures")}
-    assert "pictures/samples.png" in pictures
-    # the artifacts went through the server's proxy into its destination folder
-    stored = {p.name for p in (folder / "artifacts").rglob("*.png")}
-    assert "samples.png" in stored
-    assert "mlflow-artifacts:" in training.info.artifact_uri
-
-    # the champion serves from the server: the CLI downloads it through the proxy
-    sample = run([str(BIN / "rnngen"), "sample", "--n", "4", "--out", "s.png"], repo, env=env)
-    assert "models:/rnngen@champion (version 1" in sample.stdout and (repo / "s.png").stat().st_size > 0
-
-    # the search lived in PostgreSQL, not in a journal file
-    trials = study_trials(pg.url("optuna"))
-    assert len(trials) == 2 and all(t.state.is_finished() for t in trials)
-    assert not any((repo / "tune/study").glob("*.log"))
 
 
 def test_two_tune_processes_share_one_study_on_postgres(
