@@ -196,7 +196,7 @@ def test_postgres_refuses_connections_without_the_password(authed: Team, tmp_pat
             psycopg2.connect(host="127.0.0.1", port=pg.port, user=user, dbname=database, password="wrong" * 8)
         pg.connect(database, user).close()
     with pytest.raises(psycopg2.OperationalError, match="permission denied for database"):
-        pg.connect("mlflow", server.TUNER)  # a teammate's role stays out of MLflow's tables
+        pg.connect("mlflow", postgres.TUNER)  # a teammate's role stays out of MLflow's tables
     rules = [line.split() for line in (pg.data / "pg_hba.conf").read_text().splitlines()
              if line.strip() and not line.startswith("#")]
     assert rules and all(rule[-1] == "scram-sha-256" for rule in rules)
@@ -320,15 +320,16 @@ def test_a_cluster_from_before_passwords_is_locked_on_its_next_start(tmp_path: P
     try:
         (folder / "postgres").mkdir()
         postgres._chown_to_server(folder / "postgres")
-        subprocess.run(postgres._as_owner([postgres.postgres_bin("initdb"), "-D", str(folder / "postgres/data"), "-U",
-                                           server.USER, "--auth=trust", "-E", "UTF8"]), check=True, capture_output=True)
+        initdb = [postgres.postgres_bin("initdb"), "-D", str(folder / "postgres/data"), "-U", postgres.USER,
+                  "--auth=trust", "-E", "UTF8"]
+        subprocess.run(postgres._as_owner(initdb), check=True, capture_output=True)
         pg = postgres.start_postgres(folder / "postgres", server.free_port())
         try:
             assert not postgres._trusts(pg.data)
             with pytest.raises(psycopg2.OperationalError, match="no password supplied"):
                 psycopg2.connect(host="127.0.0.1", port=pg.port, user="rnngen", dbname="optuna",
                                  passfile=str(tmp_path / "none"))
-            pg.connect("optuna", server.TUNER).close()
+            pg.connect("optuna", postgres.TUNER).close()
         finally:
             pg.stop()
     finally:

@@ -37,10 +37,6 @@ from pathlib import Path
 from rnngen import credentials
 from rnngen.files import write_json
 from rnngen.postgres import LOOPBACK, SECRETS, WILDCARDS, Postgres, ServerError, start_postgres
-from rnngen.postgres import TUNER as TUNER  # re-exported: rnngen.team reaches the cluster through here
-from rnngen.postgres import USER as USER
-from rnngen.postgres import set_role_password as set_role_password
-from rnngen.postgres import write_passfiles as write_passfiles
 
 ADMIN = "admin"  # MLflow's admin user
 

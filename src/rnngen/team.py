@@ -21,9 +21,10 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from rnngen import credentials, server
+from rnngen import credentials, postgres, server
 from rnngen.errors import UserError
-from rnngen.server import ADMIN, SECRETS, TUNER, USER
+from rnngen.postgres import SECRETS, TUNER, USER
+from rnngen.server import ADMIN
 from rnngen.tracking import tuning_experiment
 
 
@@ -62,7 +63,7 @@ def _server_info(folder: Path) -> dict:
     path = folder / "server.json"
     info = json.loads(path.read_text()) if path.is_file() else None
     if info is None or server.http_status(info["mlflow"] + "/health") != 200:
-        raise server.ServerError(f"no server is running from {folder}; start it first: rnngen server --dir {folder}")
+        raise postgres.ServerError(f"no server is running from {folder}; start it first: rnngen server --dir {folder}")
     return info
 
 
@@ -142,10 +143,10 @@ def rotate_password(folder: Path, name: str) -> Path:
     secrets = folder / SECRETS
     password = credentials.new_password()
     if name in (USER, TUNER):
-        pg = server.Postgres(folder / "postgres", _server_info(folder)["postgres_port"], secrets)
-        server.set_role_password(pg, name, password)
+        pg = postgres.Postgres(folder / "postgres", _server_info(folder)["postgres_port"], secrets)
+        postgres.set_role_password(pg, name, password)
         path = credentials.write_secret(secrets / f"{name}.password", password + "\n")
-        server.write_passfiles(pg)
+        postgres.write_passfiles(pg)
     else:
         from mlflow.exceptions import MlflowException
         from mlflow.server.auth.client import AuthServiceClient

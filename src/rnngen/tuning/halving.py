@@ -33,7 +33,8 @@ from typing import Any
 
 from rnngen.train import TrainConfig
 from rnngen.tuning import mlflow_log
-from rnngen.tuning.space import Family, TuneConfig, TuneError, ask, design, search_space, suggest
+from rnngen.tuning.settings import TuneError
+from rnngen.tuning.space import Family, TuneConfig, ask, design, search_space, suggest
 from rnngen.tuning.trials import Images, SearchContext, describe, is_untuned, speed, trial_model
 
 #: the folder in the study folder that holds successive halving's trial checkpoints

@@ -29,10 +29,6 @@ from rnngen.tuning.settings import (
     tune_config,
 )
 
-# re-exported: halving and trials import these from here
-from rnngen.tuning.settings import TuneError as TuneError
-from rnngen.tuning.settings import trial_train_config as trial_train_config
-
 _NOT_SEARCH = ("n_trials", "budget_s", *RUNTIME_KEYS)
 #: how successive halving draws its configurations (:func:`design`); part of the study's name
 HALVING_DESIGN = "latin-hypercube, then TPE on the first rung"

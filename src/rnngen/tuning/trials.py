@@ -21,7 +21,8 @@ from rnngen import data
 from rnngen.models import build_model, model_config
 from rnngen.train import TrainConfig, fit, resolve_device
 from rnngen.tuning import mlflow_log
-from rnngen.tuning.space import Family, TuneConfig, family_of, suggest, trial_train_config
+from rnngen.tuning.settings import trial_train_config
+from rnngen.tuning.space import Family, TuneConfig, family_of, suggest
 from rnngen.tuning.storage import StudyStorage
 
 FAIL_TRIAL_ENV = "RNNGEN_TUNE_FAIL_TRIAL"
