@@ -103,7 +103,7 @@ def main() -> None:
         model.eval()
         t0 = time.perf_counter()
         with tempfile.TemporaryDirectory() as folder:
-            metrics = report(model, x_test, y_test, judge, cfg, "dynamic", Path(folder), progress=False)
+            metrics = report(model, data.Images(x_test, y_test), judge, cfg, "dynamic", Path(folder), progress=False)
         row = {"model": label, "epochs": len(result.history), "best_epoch": result.best_epoch,
                "train_s": round(seconds), "eval_s": round(time.perf_counter() - t0),
                **{short: round(metrics[key], 3) if key in metrics else None for key, short in COLUMNS.items()},

@@ -204,8 +204,23 @@ def test_bad_labels_are_refused() -> None:
         model.logits(x)
     with pytest.raises(LabelError, match="label 3: this model was trained on classes 0 to 2"):
         model.logits(x, torch.tensor([0, 3]))
-    with pytest.raises(LabelError, match="1 labels for 2 images"):
-        model.sample(2, y=torch.tensor([1]))
+    with pytest.raises(LabelError, match="3 labels for 2 images: give one label for all, or one per image"):
+        model.sample(2, y=torch.tensor([1, 2, 0]))
+    with pytest.raises(LabelError, match="labels are class numbers, 0 to 2: got 1.5"):
+        model.labels([1.5, 2.0], 2)
+
+
+def test_labels_are_read_in_one_place_from_whatever_a_caller_gives() -> None:
+    """An int, a list, a numpy array or a tensor: one class for all, or one per image; JSON's
+    empty list is no labels."""
+    model = tiny("row_lstm")
+    for given in (2, [2], np.array([2]), torch.tensor(2)):
+        assert model.labels(given, 3).tolist() == [2, 2, 2]
+    assert model.labels([0, 1, 2], 3).tolist() == [0, 1, 2]
+    assert model.labels(np.array([0, 2], dtype=np.uint8), 2).dtype == torch.long
+    assert tiny("row_lstm", conditional=False).labels([], 4) is None
+    with pytest.raises(LabelError, match="is conditional"):
+        model.labels([], 4)
 
 
 def test_a_conditional_model_through_train_evaluate_registry_and_service(

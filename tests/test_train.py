@@ -68,6 +68,26 @@ def test_amp_on_cpu_trains_in_bfloat16_exactly_where_the_cpu_has_it(arrays, caps
         assert fp32 == amp and "no native bfloat16" in capsys.readouterr().out
 
 
+def test_optimizer_groups_follow_the_nearest_module_that_declares_its_own_settings() -> None:
+    """Undeclared parameters share one group at train.lr, first; a declaring submodule gets a
+    group at lr_scale x lr with its settings, a declaring child of it a group of its own; every
+    parameter once, in order; a deep copy keeps the declarations."""
+    import copy
+
+    from torch import nn
+
+    from rnngen.models.base import optimizer_groups
+
+    net = nn.Sequential(nn.Linear(2, 2), nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2)))
+    net[1].optim = {"lr_scale": 0.5, "betas": (0.0, 0.9)}
+    net[1][1].optim = {"lr_scale": 2.0}
+    for model in (net, copy.deepcopy(net)):
+        groups = optimizer_groups(model, 0.1)
+        assert [(g["lr"], g.get("betas"), len(g["params"])) for g in groups] == [
+            (0.1, None, 2), (0.05, (0.0, 0.9), 2), (0.2, None, 2)]
+        assert [id(p) for g in groups for p in g["params"]] == [id(p) for p in model.parameters()]
+
+
 def test_early_stopping(arrays) -> None:
     cfg = dataclasses.replace(CFG, epochs=30, patience=1, lr=0.3)  # a wild lr stops improving fast
     result = fit(small_model(), *arrays, cfg, "dynamic", progress=False)

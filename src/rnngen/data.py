@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -288,9 +288,25 @@ def save_split(folder: Path, name: str, x: np.ndarray, y: np.ndarray) -> None:
     np.save(folder / f"{name}_y.npy", y)
 
 
-def load_split(folder: str | Path, name: str) -> tuple[Tensor, Tensor]:
+class Images(NamedTuple):
+    """uint8 images ``(N, 28, 28)`` with their int64 labels (None: unlabelled), carried together
+    from the split to the model, so a conditional model's labels travel with its images."""
+
+    x: Tensor
+    y: Tensor | None = None
+
+    @classmethod
+    def of(cls, images: Images | Tensor) -> Images:
+        """``images`` as :class:`Images`: a bare tensor is unlabelled images."""
+        return images if isinstance(images, Images) else cls(images)
+
+    def head(self, n: int) -> Images:
+        return Images(self.x[:n], None if self.y is None else self.y[:n])
+
+
+def load_split(folder: str | Path, name: str) -> Images:
     """uint8 images and int64 labels of split ``name`` written by the split stage."""
     path = Path(folder) / f"{name}_x.npy"
     if not path.is_file():
         raise DataError(f"{path} not found; run the split stage first (dvc repro split)")
-    return torch.from_numpy(np.load(path)), torch.from_numpy(np.load(Path(folder) / f"{name}_y.npy"))
+    return Images(torch.from_numpy(np.load(path)), torch.from_numpy(np.load(Path(folder) / f"{name}_y.npy")))

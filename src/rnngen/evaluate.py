@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from rnngen.classifier import DigitClassifier, fallback_classifier, load_classifier
 from rnngen.config import under_minimum
-from rnngen.data import DataError, UserData, binarized_test_set, load_split, test_set_digest, to_unit
+from rnngen.data import DataError, Images, UserData, binarized_test_set, load_split, test_set_digest, to_unit
 from rnngen.inpaint import MASKS, inpaint, inpainting_metrics, make_mask
 from rnngen.models import GenerativeModel
 from rnngen.models.latent import LatentModel
@@ -100,8 +100,7 @@ def test_set_identity(
 
 def report(
     model: GenerativeModel,
-    x_test: Tensor,
-    y_test: Tensor,
+    test: Images,
     classifier: DigitClassifier,
     cfg: EvalConfig,
     binarization: str,
@@ -109,13 +108,14 @@ def report(
     progress: bool = True,
 ) -> dict[str, float]:
     """Every test metric and picture for one model: likelihood bounds (none for a model without
-    a likelihood), sample quality, inpainting under each mask. ``x_test`` are uint8 test
-    images; pictures go to ``pictures``.
+    a likelihood), sample quality, inpainting under each mask, on labelled uint8 test images;
+    pictures go to ``pictures``.
     A conditional model is scored on p(x | y) with the test labels, draws its samples of the
     test images' classes (``asked_accuracy``) and its sample grid one class a row.
     """
     torch.manual_seed(cfg.seed)
     model.eval()
+    x_test, y_test = test
     x = binarized_test_set(x_test, binarization, cfg.seed)
     y = y_test.long() if model.conditional else None
     metrics: dict[str, float] = {"n_test": len(x)}
@@ -217,7 +217,7 @@ def evaluate_images(
     # the test split is binarized as the model was trained; a user's grey images once, seeded
     binarization = loaded.binarization if test_split or loaded.binarization == "none" else "dynamic"
     with tempfile.TemporaryDirectory() as folder:
-        metrics = report(loaded.model, x, y, judge, cfg, binarization, Path(folder), progress=False)
+        metrics = report(loaded.model, Images(x, y), judge, cfg, binarization, Path(folder), progress=False)
         if pictures:
             shutil.copytree(folder, pictures, dirs_exist_ok=True)
     if images.y is None:  # no labels: accuracies against label 0 mean nothing

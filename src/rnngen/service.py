@@ -39,7 +39,7 @@ from torch import Tensor
 from rnngen import inpaint
 from rnngen.data import PIXELS, SIDE
 from rnngen.models import GenerativeModel
-from rnngen.models.base import LabelError, NoLikelihoodError, SamplingError
+from rnngen.models.base import LabelError, Labels, NoLikelihoodError, SamplingError
 
 TASKS = ("score", "sample", "inpaint")
 #: importance samples per image behind the served score
@@ -75,10 +75,12 @@ class RequestError(ValueError):
 # ------------------------------------------------------------------ the three uses
 
 
-def draw(model: GenerativeModel, n: int, seed: int, temperature: float = 1.0, y: Tensor | None = None,
+def draw(model: GenerativeModel, n: int, seed: int, temperature: float = 1.0, y: Labels = None,
          guidance: float | None = None) -> Tensor:
     """``n`` new images (Bernoulli means, ``(n, 1, 28, 28)``, CPU), seeded; of classes ``y``
-    for a conditional model, with classifier-free ``guidance`` when given (else the model's own)."""
+    (:meth:`~rnngen.models.GenerativeModel.labels`) for a conditional model, with
+    classifier-free ``guidance`` when given (else the model's own)."""
+    y = model.labels(y, n)
     if guidance is not None:
         model = model.with_sampling(guidance=guidance)
     generator = torch.Generator(device=model.device).manual_seed(seed)
@@ -86,15 +88,17 @@ def draw(model: GenerativeModel, n: int, seed: int, temperature: float = 1.0, y:
         return model.eval().sample(n, generator=generator, temperature=temperature, y=y).cpu()
 
 
-def repair(model: GenerativeModel, x: Tensor, mask: Tensor, effort: int, seed: int, y: Tensor | None = None) -> Tensor:
+def repair(model: GenerativeModel, x: Tensor, mask: Tensor, effort: int, seed: int, y: Labels = None) -> Tensor:
     """``x`` with its pixels under ``mask`` completed (Bernoulli means, observed pixels as given)."""
+    y = model.labels(y, len(x))
     generator = torch.Generator(device=model.device).manual_seed(seed)
     return inpaint.inpaint(model, x, mask, effort, generator, y=y).means.cpu()
 
 
-def score(model: GenerativeModel, x: Tensor, y: Tensor | None = None) -> np.ndarray:
+def score(model: GenerativeModel, x: Tensor, y: Labels = None) -> np.ndarray:
     """Each binarized image's negative log-likelihood in nats, ``(B,)``, seeded (of p(x | y)
     for a conditional model)."""
+    y = model.labels(y, len(x))
     gen = torch.Generator(device=model.device).manual_seed(0)
     with torch.no_grad():
         logw = model.eval().log_weights(x.to(model.device), SCORE_K, generator=gen, y=y).double()
@@ -163,18 +167,6 @@ def _pictures(images: Tensor, fmt: str) -> Any:
     return out
 
 
-def _labels(params: dict[str, Any], n: int) -> Tensor | None:
-    """The request's ``labels`` for ``n`` images: None when there are none, one repeated for
-    all, or one per image."""
-    labels = np.asarray(params["labels"]).reshape(-1)
-    if not labels.size:
-        return None
-    if labels.size not in (1, n) or not np.issubdtype(labels.dtype, np.integer):
-        raise RequestError(f"labels must hold whole numbers, one for all {n} images or one per image; "
-                           f"got {labels.size} values")
-    return torch.from_numpy(labels.astype(np.int64)).expand(n).clone()
-
-
 def answer(model: GenerativeModel, model_input: Any, params: dict[str, Any] | None = None) -> Any:
     """One request: ``params`` over :data:`PARAMS`' defaults; raises :class:`RequestError`."""
     try:
@@ -198,18 +190,18 @@ def _answer(model: GenerativeModel, model_input: Any, params: dict[str, Any] | N
         n = _bounded(p, "n", 1, MAX_SAMPLES)
         temperature = _bounded(p, "temperature", 1e-3, 10.0)
         guidance = None if p["guidance"] < 0 else float(_bounded(p, "guidance", 0.0, 20.0))
-        return _pictures(draw(model, int(n), int(p["seed"]), float(temperature), _labels(p, int(n)), guidance), fmt)
+        return _pictures(draw(model, int(n), int(p["seed"]), float(temperature), p["labels"], guidance), fmt)
     x = _images(model_input, task)
     if task == "score":
         if not ((x == 0) | (x == 1)).all():
             raise RequestError("task 'score' needs binarized pixels (0 or 1): the likelihood is of binary images; "
                                "threshold grey images at 0.5 first")
-        return score(model, x, _labels(p, len(x)))
+        return score(model, x, p["labels"])
     effort = _bounded(p, "effort", 1, MAX_EFFORT)
     if len(x) * effort > MAX_WORK:
         raise RequestError(f"inpaint: images x effort must be at most {MAX_WORK}, got {len(x)} x {effort}; "
                            "send fewer images per request or lower effort")
-    return _pictures(repair(model, x, _mask(p, len(x)), int(effort), int(p["seed"]), _labels(p, len(x))), fmt)
+    return _pictures(repair(model, x, _mask(p, len(x)), int(effort), int(p["seed"]), p["labels"]), fmt)
 
 
 class Service:

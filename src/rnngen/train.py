@@ -25,11 +25,12 @@ from tqdm.auto import tqdm
 
 from rnngen import checkpoint as ckpt
 from rnngen.config import under_minimum
-from rnngen.data import binarize, to_unit
+from rnngen.data import Images, binarize, to_unit
 from rnngen.device import autocast_enabled, resolve_device, tf32_under_amp
 from rnngen.distributed import Ranks, all_sum, any_rank, data_parallel, ranks
 from rnngen.errors import UserError
 from rnngen.models import GenerativeModel, kernels
+from rnngen.models.base import optimizer_groups, start_from_data
 from rnngen.resume import ResumePoint, plan, warm_start_fingerprint, warm_start_identity
 
 #: imported from here by the tuner and the train stage
@@ -117,8 +118,8 @@ EpochHook = Callable[[int, dict[str, float]], None]
 
 
 def make_optimizer(model: GenerativeModel, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """``train.optimizer`` over the model's parameter groups (:meth:`GenerativeModel.param_groups`)."""
-    groups = model.param_groups(cfg.lr)
+    """``train.optimizer`` over the model's parameter groups (:func:`~rnngen.models.base.optimizer_groups`)."""
+    groups = optimizer_groups(model, cfg.lr)
     if cfg.optimizer == "sgd":
         groups = [{k: v for k, v in group.items() if k != "betas"} for group in groups]  # Adam's alone
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
@@ -187,8 +188,8 @@ def reached(state: ckpt.TrainState, seconds: float | None, r: Ranks, device: tor
 
 def fit(
     model: GenerativeModel,
-    train_x: Tensor,
-    val_x: Tensor,
+    train: Images | Tensor,
+    val: Images | Tensor,
     cfg: TrainConfig,
     binarization: str,
     *,
@@ -200,13 +201,12 @@ def fit(
     progress: bool = True,
     until_epoch: int | None = None,
     until_seconds: float | None = None,
-    train_y: Tensor | None = None,
-    val_y: Tensor | None = None,
 ) -> FitResult:
-    """Train ``model`` on uint8 images (a conditional one on the labels ``train_y``, ``val_y``);
-    early-stop on its validation score. With ``checkpoint`` the whole training state is saved
-    after every epoch and resumed by :func:`rnngen.resume.plan` (fingerprint with ``identity``),
-    or from ``resume`` when the caller has decided. ``on_epoch(epoch, metrics)`` (log, prune: it
+    """Train ``model`` on uint8 images (:class:`~rnngen.data.Images`: a conditional model on
+    their labels; a bare tensor is unlabelled images); early-stop on its validation score. With
+    ``checkpoint`` the whole training state is saved after every epoch and resumed by
+    :func:`rnngen.resume.plan` (fingerprint with ``identity``), or from ``resume`` when the caller
+    has decided. ``on_epoch(epoch, metrics)`` (log, prune: it
     may raise) runs on rank 0 of a data-parallel job, which alone prints and writes the
     checkpoint, storing ``extra_state`` in it (the MLflow run id). ``until_epoch`` pauses after
     that epoch, its checkpoint resumable exactly (the tuner's successive halving on the real
@@ -214,11 +214,12 @@ def fit(
     as ``cfg.time_budget_s`` ends it."""
     device, r = model.device, ranks()
     path = Path(checkpoint) if checkpoint else None
-    train_y, val_y = _labels_of(model, train_y, "training"), _labels_of(model, val_y, "validation")
+    train, val = (Images(part.x, _labels_of(model, part.y, split))
+                  for part, split in ((Images.of(train), "training"), (Images.of(val), "validation")))
     if device.type == "cpu":
         kernels.keep_freed_memory()
     with tf32_under_amp(cfg.amp, device):
-        state, net, point = _start(model, train_x, cfg, binarization, path, identity, resume, r)
+        state, net, point = _start(model, train.x, cfg, binarization, path, identity, resume, r)
         if point.complete:
             return FitResult.of(state, point.epoch, reused=True)
         save = ckpt.StateWriter(path if r.main else None, point.fingerprint, extra_state or {})
@@ -230,8 +231,7 @@ def fit(
                 if path is None:
                     raise ValueError("fit(until_epoch=... or until_seconds=...) needs a checkpoint to continue from")
                 return FitResult.of(state, point.epoch, paused=True)  # the last epoch's checkpoint goes on
-            metrics = run_epoch(net, state, (train_x, train_y), (val_x, val_y), cfg, binarization, epoch, amp, r,
-                                progress)
+            metrics = run_epoch(net, state, train, val, cfg, binarization, epoch, amp, r, progress)
             # Hook first (log, prune), then checkpoint: a kill in between re-runs this epoch, which
             # logs the same values again rather than leaving a hole in the curves.
             if on_epoch is not None and r.main:
@@ -244,15 +244,14 @@ def fit(
 
 
 def run_epoch(
-    net: torch.nn.Module, state: ckpt.TrainState, train: tuple[Tensor, Tensor | None],
-    val: tuple[Tensor, Tensor | None], cfg: TrainConfig, binarization: str, epoch: int, amp: bool, r: Ranks,
-    progress: bool,
+    net: torch.nn.Module, state: ckpt.TrainState, train: Images, val: Images, cfg: TrainConfig, binarization: str,
+    epoch: int, amp: bool, r: Ranks, progress: bool,
 ) -> dict[str, float]:
     """One epoch of training, then validation and early-stopping bookkeeping; its metrics."""
     t0 = time.perf_counter()
-    terms, seconds = train_epoch(net, state, train[0], cfg, binarization, epoch, amp, r, progress, train[1])
-    metrics = {**terms, "val_loss": validate(state.model, val[0], cfg, binarization, epoch, val[1]),
-               "epoch_seconds": seconds, "images_per_second": len(train[0]) / seconds}
+    terms, seconds = train_epoch(net, state, train, cfg, binarization, epoch, amp, r, progress)
+    metrics = {**terms, "val_loss": validate(state.model, val, cfg, binarization, epoch),
+               "epoch_seconds": seconds, "images_per_second": len(train.x) / seconds}
     metrics["elapsed_s"] = elapsed(state) + time.perf_counter() - t0
     keep_best(state, epoch, metrics, cfg.patience)
     if r.main:
@@ -293,20 +292,20 @@ def _start(
         state.restore(point.state)
     else:  # a fresh training: the model may take its start from the data (e.g. DRAW's canvas bias)
         mean = sum(chunk.double().sum(0) for chunk in train_x.split(4096)) / (255.0 * len(train_x))
-        model.init_from_data(mean.float().unsqueeze(0).to(model.device))
+        start_from_data(model, mean.float().unsqueeze(0).to(model.device))
     return state, net, point
 
 
 def train_epoch(
-    net: torch.nn.Module, state: ckpt.TrainState, train_x: Tensor, cfg: TrainConfig, binarization: str, epoch: int,
-    amp: bool, r: Ranks, progress: bool, train_y: Tensor | None = None,
+    net: torch.nn.Module, state: ckpt.TrainState, train: Images, cfg: TrainConfig, binarization: str, epoch: int,
+    amp: bool, r: Ranks, progress: bool,
 ) -> tuple[dict[str, float], float]:
     """One pass over the training images: the loss terms' means per image, and the seconds it took."""
     state.model.train()
     # Per-epoch RNG stream: data order, augmentation and binarization depend only on (seed, epoch).
     gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
-    order = torch.randperm(len(train_x), generator=gen)
-    n_batches = math.ceil(len(train_x) / cfg.batch_size)
+    order = torch.randperm(len(train.x), generator=gen)
+    n_batches = math.ceil(len(train.x) / cfg.batch_size)
     names = ("loss", *state.model.loss_names)  # ("loss", "recon", "kl"); a GAN's: disc, gen
     sums = dict.fromkeys(names, 0.0)
     t0 = time.perf_counter()
@@ -317,9 +316,9 @@ def train_epoch(
         idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
         # Every rank draws the whole global batch (same generator, same draws as one
         # process) and trains on its slice of it.
-        xb = prepare_batch(train_x[idx], binarization, cfg, gen)
+        xb = prepare_batch(train.x[idx], binarization, cfg, gen)
         xb = torch.tensor_split(xb, r.world)[r.rank].to(state.model.device)
-        yb = None if train_y is None else torch.tensor_split(train_y[idx], r.world)[r.rank].to(state.model.device)
+        yb = None if train.y is None else torch.tensor_split(train.y[idx], r.world)[r.rank].to(state.model.device)
         beta = kl_weight(cfg.kl_warmup_epochs, epoch - 1 + step / n_batches)
         stats = _train_step(net, state, xb, yb, len(idx), beta, amp, r, cfg.grad_clip,
                             f"epoch {epoch}, step {step + 1}")
@@ -328,7 +327,7 @@ def train_epoch(
             sums[key] += value
         bar.set_postfix(loss=f"{stats[0].item() / len(idx):.1f}")
     seconds = time.perf_counter() - t0
-    return {f"train_{key}": value / len(train_x) for key, value in sums.items()}, seconds
+    return {f"train_{key}": value / len(train.x) for key, value in sums.items()}, seconds
 
 
 def _train_step(
@@ -358,14 +357,13 @@ def _train_step(
     return stats
 
 
-def validate(model: GenerativeModel, val_x: Tensor, cfg: TrainConfig, binarization: str, epoch: int,
-             val_y: Tensor | None = None) -> float:
+def validate(model: GenerativeModel, val: Images, cfg: TrainConfig, binarization: str, epoch: int) -> float:
     """The model's :meth:`~GenerativeModel.validation_score` (fixed binarization draws:
     comparable across epochs); a non-finite one stops the training."""
-    val = model.validation_score(val_x, val_y, binarization, cfg.seed + 1, max(cfg.batch_size, 256))
-    if not math.isfinite(val):
+    score = model.validation_score(val.x, val.y, binarization, cfg.seed + 1, max(cfg.batch_size, 256))
+    if not math.isfinite(score):
         raise NonFiniteLossError(f"non-finite validation loss at epoch {epoch}; the last good checkpoint is kept")
-    return val
+    return score
 
 
 def keep_best(state: ckpt.TrainState, epoch: int, metrics: dict[str, float], patience: int) -> None:

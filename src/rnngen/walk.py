@@ -20,6 +20,7 @@ from torch import Tensor
 
 from rnngen.errors import UserError
 from rnngen.models import MODELS, GenerativeModel
+from rnngen.models.base import Labels
 from rnngen.models.latent import LatentModel
 from rnngen.pictures import canvas_gif, canvas_strip
 
@@ -55,7 +56,7 @@ def check_latent(model: GenerativeModel) -> None:
 
 
 @torch.no_grad()
-def walk(model: GenerativeModel, a: Tensor, b: Tensor, steps: int, y: Tensor | None = None) -> Tensor:
+def walk(model: GenerativeModel, a: Tensor, b: Tensor, steps: int, y: Labels = None) -> Tensor:
     """Bernoulli means ``(steps, n, 1, 28, 28)`` decoded along the path from the latent mean of
     each image of ``a`` to that of the same row of ``b`` (binary images ``(n, 1, 28, 28)``);
     the first and last frames are the model's reconstructions from those means. A conditional

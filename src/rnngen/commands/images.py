@@ -25,12 +25,10 @@ def add_images(command: argparse.ArgumentParser) -> None:
 def labels(args: argparse.Namespace, model: Any, n: int) -> Any:
     """The labels a conditional model takes for the images: --label for all, else the test
     split's for --test-index; None for an unconditional model (which refuses --label)."""
-    import torch
-
     from rnngen import data
 
     if args.label is not None:
-        return torch.full((n,), args.label)
+        return args.label  # one class for every image: the model reads it (GenerativeModel.labels)
     if not model.conditional:
         return None
     if args.test_index is None:

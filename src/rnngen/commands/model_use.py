@@ -56,7 +56,7 @@ def _sample(args: argparse.Namespace) -> None:
         y = torch.arange(loaded.model.config.classes).repeat_interleave(args.n)
         n, nrow = len(y), args.n
     elif args.label is not None:
-        y = torch.full((n,), args.label)
+        y = args.label
     images = service.draw(loaded.model, n, args.seed, args.temperature, y, args.guidance)
     with files.atomic_file(args.out) as tmp:
         pictures.save_grid(images, tmp, nrow=nrow)
@@ -174,7 +174,6 @@ def _walk_ends(args: argparse.Namespace) -> tuple[tuple[Any, str], tuple[Any, st
 
 
 def _interpolate(args: argparse.Namespace) -> None:
-    import torch
 
     from rnngen import data, files, walk
 
@@ -185,9 +184,8 @@ def _interpolate(args: argparse.Namespace) -> None:
     if loaded.model.conditional and args.label is None:
         raise data.DataError(f"{loaded.model.name} is conditional: give the class to hold along the walks with "
                              "--label")
-    held = None if args.label is None else loaded.model.labels(torch.full((len(a),), args.label))
     # binarized at 0.5, as `rnngen score` does: the encoder was trained on binary images
-    frames = walk.walk(loaded.model, data.binarize(a, "fixed"), data.binarize(b, "fixed"), args.steps, held)
+    frames = walk.walk(loaded.model, data.binarize(a, "fixed"), data.binarize(b, "fixed"), args.steps, args.label)
     with files.atomic_file(args.out) as strip:
         if args.gif is None:
             walk.save(frames, strip)

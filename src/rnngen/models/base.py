@@ -14,6 +14,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -22,6 +23,8 @@ from rnngen.errors import UserError
 from rnngen.models.likelihood import mean_nelbo, nll_metrics
 
 IMAGE_SHAPE = (1, 28, 28)
+#: labels as a caller may give them (:meth:`GenerativeModel.labels` reads them)
+Labels = int | list[int] | np.ndarray | Tensor | None
 LOG_2PI = math.log(2 * math.pi)
 
 
@@ -102,6 +105,36 @@ def bf16_autocast(like: Tensor) -> bool:
     return torch.is_autocast_enabled(kind) and torch.get_autocast_dtype(kind) == torch.bfloat16
 
 
+def optimizer_groups(model: nn.Module, lr: float) -> list[dict[str, Any]]:
+    """The optimizer's parameter groups at learning rate ``lr`` (``train.lr``). A submodule that
+    declares ``optim = {"lr_scale": s, **settings}`` (a GAN's two networks: their own rates and
+    Adam betas) trains in a group of its own at ``s * lr``, as S4 attaches ``_optim`` to its
+    parameters; every other parameter shares one group. Declared on modules, not parameters:
+    a parameter's attributes do not survive ``copy.deepcopy``."""
+    owner: dict[int, nn.Module] = {}
+    for module in model.modules():  # parents come first, so the nearest declaring module wins
+        if hasattr(module, "optim"):
+            owner.update({id(p): module for p in module.parameters()})
+    groups: dict[int, dict[str, Any]] = {}
+    for p in model.parameters():
+        module = owner.get(id(p), model)
+        settings = dict(getattr(module, "optim", {}))
+        group = groups.setdefault(id(module), {"params": [], "lr": lr * settings.pop("lr_scale", 1.0), **settings})
+        group["params"].append(p)
+    return list(groups.values())
+
+
+@torch.no_grad()
+def start_from_data(model: nn.Module, mean: Tensor) -> None:
+    """A fresh training's start from the training images' mean grey level ``mean``: every
+    parameter a submodule names in ``data_mean_logits`` starts at the mean's logit (DRAW's
+    initial canvas: sigmoid(c_0) is then the mean image), clamped so no logit is infinite."""
+    for module in model.modules():
+        for name in getattr(module, "data_mean_logits", ()):
+            param = getattr(module, name)
+            param.copy_(torch.logit(mean.clamp(1e-3, 1 - 1e-3)).reshape(param.shape))
+
+
 class GenerativeModel(nn.Module, ABC):
     """An image model: latent-variable models (:class:`~rnngen.models.latent.LatentModel`,
     trained on the ELBO, scored by bounds), autoregressive ones (exact likelihood) and GANs (no
@@ -159,20 +192,31 @@ class GenerativeModel(nn.Module, ABC):
         """True for a model of p(x | y), trained on labels (``model.<name>.conditional``)."""
         return bool(getattr(self.config, "conditional", False))
 
-    def labels(self, y: Tensor | None, n: int | None = None) -> Tensor | None:
-        """``y`` as this model takes it: ``(B,)`` class indices on its device for a conditional
-        model, None for an unconditional one; anything else is a :class:`LabelError`."""
+    def labels(self, given: Labels, n: int | None = None) -> Tensor | None:
+        """The one place labels are read and checked: what a caller gives (None, one class for
+        all ``n`` images, or one per image, as ints, a list, an array or a tensor) as this model
+        takes it: ``(n,)`` class indices on its device for a conditional model, None for an
+        unconditional one. Anything else is a :class:`LabelError` that says what to give."""
+        if given is not None and not isinstance(given, Tensor):
+            given = np.asarray(given)
+            given = None if given.size == 0 else given  # JSON's empty list: no labels sent
         if not self.conditional:
-            if y is not None:
+            if given is not None:
                 raise LabelError(f"this {self.name} model was trained without labels: it cannot be asked for a "
                                  f"class (train one with model.{self.name}.conditional: true)")
             return None
         classes = self.config.classes
-        if y is None:
+        if given is None:
             raise LabelError(f"this {self.name} model is conditional: give each image a label, 0 to {classes - 1}")
-        y = torch.as_tensor(y, device=self.device).long().reshape(-1)
+        whole = (not (given.is_floating_point() or given.is_complex() or given.dtype == torch.bool)
+                 if isinstance(given, Tensor) else np.issubdtype(given.dtype, np.integer))
+        if not whole:
+            raise LabelError(f"labels are class numbers, 0 to {classes - 1}: got {given.reshape(-1)[0].item()!r}")
+        y = torch.as_tensor(given, device=self.device).long().reshape(-1)
+        if n is not None and len(y) == 1:
+            y = y.expand(n)  # one class for every image
         if n is not None and len(y) != n:
-            raise LabelError(f"{len(y)} labels for {n} images: give one label per image")
+            raise LabelError(f"{len(y)} labels for {n} images: give one label for all, or one per image")
         bad = y[(y < 0) | (y >= classes)]
         if len(bad):
             raise LabelError(f"label {int(bad[0])}: this model was trained on classes 0 to {classes - 1}")
@@ -194,20 +238,11 @@ class GenerativeModel(nn.Module, ABC):
         twin.config = config
         return twin
 
-    def param_groups(self, lr: float) -> list[dict[str, Any]]:
-        """The optimizer's parameter groups at learning rate ``lr`` (``train.lr``): one by
-        default; a GAN gives each network its own rate and Adam betas."""
-        return [{"params": list(self.parameters())}]
-
     def validation_score(self, x: Tensor, y: Tensor | None, binarization: str, seed: int, batch_size: int) -> float:
         """What early stopping and the tuner go by (lower is better) on uint8 validation images
         ``x``: the mean negative ELBO (the exact NLL for an autoregressive model), its
         binarization drawn from ``seed`` so that epochs compare."""
         return mean_nelbo(self, x, binarization, batch_size, seed, y)
-
-    def init_from_data(self, mean: Tensor) -> None:
-        """Called once by :func:`rnngen.train.fit` before a fresh training (never on a resume)
-        with the training images' mean grey level ``(1, 28, 28)``; by default nothing."""
 
     @abstractmethod
     def forward(self, x: Tensor, y: Tensor | None = None) -> LossTerms:

@@ -36,7 +36,7 @@ features (Miyato and Koyama 2018, eq. 3).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -134,11 +134,9 @@ class DCGAN(LatentModel):
         self.z_dim = config.z_dim
         self.generator = Generator(config.z_dim + extra, config.hidden)
         self.disc = Discriminator(config.hidden, config.loss, extra)
-
-    def param_groups(self, lr: float) -> list[dict[str, Any]]:
-        scaled, betas = lr * self.config.lr_scale, BETAS[self.config.loss]
-        return [{"params": list(self.generator.parameters()), "lr": scaled, "betas": betas},
-                {"params": list(self.disc.parameters()), "lr": scaled * self.config.disc_lr_ratio, "betas": betas}]
+        scaled, betas = config.lr_scale, BETAS[config.loss]  # read by base.optimizer_groups
+        self.generator.optim = {"lr_scale": scaled, "betas": betas}
+        self.disc.optim = {"lr_scale": scaled * config.disc_lr_ratio, "betas": betas}
 
     def logits(self, z: Tensor, labels: Tensor | None) -> Tensor:
         """The generator's Bernoulli logits ``(B, 1, 28, 28)`` for latents z (checked labels)."""

@@ -223,6 +223,7 @@ class DRAW(LatentModel):
         if self.att is not None:
             _init_windows(self.att.bias, cfg.read_n, cfg.write_n)
         self.canvas0 = nn.Parameter(torch.zeros(PIXELS))  # learned initial states (Section 2.1)
+        self.data_mean_logits = ("canvas0",) if config.canvas_init == "mean" else ()  # base.start_from_data
         self.h_enc0 = nn.Parameter(torch.zeros(he))
         self.h_dec0 = nn.Parameter(torch.zeros(hd))
         offsets = torch.zeros(2, max(cfg.read_n, cfg.write_n))  # read, write; unused slots stay 0
@@ -242,11 +243,6 @@ class DRAW(LatentModel):
         if labels is None:
             return None, None
         return self.class_dec(labels), self.class_enc(labels)
-
-    @torch.no_grad()
-    def init_from_data(self, mean: Tensor) -> None:
-        if self.config.canvas_init == "mean":  # sigmoid(c_0) = the mean image; clamped: no infinite logit
-            self.canvas0.copy_(torch.logit(mean.flatten().clamp(1e-3, 1 - 1e-3)))
 
     # ------------------------------------------------------------- one step, eqs. (3)-(8)
 

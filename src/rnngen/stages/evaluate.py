@@ -31,10 +31,9 @@ def run(
     model, binarization = ckpt.model_from_state(state, model_dir / registry.CHECKPOINT_FILE), state["binarization"]
     judge = load_classifier(classifier_dir / CLASSIFIER_FILE)
     classifier_metrics = read_json(classifier_dir / METRICS_FILE)
-    x_test, y_test = data.load_split(split_dir, "test")
-    if cfg.max_images:
-        x_test, y_test = x_test[: cfg.max_images], y_test[: cfg.max_images]
-    identity = test_set_identity(cfg, binarization, len(x_test), data.test_set_digest(split_dir), judge,
+    test = data.load_split(split_dir, "test")
+    test = test.head(cfg.max_images) if cfg.max_images else test
+    identity = test_set_identity(cfg, binarization, len(test.x), data.test_set_digest(split_dir), judge,
                                  model.conditional)
     tracking.check_store(run_info["tracking_uri"])
     mlflow.set_tracking_uri(run_info["tracking_uri"])
@@ -45,7 +44,7 @@ def run(
                           experiment_id=run_info["experiment_id"]) as evaluation:
             mlflow.log_params({f"{registry.TEST_SET_PREFIX}{k}": v for k, v in identity.items()})
             with atomic_dir(plots_dir) as tmp:
-                metrics = report(model, x_test, y_test, judge, cfg, binarization, tmp)
+                metrics = report(model, test, judge, cfg, binarization, tmp)
                 tracking.log_pictures(tmp)
             kind = likelihood_kind(metrics, "test_")
             mlflow.set_tags({"test_binarization": note, "model": model.name, registry.LIKELIHOOD_TAG: kind})
@@ -58,5 +57,5 @@ def run(
                   "none": f"none ({model.name} has no likelihood: no NLL metrics)"}[kind]
     result = {**metrics, "binarization": note, "model": model.name, "likelihood": likelihood, "test_set": identity}
     write_json(metrics_path, result)
-    print(f"test NLL: {nll_line(model.name, metrics, cfg.k)} on {len(x_test)} images; FCD {metrics['test_fcd']:.1f}")
+    print(f"test NLL: {nll_line(model.name, metrics, cfg.k)} on {len(test.x)} images; FCD {metrics['test_fcd']:.1f}")
     return result

@@ -39,7 +39,7 @@ def run(params: Mapping[str, Any], split_dir: Path, hparams: Path | None, out: P
     tuned = apply_winner(params, hparams, _validate)
     choice, cfg, track = tuned.checked["model"], tuned.checked["train"], tuned.checked["tracking"]
     info = data.split_info(split_dir)
-    (x_train, y_train), (x_val, y_val) = data.load_split(split_dir, "train"), data.load_split(split_dir, "val")
+    train, val = data.load_split(split_dir, "train"), data.load_split(split_dir, "val")  # labelled images
     with distributed(cfg.device) as ranks:
         if ranks.world != cfg.processes and ranks.main:
             print(f"train: {ranks.world} process(es) (train.processes is {cfg.processes}); "
@@ -48,9 +48,8 @@ def run(params: Mapping[str, Any], split_dir: Path, hparams: Path | None, out: P
         device = resolve_device(cfg.device)
         model = build_model(choice.name, choice.config).to(device)
         identity = {"data": data.split_digest(split_dir), "code": source_digest(__name__)}
-        labels = {"train_y": y_train, "val_y": y_val}  # a conditional model's; the others ignore them
         if not ranks.main:  # the other ranks train their shares; rank 0 logs, checkpoints, registers
-            fit(model, x_train, x_val, cfg, info["binarization"], checkpoint=checkpoint, identity=identity, **labels)
+            fit(model, train, val, cfg, info["binarization"], checkpoint=checkpoint, identity=identity)
             return {}
         tracking.setup(track.experiment)  # fails fast on an unreachable store
         point = plan(checkpoint, model, cfg, info["binarization"], identity, warm_start=warm_start,
@@ -63,16 +62,16 @@ def run(params: Mapping[str, Any], split_dir: Path, hparams: Path | None, out: P
                 mlflow.log_params(tracking.training_params(choice.name, model, cfg, info, tuned.overrides,
                                                            tuned.replaced, point.epoch if point.warm_start else 0))
                 mlflow.set_tags(tracking.training_tags(choice.name, info, identity, device))
-            result = fit(model, x_train, x_val, cfg, info["binarization"], checkpoint=checkpoint, resume=point,
+            result = fit(model, train, val, cfg, info["binarization"], checkpoint=checkpoint, resume=point,
                          on_epoch=lambda epoch, metrics: mlflow.log_metrics(metrics, step=epoch),
-                         extra_state={"mlflow_run_id": active.info.run_id}, **labels)
+                         extra_state={"mlflow_run_id": active.info.run_id})
             summary = tracking.log_fit(result)
             line = compare_speed(result.history, hparams)
             if line:
                 print(line)
                 mlflow.set_tag("speed_vs_untuned", line)
             model.load_state_dict(result.best_weights)
-            example = (data.binarize(data.to_unit(x_val[:2]), "fixed").numpy(), y_val[:2])  # (2, 1, 28, 28)
+            example = (data.binarize(data.to_unit(val.x[:2]), "fixed").numpy(), val.y[:2])  # (2, 1, 28, 28)
             version = registry.publish(model, dataclasses.asdict(cfg), info["binarization"], summary, result.history,
                                        example, out, history_csv, track.model_name)
         mark_registered(checkpoint, mlflow_run_id=active.info.run_id, model_version=version)

@@ -58,25 +58,22 @@ class SearchContext:
         """uint8 images and their labels: the first tune.train_images of the (shuffled) train
         split (in seconds: all of it, the train stage's data), and the whole validation split.
         The test split is never read."""
-        x_train, y_train = data.load_split(self.split_dir, "train")
-        x_val, y_val = data.load_split(self.split_dir, "val")
+        train, val = data.load_split(self.split_dir, "train"), data.load_split(self.split_dir, "val")
         if self.cfg.train_images and self.cfg.resource == "epochs":
-            x_train, y_train = x_train[: self.cfg.train_images], y_train[: self.cfg.train_images]
-        return Images(x_train, x_val, y_train, y_val)
+            train = train.head(self.cfg.train_images)
+        return Images(train, val)
 
 
 class Images(NamedTuple):
-    """A trial's uint8 training and validation images, and their labels (which only a
-    conditional model reads)."""
+    """A trial's training and validation images, with their labels (which only a conditional
+    model reads)."""
 
-    train: torch.Tensor
-    val: torch.Tensor
-    train_y: torch.Tensor
-    val_y: torch.Tensor
+    train: data.Images
+    val: data.Images
 
     def fit(self, model: Any, cfg: Any, binarization: str, **kwargs: Any) -> Any:
         """:func:`rnngen.train.fit` on these images."""
-        return fit(model, self.train, self.val, cfg, binarization, train_y=self.train_y, val_y=self.val_y, **kwargs)
+        return fit(model, self.train, self.val, cfg, binarization, **kwargs)
 
 
 def worker_id() -> str:
