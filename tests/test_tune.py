@@ -119,7 +119,7 @@ def test_mlflow_parent_run_with_one_child_per_trial(shared_study: Any) -> None:
         history = client.get_metric_history(child.info.run_id, "val_loss")
         assert [m.step for m in history] == ([1, 2] if trial.state.name == "COMPLETE" else [1])
     best = shared_study["result"]["params"]
-    assert {k: parent.data.params[f"best.{k}"] for k in best} == {k: str(v) for k, v in best.items()}
+    assert {k: parent.data.tags[f"best.{k}"] for k in best} == {k: str(v) for k, v in best.items()}
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"trials.csv", "best_params.json", "plots"} <= artifacts
     plots = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}

@@ -9,8 +9,10 @@ trial is retried.
 from __future__ import annotations
 
 import contextlib
+import random
+import time
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from rnngen import tracking
@@ -78,21 +80,40 @@ def tag_state(trial: Any, state: str) -> None:
 
 
 def log_result(study: Any, result: Mapping[str, Any]) -> None:
-    """Best params, the trials table and the standard Optuna plots on the (active) parent run."""
+    """The best values (tags ``best.<key>``), the trials table and the standard Optuna plots on
+    the (active) parent run. Every worker of a shared study writes its summary there as it
+    finishes, so the best is a tag, which a later finisher may update (a param may not change)."""
     import mlflow
 
-    mlflow.log_params({f"best.{k}": v for k, v in result["params"].items()})
     untuned = {} if result["untuned_value"] is None else {"untuned_val_loss": result["untuned_value"]}
     speed = {f"{k}_images_per_second": v for k, v in (result.get("images_per_second") or {}).items() if v}
-    mlflow.log_metrics({"best_val_loss": result["best_value"], "epochs_trained": result["epochs_trained"],
-                        **untuned, **speed, **{f"trials_{k}": v for k, v in result["trials"].items()}})
-    mlflow.set_tags({"tune.chosen": result["chosen"], "tune.why": result["why"][:5000]})
+    tags = {**{f"best.{k}": v for k, v in result["params"].items()},
+            "tune.chosen": result["chosen"], "tune.why": result["why"][:5000]}
+    _shared_write(lambda: mlflow.set_tags(tags))
+    _shared_write(lambda: mlflow.log_metrics({
+        "best_val_loss": result["best_value"], "epochs_trained": result["epochs_trained"], **untuned, **speed,
+        **{f"trials_{k}": v for k, v in result["trials"].items()}}))
     mlflow.log_dict(dict(result), "best_params.json")
     mlflow.log_text(study.trials_dataframe().to_csv(index=False), "trials.csv")
     if result["trials"]["complete"] < 2:
         print("tune: fewer than 2 complete trials, no plots")
         return
     _log_plots(study)
+
+
+def _shared_write(write: Callable[[], None], tries: int = 3) -> None:
+    """``write`` to the parent run that every worker of a shared study writes to as it finishes:
+    when two write one key at the same moment the store refuses the second (a unique-key
+    violation on PostgreSQL), so it is tried again once the first has landed."""
+    from mlflow.exceptions import MlflowException
+
+    for attempt in range(1, tries + 1):
+        try:
+            return write()
+        except MlflowException:
+            if attempt == tries:
+                raise
+            time.sleep(random.uniform(0.2, 1.0) * attempt)
 
 
 def _log_plots(study: Any) -> None:
