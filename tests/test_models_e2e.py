@@ -1,9 +1,12 @@
 """Every model in the registry through every stage: `dvc exp run -S model.name=NAME` in a fresh
-git+DVC copy (tune -> train -> evaluate -> registry), then the registered version through the
-CLI (`sample`, `inpaint`, `evaluate`) and back through MLflow's own loader (`models:/` URI) in a
-fresh process, which scores, samples and inpaints as the served model does. The CLI is called as
-``rnngen.cli.main(argv)`` in the project's folder, the function the console script runs
-(tests/test_cli.py runs the script itself), to save an interpreter start per command."""
+git+DVC copy (tune -> train -> evaluate -> registry), conditional on the split's labels (PixelRNN
+as its other variant, the GAN with its other loss), then the registered version through the CLI
+(`sample`, `inpaint`, `interpolate`, `evaluate`, `score`) and back through MLflow's own loader
+(`models:/` URI) in a fresh process, which scores, samples and inpaints as the served model does.
+The unconditional default goes through the same stages in tests/test_pipeline.py, and every
+model unconditionally through training, the service and the CLI's code in the fast tier. The CLI
+is called as ``rnngen.cli.main(argv)`` in the project's folder, the function the console script
+runs (tests/test_cli.py runs the script itself), to save an interpreter start per command."""
 
 from __future__ import annotations
 
@@ -26,19 +29,26 @@ from test_pipeline import BIN, run, stages_run
 
 pytestmark = pytest.mark.e2e
 
-PYFUNC = """
+SERVED = """
 import json, sys
 import mlflow.pyfunc
 import numpy as np
 model = mlflow.pyfunc.load_model(sys.argv[1])
 x = (np.load(sys.argv[2])[:5] > 127).astype(np.float32).reshape(5, 1, 28, 28)
+labels = {"labels": np.load(sys.argv[3])[:5].tolist()}
 try:
-    scores = [np.asarray(model.predict(x)).tolist() for _ in range(2)]
+    scores = [np.asarray(model.predict(x, params=labels)).tolist() for _ in range(2)]
 except Exception as exc:  # a model without a likelihood refuses to score
     scores = str(exc)
-drawn = model.predict([], params={"task": "sample", "n": 3, "seed": 1})
-repaired = model.predict(x, params={"task": "inpaint", "mask": "random_pixels", "effort": 2})
-print(json.dumps({"scores": scores, "drawn": np.asarray(drawn).tolist(), "repaired": np.asarray(repaired).tolist()}))
+drawn = model.predict([], params={"task": "sample", "n": 3, "seed": 1, "labels": [7]})
+repaired = model.predict(x, params={"task": "inpaint", "mask": "random_pixels", "effort": 2, **labels})
+try:
+    model.predict([], params={"task": "sample", "n": 2})
+    refused = ""
+except Exception as exc:
+    refused = str(exc)
+print(json.dumps({"scores": scores, "drawn": np.asarray(drawn).tolist(), "repaired": np.asarray(repaired).tolist(),
+                  "refused": refused}))
 """
 
 
@@ -69,63 +79,91 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return copy_project(tmp_path_factory.mktemp("models"), tiny_params())
 
 
-@pytest.mark.parametrize("name", list(MODELS))
-def test_model_through_dvc_the_registry_and_the_cli(project: Path, name: str, rnngen: Rnngen) -> None:
-    """Every model of the registry (a new one is tested here too), unconditional."""
-    out = run([str(BIN / "dvc"), "exp", "run", "-S", f"model.name={name}"], project)
+#: every model conditional, with PixelRNN's other variant (the default is test_pipeline's) and the GAN's other loss
+RUNS = [(name, {"pixelrnn": ["model.pixelrnn.variant=row_lstm"], "dcgan": ["model.dcgan.loss=wgan_gp"]}.get(name, []))
+        for name in MODELS]
+
+
+@pytest.mark.parametrize(("name", "sets"), RUNS, ids=[" ".join([n, *s]) for n, s in RUNS])
+def test_model_through_dvc_the_registry_the_cli_and_the_served_model(project: Path, name: str, sets: list[str],
+                                                                      rnngen: Rnngen) -> None:
+    """`dvc exp run -S model.NAME.conditional=true`: p(x | y) trained on the split's labels,
+    scored with the test labels, samples asked of each class; the registered version through
+    every command and MLflow's loader (a new model of the registry is tested here too)."""
+    out = run([str(BIN / "dvc"), "exp", "run", "-S", f"model.name={name}", "-S", f"model.{name}.conditional=true",
+               *(f"-S{s}" for s in sets)], project)
     assert {"tune", "train", "evaluate"} <= set(stages_run(out.stdout)), out.stdout
     record = json.loads((project / "models/run.json").read_text())
     metrics = json.loads((project / "reports/metrics.json").read_text())
     likelihood = MODELS[name].has_likelihood
-    assert metrics["model"] == name and metrics["test_fcd"] > 0
+    assert metrics["model"] == name and metrics["test_set"]["conditional"] == "true" and metrics["test_fcd"] > 0
+    assert 0 <= metrics["test_asked_accuracy"] <= 1
     if likelihood:
         assert 0 < metrics["test_nll_iwae"] <= metrics["test_nll_elbo"]
     else:  # absent, not 0 or NaN
         assert metrics["likelihood"].startswith("none") and not any("nll" in k or "bpd" in k for k in metrics)
     uri = f"models:/rnngen/{record['model_version']}"
+    check_commands(project, name, uri, metrics, rnngen)
+    check_served(project, name, uri)
 
-    sample = rnngen(project, "sample", "--model", uri, "--n", "4", "--out", f"{name}.png")
-    assert f"version {record['model_version']}" in sample.stdout and (project / f"{name}.png").stat().st_size
+
+def check_commands(project: Path, name: str, uri: str, metrics: dict, rnngen: Rnngen) -> None:
+    """sample (a class, every class, none: refused), inpaint, interpolate (a latent model's walk
+    holds a class; PixelRNN has none), evaluate (the stage's numbers), score (a GAN: refused)."""
+    sample = rnngen(project, "sample", "--model", uri, "--label", "3", "--n", "4", "--out", f"{name}.png")
+    assert f"version {uri.rsplit('/', 1)[1]}" in sample.stdout and (project / f"{name}.png").stat().st_size
+    drawn = rnngen(project, "sample", "--model", uri, "--label", "all", "--n", "2", "--out", f"{name}-classes.png")
+    assert drawn.returncode == 0 and (project / f"{name}-classes.png").stat().st_size, drawn.stderr
+    refused = rnngen(project, "sample", "--model", uri, "--out", f"{name}-none.png")
+    assert refused.returncode == 2 and "is conditional" in refused.stderr
+    assert not (project / f"{name}-none.png").exists()
     inpainted = rnngen(project, "inpaint", "--model", uri, "--test-index", "0", "1", "--mask", "centre_square",
-                       "--effort", "1", "--out", f"{name}-inpaint.png")
+                       "--effort", "1", "--out", f"{name}-inpaint.png")  # the test images' own labels
     assert inpainted.returncode == 0, inpainted.stderr
-    walked = rnngen(project, "interpolate", "--model", uri, "--test-index", "0", "1", "--steps", "3",
-                    "--out", f"{name}-walk.png")
+    walk = ["interpolate", "--model", uri, "--test-index", "0", "1", "--steps", "3"]
+    held = rnngen(project, *walk, "--label", "3", "--out", f"{name}-walk3.png")
     if issubclass(MODELS[name], LatentModel):  # the walk, and the evaluate stage's picture of four
-        assert walked.returncode == 0, walked.stderr
+        assert held.returncode == 0 and (project / f"{name}-walk3.png").stat().st_size, held.stderr
         assert (project / "reports/pictures/interpolation.png").stat().st_size
+        unheld = rnngen(project, *walk, "--out", f"{name}-walk.png")
+        assert unheld.returncode == 2 and "--label" in unheld.stderr and not (project / f"{name}-walk.png").exists()
     else:
-        assert walked.returncode == 2 and "has no latent variable" in walked.stderr
-        assert not (project / f"{name}-walk.png").exists()
+        assert held.returncode == 2 and "has no latent variable" in held.stderr
+        assert not (project / f"{name}-walk3.png").exists()
         assert not (project / "reports/pictures/interpolation.png").exists()
     scored = json.loads(rnngen(project, "evaluate", "--model", uri, "--split", "data/split").stdout)
     # the CLI reads params.yaml's evaluate.* and the project's classifier: the stage's numbers
-    nll_keys = ("test_nll_iwae", "test_nll_elbo") if likelihood else ()
-    for key in (*nll_keys, "test_fcd", "inpaint_bottom_half_mse_missing"):
+    likelihood = MODELS[name].has_likelihood
+    for key in (*(("test_nll_iwae", "test_nll_elbo") if likelihood else ()), "test_fcd",
+                "inpaint_bottom_half_mse_missing"):
         assert scored[key] == pytest.approx(metrics[key], rel=1e-9, abs=1e-9), key
     assert likelihood or not any("nll" in k for k in scored)
-    refused = rnngen(project, "score", "--model", uri, "--test-index", "0")
-    assert (refused.returncode == 0) == likelihood, refused.stderr
+    score = rnngen(project, "score", "--model", uri, "--test-index", "0")
+    assert (score.returncode == 0) == likelihood, score.stderr
     if not likelihood:
-        assert "has no likelihood, so it cannot score images" in refused.stderr and "Traceback" not in refused.stderr
+        assert "has no likelihood, so it cannot score images" in score.stderr and "Traceback" not in score.stderr
         promote_a_gan(project, rnngen)
 
-    # MLflow's own loader, in a fresh process: only the models:/ URI and the store's address
-    served = run([sys.executable, "-c", PYFUNC, uri, str(project / "data/split/test_x.npy")], project,
+
+def check_served(project: Path, name: str, uri: str) -> None:
+    """MLflow's own loader, in a fresh process: only the models:/ URI and the store's address."""
+    split = project / "data/split"
+    served = run([sys.executable, "-c", SERVED, uri, str(split / "test_x.npy"), str(split / "test_y.npy")], project,
                  env={"MLFLOW_TRACKING_URI": f"sqlite:///{project.resolve() / 'mlflow.db'}"})
     answers = json.loads(served.stdout.strip().splitlines()[-1])
-    if likelihood:
+    if MODELS[name].has_likelihood:
         nll = np.asarray(answers["scores"])
         assert nll.shape == (2, 5) and np.isfinite(nll).all() and (nll > 0).all()
         assert (nll < 784 * np.log(2) * 2).all() and np.array_equal(nll[0], nll[1])  # seeded: the same twice
     else:
         assert f"a {name} model has no likelihood" in answers["scores"]
-    # the other two tasks of the served model, with params as a request carries them
+    # the other two tasks, with params as a request carries them; none without labels
     drawn, repaired = np.asarray(answers["drawn"]), np.asarray(answers["repaired"])
     assert drawn.shape == (3, 28, 28) and ((drawn >= 0) & (drawn <= 1)).all()
-    x = (np.load(project / "data/split/test_x.npy")[:5] > 127).astype(np.float32)
+    x = (np.load(split / "test_x.npy")[:5] > 127).astype(np.float32)
     hidden = make_mask("random_pixels", 5, torch.Generator().manual_seed(0))[:, 0].numpy()
     assert repaired.shape == (5, 28, 28) and np.array_equal(repaired[~hidden], x[~hidden])
+    assert "is conditional: send labels" in answers["refused"]
 
 
 def promote_a_gan(project: Path, rnngen: Rnngen) -> None:
@@ -138,72 +176,3 @@ def promote_a_gan(project: Path, rnngen: Rnngen) -> None:
     assert "--primary test_fcd" in refused.stderr and not report.exists()
     decided = rnngen(project, "promote", "--primary", "test_fcd")
     assert decided.returncode == 0 and "test_fcd" in report.read_text(), decided.stderr
-
-
-CONDITIONAL = """
-import json, sys
-import mlflow.pyfunc
-import numpy as np
-model = mlflow.pyfunc.load_model(sys.argv[1])
-x = (np.load(sys.argv[2])[:3] > 127).astype(np.float32).reshape(3, 1, 28, 28)
-labels = np.load(sys.argv[3])[:3].tolist()
-try:
-    scores = np.asarray(model.predict(x, params={"labels": labels})).tolist()
-except Exception as exc:  # a model without a likelihood refuses to score
-    scores = str(exc)
-drawn = np.asarray(model.predict([], params={"task": "sample", "n": 2, "seed": 1, "labels": [7]})).tolist()
-try:
-    model.predict([], params={"task": "sample", "n": 2})
-    refused = ""
-except Exception as exc:
-    refused = str(exc)
-print(json.dumps({"scores": scores, "drawn": drawn, "refused": refused}))
-"""
-
-
-@pytest.fixture(scope="module")
-def conditional_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return copy_project(tmp_path_factory.mktemp("conditional"), tiny_params())
-
-
-#: every model conditional, with PixelRNN's other variant and the GAN's other loss
-CONDITIONAL_RUNS = [(name, {"pixelrnn": ["model.pixelrnn.variant=row_lstm"],
-                            "dcgan": ["model.dcgan.loss=wgan_gp"]}.get(name, [])) for name in MODELS]
-
-
-@pytest.mark.parametrize(("name", "sets"), CONDITIONAL_RUNS, ids=[" ".join([n, *s]) for n, s in CONDITIONAL_RUNS])
-def test_conditional_model_through_dvc_the_registry_and_the_cli(conditional_project: Path, name: str,
-                                                                sets: list[str], rnngen: Rnngen) -> None:
-    """`dvc exp run -S model.NAME.conditional=true`: p(x | y) trained on the split's labels,
-    scored with the test labels, samples asked of each class; the CLI and the registered model
-    (through its models:/ URI) draw a requested class and refuse a request without one."""
-    project = conditional_project
-    out = run([str(BIN / "dvc"), "exp", "run", "-S", f"model.name={name}", "-S", f"model.{name}.conditional=true",
-               *(f"-S{s}" for s in sets)], project)
-    assert {"tune", "train", "evaluate"} <= set(stages_run(out.stdout)), out.stdout
-    metrics = json.loads((project / "reports/metrics.json").read_text())
-    assert metrics["model"] == name and metrics["test_set"]["conditional"] == "true"
-    assert 0 <= metrics["test_asked_accuracy"] <= 1
-    uri = f"models:/rnngen/{json.loads((project / 'models/run.json').read_text())['model_version']}"
-    drawn = rnngen(project, "sample", "--model", uri, "--label", "all", "--n", "2", "--out", f"{name}-classes.png")
-    assert drawn.returncode == 0 and (project / f"{name}-classes.png").stat().st_size, drawn.stderr
-    refused = rnngen(project, "sample", "--model", uri, "--out", f"{name}-none.png")
-    assert refused.returncode == 2 and "is conditional" in refused.stderr
-    assert not (project / f"{name}-none.png").exists()
-    if issubclass(MODELS[name], LatentModel):  # a walk holds one class from end to end; without one it is refused
-        walk = ["interpolate", "--model", uri, "--test-index", "0", "1", "--steps", "3"]
-        held = rnngen(project, *walk, "--label", "3", "--out", f"{name}-walk3.png")
-        assert held.returncode == 0 and (project / f"{name}-walk3.png").stat().st_size, held.stderr
-        assert (project / "reports/pictures/interpolation.png").stat().st_size
-        unheld = rnngen(project, *walk, "--out", f"{name}-walk.png")
-        assert unheld.returncode == 2 and "--label" in unheld.stderr and not (project / f"{name}-walk.png").exists()
-    served = run([sys.executable, "-c", CONDITIONAL, uri, str(project / "data/split/test_x.npy"),
-                  str(project / "data/split/test_y.npy")], project,
-                 env={"MLFLOW_TRACKING_URI": f"sqlite:///{project.resolve() / 'mlflow.db'}"})
-    answers = json.loads(served.stdout.strip().splitlines()[-1])
-    if MODELS[name].has_likelihood:
-        assert np.isfinite(answers["scores"]).all()
-    else:
-        assert "has no likelihood" in answers["scores"]
-    assert np.asarray(answers["drawn"]).shape == (2, 28, 28)
-    assert "is conditional: send labels" in answers["refused"]
