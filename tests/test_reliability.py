@@ -11,6 +11,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -32,13 +33,19 @@ def _checkpoint_epoch(path: Path) -> int:
         return 0
 
 
+def background_repro(repo: Path, output: Any) -> subprocess.Popen:
+    """`dvc repro` started in ``repo`` (its own process group, its own store) and left running,
+    its output to ``output`` (a file, or DEVNULL)."""
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(repo / "src")}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return subprocess.Popen([str(BIN / "dvc"), "repro"], cwd=repo, env=env, start_new_session=True,
+                            stdout=output, stderr=subprocess.STDOUT, text=True)
+
+
 def kill_after_two_epochs(repo: Path) -> Path:
     """Start `dvc repro` in ``repo`` and SIGKILL it (dvc and the stage, the whole process group)
     once the train checkpoint holds epoch 2; returns the checkpoint's path."""
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(repo / "src")}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    proc = subprocess.Popen([str(BIN / "dvc"), "repro"], cwd=repo, env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = background_repro(repo, subprocess.DEVNULL)
     ckpt_file = repo / "checkpoints/train.pt"
     deadline = time.monotonic() + 300
     while _checkpoint_epoch(ckpt_file) < 2 and proc.poll() is None and time.monotonic() < deadline:
@@ -53,13 +60,15 @@ def kill_after_two_epochs(repo: Path) -> Path:
 def test_sigkill_mid_training_resumes_to_identical_results(tmp_path: Path) -> None:
     params = tiny_params(**KILL_PARAMS)
     clean = copy_project(tmp_path / "clean", params)
-    run([str(BIN / "dvc"), "repro"], clean)
+    log = tmp_path / "clean.log"
+    never_killed = background_repro(clean, log.open("w"))  # the reference run, beside the killed one
 
     killed = copy_project(tmp_path / "killed", params)
     ckpt_file = kill_after_two_epochs(killed)
     assert _checkpoint_epoch(ckpt_file) in (2, 3)
 
     again = run([str(BIN / "dvc"), "repro"], killed)
+    assert never_killed.wait(timeout=600) == 0, log.read_text()
     ran = stages_run(again.stdout)
     assert ran[0] == "train" and "evaluate" in ran and "download" not in ran  # classifier may not have run yet
     assert "resuming checkpoint checkpoints/train.pt after epoch" in again.stdout

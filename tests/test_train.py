@@ -101,7 +101,7 @@ def test_the_time_budget_is_spent_once_across_a_pause_and_a_resume(arrays, tmp_p
     slow = dataclasses.replace(CFG, epochs=500)
     per_epoch = fit(small_model(), *arrays, dataclasses.replace(slow, epochs=2), "dynamic",
                     progress=False).history[-1]["elapsed_s"] / 2
-    budget = 6 * per_epoch
+    budget = 30 * per_epoch  # room for an epoch many times slower than the calibration on a busy machine
     cfg = dataclasses.replace(slow, time_budget_s=budget)
     paused = fit(small_model(), *arrays, cfg, "dynamic", checkpoint=tmp_path / "t.pt", progress=False,
                  until_seconds=budget / 3)
