@@ -6,11 +6,11 @@ BIN    := $(CURDIR)/$(VENV)/bin
 STAMP  := $(VENV)/.installed
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup repro test test-fast test-e2e lint bench ui serve server clean retrain
+.PHONY: setup repro test test-fast test-e2e lint bench ui serve server demo clean retrain
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,server]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,server,demo]'
 	touch $(STAMP)
 
 setup: $(STAMP)  ## create .venv with rnngen and its pinned dependencies
@@ -19,14 +19,14 @@ repro: setup     ## run the whole pipeline, then put the model in service (the f
 	$(BIN)/dvc repro
 	$(BIN)/rnngen promote
 
-test: setup lint ## lint, then the whole suite: fast tier + end-to-end tier (what CI runs)
-	$(BIN)/pytest -q -m "e2e or not e2e"
+test: setup lint ## lint, then the whole suite: fast tier + end-to-end tier (what CI runs), on two workers
+	$(BIN)/pytest -q -n 2 --dist loadfile -m "e2e or not e2e"
 
 test-fast: setup ## the fast tier only (no e2e-marked tests)
-	$(BIN)/pytest -q -m "not e2e"
+	$(BIN)/pytest -q -n 2 --dist loadfile -m "not e2e"
 
 test-e2e: setup  ## the end-to-end tier only: real dvc repro, registry and CLI on tiny settings
-	$(BIN)/pytest -q -m e2e
+	$(BIN)/pytest -q -n 2 --dist loadfile -m e2e
 
 REPRO_FLAGS ?=
 
@@ -51,6 +51,9 @@ ui: setup        ## open the MLflow UI on the project's store
 serve: setup     ## serve the champion on 127.0.0.1:5001: score, sample, inpaint over HTTP (Ctrl-C stops)
 	PATH=$(BIN):$$PATH MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db} \
 		$(BIN)/mlflow models serve -m models:/rnngen@champion --env-manager local --host 127.0.0.1 --port $${PORT:-5001}
+
+demo: setup      ## the champion on a web page at http://127.0.0.1:7860: draw, repair, judge, walk (Ctrl-C stops)
+	$(BIN)/rnngen demo
 
 server: setup    ## a team's tracking server + tuning database: PostgreSQL and mlflow server (Ctrl-C stops)
 	$(BIN)/rnngen server

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -63,6 +64,17 @@ def tiny_params(**overrides: Any) -> dict[str, Any]:
         "tune.hidden": [16], "tune.batch_size": [128], "tune.device": "cpu",
     }
     return set_dotted(params, {**small, **overrides})
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (`make test` runs two workers on two cores) every worker, and each
+    process its tests start, computes on one thread: two workers whose OpenMP teams each want
+    both cores wait on each other's spinning threads and run several times slower."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ["OMP_NUM_THREADS"] = "1"
+        import torch
+
+        torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session", autouse=True)
