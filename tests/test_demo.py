@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import os
 import shutil
-import socket
 import stat
 import subprocess
 import sys
@@ -28,6 +27,7 @@ import rnngen
 from rnngen import checkpoint, cli, data, demo, inpaint, service
 from rnngen.errors import UserError
 from rnngen.models.base import LabelError, NoLikelihoodError
+from rnngen.server import free_port
 from rnngen.walk import NoLatentError
 from test_models import tiny
 
@@ -177,11 +177,6 @@ def test_without_gradio_the_command_says_what_to_install(monkeypatch: pytest.Mon
 
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

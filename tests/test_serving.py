@@ -8,7 +8,6 @@ import base64
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ from PIL import Image
 
 from rnngen import pictures, service
 from rnngen.models import MODELS
+from rnngen.server import free_port
 from rnngen.service import RequestError, answer
 from test_models import binary_batch, tiny
 
@@ -78,11 +78,6 @@ def test_bad_requests_are_refused_with_a_sentence(inputs: Any, params: dict[str,
 
 # ------------------------------------------------------------------ over HTTP
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
