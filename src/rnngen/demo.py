@@ -313,6 +313,10 @@ def walk_files(served: Served, frames: Tensor) -> tuple[Path, Path]:
 def load_served(spec: str, default_name: str, split: Path, n_reference: int = REFERENCE_IMAGES) -> Served:
     """The model ``spec`` names (as every command loads it), its test metrics, and the
     reference NLLs of ``n_reference`` test digits of ``split``, scored once here."""
+    # every picture the page shows goes through torchvision, which rnngen.pictures imports lazily:
+    # imported now (seconds), not inside the first visitor's request
+    import torchvision.utils  # noqa: F401
+
     from rnngen import registry
 
     loaded = registry.load(spec, default_name)
