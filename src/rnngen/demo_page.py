@@ -50,10 +50,6 @@ def _on_page(n_outputs: int) -> Callable[[Callable[..., Any]], Callable[..., Any
     return wrap
 
 
-def _grey(x: torch.Tensor) -> Any:
-    return (x[0, 0] * 255).round().to(torch.uint8).numpy()
-
-
 def _digit(upload: str | None, sketch: dict[str, Any] | None) -> tuple[torch.Tensor, str]:
     """The uploaded image when there is one, else the sketch pad's drawing."""
     if upload is not None:

@@ -35,7 +35,7 @@ from rnngen.train import TrainConfig
 from rnngen.tuning import mlflow_log
 from rnngen.tuning.settings import TuneError
 from rnngen.tuning.space import Family, TuneConfig, ask, design, search_space, suggest
-from rnngen.tuning.trials import Images, SearchContext, describe, is_untuned, speed, trial_model
+from rnngen.tuning.trials import SearchContext, TrialImages, describe, is_untuned, speed, trial_model
 
 #: the folder in the study folder that holds successive halving's trial checkpoints
 HALVING_DIR = "halving"
@@ -136,7 +136,7 @@ def run_halving(ctx: SearchContext, study: Any) -> None:
 
 
 def _first_rung(study: Any, alive: list[Any], board: _Rungs, rung: float, ctx: SearchContext,
-                images: Images) -> bool:
+                images: TrialImages) -> bool:
     """Ask tune.n_trials trials one at a time and train each to the first rung: the queued
     ones (trial 0, the Latin hypercube) first, then TPE's proposals from the results so far."""
     from optuna.trial import TrialState
@@ -177,7 +177,7 @@ def propose(cfg: TuneConfig, fams: tuple[Family, ...], seen: list[tuple[dict[str
 
 
 def _train_rung(study: Any, alive: list[Any], board: _Rungs, index: int, rung: float, ctx: SearchContext,
-                images: Images) -> bool:
+                images: TrialImages) -> bool:
     """Train every trial in ``alive`` on to ``rung`` (rung ``index``); a failing one is told
     FAIL and taken out of ``alive``. True when tune.budget_s ran out first."""
     from optuna.trial import TrialState
@@ -233,7 +233,8 @@ def _eliminate(study: Any, trial: Any, ctx: SearchContext, why: str) -> None:
     print(f"trial {trial.number} PRUNED ({why})", flush=True)
 
 
-def train_to(trial: Any, hp: dict[str, Any], ctx: SearchContext, images: Images, until: float) -> tuple[float, bool]:
+def train_to(trial: Any, hp: dict[str, Any], ctx: SearchContext, images: TrialImages,
+             until: float) -> tuple[float, bool]:
     """Train a halving trial on to ``until`` (epochs or seconds, :attr:`TuneConfig.resource`)
     from its checkpoint, logging to its MLflow run (reopened); ``(best validation loss,
     finished)``."""

@@ -54,17 +54,17 @@ class SearchContext:
     def over_budget(self) -> bool:
         return bool(self.deadline) and time.time() > self.deadline
 
-    def training_images(self) -> Images:
+    def training_images(self) -> TrialImages:
         """uint8 images and their labels: the first tune.train_images of the (shuffled) train
         split (in seconds: all of it, the train stage's data), and the whole validation split.
         The test split is never read."""
         train, val = data.load_split(self.split_dir, "train"), data.load_split(self.split_dir, "val")
         if self.cfg.train_images and self.cfg.resource == "epochs":
             train = train.head(self.cfg.train_images)
-        return Images(train, val)
+        return TrialImages(train, val)
 
 
-class Images(NamedTuple):
+class TrialImages(NamedTuple):
     """A trial's training and validation images, with their labels (which only a conditional
     model reads)."""
 
@@ -106,7 +106,7 @@ def trial_model(hp: Mapping[str, Any], ctx: SearchContext, untuned: bool = False
     return model.to(resolve_device(ctx.cfg.device)), train_cfg
 
 
-def objective(trial: Any, ctx: SearchContext, images: Images, sampled: Callable[[], None] = lambda: None) -> float:
+def objective(trial: Any, ctx: SearchContext, images: TrialImages, sampled: Callable[[], None] = lambda: None) -> float:
     """``study.optimize``'s objective: the trial's values (then ``sampled()``), its nested MLflow
     run (tag ``optuna.state``; FAILED when it raises), its training. A pruned trial ends its run
     FINISHED; a failing one leaves its error in the trial's ``error`` attribute."""
@@ -136,7 +136,7 @@ def objective(trial: Any, ctx: SearchContext, images: Images, sampled: Callable[
     return value
 
 
-def _train(trial: Any, hp: dict[str, Any], ctx: SearchContext, images: Images) -> float:
+def _train(trial: Any, hp: dict[str, Any], ctx: SearchContext, images: TrialImages) -> float:
     """Train one configuration; the best validation negative ELBO (nats/image). Each epoch's
     validation loss goes to the pruner (median or Hyperband)."""
     import mlflow
