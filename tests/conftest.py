@@ -85,9 +85,8 @@ def built_kernels() -> None:
 
     from rnngen.models import kernels
 
-    kernels.row_lstm(torch.zeros(1))
-    kernels.diagonal_bilstm(torch.zeros(1))
-    kernels.lstm_cell(torch.zeros(1))
+    for name in ("row_lstm", "diagonal_bilstm", "lstm_cell", "pixelrnn_sampler"):
+        kernels.ops(name, torch.zeros(1))
 
 
 @pytest.fixture(scope="session")

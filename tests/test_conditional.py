@@ -82,8 +82,8 @@ def test_the_kernels_agree_with_the_op_loops_on_per_image_biases(variant: str,
     """The C++ layers take a per-image gate bias ((batch, 4h), or (batch, 2, 4h) for both
     directions); their values and every gradient (the class tables' too) equal the op loops',
     where the bias is a broadcast sum."""
-    assert kernels.row_lstm(torch.zeros(1)) is not None, "the C++ row loop did not build (g++, ninja?)"
-    assert kernels.diagonal_bilstm(torch.zeros(1)) is not None, "the C++ diagonal loop did not build"
+    assert kernels.ops("row_lstm", torch.zeros(1)) is not None, "the C++ row loop did not build (g++, ninja?)"
+    assert kernels.ops("diagonal_bilstm", torch.zeros(1)) is not None, "the C++ diagonal loop did not build"
     model = tiny(variant)
     x = torch.bernoulli(torch.full((3, 1, 5, 6), 0.4, dtype=torch.float64))
     y = torch.tensor([1, 0, 1])

@@ -169,7 +169,7 @@ def cells(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> st
     PyTorch-op version."""
     monkeypatch.setenv("RNNGEN_KERNELS", "1" if request.param == "cpp" else "0")
     if request.param == "cpp":
-        assert kernels.lstm_cell(torch.zeros(1)) is not None, "the C++ LSTM cell did not build (g++, ninja?)"
+        assert kernels.ops("lstm_cell", torch.zeros(1)) is not None, "the C++ LSTM cell did not build (g++, ninja?)"
     return request.param
 
 
@@ -182,7 +182,7 @@ def test_fused_lstm_cell_equals_torchs_cell_and_its_gradients(monkeypatch: pytes
     """The C++ cell against torch.lstm_cell (float64, autograd): h, c, the gradients of the
     pre-activations and of c_prev, on gate rows strided as DRAW's GEMM outputs are; and h
     rounded to bfloat16 is the float h rounded."""
-    assert kernels.lstm_cell(torch.zeros(1)) is not None, "the C++ LSTM cell did not build (g++, ninja?)"
+    assert kernels.ops("lstm_cell", torch.zeros(1)) is not None, "the C++ LSTM cell did not build (g++, ninja?)"
     torch.manual_seed(0)
     bsz, hid = 5, 7
     wide = torch.randn(bsz, 4 * hid + 3, dtype=torch.float64) * 3  # big enough to saturate some gates

@@ -28,8 +28,8 @@ def loop(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str
     fails here fails the test rather than falling back to the slower loop unseen)."""
     monkeypatch.setenv("RNNGEN_KERNELS", "1" if request.param == "cpp" else "0")
     if request.param == "cpp":
-        assert kernels.row_lstm(torch.zeros(1)) is not None, "the C++ row loop did not build (g++, ninja?)"
-        assert kernels.diagonal_bilstm(torch.zeros(1)) is not None, "the C++ diagonal loop did not build"
+        assert kernels.ops("row_lstm", torch.zeros(1)) is not None, "the C++ row loop did not build (g++, ninja?)"
+        assert kernels.ops("diagonal_bilstm", torch.zeros(1)) is not None, "the C++ diagonal loop did not build"
     return request.param
 
 
@@ -238,7 +238,7 @@ def test_the_kernels_equal_the_op_loops_in_float32(variant: str, monkeypatch: py
 
 def test_kernels_can_be_switched_off(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RNNGEN_KERNELS", "0")
-    assert kernels.row_lstm(torch.zeros(1)) is None and kernels.diagonal_bilstm(torch.zeros(1)) is None
+    assert kernels.ops("row_lstm", torch.zeros(1)) is None and kernels.ops("diagonal_bilstm", torch.zeros(1)) is None
 
 
 def test_sampling_pictures_and_the_paper_preset() -> None:

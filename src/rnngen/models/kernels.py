@@ -56,28 +56,14 @@ def _load(name: str) -> bool:
     return True
 
 
-def row_lstm(like: torch.Tensor) -> object | None:
-    """The Row LSTM layer's ops (``torch.ops.rnngen_row_lstm``) for ``like``'s device, or None
-    where the op loop must run (not a CPU tensor, kernels off, the build failed)."""
-    if like.device.type != "cpu" or not enabled() or not _load("row_lstm"):
+def ops(name: str, like: torch.Tensor) -> object | None:
+    """The C++ ops of ``csrc/<name>.cpp`` (``torch.ops.rnngen_<name>``: ``row_lstm`` and
+    ``diagonal_bilstm``, the PixelRNN layers; ``lstm_cell``, the fused cell; ``pixelrnn_sampler``,
+    PixelRNN's generation) for ``like``'s device, or None where the PyTorch-op loop must run
+    (not a CPU tensor, kernels off, the build failed)."""
+    if like.device.type != "cpu" or not enabled() or not _load(name):
         return None
-    return torch.ops.rnngen_row_lstm
-
-
-def diagonal_bilstm(like: torch.Tensor) -> object | None:
-    """The Diagonal BiLSTM layer's ops (``torch.ops.rnngen_diagonal_bilstm``), or None where the
-    PyTorch-op column loop must run (as for :func:`row_lstm`)."""
-    if like.device.type != "cpu" or not enabled() or not _load("diagonal_bilstm"):
-        return None
-    return torch.ops.rnngen_diagonal_bilstm
-
-
-def lstm_cell(like: torch.Tensor) -> object | None:
-    """The fused LSTM cell's ops (``torch.ops.rnngen_lstm_cell``), or None where the PyTorch-op
-    cell must run (as for :func:`row_lstm`)."""
-    if like.device.type != "cpu" or not enabled() or not _load("lstm_cell"):
-        return None
-    return torch.ops.rnngen_lstm_cell
+    return getattr(torch.ops, f"rnngen_{name}")
 
 
 @functools.cache

@@ -58,7 +58,7 @@ def lstm_step(layer: nn.LSTMCell, inputs: Tensor, h: Tensor, c: Tensor,
 def _fused(gates: Tensor, c_prev: Tensor) -> object | None:
     if gates.dim() != 2 or gates.stride(1) != 1 or not c_prev.is_contiguous() or gates.dtype != c_prev.dtype:
         return None
-    return kernels.lstm_cell(gates)
+    return kernels.ops("lstm_cell", gates)
 
 
 def cell(gates: Tensor, c_prev: Tensor, h_dtype: torch.dtype | None = None) -> tuple[Tensor, Tensor, tuple]:
@@ -78,7 +78,7 @@ def cell_backward(dh: Tensor, dc: Tensor, saved: tuple, out: Tensor) -> Tensor:
     pre-activations into ``out`` ``(..., 4H)`` and returns that of c_prev."""
     act, g, c_prev, tanh_c = saved
     if g is None:  # the fused forward's layout
-        return kernels.lstm_cell(dh).cell_backward(dh.contiguous(), dc.contiguous(), act, c_prev, tanh_c, out)
+        return kernels.ops("lstm_cell", dh).cell_backward(dh.contiguous(), dc.contiguous(), act, c_prev, tanh_c, out)
     i, f, _, o = act.chunk(4, -1)  # act holds sigmoid(2 u_g) in the g slot
     di, df, dg, do = out.chunk(4, -1)
     torch.mul(dh, tanh_c, out=do)

@@ -228,8 +228,7 @@ class PixelRNN(GenerativeModel):
         """
         run = Generation(self, n, size, given, mask, particles, y)
         for i in range(size[0]):
-            for j in range(size[1]):
-                run.draw(i, j, temperature, generator)
+            run.draw_row(i, temperature, generator)
             run.end_row(i, generator)
             if on_row is not None:
                 on_row(i, run.images)

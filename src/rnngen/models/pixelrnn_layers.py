@@ -38,6 +38,7 @@ from torch import Tensor, nn
 from rnngen.models import kernels
 from rnngen.models.base import bf16_autocast
 from rnngen.models.fast.diagonal_bilstm import DiagonalLayerKernel
+from rnngen.models.fast.pixelrnn_sampler import CompiledDiagonalSampler, CompiledRowSampler
 from rnngen.models.fast.row_lstm import RowLayerKernel, RowRecurrence
 from rnngen.models.lstm import lstm_cell
 from rnngen.models.pixelrnn_sampling import DiagonalSampler, RowSampler
@@ -70,8 +71,9 @@ class RowLSTMLayer(nn.Module):
     """One Row LSTM layer (sec. 3.1) plus its residual 1x1 upsampling (sec. 3.3). It works on
     row-major maps ``(H, B, W, C)``, so that a row of the whole batch is one contiguous block."""
 
-    #: generation's per-pixel step for this kind of layer
+    #: generation's per-pixel step for this kind of layer, in PyTorch ops and in C++
     sampler: ClassVar[type[RowSampler]] = RowSampler
+    compiled_sampler: ClassVar[type[CompiledRowSampler]] = CompiledRowSampler
 
     def __init__(self, channels: int, hidden: int, kernel: int) -> None:
         super().__init__()
@@ -115,7 +117,7 @@ class RowLSTMLayer(nn.Module):
         """Maps ``(H, B, W, C)`` -> the layer's output ``(H, B, W, C)``, the residual included;
         ``gate_bias`` ``(B, 4h)`` is added to every position's gates (a class's bias)."""
         low_precision = bf16_autocast(m)
-        ops = kernels.row_lstm(m)
+        ops = kernels.ops("row_lstm", m)
         if ops is not None:  # the C++ layer: bfloat16 in and out under autocast, fp32 cells inside
             dtype = torch.bfloat16 if low_precision else m.dtype
             with torch.autocast(m.device.type, enabled=False):
@@ -139,8 +141,9 @@ class DiagonalBiLSTMLayer(nn.Module):
     row-major maps ``(H, B, W, C)`` like the Row LSTM's. Parameters are stacked over the two
     directions: [left-to-right, right-to-left]."""
 
-    #: generation's per-pixel step for this kind of layer
+    #: generation's per-pixel step for this kind of layer, in PyTorch ops and in C++
     sampler: ClassVar[type[DiagonalSampler]] = DiagonalSampler
+    compiled_sampler: ClassVar[type[CompiledDiagonalSampler]] = CompiledDiagonalSampler
 
     def __init__(self, channels: int, hidden: int) -> None:
         super().__init__()
@@ -209,7 +212,7 @@ class DiagonalBiLSTMLayer(nn.Module):
 
     def forward(self, m: Tensor, gate_bias: Tensor | None = None) -> Tensor:
         """Maps ``(H, B, W, C)`` -> the layer's output ``(H, B, W, C)``, the residual included."""
-        ops = kernels.diagonal_bilstm(m)
+        ops = kernels.ops("diagonal_bilstm", m)
         if ops is not None:  # the C++ layer: bfloat16 GEMM operands under autocast, fp32 cells inside
             dtype = torch.bfloat16 if bf16_autocast(m) else m.dtype
             with torch.autocast(m.device.type, enabled=False):

@@ -1,11 +1,13 @@
 """PixelRNN generation, pixel by pixel in raster order (van den Oord et al. 2016, sec. 2): each
 pixel computes one position (Row LSTM) or one diagonal step (Diagonal BiLSTM) per layer with the
-rows above cached, never a full forward pass per pixel. Each layer kind names its sampler
-(``sampler`` on the classes of :mod:`rnngen.models.pixelrnn_layers`); :class:`Generation`, one
-call of :meth:`rnngen.models.pixelrnn.PixelRNN.generate`, drives it: ``logit(x, i, j)`` for each
-pixel, ``end_row(x, i)`` after each row, and ``select(index)`` when :class:`Particles` resamples.
-Around it: classifier-free guidance (a label-free twin of every image) and the observed pixels
-of a completion, weighed by :class:`Particles`.
+rows above cached, never a full forward pass per pixel. Each layer kind names its samplers
+(``sampler`` and ``compiled_sampler`` on the classes of :mod:`rnngen.models.pixelrnn_layers`):
+the C++ one (:mod:`rnngen.models.fast.pixelrnn_sampler`) where it builds, else the PyTorch one
+here, which computes the same draws. :class:`Generation`, one call of
+:meth:`rnngen.models.pixelrnn.PixelRNN.generate`, drives it: ``row(run, i, u, temperature)`` for
+each row (pixel = u < p, one uniform a pixel drawn for the row), ``end_row(x, i)`` after it, and
+``select(index)`` when :class:`Particles` resamples. Around it: classifier-free guidance (a
+label-free twin of every image) and the observed pixels of a completion, weighed by :class:`Particles`.
 """
 
 from __future__ import annotations
@@ -25,10 +27,11 @@ if TYPE_CHECKING:
 
 class Sampler(Protocol):
     """What :class:`Generation` asks of a layer kind's sampler (:class:`RowSampler`,
-    :class:`DiagonalSampler`)."""
+    :class:`DiagonalSampler`, or their compiled twins)."""
 
-    def logit(self, x: Tensor, i: int, j: int) -> Tensor:
-        """The logit of pixel (i, j) of every sequence, ``(n,)``, rows and pixels before it drawn."""
+    def row(self, run: Generation, i: int, u: Tensor, temperature: float) -> Tensor:
+        """Draws row i of ``run``'s images (:meth:`Generation.put`); returns each image's logit
+        at every pixel of the row, ``(n, W)``."""
 
     def end_row(self, x: Tensor, i: int) -> None:
         """Row i is complete: what row i + 1 reads of it."""
@@ -37,7 +40,18 @@ class Sampler(Protocol):
         """Keep the sequences ``index`` (particles resampled)."""
 
 
-class RowSampler:
+class PixelByPixel:
+    """A PyTorch sampler's row: ``logit(x, i, j)`` of every sequence, pixel by pixel."""
+
+    def logit(self, x: Tensor, i: int, j: int) -> Tensor:
+        raise NotImplementedError
+
+    def row(self, run: Generation, i: int, u: Tensor, temperature: float) -> Tensor:
+        return torch.stack([run.put(self.logit(run.x, i, j), i, j, u[:, j], temperature)
+                            for j in range(run.x.shape[-1])], 1)
+
+
+class RowSampler(PixelByPixel):
     """Row LSTM generation, pixel by pixel, one position per layer. A Row LSTM state at (i, j)
     depends on the row above (cached) and on the layer's input at (i, j - k//2 .. j) only (there
     is no recurrence along the row, sec. 3.1), so each pixel computes column j of every layer
@@ -89,7 +103,7 @@ class RowSampler:
         self.gate_biases = [None if g is None else g[index] for g in self.gate_biases]
 
 
-class DiagonalSampler:
+class DiagonalSampler(PixelByPixel):
     """Diagonal BiLSTM generation, pixel by pixel. Left-to-right states at (i, j) come from
     (i, j - 1) (this row, just computed) and (i - 1, j) (cached); the right-to-left direction
     adds, shifted down a row, only context from the rows above, so it is run over a row once
@@ -173,9 +187,9 @@ class Particles:
         self.first = (torch.arange(n, device=device) * k).unsqueeze(1)  # (n, 1)
 
     def observe(self, logit: Tensor, value: Tensor, observed: Tensor) -> None:
-        """Weight every sequence by log p(x_i = value | x_<i) where pixel i is observed."""
+        """Weight every sequence by log p(x_i = value | x_<i) at its observed pixels (a row's)."""
         log_p = torch.where(value > 0.5, F.logsigmoid(logit), F.logsigmoid(-logit))
-        self.log_w += torch.where(observed, log_p, torch.zeros_like(log_p)).double().view(self.n, self.k)
+        self.log_w += torch.where(observed, log_p, torch.zeros_like(log_p)).double().sum(1).view(self.n, self.k)
 
     def resample(self, generator: torch.Generator | None) -> Tensor | None:
         """Sequences to keep (an index over all ``n * k``), or None when no image needs it."""
@@ -203,13 +217,14 @@ class Observed:
     mask: Tensor
     particles: Particles | None
 
-    def keep(self, drawn: Tensor, logit: Tensor, i: int, j: int) -> Tensor:
+    def keep(self, drawn: Tensor, i: int, j: int) -> Tensor:
         """``drawn`` (pixel (i, j) of every sequence) with the observed values put back."""
-        observed, value = ~self.mask[:, 0, i, j], self.given[:, 0, i, j]
-        drawn = torch.where(observed, value, drawn)
+        return torch.where(self.mask[:, 0, i, j], drawn, self.given[:, 0, i, j])
+
+    def weigh(self, logits: Tensor, i: int) -> None:
+        """Row i is drawn: its observed pixels weigh their sequences."""
         if self.particles is not None:
-            self.particles.observe(logit, value, observed)
-        return drawn
+            self.particles.observe(logits, self.given[:, 0, i], ~self.mask[:, 0, i])
 
 
 class Generation:
@@ -237,7 +252,8 @@ class Generation:
         weight = model.input_conv.weight
         self.x = torch.zeros(2 * n if self.guided else n, 1, *size, device=weight.device, dtype=weight.dtype)
         self.probs = torch.zeros_like(self.x[:n])
-        self.sampler: Sampler = model.layer_cls.sampler(model, len(self.x), size, biases)
+        self.sampler: Sampler = (model.layer_cls.compiled_sampler.build(model, len(self.x), size, biases)
+                                 or model.layer_cls.sampler(model, len(self.x), size, biases))
 
     @property
     def guided(self) -> bool:
@@ -253,19 +269,27 @@ class Generation:
         cond, free = logit.chunk(2)
         return free + self.scale * (cond - free)
 
-    def draw(self, i: int, j: int, temperature: float, generator: torch.Generator | None) -> None:
-        """Pixel (i, j) of every sequence, from its logit divided by ``temperature``."""
-        logit = self.sampler.logit(self.x, i, j)  # (n,), or (2n,) guided
+    def draw_row(self, i: int, temperature: float, generator: torch.Generator | None) -> None:
+        """Row i of every sequence, each pixel from its logit divided by ``temperature``."""
+        u = torch.rand(self.n, self.x.shape[-1], generator=generator, device=self.x.device, dtype=self.x.dtype)
+        logits = self.sampler.row(self, i, u, temperature)
+        if self.observed is not None:
+            self.observed.weigh(logits, i)
+
+    def put(self, logit: Tensor, i: int, j: int, u: Tensor, temperature: float) -> Tensor:
+        """Pixel (i, j) of every sequence from its logit (``(n,)``, or ``(2n,)`` guided): 1 where
+        ``u`` < p, the observed pixels kept. Returns the logit drawn from, ``(n,)``."""
         if self.guided:
             logit = self.guide(logit)
         p = torch.sigmoid(logit / temperature)
-        drawn = torch.bernoulli(p, generator=generator)
+        drawn = (u < p).to(p.dtype)
         if self.observed is not None:
-            drawn = self.observed.keep(drawn, logit, i, j)
+            drawn = self.observed.keep(drawn, i, j)
         self.x[: self.n, 0, i, j] = drawn
         if self.guided:
             self.x[self.n :, 0, i, j] = drawn  # the label-free twin follows the drawn pixels
         self.probs[:, 0, i, j] = p
+        return logit
 
     def end_row(self, i: int, generator: torch.Generator | None) -> None:
         """Row i is drawn: the sampler moves on, and particles resample (before any row but the last)."""
