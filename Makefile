@@ -49,8 +49,7 @@ ui: setup        ## open the MLflow UI on the project's store
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --port 5000
 
 serve: setup     ## serve the champion on 127.0.0.1:5001: score, sample, inpaint over HTTP (Ctrl-C stops)
-	PATH=$(BIN):$$PATH MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db} \
-		$(BIN)/mlflow models serve -m models:/rnngen@champion --env-manager local --host 127.0.0.1 --port $${PORT:-5001}
+	$(BIN)/rnngen serve --port $${PORT:-5001}
 
 demo: setup      ## the champion on a web page at http://127.0.0.1:7860: draw, repair, judge, walk (Ctrl-C stops)
 	$(BIN)/rnngen demo

@@ -115,6 +115,50 @@ def test_sigkill_then_a_param_change_trains_into_a_new_run(tmp_path: Path) -> No
     assert client.get_run(old_run).info.status == "KILLED"
 
 
+@pytest.mark.e2e
+def test_a_full_disk_stops_training_with_a_sentence_and_the_rerun_finishes(tmp_path: Path) -> None:
+    """The disk fills while a checkpoint is written (a real file-size limit, RLIMIT_FSIZE, on
+    `dvc repro`): the stage stops with a sentence, no traceback; the previous checkpoint is intact,
+    byte for byte, and loads; no temporary file is left. With room again the rerun resumes it and
+    finishes: every epoch in the curves, none with two different values."""
+    import resource
+
+    from mlflow import MlflowClient
+
+    from rnngen import checkpoint as ckpt
+
+    # a model whose checkpoint (about 8 MB) dwarfs every other file the stage writes
+    big = {**KILL_PARAMS, "train.epochs": 6, "model.name": "mlp_vae", "model.mlp_vae.hidden": 400}
+    repo = copy_project(tmp_path / "full", tiny_params(**big))
+    ckpt_file = kill_after_two_epochs(repo)
+    before, epoch = ckpt_file.read_bytes(), _checkpoint_epoch(ckpt_file)
+    limit = len(before) // 2
+    assert (repo / "mlflow.db").stat().st_size < limit // 4, "the store would meet the limit before the checkpoint"
+
+    def file_size_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(repo / "src")}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    full = subprocess.run([str(BIN / "dvc"), "repro"], cwd=repo, env=env, capture_output=True, text=True,
+                          preexec_fn=file_size_limit, timeout=600)
+    said = full.stdout + full.stderr
+    assert full.returncode != 0, said
+    assert "error: could not write" in said and "checkpoints/train.pt" in said and "Traceback" not in said, said
+    assert ckpt_file.read_bytes() == before and ckpt.load(ckpt_file)["epoch"] == epoch
+    assert [p.name for p in ckpt_file.parent.iterdir()] == ["train.pt"]  # no temporary file left
+
+    again = run([str(BIN / "dvc"), "repro"], repo)
+    assert f"resuming checkpoint checkpoints/train.pt after epoch {epoch}" in again.stdout
+    record = json.loads((repo / "models/run.json").read_text())
+    client = MlflowClient(f"sqlite:///{repo.resolve() / 'mlflow.db'}")
+    assert client.get_run(record["run_id"]).info.status == "FINISHED"
+    history = client.get_metric_history(record["run_id"], "val_loss")
+    assert sorted({m.step for m in history}) == list(range(1, 7))
+    for step in range(1, 7):  # an epoch logged before the failed write is logged again, with the same value
+        assert len({m.value for m in history if m.step == step}) == 1, step
+
+
 def test_non_finite_loss_marks_the_run_failed(tmp_path: Path, mlflow_uri: str, split_dir: Path) -> None:
     from mlflow import MlflowClient
 

@@ -5,11 +5,14 @@ them over HTTP, refuses bad requests with a 400 that says why, and keeps serving
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,9 +24,9 @@ import requests
 import torch
 from PIL import Image
 
-from rnngen import pictures, service
+from rnngen import pictures, service, serving
 from rnngen.models import MODELS
-from rnngen.server import free_port
+from rnngen.server import descendants, free_port, http_status
 from rnngen.service import RequestError, answer
 from test_models import binary_batch, tiny
 
@@ -82,29 +85,34 @@ def test_bad_requests_are_refused_with_a_sentence(inputs: Any, params: dict[str,
 
 @pytest.fixture(scope="module")
 def served(trained_model: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    """``mlflow models serve`` on version 1 of the tiny pipeline's registered model."""
+    """``rnngen serve`` (``make serve``'s command: ``mlflow models serve`` with its measured
+    settings) on version 1 of the tiny pipeline's registered model."""
     port, logs = free_port(), tmp_path_factory.mktemp("serve") / "serve.log"
     env = {**os.environ, "MLFLOW_TRACKING_URI": trained_model["uri"], "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
     uri = "models:/rnngen/1"
     with logs.open("w") as log:
-        proc = subprocess.Popen([str(BIN / "mlflow"), "models", "serve", "-m", uri, "--env-manager", "local",
-                                 "--host", "127.0.0.1", "--port", str(port)], env=env, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen([str(BIN / "rnngen"), "serve", "--model", uri, "--port", str(port)], env=env,
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 180
-        while True:
-            try:
-                if requests.get(f"{url}/ping", timeout=2).ok:
-                    break
-            except requests.ConnectionError:
-                pass
+        while len(workers(proc.pid)) < serving.WORKERS or http_status(f"{url}/ping") != 200:
             assert proc.poll() is None and time.monotonic() < deadline, logs.read_text()
             time.sleep(1)
-        yield {"url": url, "uri": uri, "env": env, "split": trained_model["split"]}
+        yield {"url": url, "uri": uri, "env": env, "split": trained_model["split"], "pid": proc.pid}
     finally:
         os.killpg(proc.pid, 15)
         proc.wait(timeout=30)
+
+
+def workers(pid: int) -> list[int]:
+    """The uvicorn workers below the server ``pid`` (multiprocessing's spawned children)."""
+    found = []
+    for child in descendants(pid):
+        with contextlib.suppress(OSError):
+            if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
+                found.append(child)
+    return found
 
 
 def invoke(url: str, inputs: Any, **params: Any) -> requests.Response:
@@ -165,6 +173,54 @@ def test_a_bad_request_gets_a_400_that_says_why_and_the_server_keeps_serving(
     assert says in refused.json()["message"] and "Traceback" not in refused.text
     assert "stack_trace" not in refused.json()
     assert invoke(served["url"], np.zeros((1, 28, 28))).status_code == 200
+
+
+@pytest.mark.e2e
+def test_a_killed_worker_is_replaced_and_clients_meet_only_connection_errors_meanwhile(
+    served: dict[str, Any]
+) -> None:
+    """Under load, one of the server's worker processes is SIGKILLed: uvicorn's supervisor starts
+    another while the other worker serves. Clients meet connection errors only for requests that
+    the dead worker held, no 5xx and no wrong answer, and after the replacement every request is
+    answered, the same answer as before."""
+    url, x = served["url"], (np.load(served["split"] / "test_x.npy")[:2] > 127).astype(np.float32)
+    expected = invoke(url, x).json()["predictions"]
+    events: list[tuple[float, str]] = []  # (when, "ok" | what failed)
+    stop = threading.Event()
+
+    def client() -> None:
+        session = requests.Session()
+        while not stop.is_set():
+            try:
+                answer = session.post(f"{url}/invocations", json={"inputs": x.tolist()}, timeout=60)
+                ok = answer.status_code == 200 and np.allclose(answer.json()["predictions"], expected, rtol=1e-6)
+                events.append((time.monotonic(), "ok" if ok else f"HTTP {answer.status_code}: {answer.text[:300]}"))
+            except requests.RequestException as exc:
+                events.append((time.monotonic(), type(exc).__name__))
+
+    clients = [threading.Thread(target=client) for _ in range(4)]
+    for c in clients:
+        c.start()
+    try:
+        time.sleep(2)
+        before = workers(served["pid"])
+        killed_at = time.monotonic()
+        os.kill(before[0], signal.SIGKILL)
+        deadline = killed_at + 120
+        while not (set(now := workers(served["pid"])) - set(before) and len(now) == len(before)):
+            assert time.monotonic() < deadline, "the killed worker was not replaced within 120 s"
+            time.sleep(0.2)
+        replaced_at = time.monotonic()
+        time.sleep(5)
+    finally:
+        stop.set()
+        for c in clients:
+            c.join()
+    failed = [(t, what) for t, what in events if what != "ok"]
+    assert all(not what.startswith("HTTP") for _, what in failed), failed  # no 5xx, no wrong answer
+    assert all(killed_at <= t <= replaced_at + 1 for t, _ in failed), (failed, killed_at, replaced_at)
+    assert sum(what == "ok" and t > replaced_at + 1 for t, what in events) >= 4  # serving again
+    assert sum(what == "ok" and killed_at < t < replaced_at for t, what in events) >= 1  # the other one served
 
 
 def test_a_registered_model_comes_from_the_named_store_whatever_the_process_points_at(

@@ -7,6 +7,7 @@
     rnngen evaluate  NLL bounds, Fréchet classifier distance, inpainting scores (test split or your images)
     rnngen promote   move the champion alias to the model dvc repro just made, if it wins
     rnngen info      which version is champion, and its metrics
+    rnngen serve     the model over HTTP: score, sample, inpaint (mlflow models serve)
     rnngen demo      a web page to draw, repair, judge and walk between digits (Gradio)
     rnngen server    a team's tracking server and tuning database (PostgreSQL + mlflow server), with
                      passwords; add-user, passwd
@@ -28,6 +29,7 @@ from rnngen.commands.admin import add_info, add_promote, add_server
 from rnngen.commands.demo import add_demo
 from rnngen.commands.model_use import add_evaluate, add_inpaint, add_interpolate, add_sample, add_score
 from rnngen.commands.options import MASK_KINDS
+from rnngen.commands.serve import add_serve
 from rnngen.commands.settings import Defaults, defaults
 from rnngen.errors import guard
 
@@ -41,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add_command in (add_sample, add_inpaint, add_score, add_interpolate, add_evaluate, add_promote,
-                        add_info, add_server, add_demo):
+                        add_info, add_serve, add_server, add_demo):
         add_command(sub)
     return parser
 

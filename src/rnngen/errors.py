@@ -19,6 +19,10 @@ class MissingInputError(UserError, FileNotFoundError):
     """An input file a stage needs does not exist (a stage run out of order, say)."""
 
 
+class DiskFullError(UserError, OSError):
+    """A file could not be written for want of room (no space left, a quota, a file-size limit)."""
+
+
 def guard(main: Callable[[], object]) -> int:
     """Run ``main``; print a :class:`UserError` as ``error: ...`` and return exit code 2.
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -11,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from rnngen.errors import MissingInputError
+from rnngen.errors import DiskFullError, MissingInputError
 
 
 @contextlib.contextmanager
@@ -49,7 +50,8 @@ def umask() -> int:
 @contextlib.contextmanager
 def atomic_file(path: str | Path, private: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` (same suffix) to write; rename it into place on
-    success, remove it on failure: a kill mid-write leaves the previous file intact.
+    success, remove it on failure: a kill mid-write leaves the previous file intact, and no room
+    to write it (a full disk, a quota, a file-size limit) is a :class:`DiskFullError` saying so.
 
     The one atomic writer: text, JSON, checkpoints, PNGs and CSVs all go through it. The file
     gets the mode the umask gives (0644 under umask 022), like ``open`` would: ``mkstemp``'s
@@ -64,8 +66,12 @@ def atomic_file(path: str | Path, private: bool = False) -> Iterator[Path]:
     try:
         yield Path(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+            raise DiskFullError(f"could not write {path}: {exc.strerror} (no room on its disk, or a file-size "
+                                "limit); what was there before is intact. Free space, then rerun: training "
+                                "resumes from its last checkpoint") from None
         raise
 
 

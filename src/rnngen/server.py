@@ -31,7 +31,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from rnngen import credentials
@@ -49,15 +49,32 @@ def free_port() -> int:
 
 
 
+def descendants(pid: int) -> list[int]:
+    """The processes below ``pid`` (children, their children, ...), from /proc; [] elsewhere."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:  # the command name, in parentheses, may hold spaces: the fields after it are split
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    found, frontier = [], [pid]
+    while frontier:
+        frontier = [child for child, parent in parents.items() if parent in frontier]
+        found += frontier
+    return found
+
+
 @dataclass
 class MlflowServer:
-    """A running ``mlflow server`` of :func:`start_mlflow`."""
+    """A running ``mlflow server`` of :func:`start_mlflow`: ``cmd`` run with ``env``, logging to ``log``."""
 
-    process: subprocess.Popen
+    cmd: list[str]
+    env: dict[str, str] = field(repr=False)  # holds the admin's password
     url: str
     log: Path
     #: the admin's password file; None when authentication is off
     password_file: Path | None = None
+    process: subprocess.Popen = field(init=False)
 
     def client_env(self) -> dict[str, str]:
         """What a client on this machine exports: the URL and, with authentication on, the
@@ -67,6 +84,32 @@ class MlflowServer:
             env |= {"MLFLOW_TRACKING_USERNAME": ADMIN,
                     "MLFLOW_TRACKING_PASSWORD": credentials.read_secret(self.password_file)}
         return env
+
+    def start(self, timeout: float = 120.0) -> None:
+        """Start the process; return once ``/health`` answers and the admin's password is accepted."""
+        with open(self.log, "ab") as out:
+            self.process = subprocess.Popen(self.cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                            env=self.env)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise ServerError(f"mlflow server exited ({self.process.returncode}); log {self.log}:\n"
+                                  f"{_tail(self.log)}")
+            if http_status(self.url + "/health") == 200:
+                if self.password_file is None:
+                    return
+                admin = http_status(f"{self.url}/api/2.0/mlflow/users/get?username={ADMIN}",
+                                    (ADMIN, credentials.read_secret(self.password_file)), timeout=30)
+                if admin == 200:
+                    return
+                if admin in (401, 403):
+                    self.stop()
+                    raise ServerError(f"the MLflow admin's password in {self.password_file} is not the one its user "
+                                      "store holds; restore that file, or start a new server folder (--dir)")
+            time.sleep(0.5)
+        self.stop()
+        raise ServerError(f"mlflow server did not answer on {self.url}/health within {timeout:.0f} s; log "
+                          f"{self.log}:\n{_tail(self.log)}")
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -123,31 +166,12 @@ def start_mlflow(backend_uri: str, artifacts: Path, port: int, log: Path, host: 
     origins = [f"http://{h}:{port}" for h in hosts if ":" not in h and h not in LOOPBACK]
     cmd += ["--cors-allowed-origins", ",".join(origins)] if origins else []
     cmd += ["--app-name", "basic-auth"] if auth else []
-    with open(log, "ab") as out:
-        process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                                   env={**os.environ, **(env or {}), **(auth or {})})
     password_file = Path(auth["MLFLOW_AUTH_CONFIG_PATH"]).parent / "admin.password" if auth else None
     local = "127.0.0.1" if host in WILDCARDS else host
-    server = MlflowServer(process, f"http://{local}:{port}", log, password_file)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise ServerError(f"mlflow server exited ({process.returncode}); log {log}:\n{_tail(log)}")
-        if http_status(server.url + "/health") == 200:
-            if password_file is None:
-                return server
-            admin = http_status(f"{server.url}/api/2.0/mlflow/users/get?username={ADMIN}",
-                                (ADMIN, credentials.read_secret(password_file)), timeout=30)
-            if admin == 200:
-                return server
-            if admin in (401, 403):
-                server.stop()
-                raise ServerError(f"the MLflow admin's password in {password_file} is not the one its user store "
-                                  "holds; restore that file, or start a new server folder (--dir)")
-        time.sleep(0.5)
-    server.stop()
-    raise ServerError(f"mlflow server did not answer on {server.url}/health within {timeout:.0f} s; log {log}:\n"
-                      f"{_tail(log)}")
+    server = MlflowServer(cmd, {**os.environ, **(env or {}), **(auth or {})}, f"http://{local}:{port}", log,
+                          password_file)
+    server.start(timeout)
+    return server
 
 
 def http_status(url: str, user: tuple[str, str] | None = None, timeout: float = 5.0) -> int | None:

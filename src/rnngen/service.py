@@ -228,3 +228,4 @@ def signature() -> Any:
     specs = [ParamSpec(name, kind, default, shape=(-1,) if isinstance(default, list) else None)
              for name, (kind, default) in PARAMS.items()]
     return ModelSignature(inputs=None, params=ParamSchema(specs))
+
