@@ -7,15 +7,15 @@ tree) over a soak.
     python bench/serve_load.py --model-uri models:/rnngen@champion --workers 2 --threads 1 --soak 0
     python bench/serve_load.py --url http://127.0.0.1:5001 --levels 16 --seconds 60   # a server already running
 
-With ``--model-uri`` the server is started here as ``rnngen serve`` (``make serve``) starts it,
-its settings (``--workers``, ``--threads`` torch threads per worker, ``--timeout``) by default
-``rnngen serve``'s, on a free loopback port, and stopped at
-the end. The mix, each client drawing its next request at random (seeded): ``score`` of 1 and of
-32 images, ``sample`` of 4 images, ``inpaint`` of 1 image with ``effort`` 8 (the centre square).
-A failure is any answer but 200, a connection error or a client timeout (``--client-timeout``).
-Every level runs ``--seconds``; the soak (``--soak`` seconds at the last level) samples the
-server's RSS every 10 s and reports its growth between minute 2 and the end. State the load
-(printed first) with the figures: the clients share the server's 2 cores.
+With ``--model-uri`` the server is started here as ``rnngen serve`` (``make serve``) starts it, with
+its settings by default (``--workers``, ``--threads`` torch threads per worker, ``--timeout``), on a
+free loopback port, and stopped at the end. The mix, each client drawing its next request at random
+(seeded): ``score`` of 1 and of 32 images, ``sample`` of 4 images, ``inpaint`` of 1 image with
+``effort`` 8 (the centre square). A failure is any answer but 200, a connection error or a client
+timeout (``--client-timeout``). After 10 s of warm-up (4 clients, not counted), every level runs
+``--seconds``; the soak (``--soak`` seconds at the last level) samples the server's RSS every 10 s
+and reports its growth between minute 2 and the end. State the load (printed first) with the
+figures: the clients share the server's 2 cores.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import os
 import random
 import statistics
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -113,17 +114,19 @@ def served(model_uri: str, workers: int, threads: int, timeout: int) -> Iterator
     port = free_port()
     cmd, extra = serving.serve_command(model_uri, "127.0.0.1", port, workers, threads, timeout)
     env = {**os.environ, **extra}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    log = tempfile.NamedTemporaryFile(prefix="serve_load.", suffix=".log", delete=False)
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 180
         while http_status(f"{url}/ping") != 200:
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"the server did not start: {' '.join(cmd)}")
+                raise SystemExit(f"the server did not start: {' '.join(cmd)}; its log: {log.name}")
             time.sleep(1)
         yield url, proc.pid
     finally:
-        os.killpg(proc.pid, 15)
+        if proc.poll() is None:
+            os.killpg(proc.pid, 15)
         proc.wait(timeout=60)
 
 
@@ -166,6 +169,7 @@ def main() -> None:
     print(f"load average {os.getloadavg()[0]:.2f} (1 min), {os.cpu_count()} cores")
 
     def measure(url: str, pid: int | None) -> None:
+        run_level(url, 4, 10, args.client_timeout, seed=0)  # warm-up: every worker loads its kernels
         for level in args.levels:
             table(level, args.seconds, run_level(url, level, args.seconds, args.client_timeout, seed=level))
         if args.soak > 0:

@@ -79,7 +79,7 @@ def save_png(path: Path, pixels: np.ndarray, mode: str = "L") -> Path:
 def test_help_on_every_command(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run_main(["--help"], capsys)
     assert code == 0 and all(c in out for c in ("sample", "inpaint", "evaluate", "promote", "info"))
-    for command in ("sample", "inpaint", "interpolate", "evaluate", "promote", "info"):
+    for command in ("sample", "inpaint", "interpolate", "evaluate", "promote", "info", "serve"):
         code, out, _ = run_main([command, "--help"], capsys)
         assert code == 0
         assert "examples:" in out and f"rnngen {command}" in out.split("examples:")[1]
@@ -281,3 +281,18 @@ def test_bad_input_gets_a_clear_error_and_writes_nothing(env: dict[str, Any], tm
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
         code, _, err = run_main(["info"], capsys)
         assert code == 2 and "no MLflow store at" in err and not (tmp_path / "mlflow.db").exists()
+
+
+def test_serve_takes_a_registered_model_and_the_measured_settings(capsys: pytest.CaptureFixture[str]) -> None:
+    """A checkpoint file cannot be served: refused with a sentence before anything starts. The
+    command it runs is mlflow's, with the settings of rnngen.serving (the workers run in the e2e tier)."""
+    from rnngen import serving
+
+    assert cli.main(["serve", "--model", "models/model.pt"]) == 2
+    assert "serve takes a registered model" in capsys.readouterr().err
+    cmd, env = serving.serve_command("models:/rnngen/3", port=5002, workers=3, threads=2, timeout_s=30)
+    assert cmd[1:] == ["models", "serve", "-m", "models:/rnngen/3", "--env-manager", "local", "--host", "127.0.0.1",
+                       "--port", "5002", "--workers", "3", "--timeout", "30"]
+    assert Path(cmd[0]).name == "mlflow" and env["OMP_NUM_THREADS"] == "2"
+    assert env["MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT"] == "30"
+    assert env["PATH"].split(":")[0] == str(Path(sys.executable).parent)  # MLflow starts uvicorn by name

@@ -147,12 +147,14 @@ def test_a_full_disk_stops_training_with_a_sentence_and_the_rerun_finishes(tmp_p
     assert "error: could not write" in said and "checkpoints/train.pt" in said and "Traceback" not in said, said
     assert ckpt_file.read_bytes() == before and ckpt.load(ckpt_file)["epoch"] == epoch
     assert [p.name for p in ckpt_file.parent.iterdir()] == ["train.pt"]  # no temporary file left
+    client = MlflowClient(f"sqlite:///{repo.resolve() / 'mlflow.db'}")
+    run_id = ckpt.load(ckpt_file)["mlflow_run_id"]
+    assert client.get_run(run_id).info.status == "FAILED"  # not left looking finished, nor running
 
     again = run([str(BIN / "dvc"), "repro"], repo)
     assert f"resuming checkpoint checkpoints/train.pt after epoch {epoch}" in again.stdout
     record = json.loads((repo / "models/run.json").read_text())
-    client = MlflowClient(f"sqlite:///{repo.resolve() / 'mlflow.db'}")
-    assert client.get_run(record["run_id"]).info.status == "FINISHED"
+    assert record["run_id"] == run_id and client.get_run(run_id).info.status == "FINISHED"
     history = client.get_metric_history(record["run_id"], "val_loss")
     assert sorted({m.step for m in history}) == list(range(1, 7))
     for step in range(1, 7):  # an epoch logged before the failed write is logged again, with the same value

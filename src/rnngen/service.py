@@ -50,8 +50,8 @@ MAX_IMAGES = 256
 MAX_SAMPLES = 64
 #: sampler work per image per inpaint request
 MAX_EFFORT = 64
-#: images x effort per inpaint request: about 20 s for PixelRNN on 2 CPU cores, inside the
-#: scoring server's 60 s request timeout (MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT)
+#: images x effort per inpaint request: 22.5 s for the default PixelRNN on one serving worker's
+#: thread (docs/serving.md), a third of the scoring server's 60 s request timeout
 MAX_WORK = 4096
 #: the params a request may carry, with their defaults (types as MLflow's ParamSpec names them)
 PARAMS: dict[str, tuple[str, Any]] = {

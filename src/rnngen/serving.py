@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -16,8 +17,11 @@ WORKERS, THREADS, TIMEOUT_S = 2, 1, 60
 
 def serve_command(model_uri: str, host: str = "127.0.0.1", port: int = 5001, workers: int = WORKERS,
                   threads: int = THREADS, timeout_s: int = TIMEOUT_S) -> tuple[list[str], dict[str, str]]:
-    """``mlflow models serve`` of ``model_uri`` with these settings: (command, environment to add)."""
-    mlflow = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or shutil.which("mlflow") or "mlflow"
+    """``mlflow models serve`` of ``model_uri`` with these settings: (command, environment to add).
+    The environment puts this Python's scripts first on PATH: MLflow starts ``uvicorn`` by name."""
+    scripts = str(Path(sys.executable).parent)
+    mlflow = shutil.which("mlflow", path=scripts) or shutil.which("mlflow") or "mlflow"
     cmd = [mlflow, "models", "serve", "-m", model_uri, "--env-manager", "local", "--host", host,
            "--port", str(port), "--workers", str(workers), "--timeout", str(timeout_s)]
-    return cmd, {"OMP_NUM_THREADS": str(threads), "MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT": str(timeout_s)}
+    return cmd, {"OMP_NUM_THREADS": str(threads), "MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT": str(timeout_s),
+                 "PATH": os.pathsep.join([scripts, os.environ.get("PATH", "")])}

@@ -9,8 +9,10 @@ and queued again by Optuna itself (``RetryHeartbeatStaleTrialCallback``).
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -19,6 +21,7 @@ from typing import Any
 
 from rnngen.config import ConfigError
 from rnngen.credentials import redact_url
+from rnngen.errors import UserError
 from rnngen.tuning.space import TuneConfig
 
 STORAGE_ENV = "RNNGEN_OPTUNA_STORAGE"
@@ -28,6 +31,44 @@ MAX_RETRIES = 2
 
 #: ``(study, dead trial)``: what to do with a trial Optuna's heartbeat found silent
 StaleCallback = Callable[[Any, Any], None]
+#: seconds a worker waits for its database to answer again (a restart) before the stage stops
+DATABASE_BACK_S = 120
+
+
+class DatabaseGoneError(UserError):
+    """The study's database stopped answering for longer than :data:`DATABASE_BACK_S`."""
+
+
+def lost_database(exc: BaseException) -> bool:
+    """Whether ``exc``, or an error it came from, is the database connection failing (a server
+    restart, a dropped link), which waiting can cure, rather than a bad query."""
+    from sqlalchemy.exc import InterfaceError, OperationalError
+
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, (OperationalError, InterfaceError)):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+@functools.cache
+def _rdb_storage() -> type:
+    import optuna
+
+    class RDBStorage(optuna.storages.RDBStorage):
+        """Optuna's, with a heartbeat that outlives a database restart: a beat that finds no
+        database is skipped and the next one tries again (Optuna's thread would end, and the
+        trial would turn stale while its worker trains on)."""
+
+        def record_heartbeat(self, trial_id: int) -> None:
+            try:
+                super().record_heartbeat(trial_id)
+            except Exception as exc:
+                if not lost_database(exc):
+                    raise
+
+    return RDBStorage
 
 
 @dataclass(frozen=True)
@@ -60,6 +101,7 @@ class StudyStorage:
         engine: dict[str, Any] = {}
         if self.url.startswith(("postgresql", "mysql")):
             engine["connect_args"] = {"connect_timeout": 10}  # fail fast on a dead host
+            engine["pool_pre_ping"] = True  # a server restart cuts pooled connections: test each before use
         heartbeat: dict[str, Any] = {}
         if self.heartbeat_s:
             heartbeat = {"heartbeat_interval": max(1, round(self.heartbeat_s)),
@@ -70,7 +112,29 @@ class StudyStorage:
         lock = self._advisory_lock("optuna-schema") if self.url.startswith("postgresql") else contextlib.nullcontext()
         with lock, warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat_interval
-            return optuna.storages.RDBStorage(self.url, engine_kwargs=engine, **heartbeat)
+            return _rdb_storage()(self.url, engine_kwargs=engine, **heartbeat)
+
+    def wait_for_database(self, timeout: float = DATABASE_BACK_S) -> None:
+        """Return once the database answers again; :class:`DatabaseGoneError` after ``timeout`` s."""
+        import sqlalchemy
+        from sqlalchemy.pool import NullPool
+
+        engine = sqlalchemy.create_engine(self.url, poolclass=NullPool, connect_args={"connect_timeout": 5})
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                try:
+                    with engine.connect() as conn:
+                        conn.execute(sqlalchemy.text("SELECT 1"))
+                    return
+                except sqlalchemy.exc.OperationalError:
+                    if time.monotonic() > deadline:
+                        raise DatabaseGoneError(f"the study's database {self.describe()} has not answered for "
+                                                f"{timeout:.0f} s; once it is back, rerun the tune stage: the "
+                                                "finished trials are kept") from None
+                    time.sleep(1)
+        finally:
+            engine.dispose()
 
     @contextlib.contextmanager
     def budget_lock(self, study: str) -> Iterator[None]:

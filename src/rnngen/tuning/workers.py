@@ -31,7 +31,7 @@ import torch
 
 from rnngen import tracking
 from rnngen.parent_watch import exit_when_parent_dies
-from rnngen.tuning.storage import MAX_RETRIES
+from rnngen.tuning.storage import MAX_RETRIES, lost_database
 from rnngen.tuning.trials import UNTUNED_ATTR, SearchContext, describe, objective
 
 
@@ -97,14 +97,20 @@ def run_trials(ctx: SearchContext, worker: int, *, finish: bool, ready: Any = No
     if ready is not None:
         ready.set()
     while True:
-        with contextlib.ExitStack() as lock:
-            lock.enter_context(ctx.storage.budget_lock(ctx.study_name))
-            recover_orphans(study, ctx)
-            used, running = budget_used(study.get_trials(deepcopy=False))
-            spent = ctx.over_budget()
-            if used < ctx.cfg.n_trials and not spent:
-                _run_one(study, ctx, worker, images, release=lock.close)
-                continue
+        try:
+            with contextlib.ExitStack() as lock:
+                lock.enter_context(ctx.storage.budget_lock(ctx.study_name))
+                recover_orphans(study, ctx)
+                used, running = budget_used(study.get_trials(deepcopy=False))
+                spent = ctx.over_budget()
+                if used < ctx.cfg.n_trials and not spent:
+                    _run_one(study, ctx, worker, images, release=lock.close)
+                    continue
+        except Exception as exc:  # the database restarted between trials: wait for it, go on
+            if not lost_database(exc):
+                raise
+            ctx.storage.wait_for_database()
+            continue
         if spent and worker == 0 and not running:
             print(f"tune: tune.budget_s ({ctx.cfg.budget_s:g} s) spent after {used} trial(s): no more trials",
                   flush=True)
@@ -140,6 +146,16 @@ def _run_one(study: Any, ctx: SearchContext, worker: int, images: Any,
         if not started or _frozen(study, started[0].number).state == optuna.trial.TrialState.RUNNING:
             raise
         print(f"trial {started[0].number}: already failed as stale by another worker and retried")
+    except Exception as exc:
+        if not lost_database(exc):
+            raise
+        # the database went away mid-trial (a restart): once it is back, the trial is a dead
+        # worker's, failed and queued again with its values, unless it was recorded finished
+        ctx.storage.wait_for_database()
+        trial = _frozen(study, started[0].number) if started else None
+        if trial is not None and trial.state == optuna.trial.TrialState.RUNNING:
+            study.tell(trial.number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
+            requeue(study, trial, "lost the study's database mid-trial")
 
 
 def _printer(worker: int) -> Callable[[Any, Any], None]:
