@@ -6,8 +6,11 @@ import copy
 import os
 import shutil
 import subprocess
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 import yaml
@@ -160,3 +163,41 @@ def copy_project(dest: Path, params: dict[str, Any] | None = None) -> Path:
     subprocess.run([*git, "add", "-A"], cwd=dest, check=True)
     subprocess.run([*git, "commit", "-qm", "copy"], cwd=dest, check=True)
     return dest
+
+
+@pytest.fixture(scope="module")
+def team() -> Iterator[tuple[Any, Any, Path]]:
+    """A team's servers for the module: PostgreSQL (Debian's, a fresh cluster in a temporary
+    folder on a free loopback port) and ``mlflow server`` on it with authentication, both
+    started by :func:`rnngen.server.team_servers` as ``rnngen server`` starts them; this
+    process's MLflow and Optuna clients point at them."""
+    from rnngen import postgres, server
+
+    if postgres.postgres_bin("initdb") is None:
+        pytest.skip("the PostgreSQL server is not installed (apt-get install postgresql; .ci/run installs it)")
+    pytest.importorskip("psycopg2", reason="the PostgreSQL driver: pip install -e '.[server]'")
+    # Not under pytest's tmp_path: as root the cluster runs as the postgres user, who cannot
+    # enter pytest's 0700 folders.
+    folder = Path(tempfile.mkdtemp(prefix="rnngen-team-"))
+    folder.chmod(0o755)
+    try:
+        with server.team_servers(folder, server.free_port(), server.free_port()) as (pg, ml):
+            # this process's MLflow and Optuna clients read the credentials from the environment
+            with mock.patch.dict(os.environ, {**pg.client_env(), **ml.client_env()}):
+                yield pg, ml, folder
+        assert not (pg.data / "postmaster.pid").exists(), "PostgreSQL was not stopped"
+        assert ml.process.poll() is not None, "mlflow server was not stopped"
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def team_env(pg: Any, ml: Any) -> dict[str, str]:
+    return {**pg.client_env(), **ml.client_env(), "RNNGEN_OPTUNA_STORAGE": pg.url("optuna")}
+
+
+def study_trials(url: str) -> list:
+    """Every trial, in any state, of the studies in the Optuna database ``url``."""
+    import optuna
+
+    names = optuna.study.get_all_study_names(url)
+    return [t for name in names for t in optuna.load_study(study_name=name, storage=url).get_trials()]
