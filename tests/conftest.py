@@ -199,5 +199,9 @@ def study_trials(url: str) -> list:
     """Every trial, in any state, of the studies in the Optuna database ``url``."""
     import optuna
 
-    names = optuna.study.get_all_study_names(url)
-    return [t for name in names for t in optuna.load_study(study_name=name, storage=url).get_trials()]
+    storage = optuna.storages.RDBStorage(url)
+    try:
+        names = optuna.study.get_all_study_names(storage)
+        return [t for name in names for t in optuna.load_study(study_name=name, storage=storage).get_trials()]
+    finally:
+        storage.engine.dispose()  # its pooled connections, now: PostgreSQL allows 100

@@ -12,7 +12,6 @@ import glob
 import os
 import shutil
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -117,13 +116,6 @@ class Postgres:
             raise ServerError("the PostgreSQL driver is missing: pip install -e '.[server]'") from exc
         return psycopg2.connect(host="127.0.0.1", port=self.port, user=user or self.user, dbname=database,
                                 passfile=str(credentials.check_private(self.passfile)), connect_timeout=10)
-
-    def restart(self, down_s: float = 0.0) -> None:
-        """Stop the server (fast: open connections are cut), wait ``down_s`` seconds, start it
-        again (loopback, same port and cluster)."""
-        self.stop()
-        time.sleep(down_s)
-        start_postgres(self.folder, self.port, secrets=self.secrets)
 
     def stop(self) -> None:
         pg_ctl = postgres_bin("pg_ctl")
