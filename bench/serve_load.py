@@ -61,12 +61,12 @@ class Results:
 
 
 def client(url: str, seed: int, until: float, results: Results, timeout: float) -> None:
-    pick, session = random.Random(seed), requests.Session()
+    pick, connection = random.Random(seed), requests.Session()
     while time.monotonic() < until:
         task = pick.choice(list(MIX))
         start = time.perf_counter()
         try:
-            answer = session.post(f"{url}/invocations", json=MIX[task], timeout=timeout)
+            answer = connection.post(f"{url}/invocations", json=MIX[task], timeout=timeout)
             failure = None if answer.status_code == 200 else f"HTTP {answer.status_code}: {answer.text[:200]}"
         except requests.RequestException as exc:
             failure = type(exc).__name__
