@@ -1,5 +1,5 @@
-"""Faults in team mode, with their invariant: the tracking server stopped in the middle of a
-training run. The servers are
+"""Faults in team mode, each with its invariant: PostgreSQL restarted in the middle of a shared
+tuning study, and the tracking server stopped in the middle of a training run. The servers are
 the real ones of :mod:`rnngen.server` (conftest's ``team``: this module gets servers of its own,
 so its tests run beside ``test_team_server.py``'s)."""
 
@@ -9,15 +9,75 @@ import contextlib
 import json
 import os
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from conftest import copy_project, team_env, tiny_params
-from rnngen import server
+from conftest import ROOT, copy_project, study_trials, team_env, tiny_params
+from rnngen import postgres, server, tuning
+from rnngen.tuning import workers
 from test_pipeline import BIN
 
 pytestmark = pytest.mark.e2e
+
+
+def trial_states(pg: server.Postgres, database: str) -> dict[str, int]:
+    """How many of the study's trials are in each state, read with plain SQL on one short
+    connection (an Optuna storage would open a pool of them)."""
+    with contextlib.closing(pg.connect(database)) as conn, conn.cursor() as cur:
+        cur.execute("SELECT to_regclass('trials') IS NOT NULL")
+        if not cur.fetchone()[0]:
+            return {}
+        cur.execute("SELECT state::text, count(*) FROM trials GROUP BY state")
+        return dict(cur.fetchall())
+
+
+def test_postgresql_restarted_mid_study_loses_and_doubles_no_trial(
+    team: tuple[server.Postgres, server.MlflowServer, Path], tmp_path: Path, split_dir: Path
+) -> None:
+    """Two tune workers share a study on PostgreSQL; once a trial has finished and another is
+    running, PostgreSQL stops (fast: every open connection is cut) and starts again 5 s later.
+    The study still ends with exactly the asked 6 trials counted, none lost or counted twice, and
+    the stage's winner is the best of those trials."""
+    import yaml
+
+    pg, ml, _ = team
+    postgres.create_databases(pg, ("optuna_restart",))
+    url = pg.url("optuna_restart")
+    params = tiny_params(**{"tune.n_trials": 6, "tune.workers": 2, "tune.threads": 1, "tune.pruner": "none",
+                            "tune.hidden": [8, 16], "tune.epochs": 3, "tune.train_images": 0, "tune.heartbeat_s": 1,
+                            "tune.stale_after_s": 10, "tracking.experiment": "restart"})
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {**os.environ, **team_env(pg, ml), "RNNGEN_OPTUNA_STORAGE": url, "PYTHONPATH": str(ROOT / "src")}
+    proc = subprocess.Popen([sys.executable, str(ROOT / "pipeline/tune.py"), "--params", str(tmp_path / "params.yaml"),
+                             "--split", str(split_dir), "--study-dir", str(tmp_path / "study"),
+                             "--out", str(tmp_path / "best.json")],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline, states = time.monotonic() + 300, {}
+    while proc.poll() is None and time.monotonic() < deadline and not (states.get("COMPLETE")
+                                                                        and states.get("RUNNING")):
+        time.sleep(0.2)
+        states = trial_states(pg, "optuna_restart")
+    assert proc.poll() is None, f"the study ended before PostgreSQL could be restarted:\n{proc.communicate()[0]}"
+    pg.stop()
+    time.sleep(5)  # heartbeats every second: some meet no database
+    postgres.start_postgres(pg.folder, pg.port, databases=(), secrets=pg.secrets)
+    out = proc.communicate(timeout=600)[0]
+    assert proc.returncode == 0, f"{out[-6000:]}\nPostgreSQL's log:\n{pg.log.read_text()[-3000:]}"
+
+    trials = study_trials(url)
+    assert tuning.budget_used(trials) == (6, 0), [(t.number, t.state.name) for t in trials]
+    complete = [t for t in trials if t.state.name == "COMPLETE"]
+    assert len(complete) == 6  # no trial lost: every counted one finished
+    # a trial cut off by the restart failed and ran again, with the values it had drawn (none, if
+    # the cut came before its first draw reached the database)
+    failed = [t for t in trials if t.state.name == "FAIL"]
+    assert {t.number for t in failed} <= workers.retried(trials), [(t.number, t.state.name) for t in trials]
+    assert all(any(c.params == f.params for c in complete) for f in failed if f.params)
+    result = json.loads((tmp_path / "best.json").read_text())
+    assert result["best_trial"] == min(complete, key=lambda t: t.value).number
 
 
 def test_the_tracking_server_stopped_mid_training_loses_and_doubles_nothing(
@@ -28,8 +88,6 @@ def test_the_tracking_server_stopped_mid_training_loses_and_doubles_nothing(
     backoff (MLFLOW_HTTP_REQUEST_MAX_RETRIES), so training waits and goes on: every epoch logged
     exactly once, the run FINISHED, and the weights and curves equal those of the same run never
     interrupted (run beside it)."""
-    import time
-
     import torch
     from mlflow import MlflowClient
 

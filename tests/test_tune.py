@@ -351,6 +351,33 @@ def test_orphaned_means_its_process_is_gone() -> None:
     assert is_orphaned(running(None, now - 61), now, 60)  # died before recording its worker
 
 
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # ask, not optimize
+def test_a_trial_cut_off_before_its_objective_is_retried_on_a_database(tmp_path: Path) -> None:
+    """On an RDB storage a trial created just before the database went away has no worker and no
+    heartbeat, so Optuna's stale check never sees it: it is failed and queued again once it is
+    older than stale_after_s. A trial that recorded its worker is left to its heartbeat."""
+    import types
+
+    import optuna
+
+    from rnngen.tuning.storage import StudyStorage
+    from rnngen.tuning.workers import recover_orphans, retried
+
+    storage = StudyStorage(url=f"sqlite:///{tmp_path / 'study.db'}", heartbeat_s=1, stale_after_s=0.2)
+    study = optuna.create_study(study_name="s", storage=storage.connect())
+    cut = study.ask({"lr": optuna.distributions.FloatDistribution(1e-4, 1e-2)})
+    alive = study.ask()
+    alive.set_user_attr("worker", "elsewhere:1")
+    study._storage.record_heartbeat(alive._trial_id)
+    time.sleep(0.3)
+    recover_orphans(study, types.SimpleNamespace(storage=storage, cfg=types.SimpleNamespace(stale_after_s=0.2)))
+    trials = {t.number: t for t in study.get_trials()}
+    assert trials[cut.number].state.name == "FAIL" and retried(list(trials.values())) == {cut.number}
+    assert trials[alive.number].state.name == "RUNNING"
+    queued = [t for t in trials.values() if t.state.name == "WAITING"]
+    assert [t.system_attrs["fixed_params"] for t in queued] == [trials[cut.number].params]  # the same values
+
+
 def test_a_trial_holds_its_values_from_the_moment_it_is_asked() -> None:
     """No window between ask and suggest: a worker killed right after ``ask`` leaves a trial
     whose retry (enqueued with its params) trains the same configuration."""

@@ -9,7 +9,8 @@ counts a dead worker's trial and its retry twice; so a worker counts under the s
 lock (:meth:`StudyStorage.budget_lock`) and holds it until ``optimize`` has created the trial.
 
 Crashed workers. On an RDB storage Optuna fails a trial whose heartbeat went silent for
-``tune.stale_after_s`` and :func:`retry_stale` queues it again. The journal file has no
+``tune.stale_after_s`` and :func:`retry_stale` queues it again; a trial that never started its
+objective (no heartbeat at all) is failed once it is that old. The journal file has no
 heartbeat (Optuna 5): there every worker records ``host:pid`` on its trial, and a running trial
 whose process is gone (this host; the parent reaps its dead children first) is failed and queued
 again with its values. A rerun after a killed stage does the same, so the search continues.
@@ -213,23 +214,25 @@ def retried(trials: list[Any]) -> set[int]:
 
 
 def recover_orphans(study: Any, ctx: SearchContext) -> None:
-    """Fail the running trials whose worker is gone and queue each again: Optuna's heartbeat
-    check on an RDB storage, the worker's process on the journal."""
+    """Fail the running trials whose worker is gone and queue each again: on an RDB storage
+    Optuna's heartbeat check, and a trial that never reached its objective (a database restart
+    between creating it and starting it leaves it with no worker and no heartbeat to go silent);
+    on the journal, the worker's process."""
     import optuna
-
-    if not ctx.storage.journal:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            optuna.storages.fail_stale_trials(study)  # calls retry_stale for each
-        return
     from optuna.exceptions import UpdateFinishedTrialError
     from optuna.trial import TrialState
 
-    mp.active_children()  # reap this process's dead workers, so that their pids are gone
+    rdb = not ctx.storage.journal
+    if rdb:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)  # calls retry_stale for each
+    else:
+        mp.active_children()  # reap this process's dead workers, so that their pids are gone
     now = time.time()
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if not is_orphaned(t, now, ctx.cfg.stale_after_s):
-            continue
+        if (rdb and "worker" in t.user_attrs) or not is_orphaned(t, now, ctx.cfg.stale_after_s):
+            continue  # on an RDB a trial that recorded its worker has a heartbeat
         try:
             study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
         except UpdateFinishedTrialError:
