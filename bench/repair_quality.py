@@ -1,6 +1,9 @@
 """Repair quality per second: for a trained model, each mask and each sampler effort, the judge's
-accuracy on the completed test images (and on the masked and original ones), the error on the
-hidden pixels and the seconds the sampler took, as the evaluate stage scores them.
+accuracy on the completed test images (and on the masked and original ones), the hole's negative
+log-likelihood -log p(hidden | observed) in nats (exact for a model trained to repair, else an
+estimate: the column says which), the error on the hidden pixels and the seconds, as the
+evaluate stage scores them. The masks: the evaluate stage's three, and holes drawn at random per
+image (``rectangle`` of any size and place, free-form ``strokes``).
 
     python bench/repair_quality.py --model models --efforts 1,8,32
     python bench/repair_quality.py --model models:/rnngen@champion --masks centre_square --efforts 32,64
@@ -27,7 +30,7 @@ import torch
 from rnngen import registry
 from rnngen.classifier import accuracy, as_judged, load_classifier
 from rnngen.data import binarized_test_set, load_split
-from rnngen.inpaint import MASKS, inpaint, inpainting_metrics, make_mask
+from rnngen.inpaint import DRAWN_MASKS, MASKS, inpaint, inpainting_metrics, make_mask
 
 
 def best_of(model: torch.nn.Module, judge: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, kind: str,
@@ -54,7 +57,7 @@ def main() -> None:
     parser.add_argument("--split", type=Path, default=Path("data/split"))
     parser.add_argument("--classifier", type=Path, default=Path("classifier/classifier.pt"))
     parser.add_argument("--images", type=int, default=200, help="test images per mask (evaluate.inpaint_images)")
-    parser.add_argument("--masks", default=",".join(MASKS))
+    parser.add_argument("--masks", default=",".join(MASKS | DRAWN_MASKS))
     parser.add_argument("--efforts", default="1,8,32", help="sampler efforts to compare")
     parser.add_argument("--samplers", default="complete", help="model methods to compare (latent models)")
     parser.add_argument("--seed", type=int, default=0)
@@ -68,7 +71,9 @@ def main() -> None:
     x = binarized_test_set(x_test, loaded.binarization, args.seed)[: args.images]
     y = y_test[: args.images]
     print(f"{loaded.source}: {loaded.model.name}, {len(x)} test images, {torch.get_num_threads()} threads")
-    print("sampler                  mask            effort  completed  masked  original  mse_missing  seconds")
+    kind_of_nll = "exact" if loaded.model.exact_hole_nll else "estimate"
+    print(f"sampler                  mask            effort  completed  masked  original  hole_nll ({kind_of_nll})  "
+          "mse_missing  seconds")
     model, complete = loaded.model, loaded.model.complete
     for sampler in args.samplers.split(","):
         model.complete = complete if sampler == "complete" else getattr(model, sampler)  # what inpaint() calls
@@ -77,8 +82,9 @@ def main() -> None:
                 start = time.perf_counter()
                 m = inpainting_metrics(model, judge, x, y, kind, effort, args.seed)
                 seconds = time.perf_counter() - start
+                hole = f"{m['hole_nll']:18.2f}" if "hole_nll" in m else f"{'-':>18s}"
                 print(f"{sampler:24s} {kind:15s} {effort:6d}  {m['accuracy_completed']:9.3f}  "
-                      f"{m['accuracy_masked']:6.3f}  {m['accuracy_original']:8.3f}  {m['mse_missing']:11.4f}  "
+                      f"{m['accuracy_masked']:6.3f}  {m['accuracy_original']:8.3f}  {hole}  {m['mse_missing']:11.4f}  "
                       f"{seconds:7.1f}", flush=True)
     model.complete = complete
     for kind in args.masks.split(",") if args.best_of else []:

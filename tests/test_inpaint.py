@@ -99,7 +99,7 @@ def test_inpainting_metrics_are_deterministic_and_bounded() -> None:
 def test_a_binary_completion_draws_from_the_same_chain(name: str) -> None:
     model, x = tiny_model(name), images(4)
     mask = make_mask("centre_square", 4)
-    drawn, means = inpaint(model, x, mask, effort=3, generator=torch.Generator().manual_seed(0))
+    drawn, means, _ = inpaint(model, x, mask, effort=3, generator=torch.Generator().manual_seed(0))
     assert torch.equal(drawn[~mask], x[~mask]) and ((drawn == 0) | (drawn == 1)).all()
     assert not ((means[mask] == 0) | (means[mask] == 1)).all()
     # the same chain: the drawn pixels follow the means (pixels near 0 or 1 are drawn so)

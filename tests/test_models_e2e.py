@@ -22,7 +22,7 @@ import torch
 
 from conftest import copy_project, tiny_params
 from rnngen import cli
-from rnngen.inpaint import make_mask
+from rnngen.inpaint import MASKS, make_mask
 from rnngen.models import MODELS
 from rnngen.models.latent import LatentModel
 from test_pipeline import BIN, run, stages_run
@@ -79,8 +79,10 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return copy_project(tmp_path_factory.mktemp("models"), tiny_params())
 
 
-#: every model conditional, with PixelRNN's other variant (the default is test_pipeline's) and the GAN's other loss
-RUNS = [(name, {"pixelrnn": ["model.pixelrnn.variant=row_lstm"], "dcgan": ["model.dcgan.loss=wgan_gp"]}.get(name, []))
+#: every model conditional, with PixelRNN's other variant (the default is test_pipeline's) trained to repair, and
+#: the GAN's other loss
+RUNS = [(name, {"pixelrnn": ["model.pixelrnn.variant=row_lstm", "model.pixelrnn.repair=true"],
+                "dcgan": ["model.dcgan.loss=wgan_gp"]}.get(name, []))
         for name in MODELS]
 
 
@@ -100,7 +102,9 @@ def test_model_through_dvc_the_registry_the_cli_and_the_served_model(project: Pa
     assert 0 <= metrics["test_asked_accuracy"] <= 1
     if likelihood:
         assert 0 < metrics["test_nll_iwae"] <= metrics["test_nll_elbo"]
-    else:  # absent, not 0 or NaN
+    if name == "pixelrnn":  # trained to repair: the hole's NLL, exact, for every mask
+        assert all(0 < metrics[f"test_hole_nll_{kind}"] < 784 * 0.7 for kind in MASKS)
+    if not likelihood:  # absent, not 0 or NaN
         assert metrics["likelihood"].startswith("none") and not any("nll" in k or "bpd" in k for k in metrics)
     uri = f"models:/rnngen/{record['model_version']}"
     check_commands(project, name, uri, metrics, rnngen)

@@ -152,7 +152,7 @@ def test_completion_keeps_observed_pixels_and_bottom_half_is_exact(variant: str)
     x = torch.bernoulli(torch.full((6, 1, 4, 5), 0.5, dtype=torch.float64))
     for mask in (torch.zeros_like(x, dtype=torch.bool).index_fill_(2, torch.tensor([2, 3]), True),
                  torch.rand(x.shape) < 0.5):
-        drawn, means = model.complete(x, mask, 3, generator=torch.Generator().manual_seed(0))
+        drawn, means, _ = model.complete(x, mask, 3, generator=torch.Generator().manual_seed(0))
         assert torch.equal(drawn[~mask], x[~mask]) and torch.equal(means[~mask], x[~mask])
         assert ((drawn == 0) | (drawn == 1)).all() and ((means >= 0) & (means <= 1)).all()
     # bottom half: every observed pixel precedes every hidden one, so the completion is drawn
@@ -176,7 +176,7 @@ def test_binary_samples_and_completions_are_the_drawn_path(variant: str) -> None
     x = torch.bernoulli(torch.full((5, 1, 28, 28), 0.5, dtype=torch.float64))
     mask = torch.zeros_like(x, dtype=torch.bool)
     mask[:, :, 20:] = True
-    b, p = model.complete(x, mask, 1, torch.Generator().manual_seed(4))
+    b, p, _ = model.complete(x, mask, 1, torch.Generator().manual_seed(4))
     assert torch.equal(b[~mask], x[~mask]) and ((b == 0) | (b == 1)).all()
     assert torch.allclose(p[mask], torch.sigmoid(model.logits(b))[mask], atol=1e-9)
 
@@ -300,7 +300,7 @@ def test_particle_completion_draws_from_the_posterior(variant: str) -> None:
     assert tv(posterior, ancestral) > 0.1  # the test can tell them apart
     n, weights = 10_000, 2 ** torch.arange(5, -1, -1, dtype=torch.float64)
     for particles, expected in ((1, ancestral), (32, posterior)):
-        drawn, _ = model.complete(x.view(1, 1, 2, 3).expand(n, 1, 2, 3), mask.view(1, 1, 2, 3).expand(n, 1, 2, 3),
+        drawn, _, _ = model.complete(x.view(1, 1, 2, 3).expand(n, 1, 2, 3), mask.view(1, 1, 2, 3).expand(n, 1, 2, 3),
                                   particles, torch.Generator().manual_seed(0))
         freq = torch.bincount((drawn.view(n, 6) * weights).sum(1).long(), minlength=64).double() / n
         assert tv(freq, expected) < 0.04, (particles, tv(freq, expected), tv(posterior, ancestral))

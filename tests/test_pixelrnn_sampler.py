@@ -28,6 +28,13 @@ CASES: list[tuple[dict[str, Any], tuple[int, int], int, dict[str, Any]]] = [
     ({"variant": "row_lstm", "conditional": True}, (6, 5), 4, {"y": True, "mask": "random", "particles": 4}),
     ({"variant": "diagonal_bilstm"}, (6, 5), 4, {"mask": "random", "particles": 4}),
     ({"variant": "diagonal_bilstm", "conditional": True}, (6, 5), 5, {"y": True, "mask": "bottom"}),
+    # trained to repair: every layer's conditioning maps, guided toward the observed pixels or not
+    ({"variant": "row_lstm", "repair": True}, (5, 4), 3, {}),
+    ({"variant": "diagonal_bilstm", "repair": True, "conditional": True, "guidance": 2.0}, (5, 4), 3, {"y": True}),
+    ({"variant": "diagonal_bilstm", "repair": True, "repair_guidance": 1.0}, (6, 5), 4, {"mask": "random"}),
+    ({"variant": "row_lstm", "repair": True, "repair_guidance": 2.0, "conditional": True}, (9, 8), 5,
+     {"y": True, "mask": "random"}),
+    ({"variant": "diagonal_bilstm", "repair": True, "repair_guidance": 1.5}, (7, 6), 4, {"mask": "bottom"}),
 ]
 
 
@@ -74,8 +81,10 @@ def test_the_compiled_sampler_draws_what_the_pytorch_sampler_draws(
     assert ((images == 0) | (images == 1)).all()
     if "mask" in kw:
         assert torch.equal(images[~kw["mask"]], kw["given"][~kw["mask"]])
-    if section.get("guidance", 1) == 1 or "mask" in kw:  # unguided: the model's own conditionals
-        expected = torch.sigmoid(model.logits(images, kw.get("y")) / kw.get("temperature", 1.0))
+    cfg = model.config  # what the draws were guided by: the observed pixels (repair models), or the class
+    guidance = (cfg.repair_guidance if cfg.repair else 1) if "mask" in kw else (cfg.guidance if "y" in kw else 1)
+    if guidance == 1:  # unguided: the model's own conditionals (a repair model's given the observed pixels)
+        expected = torch.sigmoid(model.logits(images, kw.get("y"), kw.get("mask")) / kw.get("temperature", 1.0))
         assert (compiled[1] - expected).abs().max() < 1e-5
 
 

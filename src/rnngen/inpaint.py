@@ -21,7 +21,7 @@ from torch import Tensor
 
 from rnngen import data
 from rnngen.classifier import DigitClassifier, accuracy, as_images, as_judged
-from rnngen.models import GenerativeModel
+from rnngen.models import GenerativeModel, holes
 from rnngen.models.base import Completion
 
 SIDE = 28
@@ -58,11 +58,21 @@ MASKS: dict[str, Callable[[int, torch.Generator | None], Tensor]] = {
 }
 
 
+#: holes of random size and place per image, as people draw them: a rectangle, or free-form
+#: brush strokes (:mod:`rnngen.models.holes`); bench/repair_quality.py scores them beside MASKS
+DRAWN_MASKS: dict[str, Callable[[int, torch.Generator | None], Tensor]] = {
+    "rectangle": lambda n, generator=None: holes.rectangles(n, (SIDE, SIDE), generator),
+    "strokes": lambda n, generator=None: holes.strokes(n, (SIDE, SIDE), generator),
+}
+
+
 def make_mask(kind: str, n: int, generator: torch.Generator | None = None) -> Tensor:
-    """Boolean "missing" mask ``(n, 1, 28, 28)`` of the named kind (True = hidden), on the CPU."""
-    if kind not in MASKS:
-        raise ValueError(f"unknown inpainting mask {kind!r}; choose one of {', '.join(MASKS)}")
-    return MASKS[kind](n, generator)
+    """Boolean "missing" mask ``(n, 1, 28, 28)`` of the named kind (True = hidden), on the CPU:
+    one of :data:`MASKS` or :data:`DRAWN_MASKS`."""
+    kinds = MASKS | DRAWN_MASKS
+    if kind not in kinds:
+        raise ValueError(f"unknown inpainting mask {kind!r}; choose one of {', '.join(kinds)}")
+    return kinds[kind](n, generator)
 
 
 def load_mask(kind_or_file: str, n: int, seed: int) -> Tensor:
@@ -105,7 +115,7 @@ def inpaint(
     x, mask = x.to(model.device), mask.to(model.device)
     done = model.complete(x, mask, effort, generator=generator, y=y)
     # whatever the model returns, observed pixels stay as given
-    return Completion(torch.where(mask, done.drawn, x), torch.where(mask, done.means, x))
+    return Completion(torch.where(mask, done.drawn, x), torch.where(mask, done.means, x), done.hole_nll)
 
 
 def inpainting_metrics(
@@ -121,6 +131,8 @@ def inpainting_metrics(
 ) -> dict[str, float]:
     """Scores of completing images ``x`` (labels ``y``) under mask ``kind``.
 
+    ``hole_nll`` is the mean -log p(hidden | observed) in nats per image (exact or estimated:
+    :meth:`~rnngen.models.GenerativeModel.hole_nll`; absent where the model has neither);
     ``mse_missing`` and ``bce_missing`` (nats) are means per missing pixel of the completion's
     probabilities; ``accuracy_*`` is the classifier's on the completed, the original and the
     masked images (missing pixels set to 0, the background), so completion can be judged
@@ -143,7 +155,9 @@ def inpainting_metrics(
     x_judged = as_judged(classifier, x, seed)
     # one seed, one draw per pixel: a grey x's observed pixels binarize alike in all three
     completed_judged = as_judged(classifier, drawn, seed) if classifier.binary else completed
-    return {
+    holes = [p.hole_nll for p in parts]
+    hole = {} if any(h is None for h in holes) else {"hole_nll": torch.cat(holes).double().mean().item()}
+    return hole | {
         "mse_missing": (sq_err[mask].sum() / n_missing).item(),
         "bce_missing": (bce[mask].sum() / n_missing).item(),
         "accuracy_completed": accuracy(classifier, completed_judged, y),

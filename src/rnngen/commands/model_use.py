@@ -78,7 +78,8 @@ def add_inpaint(sub: Any) -> None:
            help=f"{' | '.join(MASK_KINDS)}, or a 28x28 grayscale PNG whose white pixels are hidden")
     option("--effort", type=positive_int, default=32,
            help="sampler work per image: Gibbs rounds (latent-variable models), particles "
-                "(PixelRNN) (default: %(default)s)")
+                "(PixelRNN; one exact pass, effort unused, for a PixelRNN trained with repair: true) "
+                "(default: %(default)s)")
     option("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     option("--out", type=png_out, default=Path("inpainting.png"), help="PNG to write (default: %(default)s)")
 

@@ -70,10 +70,13 @@ class AdversarialTerms(LossTerms):
 class Completion(NamedTuple):
     """A completed batch, ``(B, 1, H, W)`` each, observed pixels exactly as given in both:
     ``drawn`` has the hidden pixels drawn (binary), ``means`` their Bernoulli means (for
-    pictures and per-pixel errors); ``drawn`` is a draw from those means' path."""
+    pictures and per-pixel errors); ``drawn`` is a draw from those means' path. ``hole_nll``
+    ``(B,)``: -log p(hidden | observed) of the given image, where the sampler yields it
+    (:meth:`GenerativeModel.hole_nll`), else None."""
 
     drawn: Tensor
     means: Tensor
+    hole_nll: Tensor | None = None
 
 
 def bernoulli_nll(logits: Tensor, x: Tensor) -> Tensor:
@@ -271,6 +274,19 @@ class GenerativeModel(nn.Module, ABC):
         if not self.has_likelihood:
             return {}
         return nll_metrics(self, x, k, batch_size, seed, self.exact_likelihood, progress, y)
+
+    @property
+    def exact_hole_nll(self) -> bool:
+        """Whether :meth:`hole_nll` is exact (a model trained to repair) or an estimate."""
+        return False
+
+    def hole_nll(self, x: Tensor, hidden: Tensor, effort: int = 1, generator: torch.Generator | None = None,
+                 y: Tensor | None = None) -> Tensor | None:
+        """``(B,)`` -log p(hidden | observed) of binary ``x`` in nats (``hidden`` True where a
+        pixel is hidden), exact or estimated with ``effort`` units of the sampler
+        (:attr:`exact_hole_nll`); None for a model that has neither (every model but PixelRNN,
+        for now: :meth:`complete` returns it beside the completion where it has it)."""
+        return None
 
     @abstractmethod
     def complete(

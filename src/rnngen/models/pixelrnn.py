@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from rnngen.config import under_minimum
 from rnngen.models.base import Completion, GenerativeModel, LossTerms, SamplingError, bernoulli_nll
+from rnngen.models.holes import training_holes
 from rnngen.models.pixelrnn_layers import DiagonalBiLSTMLayer, RowLSTMLayer
 from rnngen.models.pixelrnn_sampling import Generation
 
@@ -72,11 +73,22 @@ class PixelRNNConfig:
     #: l(x | no label) + s (l(x | y) - l(x | no label)); 1 = exact draws of p(x | y), > 1 truer to
     #: the class and less varied. Completion (repair) and the likelihood never use it
     guidance: float = 1.25
+    #: p(hidden | observed) for any hole, p(x) the case where everything is hidden: the masked
+    #: image and its mask go through a non-causal convolution stack whose maps enter every
+    #: layer's input at every position (the Conditional PixelCNN's spatial conditioning, eq. 5),
+    #: trained on holes of :mod:`rnngen.models.holes` and scored on the hidden pixels only
+    repair: bool = False
+    #: repair models: guidance s toward the observed pixels in a completion, each hidden pixel's
+    #: logit l(x | nothing seen) + s (l(x | observed) - l(x | nothing seen)) (classifier-free
+    #: guidance with the observation as the condition); 1 = exact draws of p(hidden | observed)
+    repair_guidance: float = 2.0
 
     def problems(self) -> list[str]:
         out = under_minimum(self, layers=1, hidden=1, kernel=1, out_hidden=1, classes=1)
         if not self.guidance >= 0:
             out.append(f"guidance: must be >= 0 (0 = the label-free model, 1 = p(x | y)), got {self.guidance}")
+        if not self.repair_guidance >= 0:
+            out.append(f"repair_guidance: must be >= 0 (1 = p(hidden | observed)), got {self.repair_guidance}")
         for name in ("dropout", "label_dropout"):
             if not 0 <= getattr(self, name) < 1:
                 out.append(f"{name}: must be in [0, 1), got {getattr(self, name)}")
@@ -100,6 +112,20 @@ def causal_mask(height: int, width: int, kind: Literal["A", "B"]) -> Tensor:
     return mask
 
 
+def conditioner(hidden: int, channels: int) -> nn.Sequential:
+    """A repair model's non-causal stack from the masked image and its mask (2 channels) to
+    ``channels`` maps (every layer's): 3x3 convolutions dilated 1, 2, 4, 8 (a 31x31 field: every pixel of a hole
+    sees the whole digit around it), then a 1x1 convolution, zero at the start so that training
+    starts from the unconditional network."""
+    stack: list[nn.Module] = [nn.Conv2d(2, hidden, 3, padding=1), nn.ReLU()]
+    for dilation in (2, 4, 8):
+        stack += [nn.Conv2d(hidden, hidden, 3, padding=dilation, dilation=dilation), nn.ReLU()]
+    out = nn.Conv2d(hidden, channels, 1)
+    nn.init.zeros_(out.weight)
+    nn.init.zeros_(out.bias)
+    return nn.Sequential(*stack, out)
+
+
 # ------------------------------------------------------------------------------- model
 
 
@@ -110,7 +136,7 @@ class PixelRNN(GenerativeModel):
     config_cls = PixelRNNConfig
     presets = PRESETS
     exact_likelihood: ClassVar[bool] = True
-    sampling_fields: ClassVar[tuple[str, ...]] = ("guidance",)
+    sampling_fields: ClassVar[tuple[str, ...]] = ("guidance", "repair_guidance")
     legacy_config: ClassVar[dict[str, Any]] = {"label_dropout": 0.0, "guidance": 1.0}
 
     def __init__(self, config: PixelRNNConfig) -> None:
@@ -131,6 +157,18 @@ class PixelRNN(GenerativeModel):
                                              for layer in self.layers)
             for table in self.class_gates:
                 nn.init.zeros_(table.weight)  # starts as the unconditional model
+        if config.repair:
+            self.conditioner = conditioner(config.hidden, config.layers * channels)
+
+    def condition(self, given: Tensor, hidden: Tensor) -> Tensor | None:
+        """Repair models: the maps ``(B, H, W, layers, 2h)`` that the observed pixels of ``given``
+        (where ``hidden`` is False) add to each layer's input; None for the others. The hidden
+        pixels' values are multiplied by zero: nothing of them reaches the maps."""
+        if not self.config.repair:
+            return None
+        seen = (~hidden).to(given.dtype)
+        maps = self.conditioner(torch.cat([given * seen, seen], 1)).permute(0, 2, 3, 1)
+        return maps.unflatten(-1, (len(self.layers), -1))
 
     def gate_biases(self, y: Tensor | None, drop: float = 0.0) -> list[Tensor | None]:
         """Per layer, the gate bias of each image's class: ``(B, 4h)`` (Row LSTM) or
@@ -150,6 +188,9 @@ class PixelRNN(GenerativeModel):
         if settings.get("guidance", 1) != 1 and not self.conditional:
             raise SamplingError("guidance: this model is unconditional, so there is no class to guide toward (train "
                                 "one with model.pixelrnn.conditional: true and label_dropout above 0)")
+        if settings.get("repair_guidance", 1) != 1 and not self.config.repair:
+            raise SamplingError("repair_guidance: this model was not trained to repair (model.pixelrnn.repair: true), "
+                                "so it has no p(x | nothing seen) to guide away from")
         return super().with_sampling(**settings)  # type: ignore[return-value]
 
     # ------------------------------------------------------------------- likelihood
@@ -178,20 +219,43 @@ class PixelRNN(GenerativeModel):
         """Output layers (sec. 3.4) on channels-last maps: ReLU, 1x1, ReLU, 1x1 -> one logit."""
         return self.out2(F.relu(self.out1(F.relu(m))))
 
-    def logits(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+    def logits(self, x: Tensor, y: Tensor | None = None, hidden: Tensor | None = None) -> Tensor:
         """Bernoulli logits of p(x_i = 1 | x_<i) (of p(x_i = 1 | x_<i, y) for a conditional
-        model, labels ``y`` ``(B,)``) for every pixel, ``(B, 1, H, W)``."""
+        model, labels ``y`` ``(B,)``) for every pixel, ``(B, 1, H, W)``; a repair model's are of
+        p(x_i = 1 | x_<i, the pixels of ``x`` outside ``hidden``) (default: everything hidden)."""
         m = self.first_layer(x)  # row-major, channels last from here: (H, B, W, 2h)
+        maps = self.condition(x, torch.ones_like(x, dtype=torch.bool) if hidden is None else hidden)
+        maps = [None] * len(self.layers) if maps is None else maps.transpose(0, 1).unbind(3)  # (H, B, W, 2h) each
         drop = self.config.label_dropout if self.training else 0.0
-        for layer, bias in zip(self.layers, self.gate_biases(y, drop), strict=True):
-            m = layer(m, bias)  # residual inside (sec. 3.3)
+        for layer, bias, cond in zip(self.layers, self.gate_biases(y, drop), maps, strict=True):
+            m = layer(m if cond is None else m + cond, bias)  # residual inside (sec. 3.3)
             if self.training and self.config.dropout:
                 m = F.dropout(m, self.config.dropout)
         return self.head(m).permute(1, 3, 0, 2)
 
     def forward(self, x: Tensor, y: Tensor | None = None) -> LossTerms:
-        nll = bernoulli_nll(self.logits(x, y), x)
+        """-log p(x); a repair model in training: -log p(hidden | observed) of a hole drawn per
+        image (:func:`~rnngen.models.holes.training_holes`), its "everything" holes being p(x)."""
+        if not (self.config.repair and self.training):
+            nll = bernoulli_nll(self.logits(x, y), x)
+            return LossTerms(recon=nll, kl=torch.zeros_like(nll))
+        hidden = training_holes(len(x), (x.shape[-2], x.shape[-1]), device=x.device)
+        nll = self.hole_nll(x, hidden, y=y)
         return LossTerms(recon=nll, kl=torch.zeros_like(nll))
+
+    def hole_nll(self, x: Tensor, hidden: Tensor, effort: int = 1, generator: torch.Generator | None = None,
+                 y: Tensor | None = None) -> Tensor | None:
+        """``(B,)`` -log p(hidden | observed) of binary ``x``: a repair model's exact, the sum over
+        hidden i of -log p(x_i | x_<i, observed) in one pass; any other's the estimate of
+        :meth:`complete`'s particle filter with ``effort`` (at least 2) particles."""
+        if not self.config.repair:
+            return self.complete(x, hidden, max(effort, 2), generator, y).hole_nll
+        terms = F.binary_cross_entropy_with_logits(self.logits(x, y, hidden), x, reduction="none")
+        return (terms * hidden).flatten(1).sum(1)
+
+    @property
+    def exact_hole_nll(self) -> bool:
+        return self.config.repair
 
     def log_weights(self, x: Tensor, k: int, generator: torch.Generator | None = None,
                     y: Tensor | None = None) -> Tensor:
@@ -226,13 +290,19 @@ class PixelRNN(GenerativeModel):
         generation). A conditional model draws image b of class ``y[b]``, with the config's
         ``guidance`` when nothing is ``given``.
         """
-        run = Generation(self, n, size, given, mask, particles, y)
-        for i in range(size[0]):
+        return self.draw(Generation(self, n, size, given, mask, particles, y), temperature, generator,
+                         on_row).result(generator)
+
+    @staticmethod
+    def draw(run: Generation, temperature: float, generator: torch.Generator | None,
+             on_row: Any = None) -> Generation:
+        """Every row of ``run``, top to bottom."""
+        for i in range(run.height):
             run.draw_row(i, temperature, generator)
             run.end_row(i, generator)
             if on_row is not None:
                 on_row(i, run.images)
-        return run.result(generator)
+        return run
 
     def sample(self, n: int, generator: torch.Generator | None = None, temperature: float = 1.0,
                y: Tensor | None = None) -> Tensor:
@@ -251,19 +321,33 @@ class PixelRNN(GenerativeModel):
         self, x: Tensor, mask: Tensor, effort: int, generator: torch.Generator | None = None,
         y: Tensor | None = None,
     ) -> Completion:
-        """The hidden pixels drawn from p(hidden | observed) by a particle filter in raster order
-        with ``effort`` particles per image (:class:`~rnngen.models.pixelrnn_sampling.Particles`):
-        every observed pixel, above or below a hidden one, weighs in. When every observed pixel
-        precedes every hidden one (the bottom half) ancestral sampling is already exact, and one
-        particle is run. ``means`` are p(x_i = 1 | x_<i) along the drawn path."""
+        """The hidden pixels drawn from p(hidden | observed). A repair model (``repair``) gives
+        every conditional p(x_i | x_<i, observed) itself: one ancestral pass with the observed
+        pixels clamped is exact, and ``effort`` is not used. Any other runs a particle filter in
+        raster order with ``effort`` particles per image
+        (:class:`~rnngen.models.pixelrnn_sampling.Particles`): every observed pixel, above or below
+        a hidden one, weighs in; when every observed pixel precedes every hidden one (the bottom
+        half) ancestral sampling is already exact, and one particle is run. ``means`` are
+        p(x_i = 1 | ...) along the drawn path.
+
+        ``hole_nll``: a repair model's exact; any other's log p(observed) - log p(x), exact for
+        the bottom half, else with log p(observed) the particle filter's estimate (None with
+        one particle)."""
         flat = mask.flatten(1)
         position = torch.arange(flat.shape[1], device=flat.device)
         first_hidden = torch.where(flat, position, flat.shape[1]).min(1, keepdim=True).values
-        looks_ahead = bool((~flat & (position > first_hidden)).any())
+        looks_ahead = bool((~flat & (position > first_hidden)).any()) and not self.config.repair
         given = (x > 0.5).to(x.dtype)  # the likelihood's view of the observed pixels: binary
-        drawn, probs = self.generate(len(x), generator, size=(x.shape[-2], x.shape[-1]), given=given, mask=mask,
-                                     particles=effort if looks_ahead else 1, y=y)
-        return Completion(drawn=torch.where(mask, drawn, x), means=torch.where(mask, probs, x))
+        with torch.no_grad():
+            run = self.draw(Generation(self, len(x), (x.shape[-2], x.shape[-1]), given, mask,
+                                       effort if looks_ahead else 1, y), 1.0, generator)
+            hole = self.hole_nll(given, mask, y=y) if self.config.repair else None
+            if not self.config.repair and (run.smc is not None or not looks_ahead):
+                terms = F.binary_cross_entropy_with_logits(self.logits(given, y), given, reduction="none")
+                hole = ((terms * mask).flatten(1).sum(1) if run.smc is None  # observed first: exact
+                        else (run.smc.log_evidence() + terms.flatten(1).sum(1).double()).to(x.dtype))
+            drawn, probs = run.result(generator)
+        return Completion(torch.where(mask, drawn, x), torch.where(mask, probs, x), hole)
 
     def sample_steps(self, n: int, generator: torch.Generator | None = None, y: Tensor | None = None) -> Tensor:
         """``(28, n, 1, 28, 28)``: the image after each row is generated (rows not yet drawn grey)."""

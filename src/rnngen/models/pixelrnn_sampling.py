@@ -12,6 +12,7 @@ label-free twin of every image) and the observed pixels of a completion, weighed
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -43,6 +44,14 @@ class Sampler(Protocol):
 class PixelByPixel:
     """A PyTorch sampler's row: ``logit(x, i, j)`` of every sequence, pixel by pixel."""
 
+    model: PixelRNN
+    #: a repair model's maps ``(n, H, W, layers, 2h)`` added to each layer's input, or None
+    maps: Tensor | None = None
+
+    def layer_input(self, m: Tensor, i: int, j: int, layer: int) -> Tensor:
+        """``m`` ``(n, 2h)`` as layer ``layer`` takes it at (i, j): a repair model adds its map."""
+        return m if self.maps is None else m + self.maps[:, i, j, layer]
+
     def logit(self, x: Tensor, i: int, j: int) -> Tensor:
         raise NotImplementedError
 
@@ -57,8 +66,10 @@ class RowSampler(PixelByPixel):
     is no recurrence along the row, sec. 3.1), so each pixel computes column j of every layer
     from this row's inputs, cached as they are made: one position, not the whole row, a pixel."""
 
-    def __init__(self, model: PixelRNN, n: int, size: tuple[int, int], gate_biases: list[Tensor | None]) -> None:
+    def __init__(self, model: PixelRNN, n: int, size: tuple[int, int], gate_biases: list[Tensor | None],
+                 maps: Tensor | None = None) -> None:
         self.model, self.gate_biases = model, gate_biases  # per layer: (n, 4h) of a conditional model, or None
+        self.maps = maps
         width, cfg = size[1], model.config
         self.half, channels = cfg.kernel // 2, 2 * cfg.hidden
         like = {"device": model.input_conv.weight.device, "dtype": model.input_conv.weight.dtype}
@@ -78,6 +89,7 @@ class RowSampler(PixelByPixel):
         model, n, half = self.model, len(x), self.half
         m = model.first_layer_at(x, i, j)  # (n, 2h)
         for l_idx, layer in enumerate(model.layers):
+            m = self.layer_input(m, i, j, l_idx)
             self.inputs[l_idx][:, half + j] = m
             taps_in = self.inputs[l_idx][:, j : j + half + 1].reshape(n, -1)  # inputs at j - k//2 .. j
             taps_h = self.h_above[l_idx][:, j : j + 2 * half + 1].reshape(n, -1)  # states at j - k//2 .. j + k//2
@@ -101,6 +113,7 @@ class RowSampler(PixelByPixel):
         self.h_above = [h[index] for h in self.h_above]
         self.c_above = [c[index] for c in self.c_above]
         self.gate_biases = [None if g is None else g[index] for g in self.gate_biases]
+        self.maps = None if self.maps is None else self.maps[index]
 
 
 class DiagonalSampler(PixelByPixel):
@@ -109,8 +122,10 @@ class DiagonalSampler(PixelByPixel):
     adds, shifted down a row, only context from the rows above, so it is run over a row once
     that row is complete, from the layer inputs cached while generating it."""
 
-    def __init__(self, model: PixelRNN, n: int, size: tuple[int, int], gate_biases: list[Tensor | None]) -> None:
+    def __init__(self, model: PixelRNN, n: int, size: tuple[int, int], gate_biases: list[Tensor | None],
+                 maps: Tensor | None = None) -> None:
         self.model, self.gate_biases = model, gate_biases  # per layer: (n, 2, 4h) of a conditional model, or None
+        self.maps = maps
         width = size[1]
         hidden, channels, layers = model.config.hidden, 2 * model.config.hidden, len(model.layers)
         like = {"device": model.input_conv.weight.device, "dtype": model.input_conv.weight.dtype}
@@ -128,6 +143,7 @@ class DiagonalSampler(PixelByPixel):
         model = self.model
         m = model.first_layer_at(x, i, j)  # (n, 2h)
         for l_idx, layer in enumerate(model.layers):
+            m = self.layer_input(m, i, j, l_idx)
             self.inputs[l_idx, :, j] = m
             if j == 0:
                 self.left[l_idx] = (layer.h0[0].expand(len(m), layer.hidden), layer.c0[0].expand(len(m), layer.hidden))
@@ -165,6 +181,7 @@ class DiagonalSampler(PixelByPixel):
         for states in (self.above_f, self.above_r, self.rev_out):
             states[:] = [s[index] for s in states]
         self.gate_biases = [None if g is None else g[index] for g in self.gate_biases]
+        self.maps = None if self.maps is None else self.maps[index]
 
 
 class Particles:
@@ -185,6 +202,14 @@ class Particles:
         self.n, self.k = n, k
         self.log_w = torch.zeros(n, k, dtype=torch.float64, device=device)
         self.first = (torch.arange(n, device=device) * k).unsqueeze(1)  # (n, 1)
+        #: the log mean weights of the resampled stretches so far (log_evidence's sum)
+        self.log_z = torch.zeros(n, dtype=torch.float64, device=device)
+
+    def log_evidence(self) -> Tensor:
+        """``(n,)`` the filter's estimate of log p(observed): the sum over the stretches between
+        resamplings of the log mean weight, unbiased in p (Del Moral 2004; Doucet and Johansen
+        2011, eq. 31)."""
+        return self.log_z + torch.logsumexp(self.log_w, 1) - math.log(self.k)
 
     def observe(self, logit: Tensor, value: Tensor, observed: Tensor) -> None:
         """Weight every sequence by log p(x_i = value | x_<i) at its observed pixels (a row's)."""
@@ -199,6 +224,7 @@ class Particles:
             return None
         drawn = torch.multinomial(w.float(), self.k, replacement=True, generator=generator)
         keep = torch.where(low.unsqueeze(1), drawn, torch.arange(self.k, device=w.device))
+        self.log_z += torch.where(low, torch.logsumexp(self.log_w, 1) - math.log(self.k), 0.0)
         self.log_w = torch.where(low.unsqueeze(1), torch.zeros_like(self.log_w), self.log_w)
         return (self.first + keep).flatten()
 
@@ -229,31 +255,46 @@ class Observed:
 
 class Generation:
     """One call of :meth:`rnngen.models.pixelrnn.PixelRNN.generate`: the images as drawn so far,
-    the layer kind's sampler, and what changes a pixel's draw: the guidance scale, and the
-    observed pixels of a completion with their :class:`Particles` (``k`` sequences per image,
-    image-major)."""
+    the layer kind's sampler, and what changes a pixel's draw: the guidance scale (toward a
+    class, or a repair model's toward the observed pixels), and the observed pixels of a
+    completion with their :class:`Particles` (``k`` sequences per image, image-major)."""
 
     def __init__(self, model: PixelRNN, n: int, size: tuple[int, int], given: Tensor | None,
                  mask: Tensor | None, particles: int, y: Tensor | None) -> None:
         labels = model.labels(y, n)
         self.smc: Particles | None = None
         self.observed: Observed | None = None
+        weight = model.input_conv.weight
+        blank = torch.zeros(n, 1, *size, device=weight.device, dtype=weight.dtype)
+        maps = model.condition(blank if given is None else given,
+                                    torch.ones_like(blank, dtype=torch.bool) if mask is None else mask)
         if given is not None and mask is not None:
             self.smc = Particles(n, particles, model.input_conv.weight.device) if particles > 1 else None
             self.observed = Observed(given.repeat_interleave(particles, 0), mask.repeat_interleave(particles, 0),
                                      self.smc)
             labels = None if labels is None else labels.repeat_interleave(particles, 0)
+            maps = None if maps is None else maps.repeat_interleave(particles, 0)
             n *= particles
         biases = model.gate_biases(labels)
         self.n, self.height = n, size[0]
-        self.scale = model.config.guidance if labels is not None and given is None else 1.0
-        if self.guided:  # a label-free twin of every image runs beside it (rows n..2n-1)
-            biases = [torch.cat([b, torch.zeros_like(b)]) for b in biases]
-        weight = model.input_conv.weight
+        self.scale = 1.0
+        if labels is not None and given is None:  # toward the class: the twin has no label
+            self.scale = model.config.guidance
+        elif maps is not None and given is not None and self.smc is None:  # toward the observed pixels
+            self.scale = model.config.repair_guidance
+        if self.guided:  # a twin of every image runs beside it (rows n..2n-1), without what guides
+            if given is None:
+                biases = [torch.cat([b, torch.zeros_like(b)]) for b in biases]
+                maps = None if maps is None else torch.cat([maps, maps])
+            else:  # the twin sees no pixel: the repair model's p(x)
+                free = model.condition(blank[:1], torch.ones_like(blank[:1], dtype=torch.bool))
+                biases = [None if b is None else torch.cat([b, b]) for b in biases]
+                maps = torch.cat([maps, free.expand_as(maps)])
         self.x = torch.zeros(2 * n if self.guided else n, 1, *size, device=weight.device, dtype=weight.dtype)
         self.probs = torch.zeros_like(self.x[:n])
-        self.sampler: Sampler = (model.layer_cls.compiled_sampler.build(model, len(self.x), size, biases)
-                                 or model.layer_cls.sampler(model, len(self.x), size, biases))
+        maps = None if maps is None else maps.to(weight.dtype).contiguous()
+        self.sampler: Sampler = (model.layer_cls.compiled_sampler.build(model, len(self.x), size, biases, maps)
+                                 or model.layer_cls.sampler(model, len(self.x), size, biases, maps))
 
     @property
     def guided(self) -> bool:

@@ -11,7 +11,8 @@
 //
 // Layout (n images, N = n or 2n sequences with the twins, C = 2h channels, h units, gates
 // [i | f | g | o]): x (N, 1, H, W) the images as drawn; probs (n, 1, H, W); u (n, W) the row's
-// uniforms, pixel = u < p; given and hidden (n, 1, H, W) or empty: observed pixels are kept.
+// uniforms, pixel = u < p; given and hidden (n, 1, H, W) or empty: observed pixels are kept;
+// maps (N, H, W, layers, C) or empty: a repair model's conditioning, added to each layer's input.
 // Row LSTM state per layer: the row above's h with k/2 zeros at both ends (N, W + k - 1, h) and c
 // (N, W, h). Diagonal BiLSTM state per layer: the row above's left-to-right and right-to-left h
 // (N, W, h) each. Weights in the model's dtype (float or double), GEMM operands and cells alike.
@@ -118,6 +119,7 @@ struct Net {
   int64_t n, seqs, height, width, ch, hid, kernel, half, out_hidden;
   const T* first_w;  // (24, C): the taps mask A keeps, raster order (three rows of 7, then 3)
   const T* first_b;
+  const T* maps;  // (seqs, H, W, layers, C): a repair model's maps added to each layer's input, or null
   const T* w1;  // (C, O)
   const T* b1;
   const T* w2;  // (O)
@@ -155,6 +157,16 @@ void first_layer(const Net<T>& net, const T* x, int64_t s, int rows, int64_t i, 
       const T* wt = net.first_w + tap * c;
       for (int64_t q = 0; q < c; ++q) out[q] += v * wt[q];
     }
+  }
+}
+
+// m (R, C) += layer l's map at (i, j) of sequences s .. s + R - 1 (a repair model's conditioning)
+template <typename T>
+void add_map(const Net<T>& net, int64_t s, int rows, int64_t i, int64_t j, int64_t l, T* m) {
+  const int64_t c = net.ch, layers = net.layers.size();
+  for (int r = 0; r < rows; ++r) {
+    const T* add = net.maps + ((((s + r) * net.height + i) * net.width + j) * layers + l) * c;
+    for (int64_t q = 0; q < c; ++q) m[r * c + q] += add[q];
   }
 }
 
@@ -283,6 +295,7 @@ void draw_block(const Net<T>& net, const Draw<T>& d, Block<T>& sh, int64_t i) {
       const int64_t s = sh.b0 + run * n;
       first_layer(net, d.x, s, rows, i, j, m.data());
       for (int64_t l = 0; l < layers; ++l) {
+        if (net.maps != nullptr) add_map(net, s, rows, i, j, l, m.data());
         layer_step(net, net.layers[l], sh, l, s, rows, i, j, m.data(), gates.data(), h.data(), a.data());
       }
       head(net, m.data(), rows, relu_m.data(), hidden.data(), sh.logits.data() + sh.local(s, n));
@@ -329,7 +342,7 @@ const T* ptr(const Tensor& t) {
 // weights: [first_w, first_b, w1, b1, w2, b2] then per layer, Row LSTM: [w, bias, up, b_up];
 // Diagonal BiLSTM: [w (2, C + 2h, 4h), bias (2, 4h), up, b_up, h0, c0].
 template <typename T>
-Net<T> unpack(at::TensorList weights, at::TensorList state, at::TensorList gate_biases, bool diagonal, int64_t kernel, int64_t n, const Tensor& x) {
+Net<T> unpack(at::TensorList weights, at::TensorList state, at::TensorList gate_biases, const Tensor& maps, bool diagonal, int64_t kernel, int64_t n, const Tensor& x) {
   Net<T> net;
   net.diagonal = diagonal;
   net.n = n;
@@ -342,6 +355,9 @@ Net<T> unpack(at::TensorList weights, at::TensorList state, at::TensorList gate_
   net.half = kernel / 2;
   net.first_w = ptr<T>(weights[0]);
   net.first_b = ptr<T>(weights[1]);
+  TORCH_CHECK(maps.numel() == 0 || maps.numel() == x.size(0) * x.size(2) * x.size(3) *
+              static_cast<int64_t>(gate_biases.size()) * weights[0].size(1), "maps: (sequences, H, W, layers, C) or empty");
+  net.maps = ptr<T>(maps);
   net.w1 = ptr<T>(weights[2]);
   net.b1 = ptr<T>(weights[3]);
   net.w2 = ptr<T>(weights[4]);
@@ -374,7 +390,7 @@ Net<T> unpack(at::TensorList weights, at::TensorList state, at::TensorList gate_
 
 // Row i of every sequence: draws its pixels into x (and the twins'), their probabilities into
 // probs; returns each image's logit at every pixel of the row, (n, W) (guided where guided).
-Tensor draw_row(at::TensorList weights, at::TensorList state, at::TensorList gate_biases, Tensor x, Tensor probs, const Tensor& u, const Tensor& given, const Tensor& hidden, int64_t i,
+Tensor draw_row(at::TensorList weights, at::TensorList state, at::TensorList gate_biases, const Tensor& maps, Tensor x, Tensor probs, const Tensor& u, const Tensor& given, const Tensor& hidden, int64_t i,
                 double temperature, double scale, bool diagonal, int64_t kernel) {
   TORCH_CHECK(x.dim() == 4 && x.size(1) == 1 && x.is_contiguous(), "x: contiguous (N, 1, H, W)");
   const int64_t n = probs.size(0), runs = x.size(0) / n;
@@ -382,7 +398,7 @@ Tensor draw_row(at::TensorList weights, at::TensorList state, at::TensorList gat
   TORCH_CHECK(!hidden.defined() || hidden.numel() == 0 || hidden.scalar_type() == at::kBool, "hidden: bool");
   Tensor logits = at::empty({n, x.size(3)}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "pixelrnn_draw_row", [&] {
-    const Net<scalar_t> net = unpack<scalar_t>(weights, state, gate_biases, diagonal, kernel, n, x);
+    const Net<scalar_t> net = unpack<scalar_t>(weights, state, gate_biases, maps, diagonal, kernel, n, x);
     const Draw<scalar_t> d{x.data_ptr<scalar_t>(), probs.data_ptr<scalar_t>(), ptr<scalar_t>(u),
                            hidden.numel() ? ptr<scalar_t>(given) : nullptr,
                            hidden.numel() ? hidden.data_ptr<bool>() : nullptr, logits.data_ptr<scalar_t>(),
@@ -407,7 +423,7 @@ Tensor draw_row(at::TensorList weights, at::TensorList state, at::TensorList gat
 }  // namespace
 
 TORCH_LIBRARY(rnngen_pixelrnn_sampler, m) {
-  m.def("draw_row(Tensor[] weights, Tensor[] state, Tensor[] gate_biases, Tensor x, Tensor probs, Tensor u, "
+  m.def("draw_row(Tensor[] weights, Tensor[] state, Tensor[] gate_biases, Tensor maps, Tensor x, Tensor probs, Tensor u, "
         "Tensor given, Tensor hidden, int i, float temperature, float scale, bool diagonal, int kernel) -> Tensor");
 }
 

@@ -29,7 +29,8 @@ class CompiledSampler:
 
     diagonal: ClassVar[bool]
 
-    def __init__(self, model: PixelRNN, n: int, width: int, gate_biases: list[Tensor | None], ops: object) -> None:
+    def __init__(self, model: PixelRNN, n: int, width: int, gate_biases: list[Tensor | None], ops: object,
+                 maps: Tensor | None = None) -> None:
         self.ops, self.kernel = ops, model.config.kernel
         first_w = model.input_conv.weight[:, 0, model.taps_a[0], model.taps_a[1]].t()  # (24, 2h), raster order
         head = [first_w, model.input_conv.bias, model.out1.weight.t(), model.out1.bias, model.out2.weight[0],
@@ -39,13 +40,15 @@ class CompiledSampler:
         self.state = [s.contiguous() for layer in model.layers for s in self.initial_state(layer, n, width)]
         empty = self.weights[0].new_empty(0)
         self.gate_biases = [empty if g is None else g.contiguous() for g in gate_biases]
+        #: a repair model's maps (n, H, W, layers, 2h) added to each layer's input; empty for others
+        self.maps = empty if maps is None else maps.detach().contiguous()
 
     @classmethod
     def build(cls, model: PixelRNN, n: int, size: tuple[int, int],
-              gate_biases: list[Tensor | None]) -> CompiledSampler | None:
+              gate_biases: list[Tensor | None], maps: Tensor | None = None) -> CompiledSampler | None:
         weight = model.input_conv.weight
         ops = kernels.ops("pixelrnn_sampler", weight) if weight.dtype in (torch.float32, torch.float64) else None
-        return None if ops is None else cls(model, n, size[1], gate_biases, ops)
+        return None if ops is None else cls(model, n, size[1], gate_biases, ops, maps)
 
     @staticmethod
     def layer_weights(layer: nn.Module) -> list[Tensor]:
@@ -61,8 +64,8 @@ class CompiledSampler:
         """Draws row i into ``run`` (pixel = u < p); each image's logit at every pixel, ``(n, W)``."""
         observed = run.observed
         given, hidden = (observed.given, observed.mask) if observed is not None else (u.new_empty(0),) * 2
-        return self.ops.draw_row(self.weights, self.state, self.gate_biases, run.x, run.probs, u.contiguous(), given,
-                                 hidden, i, temperature, run.scale, self.diagonal, self.kernel)
+        return self.ops.draw_row(self.weights, self.state, self.gate_biases, self.maps, run.x, run.probs,
+                                 u.contiguous(), given, hidden, i, temperature, run.scale, self.diagonal, self.kernel)
 
     def end_row(self, x: Tensor, i: int) -> None:
         """Nothing left: the row's call moved the state on."""
@@ -71,6 +74,7 @@ class CompiledSampler:
         """Keep the sequences ``index`` (particles resampled)."""
         self.state = [s[index] for s in self.state]
         self.gate_biases = [g[index] if g.numel() else g for g in self.gate_biases]
+        self.maps = self.maps[index] if self.maps.numel() else self.maps
 
 
 class CompiledRowSampler(CompiledSampler):
