@@ -14,7 +14,10 @@ Metropolis-within-Gibbs) with either sampler alone, each given all the rounds.
 
     python bench/repair_quality.py --model models --masks centre_square --efforts 32 --best-of 4
 
-``--best-of K`` (a model with a likelihood) also draws K completions per image (draw r seeded
+    python bench/repair_quality.py --model models --efforts 1 --images 1000 --repair-guidance 1,2,3
+
+``--repair-guidance`` (a PixelRNN trained to repair) compares guidance scales toward the observed
+pixels; ``--best-of K`` (a model with a likelihood) also draws K completions per image (draw r seeded
 with 100 + r) and keeps the one the model finds most likely, exact log p(x) of the whole
 completed image: the judge's accuracy on each draw and on the most likely one.
 """
@@ -60,6 +63,9 @@ def main() -> None:
     parser.add_argument("--masks", default=",".join(MASKS | DRAWN_MASKS))
     parser.add_argument("--efforts", default="1,8,32", help="sampler efforts to compare")
     parser.add_argument("--samplers", default="complete", help="model methods to compare (latent models)")
+    parser.add_argument("--repair-guidance", default="",
+                        help="a PixelRNN trained to repair: guidance scales toward the observed pixels to compare, "
+                             "e.g. 1,2,3 (default: the model's own)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--best-of", type=int, default=0, metavar="K",
                         help="also keep the most likely of K completions per image (models with a likelihood)")
@@ -74,7 +80,20 @@ def main() -> None:
     kind_of_nll = "exact" if loaded.model.exact_hole_nll else "estimate"
     print(f"sampler                  mask            effort  completed  masked  original  hole_nll ({kind_of_nll})  "
           "mse_missing  seconds")
-    model, complete = loaded.model, loaded.model.complete
+    scales = [float(g) for g in args.repair_guidance.split(",")] if args.repair_guidance else [None]
+    for scale in scales:
+        model = loaded.model if scale is None else loaded.model.with_sampling(repair_guidance=scale)
+        if scale is not None:
+            print(f"repair_guidance {scale:g}")
+        compare(model, judge, x, y, args)
+    for kind in args.masks.split(",") if args.best_of else []:
+        best_of(loaded.model, judge, x, y, kind, int(args.efforts.split(",")[-1]), args.best_of, args.seed)
+
+
+def compare(model: torch.nn.Module, judge: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
+            args: argparse.Namespace) -> None:
+    """One line per sampler, mask and effort."""
+    complete = model.complete
     for sampler in args.samplers.split(","):
         model.complete = complete if sampler == "complete" else getattr(model, sampler)  # what inpaint() calls
         for kind in args.masks.split(","):
@@ -87,8 +106,6 @@ def main() -> None:
                       f"{m['accuracy_masked']:6.3f}  {m['accuracy_original']:8.3f}  {hole}  {m['mse_missing']:11.4f}  "
                       f"{seconds:7.1f}", flush=True)
     model.complete = complete
-    for kind in args.masks.split(",") if args.best_of else []:
-        best_of(model, judge, x, y, kind, int(args.efforts.split(",")[-1]), args.best_of, args.seed)
 
 
 if __name__ == "__main__":
