@@ -155,7 +155,11 @@ def inpainting_metrics(
     x_judged = as_judged(classifier, x, seed)
     # one seed, one draw per pixel: a grey x's observed pixels binarize alike in all three
     completed_judged = as_judged(classifier, drawn, seed) if classifier.binary else completed
-    holes = [p.hole_nll for p in parts]
+    # the hole's NLL: the completion's own where its sampler yields it (PixelRNN), else the model's estimate
+    holes = [p.hole_nll if p.hole_nll is not None else
+             model.hole_nll(x[i : i + batch_size].to(model.device), mask[i : i + batch_size].to(model.device), effort,
+                            gen, None if given is None else given[i : i + batch_size])
+             for p, i in zip(parts, range(0, len(x), batch_size), strict=True)]
     hole = {} if any(h is None for h in holes) else {"hole_nll": torch.cat(holes).double().mean().item()}
     return hole | {
         "mse_missing": (sq_err[mask].sum() / n_missing).item(),

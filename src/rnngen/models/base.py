@@ -284,8 +284,8 @@ class GenerativeModel(nn.Module, ABC):
                  y: Tensor | None = None) -> Tensor | None:
         """``(B,)`` -log p(hidden | observed) of binary ``x`` in nats (``hidden`` True where a
         pixel is hidden), exact or estimated with ``effort`` units of the sampler
-        (:attr:`exact_hole_nll`); None for a model that has neither (every model but PixelRNN,
-        for now: :meth:`complete` returns it beside the completion where it has it)."""
+        (:attr:`exact_hole_nll`); None for a model that has neither (a GAN). Where a sampler
+        yields it on the way, :meth:`complete` returns it beside the completion."""
         return None
 
     @abstractmethod

@@ -62,6 +62,25 @@ class LatentModel(GenerativeModel):
             current = torch.where(mask, torch.bernoulli(means, generator=generator), x)  # clamp the observed pixels
         return Completion(drawn=current, means=means)
 
+    def hole_nll(self, x: Tensor, hidden: Tensor, effort: int = 1, generator: torch.Generator | None = None,
+                 y: Tensor | None = None) -> Tensor | None:
+        """An estimate of -log p(hidden | observed) = log p(observed) - log p(x): each term
+        importance-sampled from the same ``effort`` draws z ~ q(z | x) (the estimator of Burda et
+        al. 2016, eq. 8, once with every pixel's p(x_i | z), once with the observed pixels' only:
+        p(x | z) factorises over pixels, so the hidden ones marginalise out). Each log is low on
+        average; their difference is neither bound. None for a model without a likelihood."""
+        if not self.has_likelihood:
+            return None
+        k = max(effort, 1)
+        yk = None if y is None else torch.as_tensor(y).reshape(-1).repeat(k)  # row i B + b: image b
+        xk = x.repeat(k, 1, 1, 1)
+        z, logits, log_q = self.latent_pass(xk, generator=generator, y=yk)
+        log_px_z = -F.binary_cross_entropy_with_logits(logits, xk, reduction="none").flatten(1)
+        rest = (log_normal(z.flatten(1)) - log_q).double()  # log p(z) - log q(z | x)
+        every = (log_px_z.sum(1) + rest).view(k, -1)
+        observed = ((log_px_z * ~hidden.flatten(1).repeat(k, 1)).sum(1) + rest).view(k, -1)
+        return (torch.logsumexp(observed, 0) - torch.logsumexp(every, 0)).to(x.dtype)  # the log k terms cancel
+
     def latent_pass(self, x: Tensor, z: Tensor | None = None, generator: torch.Generator | None = None,
                     y: Tensor | None = None) -> LatentPass:
         """z ~ q(z | x) (or the ``z`` given), the decoder's logits of p(x | z) and log q(z | x):
