@@ -144,11 +144,9 @@ def test_canvas_gif_and_strip(tmp_path) -> None:
         pictures.canvas_gif(frames[0], tmp_path / "bad.gif")
 
 
-def test_metropolis_within_gibbs_targets_the_posterior_where_pseudo_gibbs_does_not() -> None:
-    """A latent model with z in one dimension and three hidden pixels: p(hidden | observed) by
-    quadrature over z, against the final state of 3,000 chains. With a poor q(z | x) (random
-    weights) the Metropolis-within-Gibbs chain (Mattei and Frellsen 2018) reaches the posterior,
-    while pseudo-Gibbs settles somewhere else, as that paper shows it can."""
+def one_dimensional_latent() -> tuple:
+    """An MLP VAE with z in one dimension, random weights (so a poor q(z | x)), in float64, and
+    a binary image: small enough for quadrature over z."""
     torch.manual_seed(0)
     model = build_model("mlp_vae", model_config("mlp_vae", {"hidden": 8, "z_dim": 1})).double().eval()
     with torch.no_grad():
@@ -156,6 +154,15 @@ def test_metropolis_within_gibbs_targets_the_posterior_where_pseudo_gibbs_does_n
             p.normal_(0, 0.5)
     x = torch.bernoulli(torch.full((1, 1, 28, 28), 0.3, dtype=torch.float64),
                         generator=torch.Generator().manual_seed(1))
+    return model, x
+
+
+def test_metropolis_within_gibbs_targets_the_posterior_where_pseudo_gibbs_does_not() -> None:
+    """A latent model with z in one dimension and three hidden pixels: p(hidden | observed) by
+    quadrature over z, against the final state of 3,000 chains. With a poor q(z | x) (random
+    weights) the Metropolis-within-Gibbs chain (Mattei and Frellsen 2018) reaches the posterior,
+    while pseudo-Gibbs settles somewhere else, as that paper shows it can."""
+    model, x = one_dimensional_latent()
     hidden = torch.tensor([100, 400, 700])
     mask = torch.zeros_like(x, dtype=torch.bool)
     mask.view(-1)[hidden] = True
@@ -186,13 +193,7 @@ def test_a_latent_models_hole_nll_estimate_meets_quadrature() -> None:
     """-log p(hidden | observed) of a latent model with z in one dimension, by quadrature over z
     (log p(observed) - log p(x): the hidden pixels marginalise out of p(x | z)), against the
     model's importance-sampled estimate with 20,000 draws; a GAN has none."""
-    torch.manual_seed(0)
-    model = build_model("mlp_vae", model_config("mlp_vae", {"hidden": 8, "z_dim": 1})).double().eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.5)
-    x = torch.bernoulli(torch.full((1, 1, 28, 28), 0.3, dtype=torch.float64),
-                        generator=torch.Generator().manual_seed(1))
+    model, x = one_dimensional_latent()
     mask = torch.zeros_like(x, dtype=torch.bool)
     mask.view(-1)[[100, 400, 415, 700]] = True
     grid = torch.linspace(-7, 7, 4001, dtype=torch.float64).unsqueeze(1)
