@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import requests
+import urllib3
 
 from rnngen import serving
 from rnngen.server import descendants, free_port, http_status
@@ -61,14 +61,15 @@ class Results:
 
 
 def client(url: str, seed: int, until: float, results: Results, timeout: float) -> None:
-    pick, connection = random.Random(seed), requests.Session()
+    pick, pool = random.Random(seed), urllib3.PoolManager()  # one kept-alive connection per client
     while time.monotonic() < until:
         task = pick.choice(list(MIX))
         start = time.perf_counter()
         try:
-            answer = connection.post(f"{url}/invocations", json=MIX[task], timeout=timeout)
-            failure = None if answer.status_code == 200 else f"HTTP {answer.status_code}: {answer.text[:200]}"
-        except requests.RequestException as exc:
+            answer = pool.request("POST", f"{url}/invocations", json=MIX[task], timeout=timeout, retries=False)
+            text = answer.data[:200].decode(errors="replace")
+            failure = None if answer.status == 200 else f"HTTP {answer.status}: {text}"
+        except urllib3.exceptions.HTTPError as exc:
             failure = type(exc).__name__
         results.add(task, time.perf_counter() - start, failure)
 

@@ -189,10 +189,9 @@ def test_a_killed_worker_is_replaced_and_clients_meet_only_connection_errors_mea
     stop = threading.Event()
 
     def client() -> None:
-        connection = requests.Session()
         while not stop.is_set():
             try:
-                answer = connection.post(f"{url}/invocations", json={"inputs": x.tolist()}, timeout=60)
+                answer = requests.post(f"{url}/invocations", json={"inputs": x.tolist()}, timeout=60)
                 ok = answer.status_code == 200 and np.allclose(answer.json()["predictions"], expected, rtol=1e-6)
                 events.append((time.monotonic(), "ok" if ok else f"HTTP {answer.status_code}: {answer.text[:300]}"))
             except requests.RequestException as exc:
