@@ -114,9 +114,9 @@ def causal_mask(height: int, width: int, kind: Literal["A", "B"]) -> Tensor:
 
 def conditioner(hidden: int, channels: int) -> nn.Sequential:
     """A repair model's non-causal stack from the masked image and its mask (2 channels) to
-    ``channels`` maps (every layer's): 3x3 convolutions dilated 1, 2, 4, 8 (a 31x31 field: every pixel of a hole
-    sees the whole digit around it), then a 1x1 convolution, zero at the start so that training
-    starts from the unconditional network."""
+    ``channels`` maps (every layer's): 3x3 convolutions dilated 1, 2, 4, 8 (a 31x31 field: every
+    pixel of a hole sees the whole digit around it), then a 1x1 convolution, zero at the start so
+    that training starts from the unconditional network."""
     stack: list[nn.Module] = [nn.Conv2d(2, hidden, 3, padding=1), nn.ReLU()]
     for dilation in (2, 4, 8):
         stack += [nn.Conv2d(hidden, hidden, 3, padding=dilation, dilation=dilation), nn.ReLU()]
