@@ -201,7 +201,7 @@ def test_bad_labels_are_refused() -> None:
         tiny("row_lstm", conditional=False).logits(x, torch.tensor([0, 1]))
     model = tiny("row_lstm")
     with pytest.raises(LabelError, match="is conditional: give each image a label, 0 to 2"):
-        model.logits(x)
+        tiny("row_lstm", repair=True).logits(x)  # a repair model has no mixture over classes
     with pytest.raises(LabelError, match="label 3: this model was trained on classes 0 to 2"):
         model.logits(x, torch.tensor([0, 3]))
     with pytest.raises(LabelError, match="3 labels for 2 images: give one label for all, or one per image"):
@@ -219,16 +219,18 @@ def test_labels_are_read_in_one_place_from_whatever_a_caller_gives() -> None:
     assert model.labels([0, 1, 2], 3).tolist() == [0, 1, 2]
     assert model.labels(np.array([0, 2], dtype=np.uint8), 2).dtype == torch.long
     assert tiny("row_lstm", conditional=False).labels([], 4) is None
+    assert model.labels([], 4) is None  # no class given: the mixture over classes
     with pytest.raises(LabelError, match="is conditional"):
-        model.labels([], 4)
+        tiny("row_lstm", repair=True).labels([], 4)
 
 
 def test_a_conditional_model_through_train_evaluate_registry_and_service(
     tmp_path: Path, split_dir: Path, mlflow_uri: str, trained_model: dict[str, Any],
 ) -> None:
-    """The train stage trains p(x | y) on the split's labels, evaluate scores it with the test
-    labels and asks the judge about samples of each class, and the registered model serves
-    samples of a class (labels param) and refuses a request without labels."""
+    """The train stage trains p(x | y) on the split's labels; evaluate scores p(x), the mixture
+    over classes (a conditional PixelRNN needs no label), and asks the judge about samples of
+    each class; the registered model serves samples of a class (labels param), and without
+    labels draws of p(x), scores and repairs."""
     from rnngen import registry, service, stages
     from rnngen.files import read_json
 
@@ -236,7 +238,8 @@ def test_a_conditional_model_through_train_evaluate_registry_and_service(
     stages.train.run(params, split_dir, None, tmp_path / "models", tmp_path / "ck.pt", tmp_path / "h.csv")
     result = stages.evaluate.run(params, tmp_path / "models", split_dir, trained_model["classifier"],
                                  tmp_path / "metrics.json", tmp_path / "pictures")
-    assert result["test_set"]["conditional"] == "true"
+    assert result["test_set"]["conditional"] == "false"  # the likelihood is of p(x)
+    assert result["test_nll_exact"] > 0 and "test_hole_nll_centre_square" in result
     assert 0 <= result["test_asked_accuracy"] <= 1 and "test_asked_accuracy_7" in result
     with Image.open(tmp_path / "pictures" / "samples.png") as im:  # a row per class: 16 // 10 = 1 a row
         assert im.size == (1 * 30 + 2, 10 * 30 + 2)
@@ -245,8 +248,13 @@ def test_a_conditional_model_through_train_evaluate_registry_and_service(
     drawn = service.answer(model, [], {"task": "sample", "n": 2, "labels": [3], "seed": 1})
     again = service.draw(model, 2, 1, y=torch.tensor([3, 3]))
     assert np.array_equal(drawn, again.view(-1, 28, 28).numpy())
-    with pytest.raises(service.RequestError, match="is conditional: send labels"):
-        service.answer(model, [], {"task": "sample", "n": 2})
+    assert np.asarray(service.answer(model, [], {"task": "sample", "n": 2})).shape == (2, 28, 28)
+    x = torch.zeros(2, 1, 28, 28)
+    x[:, :, 8:20, 12:16] = 1.0  # a stroke
+    scores = service.score(model, x)
+    labelled = [service.score(model, x, y=c) for c in range(10)]
+    mixture = -np.logaddexp.reduce([-s.astype(np.float64) for s in labelled], 0) + np.log(10)
+    assert np.allclose(scores, mixture, atol=1e-3)  # p(x) = mean over y of p(x | y)
     with pytest.raises(service.RequestError, match="label 12"):
         service.answer(model, [], {"task": "sample", "n": 1, "labels": [12]})
 

@@ -8,6 +8,7 @@ Set RNNGEN_DEMO_SCREENSHOTS=docs/images to save the e2e test's screenshots for t
 from __future__ import annotations
 
 import io
+import math
 import os
 import shutil
 import stat
@@ -83,8 +84,14 @@ def test_a_conditional_model_draws_and_judges_the_class_asked() -> None:
     assert torch.equal(demo.draw_digits(page, 2, 1, 1.0, y, g), service.draw(model, 2, 1, 1.0, 3, 2.0))
     x = torch.zeros(1, 1, 28, 28)
     assert demo.judge(page, x, 3).nll == float(service.score(model, x, 3)[0])
+    # no class: the mixture over classes, p(x) = mean over y of p(x | y)
+    labelled = torch.tensor([service.score(model, x, c)[0] for c in range(10)], dtype=torch.float64)
+    mixture = -(torch.logsumexp(-labelled, 0) - math.log(10))
+    assert demo.judge(page, x, demo.label_of("none")).nll == pytest.approx(mixture.item(), abs=1e-3)
+    repairing = build_model("pixelrnn", model_config("pixelrnn", {"layers": 1, "hidden": 4, "out_hidden": 8,
+                                                                  "conditional": True, "repair": True})).eval()
     with pytest.raises(LabelError, match="conditional"):  # a class is needed, and the page says so
-        demo.judge(page, x, demo.label_of("none"))
+        demo.judge(demo.Served(repairing, "tiny", {}, demo.Reference(None, "no split")), x, demo.label_of("none"))
 
 
 @pytest.mark.parametrize("name", ["pixelrnn", "draw", "row_lstm_vae"])

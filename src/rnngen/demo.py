@@ -85,7 +85,7 @@ def registered_metrics(spec: str, default_name: str) -> dict[str, float]:
 def reference_nlls(model: GenerativeModel, split: Path, n: int = REFERENCE_IMAGES, seed: int = 0,
                    batch_size: int = 100) -> Reference:
     """The NLLs of ``n`` test digits of ``split`` (a seeded subsample, each with its own label
-    for a conditional model), binarized at 0.5 as ``rnngen score`` binarizes an image."""
+    for a model that needs one), binarized at 0.5 as ``rnngen score`` binarizes an image."""
     if not model.has_likelihood:
         return Reference(None, f"a {model.name} model has no likelihood: nothing to judge with")
     try:
@@ -93,7 +93,7 @@ def reference_nlls(model: GenerativeModel, split: Path, n: int = REFERENCE_IMAGE
     except DataError:
         return Reference(None, f"no test split in {split} (run `make repro`): the NLL is shown without a percentile")
     pick = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[: min(n, len(x))]
-    grey, labels = data.to_unit(x[pick]), (y[pick] if model.conditional else None)
+    grey, labels = data.to_unit(x[pick]), (y[pick] if model.needs_labels else None)
     parts = [service.score(model, data.binarize(grey[i : i + batch_size], "fixed"),
                            None if labels is None else labels[i : i + batch_size])
              for i in range(0, len(grey), batch_size)]

@@ -58,9 +58,11 @@ def _digit(upload: str | None, sketch: dict[str, Any] | None) -> tuple[torch.Ten
 
 
 def _class_box(served: Served) -> gr.Dropdown:
-    classes = served.model.config.classes if served.model.conditional else 10
-    info = "the digit's class" if served.model.conditional else "conditional models only: this one takes none"
-    return gr.Dropdown(["none", *map(str, range(classes))], value="0" if served.model.conditional else "none",
+    model = served.model
+    classes = model.config.classes if model.conditional else 10
+    info = ("the digit's class" + (", or none: the model infers it" if model.class_optional else "")
+            if model.conditional else "conditional models only: this one takes none")
+    return gr.Dropdown(["none", *map(str, range(classes))], value="0" if model.needs_labels else "none",
                        label="class", info=info)
 
 

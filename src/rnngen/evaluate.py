@@ -110,8 +110,9 @@ def report(
     """Every test metric and picture for one model: likelihood bounds (none for a model without
     a likelihood), sample quality, inpainting under each mask, on labelled uint8 test images;
     pictures go to ``pictures``.
-    A conditional model is scored on p(x | y) with the test labels, draws its samples of the
-    test images' classes (``asked_accuracy``) and its sample grid one class a row.
+    A conditional model draws its samples of the test images' classes (``asked_accuracy``) and
+    its sample grid one class a row; it is scored and repairs with the test labels where it
+    :attr:`~rnngen.models.GenerativeModel.needs_labels` (p(x | y)), else without (p(x)).
     """
     torch.manual_seed(cfg.seed)
     model.eval()
@@ -119,7 +120,8 @@ def report(
     x = binarized_test_set(x_test, binarization, cfg.seed)
     y = y_test.long() if model.conditional else None
     metrics: dict[str, float] = {"n_test": len(x)}
-    bounds = model.likelihood_metrics(x, cfg.k, cfg.batch_size, cfg.seed, progress, y=y)
+    bounds = model.likelihood_metrics(x, cfg.k, cfg.batch_size, cfg.seed, progress,
+                                      y=y if model.needs_labels else None)
     if bounds:  # else absent: no NLL key at all, never a 0 or a NaN that dashboards average
         metrics |= {f"test_{k}": v for k, v in bounds.items()} | {"k": cfg.k}
 
@@ -165,7 +167,7 @@ def draw_pictures(model: GenerativeModel, x: Tensor, y: Tensor | None, cfg: Eval
 def repair(model: GenerativeModel, classifier: DigitClassifier, x: Tensor, y_test: Tensor, cfg: EvalConfig,
            pictures: Path, progress: bool) -> dict[str, float]:
     """Inpainting scores under each mask (:data:`~rnngen.inpaint.MASKS`), and a panel of each."""
-    y = y_test.long() if model.conditional else None
+    y = y_test.long() if model.needs_labels else None
     metrics: dict[str, float] = {}
     n_inpaint, n_shown = min(cfg.inpaint_images, len(x)), min(16, len(x))
     for kind in tqdm(MASKS, desc="repair", leave=False, disable=None if progress else True):
@@ -206,7 +208,7 @@ def evaluate_images(
     if n < 2:
         raise DataError(f"{images.description}: need at least 2 images (a covariance for the FCD)")
     loaded = load_model()
-    if loaded.model.conditional and images.y is None:
+    if loaded.model.needs_labels and images.y is None:
         raise DataError(f"{loaded.source} is conditional (it scores p(x | y)): evaluate it on labelled images "
                         "(IDX files with their labels, or one subfolder per class)")
     if classifier_file is not None:
@@ -253,5 +255,5 @@ def rescore_likelihood(
     k, n, seed = int(test_set["k"]), int(test_set["n_test"]), int(test_set["seed"])
     x = binarized_test_set(x_test[:n], test_set["binarization"], seed)
     bounds = model.likelihood_metrics(x, k, batch_size, seed, progress=False,
-                                      y=y_test[:n].long() if model.conditional else None)
+                                      y=y_test[:n].long() if model.needs_labels else None)
     return {f"test_{key}": v for key, v in bounds.items()}

@@ -143,7 +143,7 @@ def inpainting_metrics(
     mask = make_mask(kind, len(x), torch.Generator().manual_seed(seed))
 
     gen = torch.Generator(device=model.device).manual_seed(seed)
-    given = y if model.conditional else None  # a conditional model completes an image of its true class
+    given = y if model.needs_labels else None  # such a model completes an image of its true class
     parts = [inpaint(model, x[i : i + batch_size], mask[i : i + batch_size], effort, gen,
                      None if given is None else given[i : i + batch_size])
              for i in range(0, len(x), batch_size)]

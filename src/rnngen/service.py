@@ -16,8 +16,10 @@ body ``{"inputs": ..., "params": {"task": ...}}``:
   784 x B zeros and ones, 1 = hidden; ``effort`` and ``seed`` as ``rnngen inpaint``. The
   answer is the completed images, observed pixels exactly as sent.
 
-A conditional model (``model.<name>.conditional``) needs ``labels``: one class for every image
+A conditional model (``model.<name>.conditional``) takes ``labels``: one class for every image
 of the request, or one per image (``sample``: per drawn image); an unconditional one refuses them.
+A conditional PixelRNN answers without them too, as p(x), the mixture over its classes (it draws
+a class, or infers it from what it sees); the others need them.
 
 ``sample`` and ``inpaint`` answer ``(B, 28, 28)`` arrays, or with ``"format": "png"`` one
 base64 PNG per image. A request the service cannot answer raises an MLflow

@@ -24,12 +24,13 @@ def add_images(command: argparse.ArgumentParser) -> None:
 
 def labels(args: argparse.Namespace, model: Any, n: int) -> Any:
     """The labels a conditional model takes for the images: --label for all, else the test
-    split's for --test-index; None for an unconditional model (which refuses --label)."""
+    split's for --test-index; None for an unconditional model (which refuses --label) and for one
+    that also models p(x) (``class_optional``: it infers the class)."""
     from rnngen import data
 
     if args.label is not None:
         return args.label  # one class for every image: the model reads it (GenerativeModel.labels)
-    if not model.conditional:
+    if not model.needs_labels:
         return None
     if args.test_index is None:
         raise data.DataError(f"{model.name} is conditional: give the images' class with --label")

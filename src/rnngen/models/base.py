@@ -195,11 +195,25 @@ class GenerativeModel(nn.Module, ABC):
         """True for a model of p(x | y), trained on labels (``model.<name>.conditional``)."""
         return bool(getattr(self.config, "conditional", False))
 
+    @property
+    def class_optional(self) -> bool:
+        """True for a conditional model that also scores, draws and repairs an image whose class
+        is not given, as the mixture p(x) = sum_y p(y) p(x | y) with a uniform p(y): its
+        likelihood without a label is of p(x). A conditional model without it needs a label."""
+        return False
+
+    @property
+    def needs_labels(self) -> bool:
+        """Whether the likelihood and repair need each image's class (then the likelihood is of
+        p(x | y)): a conditional model that is not :attr:`class_optional`."""
+        return self.conditional and not self.class_optional
+
     def labels(self, given: Labels, n: int | None = None) -> Tensor | None:
         """The one place labels are read and checked: what a caller gives (None, one class for
         all ``n`` images, or one per image, as ints, a list, an array or a tensor) as this model
         takes it: ``(n,)`` class indices on its device for a conditional model, None for an
-        unconditional one. Anything else is a :class:`LabelError` that says what to give."""
+        unconditional one (and for a :attr:`class_optional` one given none). Anything else is a
+        :class:`LabelError` that says what to give."""
         if given is not None and not isinstance(given, Tensor):
             given = np.asarray(given)
             given = None if given.size == 0 else given  # JSON's empty list: no labels sent
@@ -209,6 +223,8 @@ class GenerativeModel(nn.Module, ABC):
                                  f"class (train one with model.{self.name}.conditional: true)")
             return None
         classes = self.config.classes
+        if given is None and self.class_optional:
+            return None
         if given is None:
             raise LabelError(f"this {self.name} model is conditional: give each image a label, 0 to {classes - 1}")
         whole = (not (given.is_floating_point() or given.is_complex() or given.dtype == torch.bool)

@@ -13,6 +13,7 @@ import math
 from typing import TYPE_CHECKING
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -100,3 +101,31 @@ def likelihood_kind(metrics: dict[str, float], prefix: str = "") -> str:
     """exact | bound | none: what a model's NLL metrics (as :func:`nll_metrics` names them,
     with ``prefix``) are, read from the metrics themselves."""
     return "exact" if f"{prefix}nll_exact" in metrics else "bound" if f"{prefix}nll_iwae" in metrics else "none"
+
+
+def mixture_logits(logits: Tensor, x: Tensor) -> Tensor:
+    """The per-pixel Bernoulli logits of the mixture p(x) = (1 / C) sum_y p(x | y) of ``C``
+    autoregressive components, from each component's ``logits`` ``(C, B, ...)`` of
+    p(x_i = 1 | x_<i, y) on binary ``x`` ``(B, ...)``, pixels in raster order (flattened): by
+    Bayes' rule p(x_i | x_<i) = sum_y p(y | x_<i) p(x_i | x_<i, y), with p(y | x_<i)
+    proportional to p(x_<i | y), the product of the pixels before i. The mixture is then one
+    autoregressive model: the sum of its pixels' log p is log p(x) exactly."""
+    flat = logits.float().flatten(2)  # (C, B, D)
+    value = x.float().flatten(1).expand_as(flat)
+    log_p = torch.where(value > 0.5, F.logsigmoid(flat), F.logsigmoid(-flat))
+    before = torch.cumsum(log_p.double(), 2) - log_p.double()  # log p(x_<i | y)
+    posterior = torch.log_softmax(before, 0).float()  # log p(y | x_<i); the uniform p(y) cancels
+    one = torch.logsumexp(posterior + F.logsigmoid(flat), 0)
+    zero = torch.logsumexp(posterior + F.logsigmoid(-flat), 0)
+    return (one - zero).view(x.shape)
+
+
+def observed_class_posterior(logits: Tensor, x: Tensor, hidden: Tensor) -> Tensor:
+    """``(B, C)`` log p(y | observed) under a uniform p(y), from each class's ``logits``
+    ``(C, B, ...)`` on binary ``x``: exact where every observed pixel (``hidden`` False)
+    precedes every hidden one in raster order, as log p(observed | y) is then the sum of the
+    observed pixels' log p(x_i | x_<i, y)."""
+    value = x.expand_as(logits)
+    log_p = torch.where(value > 0.5, F.logsigmoid(logits.float()), F.logsigmoid(-logits.float()))
+    seen = (log_p * ~hidden).flatten(2).sum(2).double()  # (C, B)
+    return torch.log_softmax(seen, 0).t()

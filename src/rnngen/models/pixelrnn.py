@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from rnngen.config import under_minimum
 from rnngen.models.base import Completion, GenerativeModel, LossTerms, SamplingError, bernoulli_nll
 from rnngen.models.holes import training_holes
+from rnngen.models.likelihood import mixture_logits, observed_class_posterior
 from rnngen.models.pixelrnn_layers import DiagonalBiLSTMLayer, RowLSTMLayer
 from rnngen.models.pixelrnn_sampling import Generation
 
@@ -219,10 +220,17 @@ class PixelRNN(GenerativeModel):
         """Output layers (sec. 3.4) on channels-last maps: ReLU, 1x1, ReLU, 1x1 -> one logit."""
         return self.out2(F.relu(self.out1(F.relu(m))))
 
+    @property
+    def class_optional(self) -> bool:
+        return self.conditional and not self.config.repair
+
     def logits(self, x: Tensor, y: Tensor | None = None, hidden: Tensor | None = None) -> Tensor:
         """Bernoulli logits of p(x_i = 1 | x_<i) (of p(x_i = 1 | x_<i, y) for a conditional
-        model, labels ``y`` ``(B,)``) for every pixel, ``(B, 1, H, W)``; a repair model's are of
-        p(x_i = 1 | x_<i, the pixels of ``x`` outside ``hidden``) (default: everything hidden)."""
+        model, labels ``y`` ``(B,)``; of the mixture over classes for one given none) for every
+        pixel, ``(B, 1, H, W)``; a repair model's are of p(x_i = 1 | x_<i, the pixels of ``x``
+        outside ``hidden``) (default: everything hidden)."""
+        if self.class_optional and y is None:
+            return mixture_logits(self.class_logits(x), x)
         m = self.first_layer(x)  # row-major, channels last from here: (H, B, W, 2h)
         maps = self.condition(x, torch.ones_like(x, dtype=torch.bool) if hidden is None else hidden)
         maps = [None] * len(self.layers) if maps is None else maps.transpose(0, 1).unbind(3)  # (H, B, W, 2h) each
@@ -232,6 +240,11 @@ class PixelRNN(GenerativeModel):
             if self.training and self.config.dropout:
                 m = F.dropout(m, self.config.dropout)
         return self.head(m).permute(1, 3, 0, 2)
+
+    def class_logits(self, x: Tensor) -> Tensor:
+        """``(C, B, 1, H, W)``: the logits of every class's p(x_i = 1 | x_<i, y) for each image."""
+        classes = torch.arange(self.config.classes, device=x.device).repeat_interleave(len(x))
+        return self.logits(x.repeat(self.config.classes, 1, 1, 1), classes).unflatten(0, (-1, len(x)))
 
     def forward(self, x: Tensor, y: Tensor | None = None) -> LossTerms:
         """-log p(x); a repair model in training: -log p(hidden | observed) of a hole drawn per
@@ -290,6 +303,8 @@ class PixelRNN(GenerativeModel):
         generation). A conditional model draws image b of class ``y[b]``, with the config's
         ``guidance`` when nothing is ``given``.
         """
+        if given is None and self.class_optional and y is None:  # a draw of p(x): y ~ p(y), then x ~ p(x | y)
+            y = torch.randint(self.config.classes, (n,), generator=generator, device=self.device)
         return self.draw(Generation(self, n, size, given, mask, particles, y), temperature, generator,
                          on_row).result(generator)
 
@@ -328,7 +343,9 @@ class PixelRNN(GenerativeModel):
         (:class:`~rnngen.models.pixelrnn_sampling.Particles`): every observed pixel, above or below
         a hidden one, weighs in; when every observed pixel precedes every hidden one (the bottom
         half) ancestral sampling is already exact, and one particle is run. ``means`` are
-        p(x_i = 1 | ...) along the drawn path.
+        p(x_i = 1 | ...) along the drawn path. A class-conditional model given no class draws the
+        class too: from p(y | observed), exact, when the observed pixels come first, else each
+        particle holds one (at least one particle per class).
 
         ``hole_nll``: a repair model's exact; any other's log p(observed) - log p(x), exact for
         the bottom half, else with log p(observed) the particle filter's estimate (None with
@@ -338,12 +355,18 @@ class PixelRNN(GenerativeModel):
         first_hidden = torch.where(flat, position, flat.shape[1]).min(1, keepdim=True).values
         looks_ahead = bool((~flat & (position > first_hidden)).any()) and not self.config.repair
         given = (x > 0.5).to(x.dtype)  # the likelihood's view of the observed pixels: binary
+        unknown = self.class_optional and y is None  # the class is hidden too
         with torch.no_grad():
-            run = self.draw(Generation(self, len(x), (x.shape[-2], x.shape[-1]), given, mask,
-                                       effort if looks_ahead else 1, y), 1.0, generator)
+            by_class = self.class_logits(given) if unknown else None
+            if unknown and not looks_ahead:  # a class from p(y | observed), exact: then one pass
+                posterior = observed_class_posterior(by_class, given, mask)
+                y = torch.multinomial(posterior.exp().float(), 1, generator=generator)[:, 0]
+            k = max(effort, self.config.classes, 2) if unknown and looks_ahead else effort if looks_ahead else 1
+            run = self.draw(Generation(self, len(x), (x.shape[-2], x.shape[-1]), given, mask, k, y), 1.0, generator)
             hole = self.hole_nll(given, mask, y=y) if self.config.repair else None
             if not self.config.repair and (run.smc is not None or not looks_ahead):
-                terms = F.binary_cross_entropy_with_logits(self.logits(given, y), given, reduction="none")
+                logits = self.logits(given, y) if by_class is None else mixture_logits(by_class, given)
+                terms = F.binary_cross_entropy_with_logits(logits, given, reduction="none")
                 hole = ((terms * mask).flatten(1).sum(1) if run.smc is None  # observed first: exact
                         else (run.smc.log_evidence() + terms.flatten(1).sum(1).double()).to(x.dtype))
             drawn, probs = run.result(generator)

@@ -198,9 +198,16 @@ class Particles:
     Sequences are laid out image-major: rows ``b * k .. b * k + k - 1`` belong to image ``b``.
     """
 
-    def __init__(self, n: int, k: int, device: torch.device) -> None:
+    def __init__(self, n: int, k: int, device: torch.device, classes: int = 0) -> None:
         self.n, self.k = n, k
         self.log_w = torch.zeros(n, k, dtype=torch.float64, device=device)
+        #: with ``classes`` (a class-conditional model asked no class), each sequence's class,
+        #: round robin; their start weights are p(y) over the share of sequences holding y, so
+        #: the weighted sequences stand for p(y) exactly and the filter runs on p(x, y)
+        self.classes = torch.arange(k, device=device) % classes if classes else None
+        if self.classes is not None:
+            share = torch.bincount(self.classes, minlength=classes)[self.classes].double() / k
+            self.log_w += -math.log(classes) - share.log()
         self.first = (torch.arange(n, device=device) * k).unsqueeze(1)  # (n, 1)
         #: the log mean weights of the resampled stretches so far (log_evidence's sum)
         self.log_z = torch.zeros(n, dtype=torch.float64, device=device)
@@ -269,10 +276,13 @@ class Generation:
         maps = model.condition(blank if given is None else given,
                                     torch.ones_like(blank, dtype=torch.bool) if mask is None else mask)
         if given is not None and mask is not None:
-            self.smc = Particles(n, particles, model.input_conv.weight.device) if particles > 1 else None
+            unknown = labels is None and model.class_optional  # each sequence holds a class of its own
+            self.smc = (Particles(n, particles, weight.device, model.config.classes if unknown else 0)
+                        if particles > 1 else None)
             self.observed = Observed(given.repeat_interleave(particles, 0), mask.repeat_interleave(particles, 0),
                                      self.smc)
-            labels = None if labels is None else labels.repeat_interleave(particles, 0)
+            labels = (self.smc.classes.repeat(n) if unknown and self.smc is not None
+                      else None if labels is None else labels.repeat_interleave(particles, 0))
             maps = None if maps is None else maps.repeat_interleave(particles, 0)
             n *= particles
         biases = model.gate_biases(labels)

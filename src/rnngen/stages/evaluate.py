@@ -34,7 +34,7 @@ def run(
     test = data.load_split(split_dir, "test")
     test = test.head(cfg.max_images) if cfg.max_images else test
     identity = test_set_identity(cfg, binarization, len(test.x), data.test_set_digest(split_dir), judge,
-                                 model.conditional)
+                                 model.needs_labels)
     tracking.check_store(run_info["tracking_uri"])
     mlflow.set_tracking_uri(run_info["tracking_uri"])
     note = binarization_note(binarization, cfg.seed)
