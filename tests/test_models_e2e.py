@@ -2,9 +2,10 @@
 git+DVC copy (tune -> train -> evaluate -> registry), conditional on the split's labels (PixelRNN
 as its other variant, the GAN with its other loss), then the registered version through the CLI
 (`sample`, `inpaint`, `interpolate`, `evaluate`, `score`) and back through MLflow's own loader
-(`models:/` URI) in a fresh process, which scores, samples and inpaints as the served model does.
-The unconditional default goes through the same stages in tests/test_pipeline.py, and every
-model unconditionally through training, the service and the CLI's code in the fast tier. The CLI
+(`models:/` URI) in a fresh process, which scores, samples and inpaints as the served model does;
+PixelRNN as params.yaml has it also without a label. The pipeline's mechanics go through the same
+stages in tests/test_pipeline.py, and every model unconditionally through training, the service
+and the CLI's code in the fast tier. The CLI
 is called as ``rnngen.cli.main(argv)`` in the project's folder, the function the console script
 runs (tests/test_cli.py runs the script itself), to save an interpreter start per command."""
 
@@ -42,13 +43,14 @@ except Exception as exc:  # a model without a likelihood refuses to score
     scores = str(exc)
 drawn = model.predict([], params={"task": "sample", "n": 3, "seed": 1, "labels": [7]})
 repaired = model.predict(x, params={"task": "inpaint", "mask": "random_pixels", "effort": 2, **labels})
-try:
-    model.predict([], params={"task": "sample", "n": 2})
-    refused = ""
+try:  # no labels: refused, or (a conditional PixelRNN) p(x), the mixture over classes
+    free = {"drawn": np.asarray(model.predict([], params={"task": "sample", "n": 2})).shape,
+            "scores": np.asarray(model.predict(x)).tolist(),
+            "repaired": np.asarray(model.predict(x, params={"task": "inpaint", "mask": "centre_square"})).tolist()}
 except Exception as exc:
-    refused = str(exc)
+    free = str(exc)
 print(json.dumps({"scores": scores, "drawn": np.asarray(drawn).tolist(), "repaired": np.asarray(repaired).tolist(),
-                  "refused": refused}))
+                  "free": free}))
 """
 
 
@@ -79,26 +81,35 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return copy_project(tmp_path_factory.mktemp("models"), tiny_params())
 
 
-#: every model conditional, with PixelRNN's other variant (the default is test_pipeline's) trained to repair, and
-#: the GAN's other loss
-RUNS = [(name, {"pixelrnn": ["model.pixelrnn.variant=row_lstm", "model.pixelrnn.repair=true"],
-                "dcgan": ["model.dcgan.loss=wgan_gp"]}.get(name, []))
-        for name in MODELS]
+#: every model conditional, with PixelRNN's other variant trained to repair, and the GAN's other loss; then
+#: PixelRNN as params.yaml has it, which also answers without a label (the mixture over classes)
+RUNS = [*((name, {"pixelrnn": ["model.pixelrnn.variant=row_lstm", "model.pixelrnn.repair=true"],
+                  "dcgan": ["model.dcgan.loss=wgan_gp"]}.get(name, []))
+          for name in MODELS), ("pixelrnn", ["model.pixelrnn.variant=diagonal_bilstm"])]
+
+
+def needs_labels(name: str, sets: list[str]) -> bool:
+    """Whether the run's model needs a class everywhere: every conditional model but a PixelRNN
+    that is not trained to repair."""
+    return name != "pixelrnn" or "model.pixelrnn.repair=true" in sets
 
 
 @pytest.mark.parametrize(("name", "sets"), RUNS, ids=[" ".join([n, *s]) for n, s in RUNS])
 def test_model_through_dvc_the_registry_the_cli_and_the_served_model(project: Path, name: str, sets: list[str],
                                                                       rnngen: Rnngen) -> None:
     """`dvc exp run -S model.NAME.conditional=true`: p(x | y) trained on the split's labels,
-    scored with the test labels, samples asked of each class; the registered version through
-    every command and MLflow's loader (a new model of the registry is tested here too)."""
+    scored with the test labels (without them, p(x), where the model needs none), samples asked
+    of each class; the registered version through every command and MLflow's loader (a new
+    model of the registry is tested here too)."""
     out = run([str(BIN / "dvc"), "exp", "run", "-S", f"model.name={name}", "-S", f"model.{name}.conditional=true",
                *(f"-S{s}" for s in sets)], project)
     assert {"tune", "train", "evaluate"} <= set(stages_run(out.stdout)), out.stdout
     record = json.loads((project / "models/run.json").read_text())
     metrics = json.loads((project / "reports/metrics.json").read_text())
     likelihood = MODELS[name].has_likelihood
-    assert metrics["model"] == name and metrics["test_set"]["conditional"] == "true" and metrics["test_fcd"] > 0
+    needs = needs_labels(name, sets)
+    assert metrics["model"] == name and metrics["test_set"]["conditional"] == str(needs).lower()
+    assert metrics["test_fcd"] > 0
     assert 0 <= metrics["test_asked_accuracy"] <= 1
     if likelihood:
         assert 0 < metrics["test_nll_iwae"] <= metrics["test_nll_elbo"]
@@ -107,20 +118,21 @@ def test_model_through_dvc_the_registry_the_cli_and_the_served_model(project: Pa
     else:  # absent, not 0 or NaN
         assert metrics["likelihood"].startswith("none") and not any("nll" in k or "bpd" in k for k in metrics)
     uri = f"models:/rnngen/{record['model_version']}"
-    check_commands(project, name, uri, metrics, rnngen)
-    check_served(project, name, uri)
+    check_commands(project, name, uri, metrics, rnngen, needs)
+    check_served(project, name, uri, needs)
 
 
-def check_commands(project: Path, name: str, uri: str, metrics: dict, rnngen: Rnngen) -> None:
-    """sample (a class, every class, none: refused), inpaint, interpolate (a latent model's walk
-    holds a class; PixelRNN has none), evaluate (the stage's numbers), score (a GAN: refused)."""
+def check_commands(project: Path, name: str, uri: str, metrics: dict, rnngen: Rnngen, needs: bool) -> None:
+    """sample (a class, every class, none: refused where the model ``needs`` one), inpaint,
+    interpolate (a latent model's walk holds a class; PixelRNN has none), evaluate (the stage's
+    numbers), score (a GAN: refused)."""
     sample = rnngen(project, "sample", "--model", uri, "--label", "3", "--n", "4", "--out", f"{name}.png")
     assert f"version {uri.rsplit('/', 1)[1]}" in sample.stdout and (project / f"{name}.png").stat().st_size
     drawn = rnngen(project, "sample", "--model", uri, "--label", "all", "--n", "2", "--out", f"{name}-classes.png")
     assert drawn.returncode == 0 and (project / f"{name}-classes.png").stat().st_size, drawn.stderr
-    refused = rnngen(project, "sample", "--model", uri, "--out", f"{name}-none.png")
-    assert refused.returncode == 2 and "is conditional" in refused.stderr
-    assert not (project / f"{name}-none.png").exists()
+    unlabelled = rnngen(project, "sample", "--model", uri, "--out", f"{name}-none.png")
+    assert (unlabelled.returncode == 2 and "is conditional" in unlabelled.stderr) == needs
+    assert (project / f"{name}-none.png").exists() != needs
     inpainted = rnngen(project, "inpaint", "--model", uri, "--test-index", "0", "1", "--mask", "centre_square",
                        "--effort", "1", "--out", f"{name}-inpaint.png")  # the test images' own labels
     assert inpainted.returncode == 0, inpainted.stderr
@@ -149,7 +161,7 @@ def check_commands(project: Path, name: str, uri: str, metrics: dict, rnngen: Rn
         promote_a_gan(project, rnngen)
 
 
-def check_served(project: Path, name: str, uri: str) -> None:
+def check_served(project: Path, name: str, uri: str, needs: bool) -> None:
     """MLflow's own loader, in a fresh process: only the models:/ URI and the store's address."""
     split = project / "data/split"
     served = run([sys.executable, "-c", SERVED, uri, str(split / "test_x.npy"), str(split / "test_y.npy")], project,
@@ -167,7 +179,13 @@ def check_served(project: Path, name: str, uri: str) -> None:
     x = (np.load(split / "test_x.npy")[:5] > 127).astype(np.float32)
     hidden = make_mask("random_pixels", 5, torch.Generator().manual_seed(0))[:, 0].numpy()
     assert repaired.shape == (5, 28, 28) and np.array_equal(repaired[~hidden], x[~hidden])
-    assert "is conditional: send labels" in answers["refused"]
+    if needs:
+        assert "is conditional: send labels" in answers["free"]
+        return
+    free = answers["free"]  # p(x): drawn with a class of its own, scored and repaired without one
+    centre = make_mask("centre_square", 5)[:, 0].numpy()
+    assert free["drawn"] == [2, 28, 28] and np.isfinite(free["scores"]).all() and (np.asarray(free["scores"]) > 0).all()
+    assert np.array_equal(np.asarray(free["repaired"])[~centre], x[~centre])
 
 
 def promote_a_gan(project: Path, rnngen: Rnngen) -> None:
