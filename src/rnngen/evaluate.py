@@ -110,9 +110,10 @@ def report(
     """Every test metric and picture for one model: likelihood bounds (none for a model without
     a likelihood), sample quality, inpainting under each mask, on labelled uint8 test images;
     pictures go to ``pictures``.
-    A conditional model draws its samples of the test images' classes (``asked_accuracy``) and
-    its sample grid one class a row; it is scored and repairs with the test labels where it
-    :attr:`~rnngen.models.GenerativeModel.needs_labels` (p(x | y)), else without (p(x)).
+    A conditional model draws samples of the test images' classes (``asked_accuracy``) and its
+    sample grid one class a row; it is scored, repairs and draws the FCD's samples with the test
+    labels where it :attr:`~rnngen.models.GenerativeModel.needs_labels` (p(x | y)), else without
+    (p(x), comparable with an unconditional model's).
     """
     torch.manual_seed(cfg.seed)
     model.eval()
@@ -129,7 +130,10 @@ def report(
     real = x if classifier.binary else to_unit(x_test)
     n_quality = min(cfg.n_quality, len(real))
     metrics |= {f"test_{k}": v for k, v in sample_quality(model, classifier, real, n_quality, cfg.seed,
-                                                          labels=y).items()}
+                                                          labels=y if model.needs_labels else None).items()}
+    if model.class_optional:  # its FCD above is of draws of p(x), as an unconditional model's; the class asked beside
+        asked = sample_quality(model, classifier, real, n_quality, cfg.seed, labels=y)
+        metrics |= {f"test_{k}": v for k, v in asked.items() if k.startswith(("asked_accuracy", "fcd_"))}
 
     draw_pictures(model, x, y, cfg, pictures)
     return metrics | repair(model, classifier, x, y_test, cfg, pictures, progress)
