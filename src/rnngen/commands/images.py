@@ -19,7 +19,7 @@ def add_images(command: argparse.ArgumentParser) -> None:
                          help="split stage output, for --test-index (default: %(default)s)")
     command.add_argument("--label", type=int, default=None,
                          help="a conditional model's class for every image (default with --test-index: "
-                              "the test labels)")
+                              "the test labels where the model needs one; a conditional PixelRNN infers it)")
 
 
 def labels(args: argparse.Namespace, model: Any, n: int) -> Any:
