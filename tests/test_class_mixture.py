@@ -9,8 +9,9 @@ import math
 import pytest
 import torch
 
-from rnngen.models.likelihood import mixture_logits
+from rnngen.models.likelihood import mixture_logits, observed_class_posterior
 from rnngen.models.pixelrnn import PixelRNN, PixelRNNConfig
+from rnngen.models.pixelrnn_sampling import Particles
 from test_repair import every_image
 
 CLASSES = 3
@@ -22,7 +23,7 @@ def mixture_model(variant: str = "diagonal_bilstm", **kw: object) -> PixelRNN:
     model = PixelRNN(PixelRNNConfig(variant=variant, layers=2, hidden=6, out_hidden=8, conditional=True,
                                     classes=CLASSES, guidance=1.0, **kw))
     for table in model.class_gates:
-        torch.nn.init.normal_(table.weight, std=1.5)
+        torch.nn.init.normal_(table.weight, std=4.0)
     torch.nn.init.normal_(model.out2.weight, std=3.0)  # far from uniform: a sampler's error shows
     return model.double().eval()
 
@@ -90,3 +91,28 @@ def test_a_completion_without_a_class_draws_the_mixtures_posterior(hidden: list,
     assert (counts - exact).abs().sum() / 2 < tv
     brute = -(log_p[(images.float() == x).flatten(1).all(1)] - torch.logsumexp(log_p[agree], 0))
     assert done.hole_nll.double().mean().item() == pytest.approx(brute.item(), abs=atol)
+
+
+def test_the_class_posterior_of_the_observed_pixels_is_bayes_rule_enumerated() -> None:
+    """Where the observed pixels come first, p(y | observed) from the observed pixels' own
+    conditionals against p(observed | y) summed over every completion."""
+    model = mixture_model()
+    images = every_image(2, 3)
+    x, hidden = images[6:7], torch.tensor([[[[False, False, False], [False, True, True]]]])
+    agree = (images == x)[:, ~hidden[0]].all(1)
+    exact = torch.softmax(torch.logsumexp(by_class(model, images)[:, agree], 1), 0)
+    with torch.no_grad():
+        posterior = observed_class_posterior(model.class_logits(x), x, hidden)[0].exp()
+    assert torch.allclose(posterior, exact, atol=1e-6)
+    assert (exact - 1 / CLASSES).abs().max() > 0.1  # the classes differ: a uniform guess would fail
+
+
+def test_particles_holding_classes_stand_for_a_uniform_prior() -> None:
+    """4 particles over 3 classes (two hold class 0): their start weights give each class 1/3,
+    and the evidence starts at log 1."""
+    smc = Particles(2, 4, torch.device("cpu"), classes=CLASSES)
+    assert smc.classes.tolist() == [0, 1, 2, 0]
+    w = torch.softmax(smc.log_w, 1)
+    for c in range(CLASSES):
+        assert w[:, smc.classes == c].sum(1).tolist() == pytest.approx([1 / CLASSES] * 2)
+    assert smc.log_evidence().tolist() == pytest.approx([0.0, 0.0], abs=1e-12)
