@@ -378,6 +378,38 @@ def test_a_trial_cut_off_before_its_objective_is_retried_on_a_database(tmp_path:
     assert [t.system_attrs["fixed_params"] for t in queued] == [trials[cut.number].params]  # the same values
 
 
+@pytest.mark.parametrize("cut", [True, False])
+def test_a_trial_that_lost_the_database_is_queued_again_not_counted(tmp_path: Path, cut: bool) -> None:
+    """A trial whose objective met a cut database connection, with the database back in time for
+    Optuna to record FAIL, is queued again with its values and does not use the budget; a trial
+    that raised on its own is a failure of its configuration, counted and not retried."""
+    import types
+
+    import optuna
+    from sqlalchemy.exc import OperationalError
+
+    from rnngen.tuning.storage import StudyStorage
+    from rnngen.tuning.workers import budget_used, retried, run_trial
+
+    storage = StudyStorage(url=f"sqlite:///{tmp_path / 'study.db'}")
+    study = optuna.create_study(study_name="s", storage=storage.connect())
+
+    def train(trial: Any, sampled: Any) -> float:
+        trial.suggest_float("lr", 1e-4, 1e-2)
+        sampled()
+        if cut:
+            raise OperationalError("UPDATE trials", {}, Exception("server closed the connection unexpectedly"))
+        raise RuntimeError("the configuration diverged")
+
+    run_trial(study, types.SimpleNamespace(storage=storage), 0, train, release=lambda: None)
+    trials = study.get_trials()
+    assert trials[0].state.name == "FAIL"
+    assert retried(trials) == ({0} if cut else set())
+    assert budget_used(trials) == ((0, 0) if cut else (1, 0))
+    queued = [t.system_attrs["fixed_params"] for t in trials if t.state.name == "WAITING"]
+    assert queued == ([trials[0].params] if cut else [])
+
+
 def test_a_trial_holds_its_values_from_the_moment_it_is_asked() -> None:
     """No window between ask and suggest: a worker killed right after ``ask`` leaves a trial
     whose retry (enqueued with its params) trains the same configuration."""

@@ -119,7 +119,9 @@ class StudyStorage:
         import sqlalchemy
         from sqlalchemy.pool import NullPool
 
-        engine = sqlalchemy.create_engine(self.url, poolclass=NullPool, connect_args={"connect_timeout": 5})
+        server = self.url.startswith(("postgresql", "mysql"))  # SQLite's driver has no connect_timeout
+        engine = sqlalchemy.create_engine(self.url, poolclass=NullPool,
+                                          connect_args={"connect_timeout": 5} if server else {})
         deadline = time.monotonic() + timeout
         try:
             while True:

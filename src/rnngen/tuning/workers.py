@@ -105,7 +105,8 @@ def run_trials(ctx: SearchContext, worker: int, *, finish: bool, ready: Any = No
                 used, running = budget_used(study.get_trials(deepcopy=False))
                 spent = ctx.over_budget()
                 if used < ctx.cfg.n_trials and not spent:
-                    _run_one(study, ctx, worker, images, release=lock.close)
+                    run_trial(study, ctx, worker, lambda t, s: objective(t, ctx, images, sampled=s),
+                              release=lock.close)
                     continue
         except Exception as exc:  # the database restarted between trials: wait for it, go on
             if not lost_database(exc):
@@ -121,19 +122,29 @@ def run_trials(ctx: SearchContext, worker: int, *, finish: bool, ready: Any = No
         return
 
 
-def _run_one(study: Any, ctx: SearchContext, worker: int, images: Any,
-             release: Callable[[], None]) -> None:
-    """One trial through ``study.optimize``; ``release`` (the budget lock) runs once the trial
-    exists and holds its values. A trial stopped by Ctrl-C is queued again, as a killed one
-    would be."""
+def run_trial(study: Any, ctx: SearchContext, worker: int, train: Callable[[Any, Callable[[], None]], float],
+              release: Callable[[], None]) -> None:
+    """One trial of ``train(trial, sampled)`` through ``study.optimize``; ``release`` (the
+    budget lock) runs once the trial exists and holds its values (``sampled``).
+
+    A trial stopped by Ctrl-C is queued again, as a killed one would be. A trial that lost the
+    database is a dead worker's, failed and queued again with its values once the database is
+    back: whether Optuna's tell met no database either (the trial still RUNNING) or the database
+    was back in time to record FAIL. That failure is the database's, never the configuration's.
+    """
     import optuna
 
     started: list[Any] = []
+    lost: list[BaseException] = []
 
     def run(trial: Any) -> float:
         started.append(trial)
         try:
-            return objective(trial, ctx, images, sampled=release)
+            return train(trial, release)
+        except Exception as exc:
+            if lost_database(exc):
+                lost.append(exc)
+            raise
         finally:
             release()  # also when sampling failed
 
@@ -150,13 +161,14 @@ def _run_one(study: Any, ctx: SearchContext, worker: int, images: Any,
     except Exception as exc:
         if not lost_database(exc):
             raise
-        # the database went away mid-trial (a restart): once it is back, the trial is a dead
-        # worker's, failed and queued again with its values, unless it was recorded finished
-        ctx.storage.wait_for_database()
-        trial = _frozen(study, started[0].number) if started else None
-        if trial is not None and trial.state == optuna.trial.TrialState.RUNNING:
-            study.tell(trial.number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
-            requeue(study, trial, "lost the study's database mid-trial")
+        lost.append(exc)
+    if not lost:
+        return
+    ctx.storage.wait_for_database()
+    trial = _frozen(study, started[0].number) if started else None
+    if trial is not None and trial.state in (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.FAIL):
+        study.tell(trial.number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
+        requeue(study, trial, "lost the study's database mid-trial")
 
 
 def _printer(worker: int) -> Callable[[Any, Any], None]:
