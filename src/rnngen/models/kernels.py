@@ -63,6 +63,7 @@ def ops(name: str, like: torch.Tensor) -> object | None:
     (not a CPU tensor, kernels off, the build failed)."""
     if like.device.type != "cpu" or not enabled() or not _load(name):
         return None
+    keep_freed_memory()  # scoring too: a pass over 200 images maps ~1 GB, faulted in afresh each time
     return getattr(torch.ops, f"rnngen_{name}")
 
 
@@ -71,7 +72,10 @@ def keep_freed_memory() -> bool:
     """Tell glibc's malloc to keep freed blocks for reuse instead of handing them back to the
     kernel (``mallopt``: mmap threshold 1 GiB, trim threshold 2 GiB). PyTorch's CPU allocator
     does not cache, so by default every training step maps its activations afresh and
-    page-faults them in: measured 1.3x images/s for PixelRNN on 2 cores (bench/pixelrnn_speed.py).
+    page-faults them in: measured 1.3x images/s for PixelRNN training on 2 cores
+    (bench/pixelrnn_speed.py), 2.2x for its teacher-forced scoring of 200 images
+    (bench/scoring_speed.py). Every use of a C++ kernel sets it (:func:`ops`), and training
+    does for every model.
     The same effect as running under jemalloc or tcmalloc, which PyTorch's CPU tuning guide
     recommends. Process-wide and idempotent; False where the C library is not glibc."""
     try:
