@@ -116,3 +116,19 @@ def test_particles_holding_classes_stand_for_a_uniform_prior() -> None:
     for c in range(CLASSES):
         assert w[:, smc.classes == c].sum(1).tolist() == pytest.approx([1 / CLASSES] * 2)
     assert smc.log_evidence().tolist() == pytest.approx([0.0, 0.0], abs=1e-12)
+
+
+def test_resampling_is_systematic_each_sequence_kept_its_weights_share_of_times() -> None:
+    """Systematic resampling (Kitagawa 1996): each sequence is kept floor or ceil of k times its
+    weight, for any seed; multinomial resampling's counts stray further (and its variance cost
+    the class-hidden repair's centre square 1.7 points on 1,000 digits, bench/repair_quality.py).
+    Every sequence's weight starts anew, and the evidence keeps the log mean weight."""
+    k, weights = 8, torch.tensor([[0.5, 0.3, 0.1, 0.05, 0.05, 0.0, 0.0, 0.0], [0.01] * 7 + [0.93]])
+    for seed in range(50):
+        smc = Particles(2, k, torch.device("cpu"))
+        smc.log_w = weights.double().log() + 3.0  # mean weight e^3 / k
+        keep = smc.resample(torch.Generator().manual_seed(seed))
+        counts = torch.bincount(keep, minlength=2 * k).view(2, k).double()
+        assert ((counts - k * weights).abs() < 1).all(), (seed, counts)
+        assert (smc.log_w == 0).all()
+        assert smc.log_evidence().tolist() == pytest.approx([3.0 - math.log(k)] * 2)

@@ -190,7 +190,7 @@ class Particles:
     ``k`` sequences per image are generated side by side, each hidden pixel drawn from the
     model's p(x_i | x_<i) (the proposal), each observed pixel weighting its sequence by
     p(x_i | x_<i) (the incremental weight of that proposal). After a row, the sequences of an
-    image whose effective sample size fell below ``k / 2`` are resampled (multinomial); at the
+    image whose effective sample size fell below ``k / 2`` are resampled (systematic); at the
     end one sequence per image is drawn by weight. As ``k`` grows this is a draw from
     p(hidden | observed) whatever the mask; with no observed pixel after a hidden one every
     weight is equal and one sequence is the exact ancestral draw.
@@ -229,7 +229,11 @@ class Particles:
         low = 1.0 / w.square().sum(1) < self.k / 2  # effective sample size (Kong et al. 1994)
         if not low.any():
             return None
-        drawn = torch.multinomial(w.float(), self.k, replacement=True, generator=generator)
+        # systematic resampling (Kitagawa 1996): one uniform per image, k evenly spaced points;
+        # point p keeps sequence i where cumsum[i - 1] <= p < cumsum[i]
+        u = torch.rand(self.n, 1, generator=generator, device=w.device, dtype=w.dtype)
+        points = (u + torch.arange(self.k, device=w.device, dtype=w.dtype)) / self.k
+        drawn = torch.searchsorted(w.cumsum(1), points, side="right").clamp(max=self.k - 1)
         keep = torch.where(low.unsqueeze(1), drawn, torch.arange(self.k, device=w.device))
         self.log_z += torch.where(low, torch.logsumexp(self.log_w, 1) - math.log(self.k), 0.0)
         self.log_w = torch.where(low.unsqueeze(1), torch.zeros_like(self.log_w), self.log_w)
