@@ -70,7 +70,7 @@ def test_postgresql_restarted_mid_study_loses_and_doubles_no_trial(
     trials = study_trials(url)
     assert tuning.budget_used(trials) == (6, 0), [(t.number, t.state.name) for t in trials]
     complete = [t for t in trials if t.state.name == "COMPLETE"]
-    assert len(complete) == 6  # no trial lost: every counted one finished
+    assert len(complete) == 6, [(t.number, t.state.name, t.user_attrs.get("error")) for t in trials]  # none lost
     # a trial cut off by the restart failed and ran again, with the values it had drawn (none, if
     # the cut came before its first draw reached the database)
     failed = [t for t in trials if t.state.name == "FAIL"]
