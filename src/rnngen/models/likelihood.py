@@ -112,7 +112,7 @@ def mixture_logits(logits: Tensor, x: Tensor) -> Tensor:
     autoregressive model: the sum of its pixels' log p is log p(x) exactly."""
     flat = logits.float().flatten(2)  # (C, B, D)
     value = x.float().flatten(1).expand_as(flat)
-    log_p = torch.where(value > 0.5, F.logsigmoid(flat), F.logsigmoid(-flat))
+    log_p = -F.binary_cross_entropy_with_logits(flat, value, reduction="none")
     before = torch.cumsum(log_p.double(), 2) - log_p.double()  # log p(x_<i | y)
     posterior = torch.log_softmax(before, 0).float()  # log p(y | x_<i); the uniform p(y) cancels
     one = torch.logsumexp(posterior + F.logsigmoid(flat), 0)
@@ -125,7 +125,6 @@ def observed_class_posterior(logits: Tensor, x: Tensor, hidden: Tensor) -> Tenso
     ``(C, B, ...)`` on binary ``x``: exact where every observed pixel (``hidden`` False)
     precedes every hidden one in raster order, as log p(observed | y) is then the sum of the
     observed pixels' log p(x_i | x_<i, y)."""
-    value = x.expand_as(logits)
-    log_p = torch.where(value > 0.5, F.logsigmoid(logits.float()), F.logsigmoid(-logits.float()))
+    log_p = -F.binary_cross_entropy_with_logits(logits.float(), x.float().expand_as(logits), reduction="none")
     seen = (log_p * ~hidden).flatten(2).sum(2).double()  # (C, B)
     return torch.log_softmax(seen, 0).t()
