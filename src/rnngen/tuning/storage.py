@@ -33,6 +33,8 @@ MAX_RETRIES = 2
 StaleCallback = Callable[[Any, Any], None]
 #: seconds a worker waits for its database to answer again (a restart) before the stage stops
 DATABASE_BACK_S = 120
+#: database servers, whose drivers take ``connect_timeout`` (SQLite's does not)
+SERVER_SCHEMES = ("postgresql", "mysql")
 
 
 class DatabaseGoneError(UserError):
@@ -99,7 +101,7 @@ class StudyStorage:
 
             return JournalStorage(JournalFileBackend(self.journal))
         engine: dict[str, Any] = {}
-        if self.url.startswith(("postgresql", "mysql")):
+        if self.url.startswith(SERVER_SCHEMES):
             engine["connect_args"] = {"connect_timeout": 10}  # fail fast on a dead host
             engine["pool_pre_ping"] = True  # a server restart cuts pooled connections: test each before use
         heartbeat: dict[str, Any] = {}
@@ -119,9 +121,8 @@ class StudyStorage:
         import sqlalchemy
         from sqlalchemy.pool import NullPool
 
-        server = self.url.startswith(("postgresql", "mysql"))  # SQLite's driver has no connect_timeout
-        engine = sqlalchemy.create_engine(self.url, poolclass=NullPool,
-                                          connect_args={"connect_timeout": 5} if server else {})
+        timeout_arg = {"connect_timeout": 5} if self.url.startswith(SERVER_SCHEMES) else {}
+        engine = sqlalchemy.create_engine(self.url, poolclass=NullPool, connect_args=timeout_arg)
         deadline = time.monotonic() + timeout
         try:
             while True:
