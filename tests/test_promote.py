@@ -226,6 +226,19 @@ def test_champion_from_other_data_is_rescored(store: dict[str, Any]) -> None:
     assert rescored["test_nll_elbo"] == pytest.approx(original["test_nll_elbo"], abs=1e-6)
 
 
+def test_a_champion_judged_by_another_classifier_is_compared_on_likelihood_alone(store: dict[str, Any]) -> None:
+    """A retrained judge gives other accuracies and FCDs: the champion is re-scored on the NLL,
+    and its FCD, by the other judge, is shown but never compared."""
+    run_promote(store, store)
+    assert len(read_json(store["metrics"])["test_set"]["judge_sha256"]) == 64  # the evaluate stage records it
+    challenger = register_challenger(store, -1.0, test_set={"judge_sha256": "0" * 64})
+    assert run_promote(store, challenger)[0].outcome == "kept"  # no re-scoring: no yardstick at all
+    decision, _ = run_promote(store, challenger, rescore=promote.likelihood_rescorer(store["split"]))
+    assert decision.outcome == "promoted" and decision.champion is not None and decision.champion.rescored
+    fcd = [row for row in decision.rows if row.metric == "test_fcd"]
+    assert fcd and fcd[0].ok is None, decision.rows
+
+
 def test_bad_inputs_change_nothing(store: dict[str, Any], tmp_path: Path) -> None:
     report = tmp_path / "out" / "promotion.md"
     cfg = PromoteConfig()

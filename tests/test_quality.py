@@ -16,6 +16,7 @@ from rnngen.classifier import (
     DigitClassifier,
     accuracy,
     as_judged,
+    digest,
     features,
     load_classifier,
     logits,
@@ -163,6 +164,19 @@ def test_tiny_classifier_beats_chance_and_round_trips(tiny_classifier, digits, t
     loaded = load_classifier(save_classifier(tmp_path / "clf.pt", tiny_classifier))
     assert loaded.config == tiny_classifier.config
     assert torch.equal(logits(loaded, images), logits(tiny_classifier, images))
+
+
+def test_a_judge_digest_names_its_weights_and_settings(tiny_classifier, tmp_path) -> None:
+    """What the test-set identity records of the judge: the same after a round trip, another
+    after one weight moves or a setting changes (then promotion compares no accuracy or FCD)."""
+    loaded = load_classifier(save_classifier(tmp_path / "clf.pt", tiny_classifier))
+    assert digest(loaded) == digest(tiny_classifier)
+    with torch.no_grad():
+        loaded.out.bias[3] += 1e-3
+    assert digest(loaded) != digest(tiny_classifier)
+    other = DigitClassifier(10, ClassifierConfig(epochs=1, batch_size=32, augment_shift=0))
+    other.load_state_dict(tiny_classifier.state_dict())
+    assert digest(other) != digest(tiny_classifier)
 
 
 def test_classifier_training_is_seeded(digits) -> None:

@@ -12,6 +12,7 @@ With ``binarize: false`` it takes grey levels in [0, 1] instead.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -242,6 +243,15 @@ def _train_epoch(
         opt.step()
         loss_sum += loss.item() * len(idx)
     return loss_sum
+
+
+def digest(model: DigitClassifier) -> str:
+    """sha256 of a judge's settings and weights: two evaluations' accuracies and FCDs compare
+    only when they were judged by the same classifier."""
+    h = hashlib.sha256(repr(sorted(dataclasses.asdict(model.config).items())).encode())
+    for name, value in sorted(model.state_dict().items()):
+        h.update(name.encode() + b"\0" + value.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 def save_classifier(path: str | Path, model: DigitClassifier) -> Path:

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from rnngen.classifier import DigitClassifier, fallback_classifier, load_classifier
+from rnngen.classifier import DigitClassifier, digest, fallback_classifier, load_classifier
 from rnngen.config import under_minimum
 from rnngen.data import DataError, Images, UserData, binarized_test_set, load_split, test_set_digest, to_unit
 from rnngen.inpaint import MASKS, inpaint, inpainting_metrics, make_mask
@@ -88,13 +88,14 @@ def test_set_identity(
 ) -> dict[str, str]:
     """What makes two evaluations comparable, as flat strings (logged as ``test_set.*``
     params): the test images (their digest and count), how they were binarized (mode and
-    seed), k, and the sample-quality and inpainting settings, with the kind of image the
-    classifier judges (an FCD of binary images does not compare with one of grey levels), and
-    whether the likelihood is of p(x | y) (a conditional model's) or of p(x)."""
+    seed), k, and the sample-quality and inpainting settings, with the classifier that judges
+    (its digest: another judge's FCD and accuracies do not compare) and the kind of image it
+    judges, and whether the likelihood is of p(x | y) (a conditional model's) or of p(x)."""
     return {"conditional": "true" if conditional else "false",
         "data_sha256": data_sha256, "n_test": str(n_test), "binarization": binarization, "seed": str(cfg.seed),
         "k": str(cfg.k), "n_quality": str(min(cfg.n_quality, n_test)), "inpaint_images": str(cfg.inpaint_images),
         "inpaint_effort": str(cfg.inpaint_effort), "judged_images": "binary" if judge.binary else "grey",
+        "judge_sha256": digest(judge),
     }
 
 
