@@ -16,6 +16,11 @@ Metropolis-within-Gibbs) with either sampler alone, each given all the rounds.
 
     python bench/repair_quality.py --model models --efforts 1 --images 1000 --repair-guidance 1,2,3
 
+A class-conditional model that repairs without a class (the default PixelRNN) infers the class from
+the observed pixels under its own p(x | y); the bench prints how often that model names the class of
+the whole original, argmax_y p(x | y): no completion drawn from its posterior is recognised much more
+often than that (the judge's accuracy on the originals sits beside it).
+
 ``--repair-guidance`` (a PixelRNN trained to repair) compares guidance scales toward the observed
 pixels; ``--best-of K`` (a model with a likelihood) also draws K completions per image (draw r seeded
 with 100 + r) and keeps the one the model finds most likely, exact log p(x) of the whole
@@ -77,6 +82,9 @@ def main() -> None:
     x = binarized_test_set(x_test, loaded.binarization, args.seed)[: args.images]
     y = y_test[: args.images]
     print(f"{loaded.source}: {loaded.model.name}, {len(x)} test images, {torch.get_num_threads()} threads")
+    if loaded.model.class_optional:
+        own = own_class_accuracy(loaded.model, x, y)
+        print(f"the model's own class of the originals, argmax_y p(x | y): {own:.3f}")
     kind_of_nll = "exact" if loaded.model.exact_hole_nll else "estimate"
     print(f"sampler                  mask            effort  completed  masked  original  hole_nll ({kind_of_nll})  "
           "mse_missing  seconds")
@@ -88,6 +96,18 @@ def main() -> None:
         compare(model, judge, x, y, args)
     for kind in args.masks.split(",") if args.best_of else []:
         best_of(loaded.model, judge, x, y, kind, int(args.efforts.split(",")[-1]), args.best_of, args.seed)
+
+
+def own_class_accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 250) -> float:
+    """Share of images whose most likely class under the model's p(x | y) is their label."""
+    def log_p(images: torch.Tensor, c: int) -> torch.Tensor:
+        labels = torch.full((len(images),), c, device=model.device)
+        return model.log_likelihood(images.to(model.device), y=labels).cpu()
+
+    with torch.no_grad():
+        scores = torch.stack([torch.cat([log_p(x[i : i + batch], c) for i in range(0, len(x), batch)])
+                              for c in range(model.config.classes)])
+    return (scores.argmax(0) == y).float().mean().item()
 
 
 def compare(model: torch.nn.Module, judge: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
