@@ -16,6 +16,12 @@ Metropolis-within-Gibbs) with either sampler alone, each given all the rounds.
 
     python bench/repair_quality.py --model models --efforts 1 --images 1000 --repair-guidance 1,2,3
 
+    python bench/repair_quality.py --images 1000 --masks centre_square --efforts 32 --sampler-seeds 0,1,2
+
+``--sampler-seeds`` repeats each completion with the sampler's generator seeded anew (the masks and the
+test images' binarization stay those of ``--seed``), completing 200 images at a time as the evaluate
+stage does: the spread of a figure over the sampler's draws alone.
+
 A class-conditional model that repairs without a class (the default PixelRNN) infers the class from
 the observed pixels under its own p(x | y); the bench prints how often that model names the class of
 the whole original, argmax_y p(x | y): no completion drawn from its posterior is recognised much more
@@ -74,6 +80,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--best-of", type=int, default=0, metavar="K",
                         help="also keep the most likely of K completions per image (models with a likelihood)")
+    parser.add_argument("--sampler-seeds", default="", metavar="S,S,...",
+                        help="also repeat each completion with these sampler seeds (the judge's accuracy per seed)")
     args = parser.parse_args()
 
     loaded = registry.load(args.model, "rnngen")
@@ -94,8 +102,27 @@ def main() -> None:
         if scale is not None:
             print(f"repair_guidance {scale:g}")
         compare(model, judge, x, y, args)
+    for kind in args.masks.split(",") if args.sampler_seeds else []:
+        over_seeds(loaded.model, judge, x, y, kind, int(args.efforts.split(",")[-1]), args)
     for kind in args.masks.split(",") if args.best_of else []:
         best_of(loaded.model, judge, x, y, kind, int(args.efforts.split(",")[-1]), args.best_of, args.seed)
+
+
+def over_seeds(model: torch.nn.Module, judge: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, kind: str,
+               effort: int, args: argparse.Namespace, batch: int = 200) -> None:
+    """Print the judge's accuracy on the completions drawn with each of ``args.sampler_seeds``."""
+    mask = make_mask(kind, len(x), torch.Generator().manual_seed(args.seed))
+    given = y if model.needs_labels else None
+    figures = []
+    for seed in (int(s) for s in args.sampler_seeds.split(",")):
+        start, gen = time.perf_counter(), torch.Generator(device=model.device).manual_seed(seed)
+        drawn = torch.cat([inpaint(model, x[i : i + batch], mask[i : i + batch], effort, gen,
+                                   None if given is None else given[i : i + batch]).drawn.cpu()
+                           for i in range(0, len(x), batch)])
+        figures.append(accuracy(judge, as_judged(judge, drawn, args.seed), y))
+        print(f"seeds    {kind:15s} sampler seed {seed}: {figures[-1]:.3f} ({time.perf_counter() - start:.1f} s)",
+              flush=True)
+    print(f"seeds    {kind:15s} mean {sum(figures) / len(figures):.3f}, from {min(figures):.3f} to {max(figures):.3f}")
 
 
 def own_class_accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 250) -> float:
